@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh Debian 12 / Python 3.11 machine (root): `make demo`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test install system docker clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Debian packages the sandboxes need (bubblewrap for `local`, docker.io + debootstrap for `docker`).
+system:
+	bash scripts/ensure_system.sh
+
+# A running Docker engine and the offline base image, built once and reused by tag.
+docker: install system
+	bash scripts/ensure_docker.sh
+	$(VENV)/bin/cwm sandbox image
+
+demo: install system
+	$(VENV)/bin/cwm demo
+
+test: install docker
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Policies (LM, oracle, random), Ray rollout workers and GRPO/PPO learners."""

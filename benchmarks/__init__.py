@@ -1,0 +1,1 @@
+"""Benchmark runners (SWE-bench, MATH-500/AIME, CRUXEval, HumanEval) and performance benches."""

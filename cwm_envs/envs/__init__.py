@@ -1,0 +1,1 @@
+"""The environments. Each module is one family; `cwm_envs.registration` lists their ids."""

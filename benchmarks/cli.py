@@ -1,15 +1,22 @@
-"""`cwm bench ...`: each benchmark module offers `register(bench_subparsers)`; list new ones in BENCH_MODULES."""
+"""Commands offered by the benchmarks package. Each module in BENCH_MODULES has `register(sub)` and adds
+its parsers with `cwm_envs.cli.group(sub, "bench", ...)` (or another group, e.g. `cwm sandbox bench`)."""
 from __future__ import annotations
 
 import importlib
 
 from cwm_envs.cli import group
 
+BENCH_HELP = "benchmark runners and performance benches (each writes --out DIR/report.json)"
 BENCH_MODULES: list[str] = [
 ]
 
 
+def bench_group(sub):
+    """The `cwm bench` subcommands."""
+    return group(sub, "bench", BENCH_HELP)
+
+
 def register(sub) -> None:
-    bench = group(sub, "bench", "benchmark runners and performance benches (each writes --out DIR/report.json)")
+    bench_group(sub)
     for name in BENCH_MODULES:
-        importlib.import_module(name).register(bench)
+        importlib.import_module(name).register(sub)

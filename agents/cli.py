@@ -1,0 +1,91 @@
+"""`cwm train ...`: the training stages, in CWM's order: pretrain -> midtrain -> sft -> rl.
+
+pretrain, midtrain and sft live in model/ (this module only parses flags); each writes a model directory
+that the next stage takes with `--from`. On a cluster the same commands run data-parallel under
+`torchrun --nproc_per_node N -m cwm_envs.cli train ...` (see model/train_loop.py).
+"""
+from __future__ import annotations
+
+import json
+
+from cwm_envs.cli import group
+from cwm_envs.errors import UsageError
+
+TRAIN_HELP = "training stages: pretrain, midtrain (traces), sft (oracle trajectories), rl"
+
+
+def cmd_pretrain(args) -> int:
+    from model import pretrain
+    from model.train_loop import train_args_from
+
+    summary = pretrain.run(train_args_from(args), args.preset, args.corpus, args.tokenizer, args.vocab_size)
+    _report(summary)
+    return 0
+
+
+def cmd_midtrain(args) -> int:
+    from model import midtrain
+    from model.train_loop import train_args_from
+
+    summary = midtrain.run(train_args_from(args), getattr(args, "from"), args.traces, args.trajectories,
+                           args.corpus, args.mix, args.obs_mask_share)
+    _report(summary)
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from model import sft
+    from model.train_loop import train_args_from
+
+    try:
+        env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--env-kwargs is not JSON: {exc.msg}") from None
+    if not isinstance(env_kwargs, dict):
+        raise UsageError("--env-kwargs must be a JSON object")
+    summary = sft.run(train_args_from(args), getattr(args, "from"), args.env, args.episodes, env_kwargs,
+                      args.eval_episodes)
+    _report(summary)
+    return 0
+
+
+def _report(summary: dict) -> None:
+    print(f"{summary['stage']}: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['elapsed_s']} s, "
+          f"loss {summary['final_loss']}, eval loss {summary['final_eval_loss']} -> {summary['args']['out']}")
+
+
+def register(sub) -> None:
+    from model.config import PRESETS
+    from model.train_loop import add_train_args
+
+    g = group(sub, "train", TRAIN_HELP)
+
+    p = g.add_parser("pretrain", help="causal LM on code and text (default corpus: the Python stdlib and its docs)")
+    p.add_argument("--preset", default="cwm-tiny", choices=sorted(PRESETS), help="architecture (default cwm-tiny)")
+    p.add_argument("--corpus", default="default", help="'default' or a directory of text files")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: train one on the corpus into OUT/tokenizer)")
+    p.add_argument("--vocab-size", type=int, help="BPE size of the trained tokenizer (default: the preset's)")
+    add_train_args(p, max_steps=200, batch_size=8, seq_len=512, lr=1e-3)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = g.add_parser("midtrain", help="execution traces + agent trajectories + pretrain replay, longer context")
+    p.add_argument("--from", required=True, help="model directory of the previous stage")
+    p.add_argument("--traces", required=True, help="traces JSONL (`cwm traces build --out traces.jsonl`)")
+    p.add_argument("--trajectories", help='agent trajectories JSONL: {"messages": [{"role", "content"}, ...]}')
+    p.add_argument("--corpus", default="default", help="pretrain corpus to replay ('default' or a directory)")
+    p.add_argument("--mix", help="source weights, e.g. traces=0.6,trajectories=0.2,replay=0.2 (the default)")
+    p.add_argument("--obs-mask-share", type=float, default=0.5,
+                   help="share of trajectory observations left out of the loss (CWM: 0.5)")
+    add_train_args(p, max_steps=200, batch_size=4, seq_len=1024, lr=5e-4, warmup_steps=10)
+    p.set_defaults(func=cmd_midtrain)
+
+    p = g.add_parser("sft", help="supervised fine-tuning on oracle trajectories of a registered env")
+    p.add_argument("--from", required=True, help="model directory of the previous stage")
+    p.add_argument("--env", required=True, help="registered env id, e.g. cwm/Math-v0")
+    p.add_argument("--env-kwargs", help='JSON keyword arguments for gymnasium.make, e.g. {"source": "generated"}')
+    p.add_argument("--episodes", type=int, default=200, help="oracle episodes to collect (default 200)")
+    p.add_argument("--eval-episodes", type=int, default=20, help="greedy episodes on unseen seeds after training")
+    add_train_args(p, max_steps=100, batch_size=8, seq_len=512, lr=3e-4, warmup_steps=10, eval_rows=8)
+    p.set_defaults(func=cmd_sft)
+
+    # --- the RL stage (`cwm train rl`) registers here, below this line -----------------------------------

@@ -1,0 +1,164 @@
+"""Stage 3, supervised fine-tuning on oracle trajectories of any registered env (loss on the agent's tokens).
+
+CWM's post-training starts with SFT before RL; here it gives the RL stage a tiny policy that sometimes
+succeeds, so that rewards carry signal.
+
+An episode is laid out exactly as the RL rollout lays it out (token in, token out): the env's observation
+text is encoded as is (the env decides the prompt format), the action follows as `encode(action +
+<|eot_id|>)`, then the next observation, and so on. Only action tokens carry loss.
+
+What an env offers for SFT (looked up on `env.unwrapped`, in this order):
+1. `oracle_action()` -> str: the action that solves the current state (multi-turn envs);
+2. `task.answer`: a single-turn answer, written as CWM's reasoning format ending in `\\boxed{answer}`.
+Episodes whose final reward is not positive are dropped, so the oracle is verified by the env's own reward.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from cwm_envs.chat import EOT
+from cwm_envs.errors import UsageError
+from model.config import load_model
+from model.tokenizer import load_tokenizer
+from model.train_loop import TrainArgs, endless, pack, resume_point, train
+
+
+def boxed_answer(answer) -> str:
+    """The oracle's reply to a task with an answer, in the format CWM's math reward pays for.
+
+    >>> boxed_answer(42)
+    'The answer is 42.\\n</think>\\n\\\\boxed{42}'
+    """
+    return f"The answer is {answer}.\n</think>\n\\boxed{{{answer}}}"
+
+
+def oracle_action(env) -> str:
+    """The env's own oracle, else its task's answer; a UsageError when the env offers neither."""
+    inner = env.unwrapped
+    if callable(getattr(inner, "oracle_action", None)):
+        return inner.oracle_action()
+    answer = getattr(getattr(inner, "task", None), "answer", None)
+    if answer is None:
+        raise UsageError(f"{env.spec.id if env.spec else type(inner).__name__} offers no oracle: it needs "
+                         "`oracle_action()` or a `task` with an `answer` on env.unwrapped")
+    return boxed_answer(answer)
+
+
+def make_env(env_id: str, env_kwargs: dict | None = None):
+    import gymnasium
+
+    import cwm_envs  # noqa: F401  (registers the cwm/ ids)
+
+    try:
+        return gymnasium.make(env_id, **(env_kwargs or {}))
+    except gymnasium.error.Error as exc:
+        raise UsageError(f"cannot make env {env_id!r}: {exc}") from None
+
+
+def collect_episodes(env_id: str, episodes: int, seed: int = 0, env_kwargs: dict | None = None,
+                     max_turns: int = 16) -> tuple[list[list[tuple[str, str]]], dict]:
+    """Run the oracle for `episodes` episodes (reset seeds seed, seed+1, ...); keep the rewarded ones.
+
+    Returns the kept episodes as [(observation, action), ...] and counts.
+    """
+    env = make_env(env_id, env_kwargs)
+    kept, rewards = [], []
+    try:
+        for i in range(episodes):
+            obs, _info = env.reset(seed=seed + i)
+            turns, total = [], 0.0
+            for _ in range(max_turns):
+                action = oracle_action(env)
+                turns.append((obs, action))
+                obs, reward, terminated, truncated, _info = env.step(action)
+                total += float(reward)
+                if terminated or truncated:
+                    break
+            rewards.append(total)
+            if total > 0:
+                kept.append(turns)
+    finally:
+        env.close()
+    return kept, {"episodes": episodes, "kept": len(kept), "mean_oracle_reward": sum(rewards) / max(1, len(rewards))}
+
+
+def episode_document(tokenizer, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of one episode, laid out as the RL rollout does; loss on action tokens only."""
+    ids, mask = [], []
+    for obs, action in turns:
+        o = tokenizer.encode(obs, add_special_tokens=False)
+        a = tokenizer.encode(action + EOT, add_special_tokens=False)
+        ids += o + a
+        mask += [0] * len(o) + [1] * len(a)
+    return ids, mask
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, env_id: str, episodes: int, seed: int, env_kwargs: dict | None = None,
+             max_new_tokens: int = 48, max_turns: int = 16) -> dict:
+    """Greedy episodes of the model in the env: success rate (final reward > 0) and mean reward."""
+    env = make_env(env_id, env_kwargs)
+    stop = [tokenizer.convert_tokens_to_ids(EOT), tokenizer.eos_token_id]
+    model.eval()
+    rewards, samples = [], []
+    try:
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            context, total = [], 0.0
+            for _ in range(max_turns):
+                context += tokenizer.encode(obs, add_special_tokens=False)
+                inp = torch.tensor([context[-(model.config.max_position_embeddings - max_new_tokens):]],
+                                   device=model.device)
+                gen = model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new_tokens,
+                                     do_sample=False, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
+                new = gen[0, inp.shape[1]:].tolist()
+                context += new
+                action = tokenizer.decode(new, skip_special_tokens=False).removesuffix(EOT)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                if terminated or truncated:
+                    break
+            rewards.append(total)
+            if len(samples) < 3:
+                samples.append(action)
+    finally:
+        env.close()
+    return {"episodes": episodes, "success_rate": sum(r > 0 for r in rewards) / max(1, episodes),
+            "mean_reward": sum(rewards) / max(1, episodes), "samples": samples}
+
+
+def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 200, env_kwargs: dict | None = None,
+        eval_episodes: int = 20) -> dict:
+    out = Path(args.out)
+    kept, counts = collect_episodes(env_id, episodes, seed=args.seed, env_kwargs=env_kwargs)
+    if not kept:
+        raise UsageError(f"the oracle earned no reward in {episodes} episodes of {env_id}: nothing to learn from")
+    print(f"oracle: {counts['kept']}/{episodes} episodes rewarded")
+    ckpt = resume_point(out) if args.resume else None
+    tokenizer = load_tokenizer(ckpt or parent)
+    model = load_model(ckpt or parent)
+    docs = [episode_document(tokenizer, t) for t in kept]
+    too_long = sum(len(d[0]) > model.config.max_position_embeddings for d in docs)
+
+    def epoch_docs(epoch: int):
+        order = list(range(len(docs)))
+        random.Random(args.seed * 31 + epoch).shuffle(order)
+        return (docs[i] for i in order)
+
+    rows = pack(endless(epoch_docs), args.seq_len)
+    # eval loss on episodes of unseen seeds (the training seeds are seed .. seed + episodes - 1)
+    held, _ = collect_episodes(env_id, max(4, args.eval_rows), seed=args.seed + 10**6, env_kwargs=env_kwargs)
+    evals = list(pack(iter([episode_document(tokenizer, t) for t in held] * 8), args.seq_len))[:args.eval_rows]
+    args.extra.update({"parent": str(parent), "env": env_id, "env_kwargs": env_kwargs, "oracle": counts,
+                       "episodes_longer_than_context": too_long})
+    summary = train(model, tokenizer, rows, evals, args, resume_from=ckpt, title="sft")
+    if eval_episodes:
+        result = evaluate(model, tokenizer, env_id, eval_episodes, seed=args.seed + 2 * 10**6, env_kwargs=env_kwargs)
+        summary["greedy_eval"] = result
+        (out / "stage.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        print(f"greedy success on {eval_episodes} unseen tasks: {result['success_rate']:.2f}")
+    return summary

@@ -1,0 +1,428 @@
+"""The training machinery every stage shares: packing, AdamW with warmup + cosine, gradient accumulation,
+bf16 on GPUs / fp32 on CPUs, periodic eval loss, checkpoints with `save_pretrained` and resume, a progress
+bar, `metrics.jsonl` and `loss.png`.
+
+Data reaches the loop as an endless iterator of packed rows: `seq_len` token ids and as many labels, where a
+label of -100 takes a token out of the loss (prompts in SFT, masked observations in mid-training).
+
+Data-parallel: launched by `torchrun --nproc_per_node N cwm train ...` (or a Ray Train worker that sets the
+same RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR variables), each rank takes every N-th row, gradients are
+averaged by DistributedDataParallel, and rank 0 alone writes metrics and checkpoints. Without those
+variables it is a plain single-process loop.
+
+Layout of `--out DIR`: the final model and tokenizer (load with `from_pretrained(DIR)`), `stage.json`,
+`metrics.jsonl`, `loss.png`, and `checkpoints/step-NNNNNN/` (model, tokenizer, `trainer_state.pt`), of
+which the last `keep_checkpoints` are kept; a rerun with the same `--out` resumes from the newest.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+IGNORE = -100  # label value that the loss skips (transformers' convention)
+
+Row = tuple[list[int], list[int]]  # (input_ids, labels), both seq_len long
+
+
+@dataclass
+class TrainArgs:
+    """Budget and optimisation of one stage; each field has a CLI flag of the same name."""
+
+    out: Path
+    max_steps: int = 200
+    """optimizer steps in total (a resumed run counts the steps it already did)"""
+    minutes: float | None = None
+    """wall-clock budget in total; the LR schedule follows whichever budget runs out first"""
+    batch_size: int = 8
+    """rows per micro-batch (per rank)"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step"""
+    seq_len: int = 512
+    lr: float = 1e-3
+    """peak learning rate (tiny models take a high one)"""
+    min_lr_ratio: float = 0.1
+    """cosine decays to lr * min_lr_ratio"""
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    """AdamW decay on matrices only; norms and embeddings' gains are left alone"""
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_rows: int = 16
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 5
+    seed: int = 0
+    dtype: str = "auto"
+    """auto: bf16 autocast on a GPU that supports it, fp32 on CPU (CPU bf16 is slower, not faster)"""
+    resume: bool = True
+    extra: dict = field(default_factory=dict)
+    """stage-specific settings recorded in stage.json"""
+
+
+# --- data -----------------------------------------------------------------------------------------------
+
+def pack(docs: Iterable[tuple[list[int], list[int]]], seq_len: int) -> Iterator[Row]:
+    """Concatenate (ids, loss_mask) documents and cut the stream into rows of `seq_len` tokens.
+
+    Packing wastes no compute on padding; a document may run on into the next row, as in GPT pretraining.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    for doc_ids, mask in docs:
+        ids.extend(doc_ids)
+        labels.extend(t if m else IGNORE for t, m in zip(doc_ids, mask))
+        while len(ids) >= seq_len:
+            yield ids[:seq_len], labels[:seq_len]
+            del ids[:seq_len], labels[:seq_len]
+
+
+def endless(make_docs: Callable[[int], Iterable[tuple[list[int], list[int]]]]) -> Iterator[tuple[list[int], list[int]]]:
+    """Documents of epoch 0, 1, 2, ... forever (`make_docs(epoch)` reshuffles by epoch)."""
+    epoch = 0
+    while True:
+        empty = True
+        for doc in make_docs(epoch):
+            empty = False
+            yield doc
+        if empty:
+            raise ValueError("the training data is empty")
+        epoch += 1
+
+
+def mix(sources: dict[str, Iterator[Row]], weights: dict[str, float], seed: int) -> Iterator[Row]:
+    """Rows drawn from several endless sources in proportion to `weights` (seeded, so resumable)."""
+    import random
+
+    rng = random.Random(seed)
+    names = [n for n in sources if weights.get(n, 0) > 0]
+    probs = [weights[n] for n in names]
+    while True:
+        yield next(sources[rng.choices(names, probs)[0]])
+
+
+# --- distributed and precision --------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """Join the process group that torchrun (or Ray Train) describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(d: Dist) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, dtype: str):
+    if dtype == "auto":
+        dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if dtype == "fp32":
+        return nullcontext(), "fp32"
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16), "bf16"
+    raise ValueError(f"dtype must be auto, fp32 or bf16, not {dtype!r}")
+
+
+# --- schedule and optimizer -----------------------------------------------------------------------------
+
+def lr_at(args: TrainArgs, step: int, elapsed_s: float) -> float:
+    """Linear warmup over `warmup_steps`, then cosine to `min_lr_ratio * lr` as the budget is used up."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
+    if args.minutes:
+        progress = max(progress, elapsed_s / (args.minutes * 60))
+    progress = min(1.0, progress)
+    floor = args.lr * args.min_lr_ratio
+    return floor + 0.5 * (args.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, args: TrainArgs, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints under `out/checkpoints`, oldest first."""
+    root = Path(out) / "checkpoints"
+    found = [p for p in root.glob("step-*") if (p / "trainer_state.pt").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resume_point(out: Path) -> Path | None:
+    """The newest complete checkpoint of a previous run into `out`, if any (load the model from it)."""
+    found = checkpoints(out)
+    return found[-1] if found else None
+
+
+def save_checkpoint(model, tokenizer, optimizer, state: dict, args: TrainArgs) -> Path:
+    """Write `checkpoints/step-N` atomically (a temp dir renamed at the end) and drop the oldest ones."""
+    root = Path(args.out) / "checkpoints"
+    final = root / f"step-{state['step']:06d}"
+    tmp = root / f".tmp-step-{state['step']:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save({**state, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in checkpoints(args.out)[: -args.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+
+def plot_losses(metrics_path: Path, png: Path, title: str = "") -> None:
+    """loss.png: train loss per logged step and eval loss, from metrics.jsonl (the last value per step wins)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = {}, {}
+    for line in metrics_path.read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            train[row["step"]] = row["loss"]
+        if "eval_loss" in row:
+            evals[row["step"]] = row["eval_loss"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(list(train), list(train.values()), label="train loss", lw=1)
+    if evals:
+        ax.plot(list(evals), list(evals.values()), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def _batch(rows: list[Row], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)
+    labels = torch.tensor([r[1] for r in rows], dtype=torch.long, device=device)
+    return ids, labels
+
+
+@torch.no_grad()
+def eval_loss(model, rows: list[Row], batch_size: int, device: torch.device, autocast) -> float | None:
+    """Mean loss per predicted token over `rows` (None when they hold no label)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        ids, labels = _batch(rows[i:i + batch_size], device)
+        n = int((labels[:, 1:] != IGNORE).sum())
+        if n == 0:
+            continue
+        with autocast:
+            out = model(input_ids=ids, labels=labels, num_items_in_batch=n)
+        total += float(out.loss) * n
+        count += n
+    model.train()
+    return total / count if count else None
+
+
+# --- the loop -------------------------------------------------------------------------------------------
+
+def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: TrainArgs,
+          resume_from: Path | None = None, title: str = "training") -> dict:
+    """Train `model` on `rows` until the step or time budget runs out; save the result to `args.out`.
+
+    `resume_from` is a checkpoint dir the caller already loaded the model from (see `resume_point`):
+    the optimizer, step counter, elapsed time and data position are restored from it. Returns the
+    summary that is also written to `stage.json`.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint are noise
+    out = Path(args.out)
+    dist = setup_distributed()
+    device = pick_device(dist)
+    autocast, precision = autocast_for(device, args.dtype)
+    torch.manual_seed(args.seed + dist.rank)
+    model.to(device)
+    model.train()
+    model.config.use_cache = False
+    optimizer = make_optimizer(model, args, device)
+
+    state = {"step": 0, "rows": 0, "elapsed_s": 0.0, "tokens": 0}
+    if resume_from is not None:
+        saved = torch.load(Path(resume_from) / "trainer_state.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(saved.pop("optimizer"))
+        torch.set_rng_state(saved.pop("rng"))
+        state.update({k: saved[k] for k in state})
+        rows = islice(rows, state["rows"], None)  # the data stream is deterministic: skip what was used
+    rank_rows = islice(rows, dist.rank, None, dist.world)
+
+    ddp = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    log = open(metrics_path, "a") if dist.main else None
+
+    def record(row: dict) -> None:
+        if log:
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.max_steps, initial=state["step"], desc=title, unit="step",
+               disable=not (dist.main and sys.stderr.isatty()))
+    rows_per_step = args.batch_size * args.grad_accum * dist.world
+    start_elapsed = state["elapsed_s"]
+    t0 = time.perf_counter()
+    last_loss = last_eval = None
+    window_tokens, window_t = 0, time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def elapsed() -> float:
+        return start_elapsed + time.perf_counter() - t0
+
+    def out_of_budget() -> bool:
+        return state["step"] >= args.max_steps or (args.minutes is not None and elapsed() >= args.minutes * 60)
+
+    while not out_of_budget():
+        lr = lr_at(args, state["step"], elapsed())
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro = [_batch(list(islice(rank_rows, args.batch_size)), device) for _ in range(args.grad_accum)]
+        if any(ids.shape[0] < args.batch_size for ids, _ in micro):
+            raise ValueError("the training data ran out (an endless iterator is expected)")
+        # Normalise by the label count of the whole (global) step, so accumulation and DDP give the mean.
+        n_items = torch.tensor(sum(int((lab[:, 1:] != IGNORE).sum()) for _, lab in micro), device=device)
+        if dist.world > 1:
+            torch.distributed.all_reduce(n_items)
+        n_items = int(n_items)
+        step_loss = 0.0
+        for i, (ids, labels) in enumerate(micro):
+            sync = nullcontext() if dist.world == 1 or i == len(micro) - 1 else ddp.no_sync()
+            with sync, autocast:
+                loss = ddp(input_ids=ids, labels=labels, num_items_in_batch=max(1, n_items)).loss
+            (loss * dist.world).backward()  # DDP averages gradients over ranks; the sum is what we want
+            step_loss += float(loss.detach())
+        if n_items:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["rows"] += rows_per_step
+        state["tokens"] += rows_per_step * args.seq_len
+        window_tokens += rows_per_step * args.seq_len
+        last_loss = step_loss * dist.world if dist.world > 1 else step_loss
+        bar.update(1)
+
+        if state["step"] % args.log_every == 0 or out_of_budget():
+            now = time.perf_counter()
+            tps = window_tokens / max(1e-9, now - window_t)
+            window_tokens, window_t = 0, now
+            record({"step": state["step"], "loss": round(last_loss, 5), "lr": lr, "tokens": state["tokens"],
+                    "tokens_per_s": round(tps, 1), "elapsed_s": round(elapsed(), 2)})
+            bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tps:.0f}")
+        if eval_rows and (state["step"] % args.eval_every == 0 or out_of_budget()):
+            last_eval = eval_loss(model, eval_rows, args.batch_size, device, autocast)
+            record({"step": state["step"], "eval_loss": last_eval})
+        if dist.main and (state["step"] % args.save_every == 0 or out_of_budget()):
+            state["elapsed_s"] = elapsed()
+            save_checkpoint(model, tokenizer, optimizer, state, args)
+    bar.close()
+    state["elapsed_s"] = elapsed()
+
+    summary = {
+        "stage": title, "steps": state["step"], "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 1),
+        "final_loss": last_loss, "final_eval_loss": last_eval, "precision": precision, "device": str(device),
+        "world_size": dist.world, "resumed_from": str(resume_from) if resume_from else None,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},
+    }
+    if device.type == "cuda":
+        summary["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    if dist.main:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "stage.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        log.close()
+        plot_losses(metrics_path, out / "loss.png", title)
+    if dist.world > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+# --- command-line plumbing (each stage's `cwm train STAGE` flags) ----------------------------------------
+
+_HELP = {
+    "out": "output directory (model, metrics.jsonl, loss.png, checkpoints/); rerunning resumes",
+    "max_steps": "optimizer steps in total", "minutes": "wall-clock budget in minutes, in total",
+    "batch_size": "rows per micro-batch", "grad_accum": "micro-batches per optimizer step",
+    "seq_len": "tokens per packed row", "lr": "peak learning rate", "min_lr_ratio": "final lr / peak lr",
+    "warmup_steps": "linear warmup steps", "weight_decay": "AdamW weight decay (matrices only)",
+    "grad_clip": "gradient norm clip", "eval_every": "steps between eval losses",
+    "eval_rows": "packed rows in the eval set", "save_every": "steps between checkpoints",
+    "keep_checkpoints": "checkpoints kept", "log_every": "steps between metrics lines", "seed": "seed",
+    "dtype": "auto (bf16 on GPU, fp32 on CPU), fp32 or bf16",
+}
+
+
+def add_train_args(parser, **defaults) -> None:
+    """Add one flag per TrainArgs field (`--max-steps`, ...), with stage-specific `defaults`."""
+    from dataclasses import MISSING, fields
+
+    for f in fields(TrainArgs):
+        if f.name in ("extra", "resume"):
+            continue
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"int": int, "float": float, "str": str, "Path": Path}[str(f.type).split(" ")[0]]
+        parser.add_argument(flag, type=kind, default=default, required=f.name == "out",
+                            help=_HELP.get(f.name, "") + (f" (default {default})" if default is not None else ""))
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="start over even if --out holds checkpoints")
+
+
+def train_args_from(ns) -> TrainArgs:
+    from dataclasses import fields
+
+    return TrainArgs(**{f.name: getattr(ns, f.name) for f in fields(TrainArgs) if hasattr(ns, f.name)})

@@ -1,0 +1,325 @@
+"""The fork-server of the `local` sandbox: runs INSIDE the jail, standard library only.
+
+`cwm_envs.sandbox.local` starts it as `python -I -c <this file's source> CONFIG_JSON` under bubblewrap (the
+project itself is not visible in the jail). It imports common modules once, then for each request forks one
+child that applies the rlimits, drops to the sandbox's own unprivileged uid (root is exempt from
+RLIMIT_NPROC) and runs the code or execs the command. Why each part is here:
+
+- The wall-clock deadline is enforced from this parent side (poll on the child's pidfd and pipes), never
+  with signal.alarm in the child.
+- After every execution the server sends SIGKILL to every other process of its PID namespace (`kill(-1)`
+  from inside a namespace reaches exactly that namespace, bwrap's init excepted), so a child that called
+  setsid or daemonised does not outlive the execution. The kernel applies kill(-1) atomically with respect
+  to fork, so a fork bomb cannot outrun it.
+- stdout and stderr are each capped; past the cap the execution is killed and marked truncated.
+
+Protocol on fd 0 (requests) and fd 1 (replies): a 4-byte big-endian length, a JSON header, then the raw
+payloads whose lengths the header names (stdin in a request; stdout and stderr in a reply). Each request is
+acknowledged by one byte before the child is forked.
+"""
+import atexit
+import builtins
+import gc
+import importlib
+import json
+import linecache
+import os
+import resource
+import select
+import signal
+import struct
+import sys
+import time
+import traceback
+import types
+
+_LEN = struct.Struct(">I")
+_RLIMITS = {  # request field -> (rlimit, scale to the kernel's unit)
+    "cpu_s": (resource.RLIMIT_CPU, 1),
+    "memory_mb": (resource.RLIMIT_AS, 1 << 20),
+    "processes": (resource.RLIMIT_NPROC, 1),
+    "file_size_mb": (resource.RLIMIT_FSIZE, 1 << 20),
+    "open_files": (resource.RLIMIT_NOFILE, 1),
+}
+
+
+def _read_exact(fd, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _write_frame(header, *payloads):
+    data = json.dumps(header).encode()
+    blob = b"".join([_LEN.pack(len(data)), data, *payloads])
+    view = memoryview(blob)
+    while view:
+        view = view[os.write(1, view):]
+
+
+def _kill_all(wait_s=5.0):
+    """SIGKILL every process of this PID namespace but init and us, until all are reaped (by init or us)."""
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        try:
+            os.kill(-1, signal.SIGKILL)  # zombies still count: ESRCH means all are gone and reaped
+        except ProcessLookupError:
+            return
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:  # our own children are ours to reap
+                pass
+        except ChildProcessError:
+            pass
+        time.sleep(0.0005)
+
+
+def _others_alive():
+    try:
+        os.kill(-1, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _count_others():
+    return sum(1 for name in os.listdir("/proc") if name.isdigit()) - 2  # minus init and this server
+
+
+def _exit_status(code):
+    """What `sys.exit(code)` would give as the process's exit status."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def _run_python(src, workdir):
+    """Run `src` as the __main__ module of a fresh interpreter would, then exit like Python does."""
+    sys.argv = ["-c"]
+    sys.path.insert(0, workdir)
+    main = types.ModuleType("__main__")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    status = 0
+    try:
+        linecache.cache["<sandbox>"] = (len(src), None, src.splitlines(True), "<sandbox>")
+        exec(compile(src, "<sandbox>", "exec"), main.__dict__)
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    except BaseException as exc:  # the code's own error: print it as Python would, without our frame
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        status = 1
+    try:
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()  # join non-daemon threads, as interpreter exit does
+        atexit._run_exitfuncs()
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    except BaseException as exc:
+        traceback.print_exception(exc)
+        status = status or 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)
+
+
+def _child(cfg, req, stdin_fd, out_w, err_w):
+    """In the forked child: limits, fds, identity, then the code. Never returns."""
+    try:
+        os.setsid()
+        limits = req["limits"]
+        for field, (res, scale) in _RLIMITS.items():
+            value = limits.get(field)
+            if value is not None:
+                soft = int(value * scale)
+                hard = soft + 1 if field == "cpu_s" else soft  # SIGXCPU at soft, SIGKILL one second later
+                resource.setrlimit(res, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.dup2(stdin_fd, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.closerange(3, 1 << 20)  # the control pipes and everything else of the server
+        if cfg["uid"] is not None:
+            os.setgroups([])
+            os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
+            os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])  # drops every capability
+        os.chdir(cfg["workdir"])
+        os.umask(0o022)
+        argv = req.get("argv")
+        if argv:
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):  # Python's dispositions, not exec's
+                signal.signal(sig, signal.SIG_DFL)
+            try:
+                os.execvpe(argv[0], argv, cfg["env"])
+            except OSError as exc:
+                os.write(2, f"sandbox: cannot run {argv[0]!r}: {exc.strerror}\n".encode())
+                os._exit(127)
+        _run_python(req["code"], cfg["workdir"])
+    except BaseException as exc:
+        try:
+            os.write(2, f"sandbox: setup failed: {exc!r}\n".encode())
+        finally:
+            os._exit(126)
+    os._exit(126)
+
+
+def _classify(limits, status, cpu_used, err_tail, others):
+    """Name the limit that ended an execution, from the signal, CPU use and the error Python printed."""
+    nproc = limits.get("processes")
+    if nproc is not None and others >= max(1, (nproc * 3) // 4):
+        return "processes"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        cpu = limits.get("cpu_s")
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu is not None and cpu_used >= cpu - 0.05):
+            return "cpu"
+        if sig == signal.SIGXFSZ:
+            return "file_size"
+        return None
+    lines = err_tail.strip().splitlines()
+    last = lines[-1] if lines else b""
+    if last.startswith(b"MemoryError"):
+        return "memory"
+    if b"[Errno 27]" in last:  # EFBIG: RLIMIT_FSIZE (Python ignores SIGXFSZ and raises instead)
+        return "file_size"
+    if last.startswith(b"BlockingIOError: [Errno 11]") or b"can't start new thread" in last:
+        return "processes"
+    return None
+
+
+def _execute(cfg, req, stdin):
+    limits = req["limits"]
+    cap = limits["output_bytes"]
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    if stdin is None:
+        stdin_fd = os.open("/dev/null", os.O_RDONLY)
+    else:
+        stdin_fd = os.memfd_create("stdin")
+        os.write(stdin_fd, stdin)
+        os.lseek(stdin_fd, 0, os.SEEK_SET)
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        _child(cfg, req, stdin_fd, out_w, err_w)
+    for fd in (stdin_fd, out_w, err_w):
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    bufs = {out_r: bytearray(), err_r: bytearray()}
+    err_tail = bytearray()
+    truncated = output_hit = timed_out = False
+    poller = select.poll()
+    for fd in (out_r, err_r, pidfd, 0):
+        poller.register(fd, select.POLLIN)
+    open_pipes = {out_r, err_r}
+
+    def take(fd, chunk):
+        nonlocal truncated, err_tail
+        if fd == err_r:
+            err_tail = (err_tail + chunk)[-4096:]
+        room = cap - len(bufs[fd])
+        bufs[fd] += chunk[:max(room, 0)]
+        if len(chunk) > room:
+            truncated = True
+
+    deadline = start + req["timeout"]
+    exited = False
+    while not exited:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            break
+        for fd, _ev in poller.poll(remaining * 1000):
+            if fd == pidfd:
+                exited = True
+            elif fd == 0:  # the host closed the control pipe: it is gone, so go with it
+                _kill_all()
+                os._exit(0)
+            else:
+                chunk = os.read(fd, 1 << 16)
+                if chunk:
+                    take(fd, chunk)
+                else:
+                    poller.unregister(fd)
+                    open_pipes.discard(fd)
+        if truncated:
+            output_hit = True
+            break
+    others = 0
+    if timed_out or output_hit:
+        others = _count_others() - 1  # minus the main child, which is still there
+        os.kill(-1, signal.SIGKILL)  # the main child and everything it started
+    _, status, usage = os.wait4(pid, 0)
+    duration = time.monotonic() - start
+    if _others_alive():  # processes left behind (daemons, a fork bomb): count them, then end them
+        others = max(others, _count_others())
+        _kill_all()
+    for fd in list(open_pipes):  # every writer is dead now: read what is left up to EOF
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            take(fd, chunk)
+    for fd in (out_r, err_r, pidfd):
+        os.close(fd)
+    cpu_used = usage.ru_utime + usage.ru_stime
+    if output_hit:
+        limit = "output"
+    else:
+        limit = _classify(limits, status, cpu_used, bytes(err_tail), others)
+    if timed_out or output_hit:
+        exit_code = None
+    elif os.WIFSIGNALED(status):
+        exit_code = -os.WTERMSIG(status)
+    else:
+        exit_code = os.WEXITSTATUS(status)
+    header = {"exit_code": exit_code, "timed_out": timed_out, "limit_hit": limit, "truncated": truncated,
+              "duration_s": duration, "cpu_s": cpu_used,
+              "stdout_len": len(bufs[out_r]), "stderr_len": len(bufs[err_r])}
+    _write_frame(header, bytes(bufs[out_r]), bytes(bufs[err_r]))
+
+
+def main(cfg):
+    for name in cfg["preload"]:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    gc.collect()
+    gc.freeze()  # children then do not touch (copy) the pages of these objects when they collect
+    devnull = os.open("/dev/null", os.O_WRONLY)
+    _write_frame({"ready": True, "version": sys.version.split()[0]})
+    os.dup2(devnull, 2)  # nothing of ours writes there; keep stray messages off the host's log
+    while True:
+        raw = _read_exact(0, _LEN.size)
+        if raw is None:
+            break
+        req = json.loads(_read_exact(0, _LEN.unpack(raw)[0]))
+        if req.get("op") == "exit":
+            break
+        stdin = None
+        if req.get("stdin_len", -1) >= 0:
+            stdin = _read_exact(0, req["stdin_len"])
+        os.write(1, b"\x06")  # received: a host that sees no ack knows the code never started
+        try:
+            _execute(cfg, req, stdin)
+        except Exception as exc:  # a fault of the machinery (fork failed...): tell the host, stay up
+            _kill_all()
+            _write_frame({"error": f"{type(exc).__name__}: {exc}", "stdout_len": 0, "stderr_len": 0})
+    _kill_all()
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

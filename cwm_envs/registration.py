@@ -10,6 +10,7 @@ import gymnasium
 
 ENVS: dict[str, str] = {
     # id: entry point
+    "cwm/Code-v0": "cwm_envs.envs.code_env:CodeEnv",
 }
 
 

@@ -11,15 +11,16 @@ event carries the locals *before* the line runs. Locals are rendered with `repr`
 (`at 0x...`), each cut at `max_repr` characters (cut values end with `...`).
 
 Determinism: the process must run with PYTHONHASHSEED=0 (set and string iteration order); when it does
-not, the runtime re-executes itself once with that seed (execve: same pid, no extra process). `random`
-is seeded with 0 before the traced code runs.
+not, the runtime re-executes itself once with that seed (execve: same pid, no extra process); if no
+interpreter can be executed it goes on and reports `seed_fixed: false`. `random` is seeded with 0 before
+the traced code runs.
 
 Transport: events travel compactly as `[kind, lineno, depth, fid, changed, order, arg]` where `changed`
 holds only the locals that differ from the previous event of the same frame `fid` (all of them on `call`)
 and `order` lists every name, in `f_locals` order, when the set of names changed (else null); the host
 rebuilds full snapshots. When a cap (events or bytes)
-is hit, recording stops, a first message with the events so far is flushed (so a later timeout still
-leaves a truncated trace), and the code runs on untraced to produce its result.
+is hit, the events so far go out as the final message (`truncated: true`, no return value) and the process
+ends at once, so a capped infinite loop costs no more than its cap.
 """
 import io
 import json
@@ -61,7 +62,7 @@ class Recorder:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_repr = max_repr
-        self.emit = emit              # callback for the early 'truncated' flush
+        self.emit = emit              # called with the events when a cap is hit (does not return)
         self.events = []
         self.nbytes = 0
         self.entry = None             # the entry frame; recording ends when it returns
@@ -129,7 +130,7 @@ class Recorder:
         if len(self.events) >= self.max_events or self.nbytes + size > self.max_bytes:
             self.truncated = True
             self.done = True
-            self.emit({"partial": True, "events": self.events, "truncated": True})
+            self.emit(self.events)  # ends the process: a capped trace is kept, its run is not finished
             return
         self.nbytes += size
         depth = len(self.stack) - (0 if kind == "return" else 1)
@@ -147,14 +148,29 @@ def _send(message):
 
 
 def _reexec_with_fixed_seed(payload_text):
-    """Run this same program again in this process with PYTHONHASHSEED=0 (execve keeps the pid)."""
+    """Run this same program again in this process with PYTHONHASHSEED=0 (execve keeps the pid).
+
+    Tries this interpreter, then a same-version `pythonX.Y` on PATH (a jail may hide the first). Returns
+    only when no interpreter could be executed; the run then goes on with a random hash seed.
+    """
+    import shutil
+
     path = os.path.abspath(".cwm_trace_payload.%d.json" % os.getpid())
-    with open(path, "w") as fh:
-        fh.write(payload_text)
+    try:
+        with open(path, "w") as fh:
+            fh.write(payload_text)
+    except OSError:
+        return
     env = dict(os.environ, PYTHONHASHSEED="0", CWM_TRACE_PAYLOAD=path)
     source = globals().get("_SHIPPED_SOURCE") or open(__file__).read() + "\n_main()\n"
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-c", source], env)
+    same_version = shutil.which("python%d.%d" % sys.version_info[:2])
+    for exe in dict.fromkeys(p for p in (sys.executable, same_version) if p):
+        if os.access(exe, os.X_OK):
+            try:
+                os.execve(exe, [exe, "-c", source], env)
+            except OSError:
+                continue
+    os.unlink(path)
 
 
 def _run(payload):
@@ -162,7 +178,7 @@ def _run(payload):
     entry = payload.get("entry")
     limits = payload.get("limits", {})
     max_repr = int(limits.get("max_repr", 1000))
-    result = {"partial": False, "error": None}
+    result = {"error": None, "seed_fixed": not sys.flags.hash_randomization}
     try:
         code = compile(code_text, FILENAME, "exec")
     except SyntaxError as exc:
@@ -173,8 +189,14 @@ def _run(payload):
     sys.stdout = captured
     sys.stdin = io.StringIO(payload.get("stdin") or "")
     namespace = {"__name__": "__main__" if entry is None else "__traced__", "__builtins__": __builtins__}
+    def stop_at_cap(events):
+        sys.stdout = sys.__stdout__
+        _send(dict(result, events=events, truncated=True, values_cut=recorder.values_cut,
+                   stdout=captured.getvalue()[:65536]))
+        os._exit(0)
+
     recorder = Recorder(int(limits.get("max_events", 10_000)), int(limits.get("max_bytes", 1_000_000)),
-                        max_repr, _send)
+                        max_repr, stop_at_cap)
     random.seed(0)
     try:
         if entry is None:
@@ -256,11 +278,11 @@ def _main():
     try:
         payload = json.loads(text)
     except ValueError as exc:
-        _send({"partial": False, "error": "payload: %s" % exc})
+        _send({"error": "payload: %s" % exc})
         return
     try:
         message = _run(payload)
     except BaseException as exc:  # never leave the host without an answer
         sys.stdout = sys.__stdout__
-        message = {"partial": False, "error": "runtime: %s" % safe_repr(exc, 500)[0]}
+        message = {"error": "runtime: %s" % safe_repr(exc, 500)[0]}
     _send(message)

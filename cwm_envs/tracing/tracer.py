@@ -57,6 +57,7 @@ class TraceResult:
     traced_s: float | None = None
     untraced_s: float | None = None
     wall_s: float | None = None
+    seed_fixed: bool = True           # ran with PYTHONHASHSEED=0 (False: str-set order may vary by run)
 
     @property
     def ok(self) -> bool:
@@ -171,8 +172,8 @@ class Tracer:
                    "time_untraced": time_untraced}
         if expect is not None:
             payload["expect"] = expect
-        # Room for two copies of the events (the early flush at the cap, then the final message).
-        out_cap = 4 * lim.max_bytes + 4 * lim.max_events * 64 + (1 << 20)
+        # The message carries the events compactly; leave room for JSON escapes and the program's output.
+        out_cap = 3 * lim.max_bytes + lim.max_events * 64 + (1 << 20)
         res = self.sandbox.run(self._source, stdin=json.dumps(payload), timeout=self.timeout,
                                limits=Limits(memory_mb=self.memory_mb, output_bytes=out_cap))
         return self._result(code, entry, input, res)
@@ -186,15 +187,12 @@ class Tracer:
                 except json.JSONDecodeError:
                     pass  # a message cut by a kill
         base = TraceResult("error", code, entry, input, wall_s=res.duration_s)
-        final = messages[-1] if messages and not messages[-1].get("partial") else None
-        partial = next((m for m in messages if m.get("partial")), None)
+        final = messages[-1] if messages else None
         if final is None:
             base.status = "timeout" if res.timed_out else "crash"
             base.error = ("timed out" if res.timed_out else
                           f"sandbox: exit {res.exit_code}, limit {res.limit_hit}, stderr {res.stderr[-300:]!r}")
-            if partial is None:
-                return base
-            final = dict(partial, partial=False)
+            return base
         if final.get("error"):
             base.error = final["error"]
             return base
@@ -203,8 +201,7 @@ class Tracer:
         base.context = fmt.mark_context(code, entry_line)
         base.frames = rebuild_frames(final.get("events", []), lines)
         base.frames, cut = _cap_bytes(base.context, base.frames, self.limits.max_bytes)
-        if base.status == "error":  # no sandbox fault above
-            base.status = "truncated" if (final.get("truncated") or cut) else "ok"
+        base.status = "truncated" if (final.get("truncated") or cut) else "ok"
         if base.status == "ok" and (not base.frames or base.frames[-1].event != "return" or base.frames[-1].depth != 0):
             base.status = "truncated"  # the entry scope never returned inside the trace
         base.returned = final.get("returned")
@@ -214,6 +211,7 @@ class Tracer:
         base.values_cut = final.get("values_cut", 0)
         base.traced_s = final.get("traced_s")
         base.untraced_s = final.get("untraced_s")
+        base.seed_fixed = bool(final.get("seed_fixed", True))
         return base
 
 

@@ -1,0 +1,174 @@
+"""What an instance's environment needs: Python version, requirements, install commands.
+
+SWE-bench 5.x no longer ships the per-version dependency specs (`MAP_REPO_VERSION_TO_SPECS`); 4.1.0 does.
+Only that data is vendored, as `specs_swebench_4_1_0.json` (MIT, attribution inside), so the project keeps one
+`swebench` dependency (5.x, for parsers and grading). The official images use conda; ours use a venv in a
+Debian base that has the spec's Python (bullseye: 3.9, bookworm: 3.11). Where no base has the exact version,
+the nearest is used and the substitution is said in `EnvSpec.notes`, never silently.
+
+>>> spec = env_spec_for("psf/requests", "2.3")
+>>> spec.python, spec.suite, spec.requirements
+('3.9', 'bullseye', ('pytest',))
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from cwm_envs.errors import UsageError
+
+SPECS_FILE = Path(__file__).with_name("specs_swebench_4_1_0.json")
+SUITES = {"3.9": "bullseye", "3.11": "bookworm"}   # Debian releases the offline base can be built from
+DEFAULT_PYTHON = "3.11"
+# conda packages that have no PyPI twin under the same name (dropped, and said so in the notes)
+CONDA_ONLY = {"mkl", "mkl-service", "blas", "libblas", "openblas", "compilers", "cxx-compiler", "c-compiler",
+              "gxx_linux-64", "gcc_linux-64", "libgfortran", "nomkl", "python", "pip", "setuptools_scm_git_archive"}
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """The recipe of an environment layer (hashed into its tag) plus the instance-layer commands."""
+
+    python: str                          # the Python version actually used
+    suite: str                           # the Debian release of the base image
+    requirements: tuple[str, ...] = ()   # pip requirement lines, installed from a host-built wheelhouse
+    pre_install: tuple[str, ...] = ()    # run in /testbed before `install` (instance layer)
+    install: tuple[str, ...] = ()        # run in /testbed when the instance image is built
+    notes: tuple[str, ...] = field(default=(), compare=False)   # every substitution made, for the reports
+
+
+@lru_cache(maxsize=1)
+def _vendored() -> dict:
+    return json.loads(SPECS_FILE.read_text())
+
+
+def swebench_specs(repo: str, version: str) -> dict | None:
+    """SWE-bench 4.1.0's spec for a repo version, or None when it has none."""
+    return _vendored()["specs"].get(repo, {}).get(version)
+
+
+def pick_suite(python: str) -> tuple[str, str, list[str]]:
+    """The Debian suite for a Python version: (python used, suite, notes)."""
+    if python in SUITES:
+        return python, SUITES[python], []
+    have = sorted(SUITES, key=lambda v: tuple(map(int, v.split("."))))
+    want = tuple(map(int, python.split(".")[:2])) if re.fullmatch(r"\d+\.\d+(\.\d+)?", python) else (3, 11)
+    # nearest version, preferring the newer one on a tie (old code tends to run on the next release)
+    best = min(have, key=lambda v: (abs(tuple(map(int, v.split(".")))[1] - want[1]), -int(v.split(".")[1])))
+    return best, SUITES[best], [f"spec asks Python {python}; no offline base has it, ran Python {best} instead"]
+
+
+def read_repo_file(repo_dir: str | Path, commit: str, path: str) -> str | None:
+    """A file's text at a commit of a local clone, or None if it is not there."""
+    proc = subprocess.run(["git", "-C", str(repo_dir), "show", f"{commit}:{path}"], capture_output=True)
+    return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else None
+
+
+def _requirements_txt(repo: str, repo_dir: Path, commit: str) -> tuple[list[str], list[str]]:
+    """The repo's requirements file at the env-setup commit, with `-r` includes expanded (as 4.1.0 does)."""
+    for rel in _vendored()["reqs_paths"].get(repo, ["requirements.txt"]):
+        text = read_repo_file(repo_dir, commit, rel)
+        if text is None:
+            continue
+        base = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
+        lines: list[str] = []
+        for line in text.splitlines():
+            s = line.strip()
+            if s.startswith("-r"):
+                lines += (read_repo_file(repo_dir, commit, base + s[2:].strip()) or "").splitlines()
+            else:
+                lines.append(line)
+        keep = [ln.strip() for ln in lines
+                if ln.strip() and not ln.strip().startswith(("#", "-e .", ".[test", "-e", "-c", "--"))]
+        keep = [re.sub(r"\s+#.*$", "", ln) for ln in keep]
+        return [("types-setuptools" if ln.startswith("types-pkg_resources") else ln) for ln in keep], []
+    return [], [f"no requirements file found at {commit[:12]}; installed the spec's pip packages only"]
+
+
+def _conda_to_pip(item: str) -> str | None:
+    """A conda spec ("numpy=1.19", "pytest") as a pip requirement, or None for conda-only packages."""
+    name = re.split(r"[=<>! ]", item.strip(), 1)[0]
+    if not name or name.lower() in CONDA_ONLY:
+        return None
+    rest = item.strip()[len(name):].strip()
+    if rest.startswith("=") and not rest.startswith("=="):
+        rest = "==" + rest[1:].rstrip("*").rstrip(".")
+    return name + rest
+
+
+def _environment_yml(repo: str, repo_dir: Path, commit: str) -> tuple[list[str], list[str]]:
+    """Dependencies of a conda environment.yml, as pip requirements (conda-only ones dropped and named)."""
+    for rel in _vendored()["env_yml_paths"].get(repo, ["environment.yml"]):
+        text = read_repo_file(repo_dir, commit, rel)
+        if text is None:
+            continue
+        reqs, dropped, in_deps, in_pip = [], [], False, False
+        for line in text.splitlines():
+            if re.match(r"^dependencies\s*:", line):
+                in_deps = True
+                continue
+            if in_deps and re.match(r"^\S", line):
+                in_deps = False
+            m = re.match(r"^\s*-\s*(.+?)\s*(#.*)?$", line) if in_deps else None
+            if not m:
+                continue
+            item = m.group(1)
+            if item.startswith("pip:"):
+                in_pip = True
+                continue
+            if in_pip and len(line) - len(line.lstrip()) > 2:
+                reqs.append(item)
+                continue
+            in_pip = False
+            pip = _conda_to_pip(item)
+            (reqs.append(pip) if pip else dropped.append(item))
+        notes = [f"conda environment.yml translated to pip; dropped conda-only {', '.join(dropped)}"] if dropped else []
+        return reqs, notes
+    return [], [f"no environment.yml found at {commit[:12]}"]
+
+
+def env_spec_for(repo: str, version: str, repo_dir: str | Path | None = None, env_commit: str = "") -> EnvSpec:
+    """The EnvSpec of a SWE-bench repo version (requirements files are read from the local clone)."""
+    spec = swebench_specs(repo, version)
+    if spec is None:
+        raise UsageError(f"{repo} {version}: no SWE-bench dependency spec for this repo version; "
+                         "give the row our own fields (python, pip_packages, install, test_cmd)")
+    python, suite, notes = pick_suite(str(spec.get("python", DEFAULT_PYTHON)))
+    reqs: list[str] = []
+    packages = spec.get("packages", "")
+    if packages in ("requirements.txt", "environment.yml"):
+        if repo_dir is None or not env_commit:
+            raise UsageError(f"{repo} {version}: its spec reads {packages} from the repository; give --repos")
+        more, n = (_requirements_txt if packages == "requirements.txt" else _environment_yml)(repo, Path(repo_dir),
+                                                                                             env_commit)
+        reqs += more
+        notes += n
+    elif packages:
+        conv = [_conda_to_pip(p) for p in packages.split()]
+        dropped = [p for p, c in zip(packages.split(), conv) if c is None]
+        reqs += [c for c in conv if c]
+        if dropped:
+            notes.append(f"conda-only packages dropped: {', '.join(dropped)}")
+    reqs += spec.get("pip_packages", [])
+    pre = tuple(spec.get("pre_install", ()))
+    if any(p.lstrip().startswith(("apt-get", "apt ")) for p in pre):
+        notes.append("pre_install apt-get steps skipped (no network while images build); "
+                     "add the Debian packages to the base image if the tests need them")
+        pre = tuple(p for p in pre if not p.lstrip().startswith(("apt-get", "apt ")))
+    install = (spec["install"],) if spec.get("install") else ()
+    return EnvSpec(python=python, suite=suite, requirements=tuple(reqs), pre_install=pre, install=install,
+                   notes=tuple(notes))
+
+
+def env_spec(instance, repo_dir: str | Path | None = None) -> EnvSpec:
+    """The EnvSpec of an instance: our own fields when it has them, else SWE-bench's spec for its version."""
+    if instance.test_cmd or instance.pip_packages or instance.install or instance.python:
+        python, suite, notes = pick_suite(instance.python or DEFAULT_PYTHON)
+        return EnvSpec(python=python, suite=suite, requirements=tuple(instance.pip_packages),
+                       install=tuple(instance.install), notes=tuple(notes))
+    return env_spec_for(instance.repo, instance.version, repo_dir,
+                        instance.environment_setup_commit or instance.base_commit)

@@ -251,7 +251,7 @@ class LocalSandbox(Sandbox):
                  "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
                  "--bind", str(self.workdir), JAIL_WORKDIR, "--chdir", JAIL_WORKDIR, "--clearenv"]
         env = {"PATH": f"{prefix}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": JAIL_WORKDIR, "TMPDIR": "/tmp",
-               "LANG": "C.UTF-8"}
+               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
         for key, value in env.items():
             argv += ["--setenv", key, value]
         if self._root:  # the server needs only these to drop to the sandbox uid and to kill its processes
@@ -261,7 +261,7 @@ class LocalSandbox(Sandbox):
             argv += ["--unshare-user"]
         cfg = {"uid": self.uid if self._root else None, "gid": self.uid if self._root else None,
                "workdir": JAIL_WORKDIR, "preload": list(self._preload), "env": env}
-        return argv + [self._python, "-I", "-X", "utf8", "-c", _SERVER_SOURCE, json.dumps(cfg)]
+        return argv + [self._python, "-I", "-B", "-X", "utf8", "-c", _SERVER_SOURCE, json.dumps(cfg)]
 
     def _start(self) -> _Server:
         if self._state.server is None:

@@ -136,15 +136,18 @@ def _platform_args(python: str, suite: str) -> list[str]:
 
 
 def build_wheelhouse(requirements: list[str] | tuple[str, ...], python: str, suite: str,
-                     log: Callable[[str], None] = lambda _m: None) -> Path:
+                     log: Callable[[str], None] = lambda _m: None, then: tuple[str, ...] = ()) -> Path:
     """Wheels for `requirements` (plus pip, setuptools, wheel) for the target Python, cached by content.
+
+    `then` is a second set resolved on its own (SWE-bench installs a spec's pip_packages after the
+    requirements file, and they may pin other versions of the same packages).
 
     Binary wheels are downloaded for the image's Python and glibc. pip evaluates environment markers with
     the host's Python, so a dependency that only an older Python needs can be missing: the image build
     names it and `add_to_wheelhouse` fetches it (see `_build_with_wheels`).
     """
     reqs = sorted(set(requirements) | {"pip", "setuptools", "wheel"})
-    out = cache_dir() / "wheels" / _hash("wheels", python, suite, reqs)
+    out = cache_dir() / "wheels" / _hash("wheels", python, suite, reqs, sorted(then))
     if (out / ".complete").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +155,8 @@ def build_wheelhouse(requirements: list[str] | tuple[str, ...], python: str, sui
     try:
         (tmp / "requirements.txt").write_text("\n".join(reqs) + "\n")
         _download(tmp, ["-r", str(tmp / "requirements.txt")], python, suite, log)
+        if then:
+            _download(tmp, list(then), python, suite, log)
         (tmp / ".complete").write_text(json.dumps({"python": python, "suite": suite}))
         if not out.exists():         # else another process finished the same wheelhouse first
             tmp.rename(out)
@@ -177,9 +182,10 @@ def _download(dest: Path, what: list[str], python: str, suite: str, log: Callabl
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
             return
-        missing = re.search(r"No matching distribution found for (\S+)", proc.stderr)
+        err = "\n".join(ln for ln in proc.stderr.splitlines() if "is ignored: it is neither" not in ln)
+        missing = re.search(r"No matching distribution found for (\S+)", err)
         if not missing or missing.group(1) in built:
-            raise InfraError(f"pip download for Python {python} failed: {proc.stderr.strip()[-800:]}")
+            raise InfraError(f"pip download for Python {python} failed: {err.strip()[-800:]}")
         req = missing.group(1)
         log(f"no Python {python} wheel for {req}; building one on the host")
         wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
@@ -246,26 +252,29 @@ def build_env_image(spec: EnvSpec, *, client=None, log: Callable[[str], None] = 
     client = client or _client()
     base = ensure_base_image(suite=spec.suite, client=client, log=log)
     base_id = client.images.get(base).id
-    key = _hash("env", base_id, spec.python, sorted(spec.requirements), ACTIVATE_SHIM)
+    key = _hash("env", base_id, spec.python, sorted(spec.requirements), list(spec.pip_packages), ACTIVATE_SHIM)
     tag = f"{ENV_REPO}:{key}"
     with _lock(tag):
         if image_exists(client, tag):
             return tag
-        wheels = build_wheelhouse(spec.requirements, spec.python, spec.suite, log=log)
-        log(f"building {tag} (Python {spec.python} on {spec.suite}, {len(spec.requirements)} requirements)")
+        wheels = build_wheelhouse(spec.requirements, spec.python, spec.suite, log=log, then=spec.pip_packages)
+        n = len(spec.requirements) + len(spec.pip_packages)
+        log(f"building {tag} (Python {spec.python} on {spec.suite}, {n} requirements)")
         with tempfile.TemporaryDirectory(prefix="cwm-swe-env-") as tmp:
             ctx = Path(tmp)
             (ctx / "requirements.txt").write_text("\n".join(spec.requirements) + "\n")
+            (ctx / "pip_packages.txt").write_text("\n".join(spec.pip_packages) + "\n")
             (ctx / "activate").write_text(ACTIVATE_SHIM)
             (ctx / "Dockerfile").write_text(f"""FROM {base}
 ENV PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 COPY wheels /opt/wheels
 COPY activate /opt/miniconda3/bin/activate
-COPY requirements.txt /opt/requirements.txt
+COPY requirements.txt pip_packages.txt /opt/
 RUN python3 -c 'import sys; v = "%d.%d" % sys.version_info[:2]; assert v == "{spec.python}", v' \\
  && python3 -m venv {VENV} \\
  && {VENV}/bin/python -m pip install -q -U pip \\
- && {VENV}/bin/python -m pip install -q -U setuptools wheel -r /opt/requirements.txt
+ && {VENV}/bin/python -m pip install -q -U setuptools wheel -r /opt/requirements.txt \\
+ && if grep -q . /opt/pip_packages.txt; then {VENV}/bin/python -m pip install -q -r /opt/pip_packages.txt; fi
 """)
             _build_with_wheels(client, ctx, tag, {"cwm-envs.swe.layer": "env", "cwm-envs.swe.key": key}, wheels,
                                spec, log)

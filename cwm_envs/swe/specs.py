@@ -7,8 +7,8 @@ Debian base that has the spec's Python (bullseye: 3.9, bookworm: 3.11). Where no
 the nearest is used and the substitution is said in `EnvSpec.notes`, never silently.
 
 >>> spec = env_spec_for("psf/requests", "2.3")
->>> spec.python, spec.suite, spec.requirements
-('3.9', 'bullseye', ('pytest',))
+>>> spec.python, spec.suite, spec.requirements, spec.pip_packages
+('3.9', 'bullseye', ('pytest',), ())
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class EnvSpec:
     python: str                          # the Python version actually used
     suite: str                           # the Debian release of the base image
     requirements: tuple[str, ...] = ()   # pip requirement lines, installed from a host-built wheelhouse
+    pip_packages: tuple[str, ...] = ()   # installed after them (may re-pin what they installed, as upstream)
     pre_install: tuple[str, ...] = ()    # run in /testbed before `install` (instance layer)
     install: tuple[str, ...] = ()        # run in /testbed when the instance image is built
     notes: tuple[str, ...] = field(default=(), compare=False)   # every substitution made, for the reports
@@ -153,14 +154,14 @@ def env_spec_for(repo: str, version: str, repo_dir: str | Path | None = None, en
         reqs += [c for c in conv if c]
         if dropped:
             notes.append(f"conda-only packages dropped: {', '.join(dropped)}")
-    reqs += spec.get("pip_packages", [])
     pre = tuple(spec.get("pre_install", ()))
     if any(p.lstrip().startswith(("apt-get", "apt ")) for p in pre):
         notes.append("pre_install apt-get steps skipped (no network while images build); "
                      "add the Debian packages to the base image if the tests need them")
         pre = tuple(p for p in pre if not p.lstrip().startswith(("apt-get", "apt ")))
     install = (spec["install"],) if spec.get("install") else ()
-    return EnvSpec(python=python, suite=suite, requirements=tuple(reqs), pre_install=pre, install=install,
+    return EnvSpec(python=python, suite=suite, requirements=tuple(reqs),
+                   pip_packages=tuple(spec.get("pip_packages", ())), pre_install=pre, install=install,
                    notes=tuple(notes))
 
 

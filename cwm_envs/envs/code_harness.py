@@ -19,15 +19,21 @@ record)`), entry (["function", name] or ["method", class, name]), call_timeout_s
 Result: {"load_error": str|None, "units": {index: [ok, error]}, "aborted": str|None}.
 This file uses only the standard library: the sandbox runs its text.
 """
-import json
-import marshal
 import os
-import select
-import signal
-import struct
-import subprocess
 import sys
-import time
+
+# Import only from the Python installation, never from the working dir: an earlier execution in the same
+# sandbox may have left a `subprocess.py` there to take over the judge of a later one.
+_HOMES = tuple(os.path.join(os.path.realpath(p), "") for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+sys.path[:] = [p for p in sys.path if p and os.path.join(os.path.realpath(p), "").startswith(_HOMES)]
+
+import json  # noqa: E402  (the imports follow the path fix on purpose)
+import marshal  # noqa: E402
+import select  # noqa: E402
+import signal  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
 
 CANDIDATE_BOOT = r'''
 import os, sys, marshal, struct, traceback
@@ -89,6 +95,7 @@ while True:
         _send(("error", _short(exc)))
 '''
 
+MAX_REPLY_BYTES = 64 << 20
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset)
 
 
@@ -163,7 +170,10 @@ class Candidate:
 
     def _recv(self):
         try:
-            msg = marshal.loads(self._read(struct.unpack(">Q", self._read(8))[0]))
+            (size,) = struct.unpack(">Q", self._read(8))
+            if size > MAX_REPLY_BYTES:
+                raise ValueError(f"a reply of {size} bytes")
+            msg = marshal.loads(self._read(size))
         except (ValueError, EOFError, TypeError, struct.error) as exc:
             self.kill(f"garbled reply ({exc})")
             raise CandidateError(self.dead) from None

@@ -112,15 +112,17 @@ def _cap_bytes(context: str, frames: list[Frame], max_bytes: int) -> tuple[list[
 
 
 class Tracer:
-    """Traces code in one sandbox (created on first use unless given); a context manager.
+    """Traces code in one sandbox; a context manager.
 
-    Safe to share between threads when the sandbox is (the local one is).
+    `sandbox` is a backend name (created on first use, closed with the tracer) or a `Sandbox` to share (left
+    open). A local sandbox runs one execution at a time: use one Tracer per thread for parallel work.
     """
 
-    def __init__(self, sandbox=None, limits: TraceLimits | None = None, timeout: float = 10.0,
+    def __init__(self, sandbox="local", limits: TraceLimits | None = None, timeout: float = 10.0,
                  memory_mb: int | None = 1024):
-        self._sandbox = sandbox
-        self._own = sandbox is None
+        self._own = isinstance(sandbox, str)
+        self._backend = sandbox if self._own else None
+        self._sandbox = None if self._own else sandbox
         self.limits = limits or TraceLimits()
         self.timeout = timeout
         self.memory_mb = memory_mb
@@ -131,13 +133,16 @@ class Tracer:
         if self._sandbox is None:
             from cwm_envs.sandbox import make_sandbox
 
-            self._sandbox = make_sandbox("local")
+            if not self._own:
+                raise UsageError("this tracer is closed")
+            self._sandbox = make_sandbox(self._backend)
         return self._sandbox
 
     def close(self) -> None:
+        """Close an owned sandbox (a shared one stays open); safe to call twice."""
         if self._own and self._sandbox is not None:
             self._sandbox.close()
-        self._sandbox = None
+            self._sandbox = None
 
     def __enter__(self):
         return self

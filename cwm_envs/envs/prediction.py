@@ -1,0 +1,249 @@
+"""`cwm/OutputPrediction-v0` and `cwm/InputPrediction-v0`: CRUXEval-O / -I style execution prediction.
+
+The reward comes from running `assert f(INPUT) == OUTPUT` in the sandbox with the predicted part filled in,
+never from comparing strings, so any equal value counts (`[1,2]` for `[1, 2]`, any input that works).
+"""
+from __future__ import annotations
+
+import ast
+import secrets
+from pathlib import Path
+from typing import Sequence
+
+import gymnasium as gym
+
+from cwm_envs.errors import UsageError
+from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
+from cwm_envs.spaces import AnyText
+from cwm_envs.tasks import Task
+from rewards.base import RewardResult
+from rewards.prediction import SCHEMES, Prediction, parse_prediction, prediction_reward
+
+MAX_PROMPT_CHARS = 32_768
+MAX_ACTION_CHARS = 32_768
+FORMAT_RULE = "Answer with exactly one ```python code block``` holding the completed assertion."
+PROMPTS = {
+    "output": ("You are given a Python function and an assertion containing an input to the function. Complete "
+               "the assertion with a literal (no unsimplified expressions, no function calls) containing the "
+               "output when executing the provided code on the given input, even if the function is incorrect "
+               "or incomplete.\n\n```python\n{code}\nassert {entry}({input}) == ??\n```\n\n" + FORMAT_RULE),
+    "input": ("You are given a Python function and an output. Find any input such that executing the function "
+              "on it leads to the given output. There may be several answers; give one.\n\n```python\n{code}\n"
+              "assert {entry}(??) == {output}\n```\n\n" + FORMAT_RULE),
+}
+
+
+def defined_names(code: str) -> frozenset[str]:
+    """Names the module level of `code` binds (functions, classes, assignments, imports)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return frozenset()
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return frozenset(names)
+
+
+def judge_program(code: str, entry: str, args: str, output: str, nonce: str) -> str:
+    """The program that decides a prediction: the code, then the assertion, then the nonce (only if it held)."""
+    return (f"{code}\n\n__cwm_got = {entry}({args})\n__cwm_want = ({output})\n"
+            f"assert __cwm_got == __cwm_want, 'not equal'\nprint({nonce!r})\n")
+
+
+def load_prediction_tasks(source: str | Path | Sequence[Task]) -> list[Task]:
+    """"cruxeval" (the shared file), a CRUXEval-format JSONL path, or Tasks with code/input/output metadata."""
+    from cwm_envs.sources.code import load_cruxeval
+
+    if isinstance(source, (str, Path)):
+        tasks = load_cruxeval(None if str(source) == "cruxeval" else source)
+    else:
+        tasks = list(source)
+    if not tasks:
+        raise UsageError("no prediction tasks")
+    for t in tasks:
+        if not all(isinstance(t.metadata.get(k), str) for k in ("code", "input", "output")):
+            raise UsageError(f"task {t.id}: metadata needs string code, input and output")
+    return tasks
+
+
+class PredictionEnv(gym.Env):
+    """Predict what a function returns (`mode="output"`) or an input that makes it return a given value
+    (`mode="input"`); one step, judged by executing the completed assertion in the sandbox.
+
+    ## Observation Space
+    `AnyText(32768)`: CRUXEval's prompt: the code and `assert f(INPUT) == ??` (output mode) or
+    `assert f(??) == OUTPUT` (input mode), with the format rule.
+
+    ## Action Space
+    `AnyText(32768)`: the response. After `</think>` (if any), exactly one fenced code block holding
+    `assert f(INPUT) == OUTPUT`, or just the missing part. The predicted part must be a safe expression
+    (literals, containers, operators, lambdas, a few pure builtins; input mode may also use names the code
+    defines), see `rewards.prediction`.
+
+    ## Rewards
+    `reward_scheme="cwm"`: +1 when the format holds and the assertion passes in the sandbox, else -1;
+    `"binary"`: 1 / 0. `info["outcomes"]`: `parse`, `pass`, `timed_out`, `prediction`.
+
+    ## Episode End
+    Every step ends the episode (terminated).
+
+    ## Arguments
+    - `mode`: "output" or "input" (the registered ids fix it).
+    - `tasks`: None for the embedded generator (seeded programs; the true output comes from running it),
+      "cruxeval" for the 800 CRUXEval rows in the shared data, a CRUXEval-format JSONL path, or a list of
+      Task with metadata code, input, output (and optionally entry, default "f").
+    - `reward_scheme`, `require_think` (demand exactly one `</think>`), `timeout_s`, `memory_mb`,
+      `sandbox` (a backend name or a shared `Sandbox`, which the env does not close).
+    - `reset(options={"task": Task | task id | index})` poses a given task.
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, mode: str = "output", tasks: str | Path | Sequence[Task] | None = None,
+                 reward_scheme: str = "cwm", require_think: bool = False, timeout_s: float = 5.0,
+                 memory_mb: int = 1024, sandbox: str | Sandbox = "local", render_mode: str | None = None):
+        if mode not in PROMPTS:
+            raise UsageError(f"mode must be 'output' or 'input', got {mode!r}")
+        if reward_scheme not in SCHEMES:
+            raise UsageError(f"unknown reward_scheme {reward_scheme!r}; choose one of {SCHEMES}")
+        if render_mode not in (None, "ansi"):
+            raise UsageError(f"unsupported render_mode {render_mode!r}")
+        self.mode, self.reward_scheme, self.require_think = mode, reward_scheme, require_think
+        self.timeout_s, self.render_mode = float(timeout_s), render_mode
+        generated = tasks is None or isinstance(tasks, str) and tasks == "generated"
+        self.tasks = None if generated else load_prediction_tasks(tasks)
+        self.limits = Limits(memory_mb=memory_mb, processes=16, file_size_mb=16, output_bytes=1 << 20)
+        self._owns_sandbox = not isinstance(sandbox, Sandbox)
+        self._sandbox_arg = sandbox
+        self._sandbox: Sandbox | None = None if self._owns_sandbox else sandbox
+        self.observation_space = AnyText(MAX_PROMPT_CHARS)
+        self.action_space = AnyText(MAX_ACTION_CHARS)
+        self.task: Task | None = None
+        self._done, self._last = True, ""
+
+    # -- gymnasium API ----------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.task = self._pick_task((options or {}).get("task"))
+        self._done = False
+        self._last = self.render_prompt(self.task)
+        return self._last, {"task_id": self.task.id}
+
+    def step(self, action: str):
+        if self.task is None or self._done:
+            raise UsageError("step() called before reset() or after the episode ended")
+        if not isinstance(action, str):
+            raise UsageError(f"the action must be a str, got {type(action).__name__}")
+        result = self.evaluate(self.task, action)
+        self._done = True
+        self._last = result.details
+        m = self.task.metadata
+        info = {"task_id": self.task.id, "outcomes": result.outcomes, "details": result.details,
+                "expected": m["output"] if self.mode == "output" else m["input"]}
+        return "", float(result.value), True, False, info
+
+    def render(self):
+        return self._last if self.render_mode == "ansi" else None
+
+    def close(self):
+        if self._owns_sandbox and self._sandbox is not None:
+            self._sandbox.close()
+        if self._owns_sandbox:
+            self._sandbox = None
+
+    # -- prompts and judging ------------------------------------------------------------------------------
+    def render_prompt(self, task: Task) -> str:
+        m = task.metadata
+        return PROMPTS[self.mode].format(code=m["code"].rstrip(), entry=m.get("entry", "f"), input=m["input"],
+                                         output=m["output"])[:MAX_PROMPT_CHARS]
+
+    @staticmethod
+    def reference_response(task: Task) -> str:
+        """A response that passes (the dataset's own assertion in a code block): the oracle's answer."""
+        m = task.metadata
+        return f"```python\nassert {m.get('entry', 'f')}({m['input']}) == {m['output']}\n```"
+
+    def evaluate(self, task: Task, response: str) -> RewardResult:
+        """Judge one response to `task`; usable without reset() (benchmarks call it directly)."""
+        m = task.metadata
+        entry = m.get("entry", "f")
+        prediction = parse_prediction(response, self.mode, entry, defined_names(m["code"]), self.require_think)
+        if prediction.text is None:
+            return prediction_reward(prediction, False, self.reward_scheme)
+        args, output = (m["input"], prediction.text) if self.mode == "output" else (prediction.text, m["output"])
+        passed, timed_out, detail = self._run_assertion(m["code"], entry, args, output)
+        return prediction_reward(prediction, passed, self.reward_scheme, timed_out, detail)
+
+    def _run_assertion(self, code: str, entry: str, args: str, output: str) -> tuple[bool, bool, str]:
+        nonce = f"cwm-ok-{secrets.token_hex(8)}"
+        res = self.sandbox.run(judge_program(code, entry, args, output, nonce), timeout=self.timeout_s,
+                               limits=self.limits)
+        passed = res.exit_code == 0 and not res.timed_out and res.stdout.rstrip("\n").endswith(nonce)
+        detail = "" if passed else (res.stderr.strip().splitlines() or [res.limit_hit or ""])[-1][:300]
+        return passed, res.timed_out, detail
+
+    @property
+    def sandbox(self) -> Sandbox:
+        if self._sandbox is None:
+            self._sandbox = make_sandbox(self._sandbox_arg)
+        return self._sandbox
+
+    def _pick_task(self, choice) -> Task:
+        if isinstance(choice, Task):
+            return load_prediction_tasks([choice])[0]
+        if self.tasks is not None:
+            if choice is None:
+                return self.tasks[int(self.np_random.integers(len(self.tasks)))]
+            if isinstance(choice, int):
+                return self.tasks[choice % len(self.tasks)]
+            found = next((t for t in self.tasks if t.id == choice), None)
+            if found is None:
+                raise UsageError(f"no task with id {choice!r}")
+            return found
+        if choice is not None:
+            raise UsageError("with the generated source, options['task'] must be a Task")
+        return self._generated_task()
+
+    def _generated_task(self) -> Task:
+        """A seeded program whose output is found by running it (programs that raise are redrawn)."""
+        import random
+
+        from cwm_envs.tracing.generate import generate_program
+
+        for _ in range(20):
+            seed = int(self.np_random.integers(2**31))
+            prog = generate_program(random.Random(seed), n_inputs=1)
+            marker = f"cwm-out-{secrets.token_hex(8)}"
+            res = self.sandbox.run(f"{prog.code}\n\nprint({marker!r} + repr({prog.entry}({prog.inputs[0]})))\n",
+                                   timeout=self.timeout_s, limits=self.limits)
+            lines = [ln for ln in res.stdout.splitlines() if ln.startswith(marker)]
+            if res.ok and lines:
+                output = lines[-1][len(marker):]
+                return Task(id=f"gen/{prog.family}/{seed}", prompt=prog.code, answer=output,
+                            metadata={"code": prog.code, "input": prog.inputs[0], "output": output,
+                                      "entry": prog.entry})
+        raise UsageError("could not generate a program that runs (20 tries)")
+
+
+class OutputPredictionEnv(PredictionEnv):
+    __doc__ = PredictionEnv.__doc__
+
+    def __init__(self, **kwargs):
+        super().__init__(mode="output", **kwargs)
+
+
+class InputPredictionEnv(PredictionEnv):
+    __doc__ = PredictionEnv.__doc__
+
+    def __init__(self, **kwargs):
+        super().__init__(mode="input", **kwargs)

@@ -11,6 +11,9 @@ import gymnasium
 ENVS: dict[str, str] = {
     # id: entry point
     "cwm/Code-v0": "cwm_envs.envs.code_env:CodeEnv",
+    "cwm/OutputPrediction-v0": "cwm_envs.envs.prediction:OutputPredictionEnv",
+    "cwm/InputPrediction-v0": "cwm_envs.envs.prediction:InputPredictionEnv",
+    "cwm/Trace-v0": "cwm_envs.envs.trace_env:TraceEnv",
 }
 
 

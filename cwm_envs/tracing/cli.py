@@ -29,7 +29,8 @@ def cmd_build(args) -> int:
         raise UsageError("--workers must be at least 1")
     jobs = list(iter_jobs(args.source, limit=args.limit, fuzz=args.fuzz, seed=args.seed, data=args.data))
     stats = build_corpus(jobs, args.out, workers=args.workers, limits=_limits(args), timeout=args.timeout,
-                         keep_truncated=args.keep_truncated, with_events=args.events, total=len(jobs))
+                         keep_truncated=args.keep_truncated, with_events=args.events, total=len(jobs),
+                         batch=args.batch)
     print(f"{stats.line()} -> {args.out}")
     if stats.expect_mismatch:
         print(f"traced return value differs from the dataset output: {', '.join(stats.expect_mismatch[:20])}")
@@ -67,6 +68,7 @@ def register(sub) -> None:
     p.add_argument("--fuzz", type=int, default=0, help="extra type-directed inputs per function (0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator and the fuzzer (0)")
     p.add_argument("--data", default=None, help="dataset file for cruxeval/humaneval (default: shared data)")
+    p.add_argument("--batch", type=int, default=16, help="traces per sandbox run (one interpreter start) (16)")
     p.add_argument("--keep-truncated", action="store_true", help="also write traces cut by a cap")
     p.add_argument("--events", action="store_true", help="also write the structured events of each trace")
     _add_limit_args(p)

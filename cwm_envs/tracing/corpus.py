@@ -45,7 +45,7 @@ from typing import Iterable, Iterator
 
 from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.tracing.generate import fuzz_from_signature, fuzz_inputs, generate_program
-from cwm_envs.tracing.tracer import TraceLimits, TraceResult, Tracer
+from cwm_envs.tracing.tracer import TraceJob, TraceLimits, TraceResult, Tracer
 
 SOURCES = ("cruxeval", "humaneval", "generated")
 
@@ -181,8 +181,12 @@ def row_of(job: Job, result: TraceResult, with_events: bool) -> dict:
 
 def build_corpus(jobs: Iterable[Job], out: str | Path, *, workers: int = 2, limits: TraceLimits | None = None,
                  timeout: float = 10.0, keep_truncated: bool = False, with_events: bool = False,
-                 progress: bool | None = None, total: int | None = None) -> CorpusStats:
-    """Trace every job with `workers` sandboxes (one per thread) and write the JSONL at `out`, in job order."""
+                 progress: bool | None = None, total: int | None = None, batch: int = 16) -> CorpusStats:
+    """Trace every job and write the JSONL at `out`, in job order.
+
+    `workers` threads each own a sandbox (a local sandbox runs one execution at a time) and send it
+    batches of `batch` jobs: one interpreter start per batch, one forked process and deadline per job.
+    """
     from tqdm import tqdm
 
     out = Path(out)
@@ -192,46 +196,54 @@ def build_corpus(jobs: Iterable[Job], out: str | Path, *, workers: int = 2, limi
     tracers: list[Tracer] = []
     lock = threading.Lock()
 
-    def run(job: Job) -> TraceResult | None:
+    def run(chunk: list[Job]) -> list[TraceResult | None]:
         tracer = getattr(local, "tracer", None)
         if tracer is None:
             tracer = local.tracer = Tracer(limits=limits, timeout=timeout)
             with lock:
                 tracers.append(tracer)
+        todo = [TraceJob(j.code, j.entry, j.input, j.stdin, j.expect) for j in chunk]
         for _attempt in range(2):  # an infrastructure fault is retried once, never counted as the code's
             try:
-                if job.entry is None:
-                    return tracer.trace_script(job.code, job.stdin or "")
-                return tracer.trace_call(job.code, job.entry, job.input or "", expect=job.expect)
+                return tracer.trace_many(todo)
             except UsageError as exc:
-                return TraceResult("error", job.code, job.entry, job.input, error=str(exc))
+                return [TraceResult("error", j.code, j.entry, j.input, error=str(exc)) for j in chunk]
             except InfraError:
                 continue
-        return None
+        return [None] * len(chunk)
+
+    def chunks() -> Iterator[list[Job]]:
+        chunk = []
+        for job in jobs:
+            chunk.append(job)
+            if len(chunk) == max(1, batch):
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     bar = tqdm(total=total, unit="trace", disable=not (sys.stderr.isatty() if progress is None else progress))
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, out.open("w", encoding="utf-8") as fh:
             window: deque = deque()
-            jobs_iter = iter(jobs)
 
             def drain_one():
-                job, fut = window.popleft()
-                result = fut.result()
-                status = "infra" if result is None else result.status
-                stats.statuses[status] += 1
-                if result is not None and result.expect_equal is False:
-                    stats.expect_mismatch.append(job.id)
-                if status == "ok" or (status == "truncated" and keep_truncated):
-                    fh.write(json.dumps(row_of(job, result, with_events)) + "\n")
-                    stats.written += 1
-                    stats.events += len(result.frames)
-                bar.update(1)
+                chunk, fut = window.popleft()
+                for job, result in zip(chunk, fut.result()):
+                    status = "infra" if result is None else result.status
+                    stats.statuses[status] += 1
+                    if result is not None and result.expect_equal is False:
+                        stats.expect_mismatch.append(job.id)
+                    if status == "ok" or (status == "truncated" and keep_truncated):
+                        fh.write(json.dumps(row_of(job, result, with_events)) + "\n")
+                        stats.written += 1
+                        stats.events += len(result.frames)
+                bar.update(len(chunk))
 
-            for job in jobs_iter:
-                stats.jobs += 1
-                window.append((job, pool.submit(run, job)))
-                if len(window) >= 4 * max(1, workers):
+            for chunk in chunks():
+                stats.jobs += len(chunk)
+                window.append((chunk, pool.submit(run, chunk)))
+                if len(window) >= 2 * max(1, workers):
                     drain_one()
             while window:
                 drain_one()

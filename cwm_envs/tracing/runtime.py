@@ -15,6 +15,10 @@ not, the runtime re-executes itself once with that seed (execve: same pid, no ex
 interpreter can be executed it goes on and reports `seed_fixed: false`. `random` is seeded with 0 before
 the traced code runs.
 
+A payload is one job, run in this process, or `{"jobs": [...], "timeout": s}`, a batch whose jobs each
+run in a forked child with its own deadline (one interpreter re-exec for the whole batch). Every message
+carries the `index` of its job.
+
 Transport: events travel compactly as `[kind, lineno, depth, fid, changed, order, arg]` where `changed`
 holds only the locals that differ from the previous event of the same frame `fid` (all of them on `call`)
 and `order` lists every name, in `f_locals` order, when the set of names changed (else null); the host
@@ -178,7 +182,7 @@ def _run(payload):
     entry = payload.get("entry")
     limits = payload.get("limits", {})
     max_repr = int(limits.get("max_repr", 1000))
-    result = {"error": None, "seed_fixed": not sys.flags.hash_randomization}
+    result = {"index": payload.get("index", 0), "error": None, "seed_fixed": not sys.flags.hash_randomization}
     try:
         code = compile(code_text, FILENAME, "exec")
     except SyntaxError as exc:
@@ -265,6 +269,50 @@ def _run(payload):
     return result
 
 
+def _run_one(job, index):
+    job["index"] = index
+    try:
+        message = _run(job)
+    except BaseException as exc:  # never leave the host without an answer
+        sys.stdout = sys.__stdout__
+        message = {"error": "runtime: %s" % safe_repr(exc, 500)[0]}
+    message["index"] = index
+    _send(message)
+
+
+def _run_forked(job, index, timeout):
+    """One job of a batch in a forked child (fresh state, own deadline); the parent reports a timeout."""
+    import select
+    import signal
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _run_one(job, index)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + timeout
+    fd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    try:
+        while True:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                _send({"index": index, "error": "timeout", "timed_out": True})
+                return
+            if fd is not None:
+                select.select([fd], [], [], left)
+            else:
+                time.sleep(min(left, 0.001))
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _main():
     path = os.environ.pop("CWM_TRACE_PAYLOAD", None)
     if path:
@@ -278,11 +326,10 @@ def _main():
     try:
         payload = json.loads(text)
     except ValueError as exc:
-        _send({"error": "payload: %s" % exc})
+        _send({"error": "payload: %s" % exc, "index": 0})
         return
-    try:
-        message = _run(payload)
-    except BaseException as exc:  # never leave the host without an answer
-        sys.stdout = sys.__stdout__
-        message = {"error": "runtime: %s" % safe_repr(exc, 500)[0]}
-    _send(message)
+    if "jobs" not in payload:
+        _run_one(payload, 0)
+        return
+    for index, job in enumerate(payload["jobs"]):  # a batch: one re-exec, one fork per job
+        _run_forked(job, index, float(payload.get("timeout", 10.0)))

@@ -158,53 +158,67 @@ class Tracer:
         CRUXEval (`"[1, 2], 'a'"`, keywords allowed), evaluated in the code's namespace. With `expect`
         (an expression) the result says whether the return value == it; `time_untraced` > 0 also times
         that many untraced calls in the same process (for the slowdown benchmark)."""
-        if not entry or not entry.isidentifier():
-            raise UsageError(f"entry must be a function name, got {entry!r}")
-        return self._trace(code, entry, input, None, expect, time_untraced)
+        job = TraceJob(code, entry, input, None, expect)
+        return self._run([job], batch=False, time_untraced=time_untraced)[0]
 
     def trace_script(self, code: str, stdin: str = "") -> TraceResult:
         """Trace a whole script run as __main__ with `stdin`; the module is the entry scope."""
-        return self._trace(code, None, None, stdin, None, 0)
+        return self._run([TraceJob(code, None, None, stdin)], batch=False)[0]
+
+    def trace_many(self, jobs: list["TraceJob"]) -> list[TraceResult]:
+        """Trace several calls/scripts in one sandbox run, each in its own forked process with its own
+        deadline (`timeout` each): the interpreter start is paid once per batch, not once per trace."""
+        return self._run(list(jobs), batch=True) if jobs else []
 
     # -- internals ------------------------------------------------------------------------------------
-    def _trace(self, code, entry, input, stdin, expect, time_untraced) -> TraceResult:
-        from cwm_envs.sandbox import Limits
-
-        code = code.replace("\r\n", "\n").replace("\r", "\n")
+    def _payload(self, job: "TraceJob", time_untraced: int = 0) -> dict:
+        if job.entry is not None and not job.entry.isidentifier():
+            raise UsageError(f"entry must be a function name, got {job.entry!r}")
         lim = self.limits
-        payload = {"code": code, "entry": entry, "input": input, "stdin": stdin,
+        payload = {"code": job.normalized_code, "entry": job.entry, "input": job.input, "stdin": job.stdin,
                    "limits": {"max_events": lim.max_events, "max_bytes": lim.max_bytes, "max_repr": lim.max_repr},
                    "time_untraced": time_untraced}
-        if expect is not None:
-            payload["expect"] = expect
-        # The message carries the events compactly; leave room for JSON escapes and the program's output.
-        out_cap = 3 * lim.max_bytes + lim.max_events * 64 + (1 << 20)
-        res = self.sandbox.run(self._source, stdin=json.dumps(payload), timeout=self.timeout,
-                               limits=Limits(memory_mb=self.memory_mb, output_bytes=out_cap))
-        return self._result(code, entry, input, res)
+        if job.expect is not None:
+            payload["expect"] = job.expect
+        return payload
 
-    def _result(self, code, entry, input, res) -> TraceResult:
-        messages = []
+    def _run(self, jobs: list["TraceJob"], batch: bool, time_untraced: int = 0) -> list[TraceResult]:
+        from cwm_envs.sandbox import Limits
+
+        payloads = [self._payload(j, time_untraced) for j in jobs]
+        stdin = {"jobs": payloads, "timeout": self.timeout} if batch else payloads[0]
+        # Messages carry the events compactly; leave room for JSON escapes and the program's output.
+        lim = self.limits
+        out_cap = len(jobs) * (3 * lim.max_bytes + lim.max_events * 64) + (1 << 20)
+        total_timeout = self.timeout * len(jobs) + (5.0 if batch else 0.0)
+        res = self.sandbox.run(self._source, stdin=json.dumps(stdin), timeout=total_timeout,
+                               limits=Limits(memory_mb=self.memory_mb, output_bytes=out_cap))
+        messages: dict[int, dict] = {}
         for line in res.stdout.splitlines():
             if line.startswith(MARK):
                 try:
-                    messages.append(json.loads(line[len(MARK):]))
+                    message = json.loads(line[len(MARK):])
                 except json.JSONDecodeError:
-                    pass  # a message cut by a kill
-        base = TraceResult("error", code, entry, input, wall_s=res.duration_s)
-        final = messages[-1] if messages else None
+                    continue  # a message cut by a kill
+                messages[int(message.get("index", 0))] = message
+        return [self._result(job, messages.get(i), res) for i, job in enumerate(jobs)]
+
+    def _result(self, job: "TraceJob", final: dict | None, res) -> TraceResult:
+        code = job.normalized_code
+        base = TraceResult("error", code, job.entry, job.input, wall_s=res.duration_s)
         if final is None:
             base.status = "timeout" if res.timed_out else "crash"
             base.error = ("timed out" if res.timed_out else
                           f"sandbox: exit {res.exit_code}, limit {res.limit_hit}, stderr {res.stderr[-300:]!r}")
             return base
+        if final.get("timed_out"):
+            base.status, base.error = "timeout", "timed out"
+            return base
         if final.get("error"):
             base.error = final["error"]
             return base
-        lines = code.split("\n")
-        entry_line = final.get("entry_line") or 1
-        base.context = fmt.mark_context(code, entry_line)
-        base.frames = rebuild_frames(final.get("events", []), lines)
+        base.context = fmt.mark_context(code, final.get("entry_line") or 1)
+        base.frames = rebuild_frames(final.get("events", []), code.split("\n"))
         base.frames, cut = _cap_bytes(base.context, base.frames, self.limits.max_bytes)
         base.status = "truncated" if (final.get("truncated") or cut) else "ok"
         if base.status == "ok" and (not base.frames or base.frames[-1].event != "return" or base.frames[-1].depth != 0):
@@ -218,6 +232,21 @@ class Tracer:
         base.untraced_s = final.get("untraced_s")
         base.seed_fixed = bool(final.get("seed_fixed", True))
         return base
+
+
+@dataclass(frozen=True)
+class TraceJob:
+    """One thing to trace: `entry(<input>)` after running `code`, or (entry None) `code` as a script on `stdin`."""
+
+    code: str
+    entry: str | None
+    input: str | None = None
+    stdin: str | None = None
+    expect: str | None = None
+
+    @property
+    def normalized_code(self) -> str:
+        return self.code.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def trace_call(code: str, entry: str, input: str = "", **kwargs) -> TraceResult:

@@ -1,0 +1,231 @@
+"""The SWE harness end to end on a tiny repository made here: real git, real images, real containers.
+
+The package `calc` has a bug (`add` subtracts); the gold patch fixes it; the test patch adds the failing
+test and a new test file. The first test builds the environment and instance images (about a minute on
+a fresh machine, seconds once cached); every other test reuses them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cwm_envs.swe.dataset import instance_from_row
+
+pytestmark = [pytest.mark.docker]
+
+BUGGY = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n"
+FIXED = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
+TESTS = ("from calc import add, sub\n\n\ndef test_sub():\n    assert sub(3, 1) == 2\n\n\n"
+         "def test_known_broken():\n    assert False, 'broken before and after the fix'\n")
+NEW_TEST = "from calc import add\n\n\ndef test_add_more():\n    assert add(2, 2) == 4\n"
+F2P = ["tests/test_calc.py::test_add", "tests/test_new.py::test_add_more"]
+P2P = ["tests/test_calc.py::test_sub"]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def diff_of(repo: Path, edits: dict[str, str]) -> str:
+    """The `git diff` that the edits make to the repo (left unchanged afterwards)."""
+    for rel, text in edits.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git(repo, "add", "-A")
+    out = git(repo, "diff", "--cached")
+    git(repo, "reset", "-q", "--hard")
+    git(repo, "clean", "-fdq")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(instance row, repo path, patches) for the tiny calc repository."""
+    repo = tmp_path_factory.mktemp("repos") / "own" / "calc"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.com")
+    git(repo, "config", "user.name", "t")
+    (repo / "calc").mkdir()
+    (repo / "calc" / "__init__.py").write_text(BUGGY)
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_calc.py").write_text(TESTS)
+    (repo / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\n'
+                                         'build-backend = "setuptools.build_meta"\n\n'
+                                         '[project]\nname = "calc"\nversion = "0.1"\n\n'
+                                         '[tool.setuptools]\npackages = ["calc"]\n')
+    (repo / ".gitignore").write_text("*.egg-info/\n__pycache__/\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "calc with a bug")
+    base = git(repo, "rev-parse", "HEAD").strip()
+    test_add = "\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+    patches = {
+        "gold": diff_of(repo, {"calc/__init__.py": FIXED}),
+        "test": diff_of(repo, {"tests/test_calc.py": TESTS + test_add, "tests/test_new.py": NEW_TEST}),
+        "wrong": diff_of(repo, {"calc/__init__.py": BUGGY.replace("a - b\n\n\ndef sub", "a * b + 1\n\n\ndef sub")}),
+        # edits the tests instead of the code: a passing test_add and a pre-made test_new.py
+        "edit_tests": diff_of(repo, {"tests/test_calc.py": TESTS + "\n\ndef test_add():\n    assert True\n",
+                                     "tests/test_new.py": "def test_add_more():\n    assert True\n"}),
+        # prints fake results after pytest's summary: a PASSED line for the F2P tests, then fake markers
+        "spoof": diff_of(repo, {"calc/__init__.py": BUGGY + (
+            "\nimport atexit\n\n\n@atexit.register\ndef _fake():\n"
+            "    print('PASSED tests/test_calc.py::test_add')\n"
+            "    print('PASSED tests/test_new.py::test_add_more')\n")}),
+        "spoof_markers": diff_of(repo, {"calc/__init__.py": BUGGY + (
+            "\nimport atexit\n\n\n@atexit.register\ndef _fake():\n"
+            "    print('PASSED tests/test_calc.py::test_add')\n"
+            "    print('PASSED tests/test_new.py::test_add_more')\n"
+            "    print('>>>>> Test Exit Code: 0')\n    print(\"+ : '>>>>> End Test Output'\")\n")}),
+        "hang": diff_of(repo, {"calc/__init__.py": "import time\ntime.sleep(600)\n" + FIXED}),
+        "not_a_patch": "diff --git a/calc/missing.py b/calc/missing.py\n--- a/calc/missing.py\n+++ b/calc/missing.py\n"
+                       "@@ -1,1 +1,1 @@\n-nothing here\n+something\n",
+    }
+    row = {"instance_id": "own__calc-1", "repo": "own/calc", "base_commit": base, "patch": patches["gold"],
+           "test_patch": patches["test"], "FAIL_TO_PASS": F2P, "PASS_TO_PASS": P2P,
+           "test_cmd": "pytest -rA tests", "install": ["python -m pip install -e ."], "pip_packages": ["pytest"],
+           "problem_statement": "add() subtracts"}
+    return row, repo, patches
+
+
+@pytest.fixture(scope="module")
+def image(tiny, docker_engine):
+    from cwm_envs.swe.images import build_instance_image
+
+    row, repo, _ = tiny
+    return build_instance_image(instance_from_row(row), repo.parent.parent)
+
+
+def _grade(tiny, image, patch_name: str, timeout: float = 120.0) -> dict:
+    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.swe.harness import grade
+
+    row, _, patches = tiny
+    inst = instance_from_row(row)
+    with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+        return grade(inst, sb, patches.get(patch_name, patch_name), timeout=timeout)[inst.instance_id]
+
+
+def test_image_has_the_repo_at_base_commit_and_the_conda_shim(tiny, image):
+    from cwm_envs.sandbox.docker_backend import DockerSandbox
+
+    row, _, _ = tiny
+    with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+        res = sb.run("source /opt/miniconda3/bin/activate && conda activate testbed && "
+                     "git log --format=%H -n 2 && git remote && python -c 'import calc, sys; print(calc.__file__)' "
+                     "&& pip --version && git status --porcelain", timeout=60)
+        net = sb.run("python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), 2)\"", timeout=30)
+    lines = res.stdout.split()
+    assert res.exit_code == 0, res.stderr
+    assert lines[1] == row["base_commit"]                  # HEAD~1 is the base; HEAD is SWE-bench's setup commit
+    assert "/testbed/calc/__init__.py" in res.stdout and "/opt/miniconda3/envs/testbed" in res.stdout
+    assert net.exit_code != 0                              # no network while grading
+
+
+def test_gold_patch_resolves(tiny, image):
+    rep = _grade(tiny, image, "gold")
+    assert rep["resolved"] and rep["patch_successfully_applied"]
+    assert sorted(rep["tests_status"]["FAIL_TO_PASS"]["success"]) == sorted(F2P)
+    assert rep["tests_status"]["PASS_TO_PASS"]["success"] == P2P
+
+
+def test_empty_wrong_and_unappliable_patches_do_not_resolve(tiny, image):
+    assert _grade(tiny, image, "")["resolved"] is False
+    wrong = _grade(tiny, image, "wrong")
+    assert wrong["patch_successfully_applied"] and not wrong["resolved"]
+    assert sorted(wrong["tests_status"]["FAIL_TO_PASS"]["failure"]) == sorted(F2P)
+    bad = _grade(tiny, image, "not_a_patch")
+    assert not bad["patch_successfully_applied"] and not bad["resolved"] and "patch" in bad["apply_log"]
+
+
+def test_a_patch_that_edits_the_tests_does_not_count(tiny, image):
+    rep = _grade(tiny, image, "edit_tests")
+    assert not rep["resolved"]
+    assert sorted(rep["tests_reset"]) == ["tests/test_calc.py", "tests/test_new.py"]
+
+
+@pytest.mark.parametrize("name", ["spoof", "spoof_markers"])
+def test_code_printing_fake_passed_lines_does_not_resolve(tiny, image, name):
+    rep = _grade(tiny, image, name)
+    assert not rep["resolved"]
+    assert rep.get("conflicting_tests") or rep.get("guard")
+
+
+def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path):
+    row, repo, patches = tiny
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cwm_envs.cli", "swe", "eval", "--dataset", str(data), "--repos",
+           str(repo.parent.parent), "--gold", "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "resolved 1/1" in first.stdout
+    summary = json.loads((out / "gold.cwm.json").read_text())
+    assert summary["resolved_ids"] == ["own__calc-1"] and summary["schema_version"] == 2
+    logs = out / "logs" / "own__calc-1"
+    assert {"report.json", "test_output.txt", "patch.diff", "eval.sh"} <= {p.name for p in logs.iterdir()}
+    mtime = (logs / "report.json").stat().st_mtime
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)     # resumable: nothing re-run
+    assert again.returncode == 0 and "resolved 1/1" in again.stdout
+    assert (logs / "report.json").stat().st_mtime == mtime
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(json.dumps({"instance_id": "own__calc-1", "model_patch": "", "model_name_or_path": "m"}) + "\n")
+    empty = subprocess.run(cmd[:-3] + ["--predictions", str(preds), "--out", str(tmp_path / "o2")],
+                           capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 0 and "resolved 0/1" in empty.stdout and "empty 1" in empty.stdout
+    bad = subprocess.run(cmd[:-3] + ["--out", str(tmp_path / "o3")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "either --predictions FILE or --gold" in bad.stderr
+
+
+def test_infra_failures_are_retried_once_and_never_scored(tiny, image, tmp_path):
+    from cwm_envs.swe.harness import run_evaluation
+
+    row, repo, patches = tiny
+    hang = instance_from_row(row)
+    broken = instance_from_row({**row, "instance_id": "own__calc-2", "install": ["exit 3"]})   # image cannot build
+    preds = {"own__calc-1": {"instance_id": "own__calc-1", "model_patch": patches["hang"], "model_name_or_path": "m"},
+             "own__calc-2": {"instance_id": "own__calc-2", "model_patch": patches["gold"], "model_name_or_path": "m"}}
+    out = run_evaluation([hang, broken], preds, repos_dir=repo.parent.parent, out_dir=tmp_path, timeout=4)
+    s, res = out["summary"], out["results"]
+    assert s["error_ids"] == ["own__calc-1", "own__calc-2"] and s["unresolved_ids"] == [] and s["resolved_ids"] == []
+    assert res["own__calc-1"].attempts == 2 and "EvalTimeout" in res["own__calc-1"].error
+    assert res["own__calc-2"].attempts == 2 and "docker build" in res["own__calc-2"].error
+    assert not (tmp_path / "logs" / "own__calc-1" / "report.json").exists()      # a rerun will try again
+    _assert_no_containers_of(os.getpid())
+
+
+def _assert_no_containers_of(pid: int) -> None:
+    import docker
+
+    client = docker.from_env()
+    left = client.containers.list(all=True, filters={"label": f"cwm-envs.owner-pid={pid}"})
+    assert left == [], [c.name for c in left]
+
+
+def test_sigterm_mid_run_leaves_no_containers(tiny, image, tmp_path):
+    row, repo, patches = tiny
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(json.dumps({"instance_id": "own__calc-1", "model_patch": patches["hang"]}) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "cwm_envs.cli", "swe", "eval", "--dataset", str(data),
+                             "--repos", str(repo.parent.parent), "--predictions", str(preds), "--out",
+                             str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import docker
+
+    client = docker.from_env()
+    deadline = time.monotonic() + 120
+    while not client.containers.list(filters={"label": f"cwm-envs.owner-pid={proc.pid}"}):
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never started a container"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    _assert_no_containers_of(proc.pid)

@@ -1,0 +1,729 @@
+"""Are two parsed answers the same mathematical object? Exact first, with evidence of how it was decided.
+
+Rules, in the order they apply (each is a reason a pair can be *equal*; anything else is unequal):
+- multiple choice: a gold `(B)` / `\\text{(B)}` matches an answer that names option B;
+- text: `\\text{Evelyn}` matches "evelyn" (case, articles, punctuation ignored); a gold that does not
+  parse is compared as normalised text only, so it can never match every answer;
+- numbers: exact rationals (`0.5` = `\\frac12`, `10^{-10}` != `10^{-11}`, `2^{100}` != `2^{100}+1`);
+  other constants are equal when their difference is zero symbolically or to hundreds of digits
+  (sympy's adaptive evalf), never by a fixed float tolerance; a decimal literal of at least 12 significant
+  digits also matches a non-terminating value it rounds to in its last place (`0.0833333333333` for 1/12);
+- expressions: the same free symbols, and the difference vanishes exactly at several random rational
+  points (then it is an identity; sympy's simplify is the fallback when points cannot be evaluated);
+- equations: `lhs - rhs` of one is a nonzero constant multiple of the other's (`2x - y = 4` ==
+  `y = 2x - 4`); inequalities the same with a positive multiple; an assignment `x = 5` matches `5`;
+  a chain `x = 2 + 3 = 5` counts by its first left side and last right side; `a \\approx b` ends a chain;
+- percent: `10\\%` matches `10`, `0.1` and `10\\%`; degrees: `30^\\circ` matches `30`;
+- tuples are ordered, sets and bare lists are not; `(a, b)` is a point, or an open interval when an end
+  is infinite or the other side is an interval or inequality; intervals compare as sets of reals;
+- matrices: same shape, entry by entry; a column vector also matches a tuple of its entries;
+- base-n numbers: `204_5` matches `204_5` and `204` (its digits), not its decimal value.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import sympy
+from sympy import Rational
+
+from rewards.math_parse import (BaseNum, Interval, Num, Rel, Seq, SetOp, Text, normalize, normalize_text,
+                                parse, parse_choice, strip_math_delimiters)
+
+APPROX_MIN_DIGITS = 12       # significant digits a decimal needs before it may stand for an exact value
+EVAL_DIGITS = 60
+POINTS = 4                   # random points for identity tests
+
+
+@dataclass
+class Verdict:
+    equal: bool
+    how: str
+    gold: str = ""
+    answer: str = ""
+
+
+class _Budget:
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+
+# ------------------------------------------------------------------------------------ entry point
+def compare(gold_text: str, answer_text: str, deadline: float | None = None, strict_chains: bool = True) -> Verdict:
+    """Compare a gold answer and an extracted answer (both strings). Never raises.
+
+    strict_chains: a purely numeric chain in the answer (`2 + 2 = 5`) must hold at every step before its
+    last value counts (on for boxed answers: `\\boxed{1 = 5}` is no way to answer 5).
+    """
+    budget = _Budget(deadline)
+    try:
+        return _compare(gold_text, answer_text, budget, strict_chains)
+    except RecursionError:
+        return Verdict(False, "too deeply nested")
+    except Exception as exc:  # noqa: BLE001 - bad input must never raise out of a reward function
+        return Verdict(False, f"error: {type(exc).__name__}")
+
+
+def _compare(gold_text: str, answer_text: str, budget: _Budget, strict_chains: bool = True) -> Verdict:
+    if not isinstance(gold_text, str) or not isinstance(answer_text, str):
+        return Verdict(False, "not a string")
+    if not strip_math_delimiters(answer_text):
+        return Verdict(False, "empty answer")
+    letter = parse_choice(gold_text)
+    if letter:
+        got = _answer_choice(answer_text)
+        return Verdict(got == letter, "choice", letter, got or "")
+    gold = _parse_with_fallback(gold_text)
+    if isinstance(gold, Text):
+        g, a = normalize_text(gold_text), normalize_text(answer_text)
+        how = "text" if gold.parsed else "text (gold did not parse as math)"
+        return Verdict(bool(g) and g == a, how, g, a)
+    answer = _parse_with_fallback(answer_text, thousands=isinstance(gold, (Num, BaseNum)))
+    ctx = {"budget": budget, "how": "exact", "strict_chains": strict_chains}
+    equal = _eq(gold, answer, ctx)
+    if not equal and isinstance(gold, Num) and isinstance(answer, Seq) and answer.kind == "list":
+        alt = _decimal_comma(answer_text)
+        if alt is not None:
+            equal = _eq(gold, alt, ctx)
+    if not equal and isinstance(answer, Num) and isinstance(gold, Seq) and gold.kind == "list":
+        alt = _decimal_comma(gold_text)
+        if alt is not None:
+            equal = _eq(alt, answer, ctx)
+    return Verdict(bool(equal), ctx["how"] if equal else _why_not(gold, answer), _show(gold), _show(answer))
+
+
+def _why_not(gold, answer) -> str:
+    if isinstance(answer, Text) and not answer.parsed:
+        return "answer did not parse"
+    return "different"
+
+
+def _show(v) -> str:
+    try:
+        if isinstance(v, Num):
+            s = str(v.expr)
+            return s + ("%" if v.percent else "") + ("°" if v.degrees else "")
+        if isinstance(v, Seq):
+            inner = ", ".join(_show(x) for x in v.items)
+            return {"set": "{%s}", "tuple": "(%s)", "pair": "(%s)", "list": "%s", "ratio": "%s"}[v.kind] % (
+                inner if v.kind != "ratio" else inner.replace(", ", ":"))
+        if isinstance(v, Interval):
+            return f"{'(' if v.lopen else '['}{_show(v.lo)}, {_show(v.hi)}{')' if v.ropen else ']'}"
+        if isinstance(v, SetOp):
+            return f" {v.op} ".join(_show(x) for x in v.items)
+        if isinstance(v, Rel):
+            out = _show(v.items[0])
+            for op, x in zip(v.ops, v.items[1:]):
+                out += f" {op} {_show(x)}"
+            return out
+        if isinstance(v, BaseNum):
+            return f"{v.digits}_{v.base}"
+        if isinstance(v, Text):
+            return v.text
+    except Exception:  # noqa: BLE001
+        pass
+    return repr(v)[:200]
+
+
+def _answer_choice(text: str) -> str | None:
+    s = strip_math_delimiters(text)
+    s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|textrm)\s*\{([^{}]*)\}", r"\1", s).strip()
+    s = re.sub(r"^(?:the\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:=]?\s*", "", s, flags=re.I)
+    m = re.match(r"^\(?\s*([A-Ea-e])\s*\)?(?=$|[\s.:),])", s)
+    return m.group(1).upper() if m else None
+
+
+def _decimal_comma(text: str):
+    """`2,74` read as 2.74 (a European decimal comma), only for a lone `int,digits` answer."""
+    s = normalize(text)
+    m = re.fullmatch(r"(-?\d+),(\d{1,2}|\d{4,})", s)
+    if not m and re.fullmatch(r"-?0,\d+", s):
+        m = re.fullmatch(r"(-?\d+),(\d+)", s)
+    if not m:
+        return None
+    return parse(f"{m.group(1)}.{m.group(2)}")
+
+
+# ------------------------------------------------------------------------- latex2sympy fall-back
+def _parse_with_fallback(text: str, thousands: bool = True):
+    v = parse(text, thousands=thousands)
+    if isinstance(v, Text) and not v.parsed:
+        alt = _latex2sympy(text)
+        if alt is not None:
+            return alt
+    return v
+
+
+def _latex2sympy(text: str):
+    """latex2sympy2_extended for what our grammar lacks (integrals, limits, ...); floats made exact."""
+    s = normalize(text)
+    if not s or len(s) > 500 or re.search(r"[a-zA-Z]{4,}", re.sub(r"\\[a-zA-Z]+", "", s)):
+        return None
+    try:
+        from latex2sympy2_extended import latex2sympy
+        from latex2sympy2_extended.math_normalization import NormalizationConfig
+
+        cfg = NormalizationConfig(basic_latex=True, units=True, malformed_operators=True, nits=True,
+                                  boxed="all", equations=False)
+        expr = latex2sympy(s, normalization_config=cfg)
+        expr = _exact_floats(expr)
+    except Exception:  # noqa: BLE001 - the fall-back parser failing only means "unparsed"
+        return None
+    return _from_sympy(expr)
+
+
+def _exact_floats(expr):
+    try:
+        return expr.replace(lambda e: isinstance(e, sympy.Float), lambda f: Rational(str(f)))
+    except Exception:  # noqa: BLE001
+        return expr
+
+
+def _from_sympy(expr):
+    if isinstance(expr, sympy.MatrixBase):
+        return Num(sympy.ImmutableMatrix(expr))
+    if isinstance(expr, sympy.Interval):
+        return Interval(Num(expr.start), Num(expr.end), bool(expr.left_open), bool(expr.right_open))
+    if isinstance(expr, sympy.FiniteSet):
+        return Seq("set", tuple(Num(x) for x in expr.args))
+    if isinstance(expr, sympy.Tuple):
+        return Seq("tuple", tuple(Num(x) for x in expr.args))
+    if isinstance(expr, sympy.core.relational.Relational):
+        op = {sympy.Eq: "=", sympy.Lt: "<", sympy.Le: "<=", sympy.Gt: ">", sympy.Ge: ">=", sympy.Ne: "!="}.get(
+            type(expr))
+        return Rel((op,), (Num(expr.lhs), Num(expr.rhs))) if op else None
+    if isinstance(expr, sympy.Expr) and not isinstance(expr, sympy.Symbol) or isinstance(expr, sympy.Symbol):
+        try:
+            expr = expr.doit()
+        except Exception:  # noqa: BLE001
+            pass
+        return Num(expr)
+    return None
+
+
+# ------------------------------------------------------------------------------------ dispatcher
+def _eq(g, a, ctx) -> bool:
+    if ctx["budget"].left() <= 0:
+        return False
+    if isinstance(g, Text) or isinstance(a, Text):
+        return False
+    # an answer written as an assignment or a chain ends in its value: x = 5, 2 + 3 = 5
+    if isinstance(a, Rel) and not isinstance(g, Rel):
+        value = _answer_value(a, ctx)
+        if value is not None:
+            return _eq(g, value, ctx)
+        if _set_like(g):  # an inequality answering an interval: x > 2 for (2, \infty)
+            return _set_eq(_to_set(g), _to_set(a), ctx)
+        return False
+    if isinstance(g, Rel) and not isinstance(a, Rel):
+        value = _gold_value(g)
+        if value is not None:
+            return _eq(value, a, ctx)
+        gs = _to_set(g)
+        if gs is not None and _set_like(a):
+            return _set_eq(gs, _to_set(a), ctx)
+        return False
+    if isinstance(g, Rel) and isinstance(a, Rel):
+        return _rel_eq(g, a, ctx)
+    if isinstance(g, BaseNum) or isinstance(a, BaseNum):
+        return _base_eq(g, a)
+    if isinstance(g, Num) and _is_matrix(g.expr):
+        return _matrix_eq(g, a, ctx)
+    if isinstance(g, Num):
+        if isinstance(a, Num):
+            return not _is_matrix(a.expr) and _num_eq(g, a, ctx)
+        if isinstance(a, Seq) and a.kind in ("set", "list") and len(a.items) == 1:
+            return _eq(g, a.items[0], ctx)
+        return False
+    if isinstance(g, Seq) and g.kind == "pair":
+        # a point, unless an end is infinite or the answer is an interval: then the open interval
+        if _is_interval_like(g) or isinstance(a, (Interval, SetOp)) or _is_interval_like(a):
+            return _set_eq(_to_set(g), _to_set(a), ctx)
+        return _seq_eq(g, a, ctx)
+    if isinstance(g, (Interval, SetOp)) or _set_like(g) and isinstance(g, Seq) and g.kind == "list":
+        return _set_eq(_to_set(g), _to_set(a), ctx)
+    if isinstance(g, Seq):
+        if _set_like(a) and isinstance(a, Seq) and a.kind == "list" and g.kind in ("set", "list"):
+            return _set_eq(_to_set(g), _to_set(a), ctx)
+        return _seq_eq(g, a, ctx)
+    return False
+
+
+def _is_matrix(x) -> bool:
+    return isinstance(x, sympy.MatrixBase)
+
+
+# ----------------------------------------------------------------------------------- relations
+def _symbol_like(v) -> bool:
+    """A left side that names something: x, f(x), AB, NO/BO, (p, q), a_3."""
+    if isinstance(v, Seq):
+        return all(_symbol_like(x) for x in v.items)
+    if not isinstance(v, Num) or _is_matrix(v.expr) or not isinstance(v.expr, sympy.Basic):
+        return False
+    e = v.expr
+    if not e.free_symbols or e.has(sympy.I, sympy.E, sympy.pi):
+        return False
+    return all(n in (1, -1) for n in e.atoms(sympy.Number))
+
+
+def _cut_approx(rel: Rel) -> Rel:
+    """`x = 1/3 \\approx 0.33` -> `x = 1/3`; `x \\approx 11` stays (an approximate assignment)."""
+    if "approx" in rel.ops:
+        k = rel.ops.index("approx")
+        if k > 0:
+            return Rel(rel.ops[:k], rel.items[:k + 1])
+    return rel
+
+
+def _answer_value(rel: Rel, ctx):
+    """The value an answer chain settles on, or None when the chain is not a valid assignment."""
+    rel = _cut_approx(rel)
+    if rel.ops == ("in",):
+        return rel.items[1]
+    if not all(op in ("=", "approx") for op in rel.ops):
+        return None
+    first, last = rel.items[0], rel.items[-1]
+    if _symbol_like(first):
+        return last
+    # a purely numeric chain (2 + 3 = 5) must hold at every step before its last value counts
+    if not ctx.get("strict_chains", True):
+        return last
+    for x, y in zip(rel.items, rel.items[1:]):
+        if not (isinstance(x, Num) and isinstance(y, Num) and _num_eq(x, y, {"budget": ctx["budget"], "how": ""})):
+            return None
+    return last
+
+
+def _gold_value(rel: Rel):
+    rel = _cut_approx(rel)
+    if rel.ops == ("in",) and _symbol_like(rel.items[0]):
+        return rel.items[1]
+    if all(op in ("=", "approx") for op in rel.ops) and any(_symbol_like(x) for x in rel.items[:-1]):
+        return rel.items[-1]
+    return None
+
+
+def _rel_eq(g: Rel, a: Rel, ctx) -> bool:
+    g, a = _cut_approx(g), _cut_approx(a)
+    gv, av = _gold_value(g), _answer_value(a, ctx)
+    # two assignments: same name(s), same value (x = 5 + 5 + 1 = 11 matches x = 11)
+    if gv is not None and av is not None and _symbol_like(g.items[0]) and _symbol_like(a.items[0]):
+        if _eq(g.items[0], a.items[0], {"budget": ctx["budget"], "how": ""}) and _eq(gv, av, ctx):
+            ctx["how"] = "assignment"
+            return True
+    if g.ops == ("in",) or a.ops == ("in",) or len(g.ops) > 1 or len(a.ops) > 1:
+        gs, as_ = _to_set(g), _to_set(a)
+        if gs is not None and as_ is not None:
+            return _set_eq(gs, as_, ctx)
+        if len(g.ops) == len(a.ops) and len(g.ops) > 1:
+            pairs = [Rel((op,), (x, y)) for op, x, y in zip(g.ops, g.items, g.items[1:])]
+            apairs = [Rel((op,), (x, y)) for op, x, y in zip(a.ops, a.items, a.items[1:])]
+            return all(_rel_eq(p, q, ctx) for p, q in zip(pairs, apairs))
+        return False
+    return _single_rel_eq(g, a, ctx)
+
+
+_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "=", "!=": "!=", "approx": "approx"}
+
+
+def _single_rel_eq(g: Rel, a: Rel, ctx) -> bool:
+    gop, aop = g.ops[0], a.ops[0]
+    if not all(isinstance(x, Num) and not _is_matrix(x.expr) for x in g.items + a.items):
+        if gop == aop and all(_eq(x, y, ctx) for x, y in zip(g.items, a.items)):
+            return True
+        return False
+    gl, gr = g.items[0].expr, g.items[1].expr
+    al, ar = a.items[0].expr, a.items[1].expr
+    # bring both to the form  F (op) 0  with op in {=, !=, <, <=}
+    def canon(op, lhs, rhs):
+        if op in (">", ">="):
+            return _FLIP[op], rhs - lhs
+        if op == "approx":
+            op = "="
+        return op, lhs - rhs
+
+    gop, G = canon(gop, gl, gr)
+    aop, A = canon(aop, al, ar)
+    if gop != aop:
+        return False
+    if G.free_symbols != A.free_symbols:
+        return False
+    if G == A:
+        ctx["how"] = "same relation"
+        return True
+    ratio = _constant_ratio(G, A, ctx)
+    if ratio is None or ratio == 0:
+        return False
+    if gop in ("<", "<=") and not (ratio.is_real and ratio > 0):
+        return False
+    ctx["how"] = "equivalent equation" if gop == "=" else "equivalent relation"
+    return True
+
+
+def _constant_ratio(G, A, ctx):
+    """c with G == c*A identically (c a nonzero constant), else None."""
+    if A == 0 or G == 0:
+        return None
+    try:
+        r = sympy.cancel(sympy.together(G / A))
+    except Exception:  # noqa: BLE001
+        return None
+    if r.is_number and r.free_symbols == set():
+        if r.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
+            return None
+        return r
+    # not visibly constant: test c = G/A at one point, then G - c*A == 0 as an identity
+    syms = sorted(G.free_symbols | A.free_symbols, key=str)
+    for point in _points(syms):
+        try:
+            av = A.subs(point)
+            if av == 0 or not av.is_number:
+                continue
+            c = sympy.nsimplify(G.subs(point) / av) if False else G.subs(point) / av
+        except Exception:  # noqa: BLE001
+            continue
+        if c.has(sympy.nan, sympy.zoo) or c == 0:
+            return None
+        if _identity(G - c * A, syms, ctx) is True:
+            return c
+        return None
+    return None
+
+
+# -------------------------------------------------------------------------------------- numbers
+def _num_eq(g: Num, a: Num, ctx) -> bool:
+    gv, av = g.expr, a.expr
+    candidates = [(gv, av)]
+    if g.percent and not a.percent:
+        candidates.append((gv / 100, av))
+    elif a.percent and not g.percent:
+        candidates.append((gv, av / 100))
+    for x, y in candidates:
+        if _value_eq(x, y, ctx):
+            if (x, y) != (gv, av):
+                ctx["how"] = "percent"
+            return True
+    # the narrow approximation rule: a long decimal stands for the exact value it rounds to
+    for dec, exact in ((a, gv), (g, av)):
+        if dec.decimal and _approximates(dec.decimal, dec.expr, exact):
+            ctx["how"] = f"decimal to {_sig_digits(dec.decimal)} significant digits"
+            return True
+    return False
+
+
+def _sig_digits(lit: str) -> int:
+    mant = lit.split("e")[0].replace(".", "").lstrip("0")
+    return len(mant)
+
+
+def _approximates(lit: str, value, exact) -> bool:
+    if _sig_digits(lit) < APPROX_MIN_DIGITS or not isinstance(exact, sympy.Basic) or exact.free_symbols:
+        return False
+    mant, _, e = lit.partition("e")
+    places = len(mant.partition(".")[2]) - (int(e) if e else 0)
+    scaled = exact * Rational(10) ** places
+    if scaled.is_Rational and scaled.is_Integer:
+        return False  # the exact value has a finite expansion at this length: it had to be written exactly
+    try:
+        diff = sympy.N(sympy.Abs(exact - value), 30)
+        return bool(diff.is_number and diff <= Rational(1, 10 ** places) if places >= 0 else False)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _value_eq(x, y, ctx) -> bool:
+    if not isinstance(x, sympy.Basic) or not isinstance(y, sympy.Basic):
+        return False
+    if x.has(sympy.nan) or y.has(sympy.nan):
+        return False
+    if x == y:
+        if x.has(sympy.zoo):
+            return False
+        ctx["how"] = "exact" if x.is_Rational else "identical"
+        return True
+    if x.is_Rational and y.is_Rational:
+        return False  # exact rational arithmetic: different rationals differ, however close
+    if x.has(sympy.zoo) or y.has(sympy.zoo):
+        return False
+    d = x - y
+    if d == 0:
+        ctx["how"] = "exact"
+        return True
+    if d.is_Rational:
+        return False
+    if not d.free_symbols:
+        verdict = _zero_constant(d)
+        if verdict is None:
+            verdict = _symbolic_zero(d, ctx)
+        if verdict:
+            ctx["how"] = "exact constant" if ctx["how"] == "exact" else ctx["how"]
+        return bool(verdict)
+    verdict = _identity(d, sorted(d.free_symbols, key=str), ctx)
+    if verdict:
+        ctx["how"] = "identity"
+    return bool(verdict)
+
+
+def _zero_constant(d):
+    """True: d is zero (symbolically, or to hundreds of digits); False: provably nonzero; None: unknown."""
+    try:
+        e = sympy.expand(d)
+        if e == 0:
+            return True
+        if e.is_Rational:
+            return False
+        dn = d.evalf(EVAL_DIGITS, maxn=400)
+    except Exception:  # noqa: BLE001
+        return None
+    parts = [dn]
+    if not dn.is_Number:
+        try:
+            re_, im_ = dn.as_real_imag()
+            parts = [sympy.sympify(re_), sympy.sympify(im_)]
+        except Exception:  # noqa: BLE001
+            return None
+    nonzero = False
+    for p in parts:
+        if not p.is_Number:
+            return None
+        if p == 0:
+            continue
+        if isinstance(p, sympy.Float) and p._prec <= 1:
+            continue  # zero to the working precision: sympy could not find a nonzero digit
+        nonzero = True
+    return not nonzero
+
+
+def _symbolic_zero(d, ctx):
+    if ctx["budget"].left() < 0.05:
+        return None
+    try:
+        s = sympy.simplify(d)
+        return True if s == 0 else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+_BASE_POINTS = [Rational(7, 5), Rational(-13, 11), Rational(29, 17), Rational(-5, 3), Rational(41, 23),
+                Rational(3, 7), Rational(-19, 13)]
+
+
+def _points(syms):
+    for p in range(POINTS + 2):
+        yield {s: _BASE_POINTS[(p + 2 * j) % len(_BASE_POINTS)] + Rational(j, 31) for j, s in enumerate(syms)}
+
+
+def _identity(d, syms, ctx):
+    """Is d identically zero? Exact checks, then evaluation at random rational points."""
+    try:
+        if sympy.expand(d) == 0 or sympy.cancel(sympy.together(d)) == 0:
+            return True
+    except Exception:  # noqa: BLE001
+        pass
+    checked = 0
+    for point in _points(syms):
+        if ctx["budget"].left() <= 0:
+            return None
+        try:
+            val = d.subs(point)
+            if val.has(sympy.nan, sympy.zoo) or not val.is_number:
+                continue
+            z = _zero_constant(val)
+        except Exception:  # noqa: BLE001
+            continue
+        if z is False:
+            return False
+        if z is True:
+            checked += 1
+        if checked >= POINTS:
+            return True
+    if checked >= 2:
+        return True
+    return _symbolic_zero(d, ctx)
+
+
+# ---------------------------------------------------------------------------- sets and sequences
+def _is_interval_like(v) -> bool:
+    if isinstance(v, (Interval, SetOp)):
+        return True
+    if isinstance(v, Seq) and v.kind == "pair":
+        return any(isinstance(x, Num) and x.expr in (sympy.oo, -sympy.oo) for x in v.items)
+    return False
+
+
+def _set_like(v) -> bool:
+    if isinstance(v, Seq) and v.kind == "list" and v.items and all(isinstance(x, Rel) for x in v.items):
+        return any(op not in ("=", "approx") for x in v.items for op in x.ops)  # x < 2 or x > 3
+    return isinstance(v, (Interval, SetOp, Rel)) or isinstance(v, Seq) and v.kind in ("pair", "set")
+
+
+def _to_set(v):
+    """A sympy set for an interval, union, finite set or a one-variable relation; None when not one."""
+    try:
+        if isinstance(v, Interval):
+            return sympy.Interval(v.lo.expr, v.hi.expr, v.lopen, v.ropen)
+        if isinstance(v, Seq) and v.kind == "pair":
+            return sympy.Interval(v.items[0].expr, v.items[1].expr, True, True)
+        if isinstance(v, Seq) and v.kind == "list" and all(isinstance(x, Rel) for x in v.items):
+            parts = [_to_set(x) for x in v.items]   # x < 2 or x > 3
+            return None if any(p is None for p in parts) else sympy.Union(*parts)
+        if isinstance(v, Seq) and v.kind in ("set", "list"):
+            return sympy.FiniteSet(*[x.expr for x in v.items])
+        if isinstance(v, Num) and not _is_matrix(v.expr):
+            return sympy.FiniteSet(v.expr)
+        if isinstance(v, SetOp):
+            parts = [_to_set(x) for x in v.items]
+            if any(p is None for p in parts):
+                return None
+            if v.op == "union":
+                return sympy.Union(*parts)
+            if v.op == "intersection":
+                return sympy.Intersection(*parts)
+            out = parts[0]
+            for p in parts[1:]:
+                out = sympy.Complement(out, p)
+            return out
+        if isinstance(v, Rel):
+            if v.ops == ("in",):
+                return _to_set(v.items[1])
+            rels = []
+            for op, x, y in zip(v.ops, v.items, v.items[1:]):
+                if not (isinstance(x, Num) and isinstance(y, Num)):
+                    return None
+                fn = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "=": sympy.Eq,
+                      "!=": sympy.Ne}.get(op)
+                if fn is None:
+                    return None
+                rels.append(fn(x.expr, y.expr))
+            cond = sympy.And(*rels)
+            funcs = cond.atoms(sympy.core.function.AppliedUndef)  # 0 < f(x) < 1: f(x) is the variable
+            if funcs:
+                cond = cond.subs({f: sympy.Symbol(f"_{k}") for k, f in enumerate(funcs)})
+            syms = cond.free_symbols
+            if len(syms) != 1:
+                return None
+            return cond.as_set()
+    except Exception:  # noqa: BLE001
+        return None
+    return None
+
+
+def _set_eq(gs, as_, ctx) -> bool:
+    if gs is None or as_ is None:
+        return False
+    try:
+        if gs == as_:
+            ctx["how"] = "same set"
+            return True
+        diff = sympy.SymmetricDifference(gs, as_).simplify() if False else gs.symmetric_difference(as_)
+        if diff is sympy.S.EmptySet or diff == sympy.S.EmptySet:
+            ctx["how"] = "same set"
+            return True
+        # finite sets with elements sympy cannot order: element-wise
+        if isinstance(gs, sympy.FiniteSet) and isinstance(as_, sympy.FiniteSet):
+            return _unordered([Num(x) for x in gs.args], [Num(x) for x in as_.args], ctx)
+        if isinstance(gs, sympy.Interval) and isinstance(as_, sympy.Interval):
+            return (gs.left_open == as_.left_open and gs.right_open == as_.right_open
+                    and _value_eq(gs.start, as_.start, ctx) and _value_eq(gs.end, as_.end, ctx))
+    except Exception:  # noqa: BLE001
+        return False
+    return False
+
+
+def _items(v):
+    if isinstance(v, Seq):
+        return list(v.items)
+    if isinstance(v, Num) and _is_matrix(v.expr) and 1 in v.expr.shape:
+        return [Num(x) for x in v.expr]
+    if isinstance(v, Interval):
+        return None
+    return [v]
+
+
+def _assignment_values(v):
+    """`p = 5, q = 2` -> (5, 2): a list of assignments read as the tuple of their values."""
+    if isinstance(v, Seq) and v.kind == "list" and len(v.items) > 1 and all(
+            isinstance(x, Rel) and x.ops == ("=",) and _symbol_like(x.items[0]) for x in v.items):
+        return Seq("tuple", tuple(x.items[1] for x in v.items))
+    return None
+
+
+def _seq_eq(g: Seq, a, ctx) -> bool:
+    items = _items(a)
+    if items is None:
+        return False
+    values = _assignment_values(g)
+    if values is not None and isinstance(a, Seq) and a.kind in ("tuple", "pair"):
+        return _seq_eq(values, a, ctx)
+    if g.kind in ("tuple", "pair", "ratio"):
+        if isinstance(a, Seq) and g.kind == "ratio" and a.kind != "ratio":
+            return False
+        if len(items) != len(g.items):
+            return False
+        if all(_eq(x, y, ctx) for x, y in zip(g.items, items)):
+            ctx["how"] = "ordered " + g.kind
+            return True
+        return False
+    # set or bare list: order does not matter
+    if isinstance(a, Seq) and a.kind == "ratio":
+        return False
+    if _unordered(list(g.items), items, ctx):
+        ctx["how"] = "same elements"
+        return True
+    return False
+
+
+def _unordered(gold_items, answer_items, ctx) -> bool:
+    """Set equality: every gold item is among the answer's and every answer item among the gold's
+    (a repeated element counts once, as in a set)."""
+    if not gold_items or not answer_items:
+        return not gold_items and not answer_items
+    sub = {"budget": ctx["budget"], "how": ""}
+    matched = [False] * len(answer_items)
+    for x in gold_items:
+        hit = False
+        for k, y in enumerate(answer_items):
+            if _eq(x, y, sub):
+                matched[k] = hit = True
+        if not hit:
+            return False
+    return all(matched)
+
+
+def _matrix_eq(g: Num, a, ctx) -> bool:
+    m = g.expr
+    if isinstance(a, Num) and _is_matrix(a.expr):
+        if a.expr.shape != m.shape:
+            return False
+        ok = all(_value_eq(x, y, ctx) or _num_eq(Num(x), Num(y), ctx) for x, y in zip(m, a.expr))
+        if ok:
+            ctx["how"] = "same matrix"
+        return ok
+    if 1 in m.shape and isinstance(a, Seq) and a.kind in ("tuple", "pair", "list"):
+        if len(a.items) != len(m):
+            return False
+        ok = all(_eq(Num(x), y, ctx) for x, y in zip(m, a.items))
+        if ok:
+            ctx["how"] = "vector as tuple"
+        return ok
+    return False
+
+
+def _base_eq(g, a) -> bool:
+    def digits_value(digits: str, base: int):
+        try:
+            return int(digits, base)
+        except ValueError:
+            return None
+
+    if isinstance(g, BaseNum) and isinstance(a, BaseNum):
+        return g.base == a.base and digits_value(g.digits, g.base) == digits_value(a.digits, a.base)
+    if isinstance(g, BaseNum) and isinstance(a, Num) and a.literal is not None:
+        return digits_value(a.literal, g.base) == digits_value(g.digits, g.base)
+    if isinstance(a, BaseNum) and isinstance(g, Num) and g.literal is not None:
+        return digits_value(g.literal, a.base) == digits_value(a.digits, a.base)
+    return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from benchmarks.humaneval_bench import demo_section as code_section
 from benchmarks.trace_bench import demo_section as trace_section
 
 def _section(title: str) -> None:
@@ -13,6 +14,7 @@ def _section(title: str) -> None:
 
 
 SECTIONS: list = [
+    code_section,
     trace_section,
 ]
 

@@ -264,10 +264,10 @@ def generate_task(seed: int) -> Task:
     inputs = [gen(rng) for _ in range(N_GENERATED_TESTS)]
     tests = [{"input": i, "output": ns["solve"](i) + "\n", "testtype": "stdin", "public": k < N_PUBLIC_TESTS}
              for k, i in enumerate(inputs)]
-    examples = "".join(f"\n\nExample {k + 1}\nInput:\n{t['input']}Output:\n{t['output']}"
+    examples = "".join(f"\n\nExample {k + 1}\nInput:\n{t['input'].rstrip()}\nOutput:\n{t['output'].rstrip()}"
                        for k, t in enumerate(tests[:N_PUBLIC_TESTS]))
     program = f"import sys\n\n{solve_src}\nprint(solve(sys.stdin.read()))\n"
-    return Task(id=f"gen/{name}/{seed}", prompt=statement + examples.rstrip("\n"), answer=program, tests=tests,
+    return Task(id=f"gen/{name}/{seed}", prompt=statement + examples, answer=program, tests=tests,
                 metadata={"source": "generated"})
 
 
@@ -532,18 +532,3 @@ def _verdict(res, nonce: str) -> dict | str:
         return "no verdict"
     return verdict
 
-
-def demo_section(args) -> None:
-    """Code-v0: one episode that passes, one that fails"""
-    env = CodeEnv()
-    try:
-        for label, seed, answer in (("reference solution", 3, None), ("wrong solution", 3, "```python\nprint(42)\n```")):
-            obs, info = env.reset(seed=seed)
-            response = answer or reference_response(env.task)
-            _, reward, _, _, info = env.step(response)
-            o = info["outcomes"]
-            print(f"[{label}] task {info['task_id']}: reward {reward:+.0f}  parse={o['parse']} "
-                  f"compile={o['compile']} pass={o['pass']} public_pass={o['public_pass']} ({info['details']})")
-        print("prompt was:\n" + obs[:400])
-    finally:
-        env.close()

@@ -16,7 +16,7 @@ TRAIN_HELP = "training stages: pretrain, midtrain (traces), sft (oracle trajecto
 
 def cmd_pretrain(args) -> int:
     from model import pretrain
-    from model.train_loop import train_args_from
+    from model.train_args import train_args_from
 
     summary = pretrain.run(train_args_from(args), args.preset, args.corpus, args.tokenizer, args.vocab_size)
     _report(summary)
@@ -25,7 +25,7 @@ def cmd_pretrain(args) -> int:
 
 def cmd_midtrain(args) -> int:
     from model import midtrain
-    from model.train_loop import train_args_from
+    from model.train_args import train_args_from
 
     summary = midtrain.run(train_args_from(args), getattr(args, "from"), args.traces, args.trajectories,
                            args.corpus, args.mix, args.obs_mask_share)
@@ -35,7 +35,7 @@ def cmd_midtrain(args) -> int:
 
 def cmd_sft(args) -> int:
     from model import sft
-    from model.train_loop import train_args_from
+    from model.train_args import train_args_from
 
     try:
         env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
@@ -55,13 +55,12 @@ def _report(summary: dict) -> None:
 
 
 def register(sub) -> None:
-    from model.config import PRESETS
-    from model.train_loop import add_train_args
+    from model.train_args import add_train_args  # light: no torch until a stage runs
 
     g = group(sub, "train", TRAIN_HELP)
 
     p = g.add_parser("pretrain", help="causal LM on code and text (default corpus: the Python stdlib and its docs)")
-    p.add_argument("--preset", default="cwm-tiny", choices=sorted(PRESETS), help="architecture (default cwm-tiny)")
+    p.add_argument("--preset", default="cwm-tiny", help="cwm-tiny (default), cwm-micro, cwm-1b or cwm-32b")
     p.add_argument("--corpus", default="default", help="'default' or a directory of text files")
     p.add_argument("--tokenizer", help="tokenizer directory (default: train one on the corpus into OUT/tokenizer)")
     p.add_argument("--vocab-size", type=int, help="BPE size of the trained tokenizer (default: the preset's)")

@@ -50,7 +50,8 @@ def worker_ours(ns) -> dict:
 
     from model.config import make_config
     from model.tokenizer import load_tokenizer
-    from model.train_loop import TrainArgs, train
+    from model.train_args import TrainArgs
+    from model.train_loop import train
     from transformers import CwmForCausalLM
 
     tok = load_tokenizer(ns.tokenizer)

@@ -57,34 +57,39 @@ def _read(path: Path, root: Path) -> Document | None:
     return Document(str(path.relative_to(root)), text) if text.strip() else None
 
 
+def _eval_names(names: list[str], eval_share: float = 0.02) -> set[str]:
+    """Names in the eval split: a hash-chosen share; with a small corpus, at least the one of lowest hash."""
+    chosen = {n for n in names if is_eval(n, eval_share)}
+    if not chosen and len(names) >= 2:
+        chosen = {min(names, key=hash_fraction)}
+    return chosen
+
+
 def iter_documents(corpus: str | Path = "default", split: str = "train") -> Iterator[Document]:
     """Documents of `corpus` ("default" or a directory) in `split` ("train", "eval" or "all")."""
     if split not in ("train", "eval", "all"):
         raise ValueError(f"split must be train, eval or all, not {split!r}")
-
-    def keep(name: str) -> bool:
-        return split == "all" or is_eval(name) == (split == "eval")
-
     if str(corpus) == "default":
-        root = stdlib_dir()
-        for path in _files(root):
-            if keep(str(path.relative_to(root))) and (doc := _read(path, root)):
-                yield doc
         from pydoc_data.topics import topics  # the language reference, as `help("TOPIC")` prints it
 
-        for name in sorted(topics):
-            if keep(f"pydoc/{name}"):
-                yield Document(f"pydoc/{name}", topics[name])
-        return
-    root = Path(corpus)
-    if not root.is_dir():
-        raise UsageError(f"corpus must be 'default' or a directory, got {corpus!r}")
-    files = _files(root)
-    if not files:
-        raise UsageError(f"no text files ({', '.join(sorted(TEXT_SUFFIXES))}) under {root}")
-    for path in files:
-        if keep(str(path.relative_to(root))) and (doc := _read(path, root)):
+        root = stdlib_dir()
+        files = [(str(p.relative_to(root)), p) for p in _files(root)]
+        texts = {f"pydoc/{name}": topics[name] for name in sorted(topics)}
+    else:
+        root = Path(corpus)
+        if not root.is_dir():
+            raise UsageError(f"corpus must be 'default' or a directory, got {corpus!r}")
+        files = [(str(p.relative_to(root)), p) for p in _files(root)]
+        if not files:
+            raise UsageError(f"no text files ({', '.join(sorted(TEXT_SUFFIXES))}) under {root}")
+        texts = {}
+    evals = _eval_names([n for n, _ in files] + list(texts))
+    for name, path in files:
+        if (split == "all" or (name in evals) == (split == "eval")) and (doc := _read(path, root)):
             yield doc
+    for name, text in texts.items():
+        if split == "all" or (name in evals) == (split == "eval"):
+            yield Document(name, text)
 
 
 def sample_text(corpus: str | Path = "default", max_chars: int = 4_000_000) -> Iterator[str]:

@@ -26,7 +26,8 @@ from model.config import extend_context, load_config, load_model
 from model.corpus import hash_fraction
 from model.pretrain import corpus_rows
 from model.tokenizer import load_tokenizer, special_token_ids
-from model.train_loop import Row, TrainArgs, endless, mix, pack, resume_point, train
+from model.train_args import TrainArgs
+from model.train_loop import Row, endless, mix, pack, resume_point, train
 
 HELDOUT_SHARE = 0.1
 DEFAULT_MIX = {"traces": 0.6, "trajectories": 0.2, "replay": 0.2}

@@ -16,7 +16,8 @@ from transformers import CwmForCausalLM
 from model.config import TOKENIZER_VOCAB, load_model, make_config
 from model.corpus import iter_documents
 from model.tokenizer import build_tokenizer, load_tokenizer
-from model.train_loop import Row, TrainArgs, endless, pack, resume_point, train
+from model.train_args import TrainArgs
+from model.train_loop import Row, endless, pack, resume_point, train
 
 
 def encode_documents(tokenizer, texts: list[str]) -> list[tuple[list[int], list[int]]]:

@@ -24,7 +24,8 @@ from cwm_envs.chat import EOT
 from cwm_envs.errors import UsageError
 from model.config import load_model
 from model.tokenizer import load_tokenizer
-from model.train_loop import TrainArgs, endless, pack, resume_point, train
+from model.train_args import TrainArgs
+from model.train_loop import endless, pack, resume_point, train
 
 
 def boxed_answer(answer) -> str:

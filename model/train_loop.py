@@ -23,51 +23,19 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
 
+from cwm_envs.errors import UsageError
+from model.train_args import TrainArgs
+
 IGNORE = -100  # label value that the loss skips (transformers' convention)
 
 Row = tuple[list[int], list[int]]  # (input_ids, labels), both seq_len long
-
-
-@dataclass
-class TrainArgs:
-    """Budget and optimisation of one stage; each field has a CLI flag of the same name."""
-
-    out: Path
-    max_steps: int = 200
-    """optimizer steps in total (a resumed run counts the steps it already did)"""
-    minutes: float | None = None
-    """wall-clock budget in total; the LR schedule follows whichever budget runs out first"""
-    batch_size: int = 8
-    """rows per micro-batch (per rank)"""
-    grad_accum: int = 1
-    """micro-batches per optimizer step"""
-    seq_len: int = 512
-    lr: float = 1e-3
-    """peak learning rate (tiny models take a high one)"""
-    min_lr_ratio: float = 0.1
-    """cosine decays to lr * min_lr_ratio"""
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    """AdamW decay on matrices only; norms and embeddings' gains are left alone"""
-    grad_clip: float = 1.0
-    eval_every: int = 50
-    eval_rows: int = 16
-    save_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 5
-    seed: int = 0
-    dtype: str = "auto"
-    """auto: bf16 autocast on a GPU that supports it, fp32 on CPU (CPU bf16 is slower, not faster)"""
-    resume: bool = True
-    extra: dict = field(default_factory=dict)
-    """stage-specific settings recorded in stage.json"""
 
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -96,7 +64,7 @@ def endless(make_docs: Callable[[int], Iterable[tuple[list[int], list[int]]]]) -
             empty = False
             yield doc
         if empty:
-            raise ValueError("the training data is empty")
+            raise UsageError("no documents to train or evaluate on (is the corpus or trace file empty?)")
         epoch += 1
 
 
@@ -390,39 +358,3 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
         torch.distributed.barrier()
     return summary
 
-
-# --- command-line plumbing (each stage's `cwm train STAGE` flags) ----------------------------------------
-
-_HELP = {
-    "out": "output directory (model, metrics.jsonl, loss.png, checkpoints/); rerunning resumes",
-    "max_steps": "optimizer steps in total", "minutes": "wall-clock budget in minutes, in total",
-    "batch_size": "rows per micro-batch", "grad_accum": "micro-batches per optimizer step",
-    "seq_len": "tokens per packed row", "lr": "peak learning rate", "min_lr_ratio": "final lr / peak lr",
-    "warmup_steps": "linear warmup steps", "weight_decay": "AdamW weight decay (matrices only)",
-    "grad_clip": "gradient norm clip", "eval_every": "steps between eval losses",
-    "eval_rows": "packed rows in the eval set", "save_every": "steps between checkpoints",
-    "keep_checkpoints": "checkpoints kept", "log_every": "steps between metrics lines", "seed": "seed",
-    "dtype": "auto (bf16 on GPU, fp32 on CPU), fp32 or bf16",
-}
-
-
-def add_train_args(parser, **defaults) -> None:
-    """Add one flag per TrainArgs field (`--max-steps`, ...), with stage-specific `defaults`."""
-    from dataclasses import MISSING, fields
-
-    for f in fields(TrainArgs):
-        if f.name in ("extra", "resume"):
-            continue
-        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
-        flag = "--" + f.name.replace("_", "-")
-        kind = {"int": int, "float": float, "str": str, "Path": Path}[str(f.type).split(" ")[0]]
-        parser.add_argument(flag, type=kind, default=default, required=f.name == "out",
-                            help=_HELP.get(f.name, "") + (f" (default {default})" if default is not None else ""))
-    parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="start over even if --out holds checkpoints")
-
-
-def train_args_from(ns) -> TrainArgs:
-    from dataclasses import fields
-
-    return TrainArgs(**{f.name: getattr(ns, f.name) for f in fields(TrainArgs) if hasattr(ns, f.name)})

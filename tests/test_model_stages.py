@@ -1,0 +1,200 @@
+"""The training stages through the real `cwm train ...` command with budgets of seconds: pretrain (with
+metrics, loss curve and checkpoints), resume, midtrain on real traces with context extension, and the
+trace benchmark on the results. The loop itself: resuming gives the same weights as not stopping."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import load_model
+from model.corpus import stdlib_dir
+from model.midtrain import is_heldout, trajectory_document
+from model.tokenizer import load_tokenizer
+
+CLI = [sys.executable, "-m", "cwm_envs.cli"]
+TINY = ["--max-steps", "4", "--batch-size", "2", "--seq-len", "128", "--eval-every", "2", "--eval-rows", "2",
+        "--save-every", "2", "--log-every", "1", "--warmup-steps", "2"]
+
+
+def cwm(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"cwm {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small directory corpus: three real standard-library modules."""
+    root = tmp_path_factory.mktemp("corpus")
+    for name in ("bisect.py", "heapq.py", "colorsys.py", "textwrap.py"):
+        shutil.copy(stdlib_dir() / name, root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, corpus) -> Path:
+    out = tmp_path_factory.mktemp("pre")
+    proc = cwm("train", "pretrain", "--preset", "cwm-micro", "--corpus", str(corpus), "--vocab-size", "400",
+               "--out", str(out), *TINY)
+    assert "pretrain: 4 steps" in proc.stdout
+    return out
+
+
+FUNCTIONS = [
+    ("def f{k}(n):\n    total = 0\n    for i in range(n):\n        total += i * {k}\n    return total\n", "{n}"),
+    ("def f{k}(xs):\n    out = []\n    for x in xs:\n        if x % {m} == 0:\n            out.append(x)\n    return out\n",
+     "[{n}, {k}, 6, 9]"),
+    ("def f{k}(s):\n    n = len(s)\n    return s[::-1] + str(n + {k})\n", "'ab{n}'"),
+]
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory) -> Path:
+    """A trace corpus made by the real tracer, with functions on both sides of the held-out split."""
+    from cwm_envs.tracing import Tracer
+
+    path = tmp_path_factory.mktemp("traces") / "traces.jsonl"
+    rows = []
+    with Tracer() as tracer:
+        for k in range(1, 31):
+            template, args = FUNCTIONS[k % len(FUNCTIONS)]
+            code = template.format(k=k, m=k % 3 + 2)
+            res = tracer.trace_call(code, f"f{k}", args.format(n=k % 5 + 1, k=k))
+            assert res.status == "ok", res.error
+            rows.append({"id": f"t{k}", "source": "test", "code": code, "entry": f"f{k}", "input": args,
+                         "trace": res.text})
+    assert any(is_heldout(r) for r in rows) and not all(is_heldout(r) for r in rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_pretrain_writes_model_metrics_curve_and_checkpoints(pretrained):
+    metrics = [json.loads(x) for x in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4]
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [2, 4]
+    first, last = metrics[0]["loss"], [m for m in metrics if "loss" in m][-1]["loss"]
+    assert last < first, "four steps at a high learning rate should lower the loss"
+    assert (pretrained / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (pretrained / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    stage = json.loads((pretrained / "stage.json").read_text())
+    assert stage["steps"] == 4 and stage["precision"] == "fp32" and stage["tokens"] == 4 * 2 * 128
+    model, tok = load_model(pretrained), load_tokenizer(pretrained)
+    assert model.config.vocab_size == len(tok) == 400 + 256
+    assert model.config.eos_token_id[0] == tok.eos_token_id
+
+
+def test_rerun_resumes_from_the_last_checkpoint(pretrained, tmp_path, corpus):
+    out = tmp_path / "pre"
+    shutil.copytree(pretrained, out)
+    args = [a if a != "4" else "6" for a in TINY]  # --max-steps 6
+    proc = cwm("train", "pretrain", "--preset", "cwm-micro", "--corpus", str(corpus), "--out", str(out), *args)
+    assert "resuming from" in proc.stdout and "step-000004" in proc.stdout
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["steps"] == 6 and stage["resumed_from"].endswith("step-000004")
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-2:] == [6, 6] and 5 in steps
+
+
+def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    from model.config import build_model
+    from model.train_args import TrainArgs
+    from model.train_loop import resume_point, train
+    from model.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["def f(x):\n    return x + 1\n" * 20], vocab_size=300)
+    g = torch.Generator().manual_seed(0)
+    rows = [(r, r) for r in torch.randint(0, 300, (40, 32), generator=g).tolist()]
+
+    def run(out: Path, steps: int):
+        ckpt = resume_point(out)
+        torch.manual_seed(0)
+        model = load_model(ckpt) if ckpt else build_model("cwm-micro", vocab_size=len(tok))
+        args = TrainArgs(out=out, max_steps=steps, batch_size=2, seq_len=32, warmup_steps=2, eval_rows=0,
+                         save_every=100, log_every=1)
+        train(model, tok, iter(rows), [], args, resume_from=ckpt)
+        return model
+
+    straight = run(tmp_path / "a", 6)
+    run(tmp_path / "b", 3)
+    resumed = run(tmp_path / "b", 6)
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_trajectory_loss_mask_covers_actions_and_a_share_of_observations(pretrained):
+    import random
+
+    tok = load_tokenizer(pretrained)
+    messages = [{"role": "user", "content": "fix the bug"}, {"role": "assistant", "content": "<tool: bash>\nls\n</tool>"},
+                {"role": "tool: bash", "content": "<output>\na.py\n</output>"}, {"role": "assistant", "content": "done"}]
+
+    def learnt(share: float) -> str:
+        ids, mask = trajectory_document(tok, messages, share, random.Random(0))
+        return tok.decode([i for i, m in zip(ids, mask) if m])
+
+    all_obs, no_obs = learnt(0.0), learnt(1.0)
+    assert "a.py" in all_obs and "a.py" not in no_obs
+    for text in (all_obs, no_obs):
+        assert "ls" in text and "done" in text and "fix the bug" not in text
+    masked = sum("a.py" not in (t := tok.decode([i for i, m in zip(*trajectory_document(
+        tok, messages, 0.5, random.Random(s))) if m])) for s in range(200))
+    assert 70 < masked < 130, "about half of the observations should be masked"
+
+
+def test_midtrain_on_traces_extends_the_context(pretrained, traces, corpus, tmp_path):
+    traj = tmp_path / "traj.jsonl"
+    traj.write_text(json.dumps({"messages": [{"role": "user", "content": "list files"},
+                                             {"role": "assistant", "content": "<tool: bash>\nls\n</tool>"},
+                                             {"role": "tool: bash", "content": "<output>\na.py\n</output>"}]}) + "\n")
+    out = tmp_path / "mid"
+    cwm("train", "midtrain", "--from", str(pretrained), "--traces", str(traces), "--trajectories", str(traj),
+        "--corpus", str(corpus), "--out", str(out), "--max-steps", "2", "--batch-size", "1", "--seq-len", "1024",
+        "--eval-rows", "1", "--eval-every", "2", "--warmup-steps", "1")
+    model = load_model(out)
+    assert model.config.max_position_embeddings == 1024  # parent: 512
+    assert model.config.rope_parameters["rope_type"] == "llama3" and model.config.rope_parameters["factor"] == 2.0
+    stage = json.loads((out / "stage.json").read_text())
+    extra = stage["args"]["extra"]
+    assert set(extra["mix"]) == {"traces", "trajectories", "replay"}
+    assert extra["train_traces"] + extra["heldout_traces"] == 30 and extra["heldout_traces"] > 0
+    assert stage["final_eval_loss"] is not None
+
+    report = tmp_path / "bench"
+    proc = cwm("bench", "traces", "--model", str(out), "--baseline", str(pretrained), "--traces", str(traces),
+               "--out", str(report))
+    summary = json.loads((report / "report.json").read_text())["summary"]
+    assert summary["held_out_traces"] == extra["heldout_traces"] and summary["window_tokens"] == 512
+    for role in ("model", "baseline"):
+        assert 0.0 <= summary[f"{role}_next_line_acc"] <= 1.0 and summary[f"{role}_trace_loss"] > 0
+    assert summary["line_frames"] > 0 and "next-line" in proc.stdout
+    assert (report / "report.md").read_text().startswith("# Trace prediction")
+
+
+def test_broken_trace_file_is_one_clear_error(pretrained, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "code": "def f(): pass", "trace": "not a trace"}\n')
+    proc = subprocess.run([*CLI, "train", "midtrain", "--from", str(pretrained), "--traces", str(bad),
+                           "--out", str(tmp_path / "o"), "--max-steps", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "row 1 has no trace" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_frame_spans_pick_out_locals_lines_and_return_values(pretrained):
+    from benchmarks.trace_model_bench import frame_spans
+    from cwm_envs.tracing import trace_call
+    from model.tokenizer import special_token_ids
+
+    tok = load_tokenizer(pretrained)
+    res = trace_call("def f(a, b):\n    y = a * b\n    return y + 1\n", "f", "2, 3")
+    ids = [tok.bos_token_id, *tok(res.text, add_special_tokens=False)["input_ids"]]
+    spans = [(kind, tok.decode(ids[a:b + 1])) for kind, a, b in frame_spans(ids, special_token_ids(tok))]
+    assert spans == [
+        ("next_locals", '{"a": "..", "b": ".."}<|action_sep|>'), ("next_line", "    y = a * b\n<|frame_sep|>"),
+        ("next_locals", '{"a": "..", "b": "..", "y": "6"}<|action_sep|>'), ("next_line", "    return y + 1\n<|frame_sep|>"),
+        ("return_value", '"7"<|frame_sep|>'),
+    ]

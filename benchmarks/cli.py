@@ -8,6 +8,7 @@ from cwm_envs.cli import group
 
 BENCH_HELP = "benchmark runners and performance benches (each writes --out DIR/report.json)"
 BENCH_MODULES: list[str] = [
+    "benchmarks.sandbox_bench",
     "benchmarks.train_bench",
     "benchmarks.trace_model_bench",
     "benchmarks.humaneval_bench",

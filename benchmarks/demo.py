@@ -7,13 +7,16 @@ from __future__ import annotations
 import time
 
 from benchmarks.humaneval_bench import demo_section as code_section
+from benchmarks.sandbox_bench import demo_section as sandbox_section
 from benchmarks.trace_bench import demo_section as trace_section
+
 
 def _section(title: str) -> None:
     print(f"\n=== {title} " + "=" * max(0, 70 - len(title)))
 
 
 SECTIONS: list = [
+    sandbox_section,
     code_section,
     trace_section,
 ]

@@ -42,9 +42,7 @@ def _open(backend: str, tmp_root: Path):
 
 def _run_py(backend: str, sb, code: str, **kw):
     """Python source in the backend's usual way (local: a forked child of the warm server)."""
-    if backend == "local":
-        return sb.run(code, **kw)
-    return sb.run(["python3", "-c", code], **kw)
+    return sb.run_python(code, **kw)
 
 
 @pytest.fixture(scope="module")

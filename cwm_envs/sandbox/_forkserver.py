@@ -1,9 +1,10 @@
 """The fork-server of the `local` sandbox: runs INSIDE the jail, standard library only.
 
 `cwm_envs.sandbox.local` starts it as `python -I -c <this file's source> CONFIG_JSON` under bubblewrap (the
-project itself is not visible in the jail). It imports common modules once, then for each request forks one
-child that applies the rlimits, drops to the sandbox's own unprivileged uid (root is exempt from
-RLIMIT_NPROC) and runs the code or execs the command. Why each part is here:
+project itself is not visible in the jail). It imports common modules once, then keeps one forked spare
+child ready: it has already dropped to the sandbox's own unprivileged uid (root is exempt from RLIMIT_NPROC)
+and waits on a pipe. A request goes to it; it applies the rlimits and runs the code or execs the command.
+After answering, the server forks the next spare, off the clock of the next execution. Why each part is here:
 
 - The wall-clock deadline is enforced from this parent side (poll on the child's pidfd and pipes), never
   with signal.alarm in the child.
@@ -135,28 +136,48 @@ def _run_python(src, workdir):
     os._exit(status)
 
 
-def _child(cfg, req, stdin_fd, out_w, err_w):
-    """In the forked child: limits, fds, identity, then the code. Never returns."""
+def _spare(cfg, ctl_r, out_w, err_w):
+    """In a forked spare child: fds and identity now, then wait for the request, limits, the code. Never returns.
+
+    The server forks the spare right after answering the previous request, so the fork and this set-up
+    happen while the host is busy elsewhere, not on the next execution's clock."""
     try:
         os.setsid()
-        limits = req["limits"]
-        for field, (res, scale) in _RLIMITS.items():
-            value = limits.get(field)
-            if value is not None:
-                soft = int(value * scale)
-                hard = soft + 1 if field == "cpu_s" else soft  # SIGXCPU at soft, SIGKILL one second later
-                resource.setrlimit(res, (soft, hard))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        os.dup2(stdin_fd, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        os.closerange(3, 1 << 20)  # the control pipes and everything else of the server
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.closerange(3, ctl_r)  # the server's control pipes and everything else but our request pipe
+        os.closerange(ctl_r + 1, 1 << 20)
         if cfg["uid"] is not None:
             os.setgroups([])
             os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
             os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])  # drops every capability
         os.chdir(cfg["workdir"])
         os.umask(0o022)
+        raw = _read_exact(ctl_r, _LEN.size)
+        if raw is None:  # the server is done with us
+            os._exit(0)
+        req = json.loads(_read_exact(ctl_r, _LEN.unpack(raw)[0]))
+        stdin = _read_exact(ctl_r, req["stdin_len"]) if req["stdin_len"] >= 0 else None
+        os.close(ctl_r)
+        if stdin:
+            fd = os.memfd_create("stdin")
+            os.write(fd, stdin)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.dup2(fd, 0)
+            os.close(fd)
+        limits = req["limits"]
+        for field, (res, scale) in _RLIMITS.items():
+            value = limits.get(field)
+            if value is not None:
+                soft = int(value * scale)
+                hard = soft + 1 if field == "cpu_s" else soft  # SIGXCPU at soft, SIGKILL one second later
+                cap = resource.getrlimit(res)[1]
+                if cap != resource.RLIM_INFINITY:  # an unprivileged process can only lower its limits
+                    soft, hard = min(soft, cap), min(hard, cap)
+                resource.setrlimit(res, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         argv = req.get("argv")
         if argv:
             for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):  # Python's dispositions, not exec's
@@ -173,6 +194,41 @@ def _child(cfg, req, stdin_fd, out_w, err_w):
         finally:
             os._exit(126)
     os._exit(126)
+
+
+class Spare:
+    """A forked child waiting for its request on a pipe, with its output pipes and a pidfd."""
+
+    def __init__(self, cfg):
+        ctl_r, self.ctl_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        self.err_r, err_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            _spare(cfg, ctl_r, out_w, err_w)
+        for fd in (ctl_r, out_w, err_w):
+            os.close(fd)
+        self.pidfd = os.pidfd_open(self.pid)
+
+        self.reaped = False
+
+    def close_request(self):
+        if self.ctl_w >= 0:
+            os.close(self.ctl_w)
+            self.ctl_w = -1
+
+    def discard(self):
+        """Close our ends; kill and reap the child unless its execution already reaped it."""
+        self.close_request()
+        for name in ("out_r", "err_r", "pidfd"):
+            os.close(getattr(self, name))
+        if not self.reaped:
+            self.reaped = True
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
 
 
 def _classify(limits, status, cpu_used, err_tail, others):
@@ -199,24 +255,17 @@ def _classify(limits, status, cpu_used, err_tail, others):
     return None
 
 
-def _execute(cfg, req, stdin):
+def _execute(cfg, spare, req, stdin):
     limits = req["limits"]
     cap = limits["output_bytes"]
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    if stdin is None:
-        stdin_fd = os.open("/dev/null", os.O_RDONLY)
-    else:
-        stdin_fd = os.memfd_create("stdin")
-        os.write(stdin_fd, stdin)
-        os.lseek(stdin_fd, 0, os.SEEK_SET)
+    head = json.dumps(req).encode()
+    message = b"".join([_LEN.pack(len(head)), head, stdin or b""])
+    view = memoryview(message)
+    while view:
+        view = view[os.write(spare.ctl_w, view):]  # raises BrokenPipeError if the spare died meanwhile
+    spare.close_request()
     start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        _child(cfg, req, stdin_fd, out_w, err_w)
-    for fd in (stdin_fd, out_w, err_w):
-        os.close(fd)
-    pidfd = os.pidfd_open(pid)
+    pid, pidfd, out_r, err_r = spare.pid, spare.pidfd, spare.out_r, spare.err_r
     bufs = {out_r: bytearray(), err_r: bytearray()}
     err_tail = bytearray()
     truncated = output_hit = timed_out = False
@@ -262,6 +311,7 @@ def _execute(cfg, req, stdin):
         others = _count_others() - 1  # minus the main child, which is still there
         os.kill(-1, signal.SIGKILL)  # the main child and everything it started
     _, status, usage = os.wait4(pid, 0)
+    spare.reaped = True
     duration = time.monotonic() - start
     if _others_alive():  # processes left behind (daemons, a fork bomb): count them, then end them
         others = max(others, _count_others())
@@ -272,8 +322,6 @@ def _execute(cfg, req, stdin):
             if not chunk:
                 break
             take(fd, chunk)
-    for fd in (out_r, err_r, pidfd):
-        os.close(fd)
     cpu_used = usage.ru_utime + usage.ru_stime
     if output_hit:
         limit = "output"
@@ -288,7 +336,7 @@ def _execute(cfg, req, stdin):
     header = {"exit_code": exit_code, "timed_out": timed_out, "limit_hit": limit, "truncated": truncated,
               "duration_s": duration, "cpu_s": cpu_used,
               "stdout_len": len(bufs[out_r]), "stderr_len": len(bufs[err_r])}
-    _write_frame(header, bytes(bufs[out_r]), bytes(bufs[err_r]))
+    return header, bytes(bufs[out_r]), bytes(bufs[err_r])
 
 
 def main(cfg):
@@ -302,22 +350,31 @@ def main(cfg):
     devnull = os.open("/dev/null", os.O_WRONLY)
     _write_frame({"ready": True, "version": sys.version.split()[0]})
     os.dup2(devnull, 2)  # nothing of ours writes there; keep stray messages off the host's log
+    spare = None
     while True:
+        if spare is None:  # fork the next child now, off the clock of the next execution
+            spare = Spare(cfg)
         raw = _read_exact(0, _LEN.size)
         if raw is None:
             break
         req = json.loads(_read_exact(0, _LEN.unpack(raw)[0]))
         if req.get("op") == "exit":
             break
-        stdin = None
-        if req.get("stdin_len", -1) >= 0:
-            stdin = _read_exact(0, req["stdin_len"])
+        stdin = _read_exact(0, req["stdin_len"]) if req.get("stdin_len", -1) >= 0 else None
         os.write(1, b"\x06")  # received: a host that sees no ack knows the code never started
         try:
-            _execute(cfg, req, stdin)
+            try:
+                reply = _execute(cfg, spare, req, stdin)
+            except BrokenPipeError:  # the spare died while it waited: run on a fresh one
+                spare.discard()
+                spare = Spare(cfg)
+                reply = _execute(cfg, spare, req, stdin)
         except Exception as exc:  # a fault of the machinery (fork failed...): tell the host, stay up
             _kill_all()
-            _write_frame({"error": f"{type(exc).__name__}: {exc}", "stdout_len": 0, "stderr_len": 0})
+            reply = ({"error": f"{type(exc).__name__}: {exc}", "stdout_len": 0, "stderr_len": 0},)
+        spare.discard()
+        spare = None
+        _write_frame(*reply)
     _kill_all()
 
 

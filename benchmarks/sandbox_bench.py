@@ -1,0 +1,184 @@
+"""Sandbox speed: one isolated execution of a short snippet in the `local` sandbox against a fresh
+`subprocess.run([python, "-c", code])` measured in the same run, and executions/s with 2 workers (2 sandboxes
+in 2 threads). `--backend docker|all` adds the docker backend's figures (exec in a warm container, reset from
+the warm pool, `docker run --rm` as its baseline) when an engine answers.
+
+    cwm sandbox bench --out runs/sandbox        (also: cwm bench sandbox)
+
+Targets on a 2-core machine: local median <= 3 ms, >= 10x faster than the subprocess baseline, >= 500
+executions/s with 2 workers.
+"""
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+SNIPPET = "sum(i*i for i in range(1000))"
+CHECK = "print(sum(i*i for i in range(1000)))"
+PROJECT = Path(__file__).resolve().parent.parent
+TARGETS = {"local_median_ms": 3.0, "speedup_vs_subprocess": 10.0, "execs_per_s_2_workers": 500.0}
+
+
+def _ms(xs: list[float]) -> dict:
+    xs = sorted(xs)
+    return {"median": round(1000 * statistics.median(xs), 3), "p90": round(1000 * xs[int(0.9 * (len(xs) - 1))], 3),
+            "min": round(1000 * xs[0], 3)}
+
+
+def local_figures(n: int = 500, n_baseline: int = 40, throughput_s: float = 3.0, workers: int = 2,
+                  progress: bool = False) -> dict:
+    """Median latency per isolated execution, the subprocess baseline, and throughput with `workers`."""
+    from cwm_envs.errors import SandboxError
+    from cwm_envs.sandbox.local import LocalSandbox
+
+    lat = []
+    with LocalSandbox() as sb:
+        res = sb.run(CHECK)
+        if res.stdout.strip() != "332833500":
+            raise SandboxError(f"the snippet gave {res!r}")
+        for _ in range(20):  # warm up page cache and branch predictors
+            sb.run(SNIPPET)
+        for _ in tqdm(range(n), desc="local sandbox", disable=not progress, leave=False):
+            t = time.perf_counter()
+            res = sb.run(SNIPPET)
+            lat.append(time.perf_counter() - t)
+            if not res.ok:
+                raise SandboxError(f"the snippet failed: {res!r}")
+    base = []
+    for _ in tqdm(range(n_baseline), desc="subprocess baseline", disable=not progress, leave=False):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", SNIPPET], check=True)
+        base.append(time.perf_counter() - t)
+
+    boxes = [LocalSandbox() for _ in range(workers)]
+    try:
+        counts = [0] * workers
+        stop = threading.Event()
+
+        def work(i: int) -> None:
+            while not stop.is_set():
+                boxes[i].run(SNIPPET)
+                counts[i] += 1
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+        start = time.perf_counter()
+        for th in threads:
+            th.start()
+        time.sleep(throughput_s)
+        stop.set()
+        for th in threads:
+            th.join()
+        elapsed = time.perf_counter() - start
+    finally:
+        for box in boxes:
+            box.close()
+    local, subproc = _ms(lat), _ms(base)
+    return {"n": n, "n_baseline": n_baseline, "workers": workers,
+            "local_median_ms": local["median"], "local_p90_ms": local["p90"], "local_min_ms": local["min"],
+            "subprocess_median_ms": subproc["median"], "subprocess_p90_ms": subproc["p90"],
+            "speedup_vs_subprocess": round(subproc["median"] / local["median"], 1),
+            f"execs_per_s_{workers}_workers": round(sum(counts) / elapsed, 1)}
+
+
+def run_bench(args) -> int:
+    from benchmarks.report import write_report
+
+    progress = sys.stderr.isatty()
+    summary: dict = {}
+    details: dict = {"snippet": SNIPPET, "baseline": f"subprocess.run([{sys.executable!r}, '-c', snippet])",
+                     "targets": TARGETS}
+    if args.backend in ("local", "all"):
+        fig = local_figures(n=args.n, n_baseline=max(10, args.n // 10), throughput_s=args.seconds,
+                            progress=progress)
+        details["local"] = fig
+        summary.update(local_median_ms=fig["local_median_ms"], subprocess_median_ms=fig["subprocess_median_ms"],
+                       speedup_vs_subprocess=fig["speedup_vs_subprocess"],
+                       execs_per_s_2_workers=fig["execs_per_s_2_workers"])
+        summary["local_targets_met"] = (fig["local_median_ms"] <= TARGETS["local_median_ms"]
+                                        and fig["speedup_vs_subprocess"] >= TARGETS["speedup_vs_subprocess"]
+                                        and fig["execs_per_s_2_workers"] >= TARGETS["execs_per_s_2_workers"])
+        print(f"local sandbox: median {fig['local_median_ms']:.2f} ms per isolated execution "
+              f"(p90 {fig['local_p90_ms']:.2f} ms), {fig['execs_per_s_2_workers']:.0f} execs/s with 2 workers")
+        print(f"baseline subprocess.run([python, '-c', ...]): median {fig['subprocess_median_ms']:.1f} ms "
+              f"-> {fig['speedup_vs_subprocess']:.1f}x faster")
+    if args.backend in ("docker", "all"):
+        docker = _docker(args)
+        details["docker"] = docker
+        if "error" in docker:
+            print(f"docker: skipped ({docker['error']})")
+        else:
+            summary.update({f"docker_{k}": v for k, v in docker.items()
+                            if k in ("exec_median_ms", "reset_median_ms", "docker_run_median_ms")})
+            print(f"docker: exec median {docker['exec_median_ms']} ms, reset median {docker['reset_median_ms']} ms,"
+                  f" baseline docker run --rm median {docker['docker_run_median_ms']} ms")
+    path = write_report(args.out, "Sandbox benchmark", summary, details)
+    print(f"report: {path}")
+    return 0
+
+
+def _docker(args) -> dict:
+    """The docker backend's own figures (its module measures them), or why there are none."""
+    try:
+        from cwm_envs.sandbox.docker_backend import docker_figures
+    except ModuleNotFoundError as exc:
+        return {"error": f"docker backend unavailable ({exc.name} missing)"}
+    from cwm_envs.errors import DockerUnavailable
+
+    try:
+        return docker_figures(max(10, args.n // 10))
+    except DockerUnavailable as exc:
+        if args.backend == "docker":
+            raise
+        return {"error": str(exc)}
+
+
+def _add_args(p) -> None:
+    p.add_argument("--out", default="runs/sandbox-bench", help="report directory (default runs/sandbox-bench)")
+    p.add_argument("--backend", choices=["local", "docker", "all"], default="local",
+                   help="which backends to measure (default local)")
+    p.add_argument("-n", "--n", type=int, default=500, help="timed executions of the local sandbox (default 500)")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of the 2-worker throughput run (default 3)")
+    p.set_defaults(func=run_bench)
+
+
+def register(sub) -> None:
+    from benchmarks.cli import bench_group
+    from cwm_envs.cli import group
+    from cwm_envs.sandbox.cli import SANDBOX_HELP
+
+    help_ = "sandbox speed: local per-execution latency vs subprocess, executions/s with 2 workers"
+    _add_args(group(sub, "sandbox", SANDBOX_HELP).add_parser("bench", help=help_, description=__doc__))
+    _add_args(bench_group(sub).add_parser("sandbox", help=help_, description=__doc__))
+
+
+def demo_section(args) -> None:
+    """Local sandbox: a snippet, then hostile code, each in a fresh jailed process"""
+    from cwm_envs.sandbox import Limits
+    from cwm_envs.sandbox.local import LocalSandbox
+
+    with LocalSandbox() as sb:
+        res = sb.run(CHECK)
+        print(f"snippet {SNIPPET!r} -> {res.stdout.strip()} (exit {res.exit_code}, {1000 * res.duration_s:.1f} ms)")
+        lat = []
+        for _ in range(50):
+            t = time.perf_counter()
+            sb.run(SNIPPET)
+            lat.append(time.perf_counter() - t)
+        print(f"median of 50 isolated executions: {1000 * statistics.median(lat):.2f} ms")
+        hostile = {
+            "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", 1),
+            "network": ("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=3)", 5),
+            "read project": (f"print(open({str(PROJECT / 'pyproject.toml')!r}).read())", 5),
+        }
+        for name, (code, timeout) in hostile.items():
+            res = sb.run(code, timeout=timeout, limits=Limits(processes=32))
+            last = (res.stderr.strip().splitlines() or [""])[-1]
+            print(f"{name:10s} -> exit {res.exit_code}, timed out {res.timed_out}, limit {res.limit_hit}"
+                  + (f", {last[:70]}" if last else ""))
+        print(f"and the sandbox still works: {sb.run(CHECK).stdout.strip()}")

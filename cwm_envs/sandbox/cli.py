@@ -1,0 +1,78 @@
+"""`cwm sandbox ...`: run a file in a sandbox (`run`); `bench` comes from benchmarks/, `gc` and `image` from the
+docker backend when it is present."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from cwm_envs.cli import group
+from cwm_envs.errors import UsageError
+from cwm_envs.sandbox import BACKENDS, Limits, make_sandbox
+
+SANDBOX_HELP = "run code in an isolated sandbox, benchmark the backends, clean up"
+
+
+def exit_status(res) -> int:
+    """The shell's view of an ExecResult: the code's own status, 128+N for signal N, 124 on timeout."""
+    if res.exit_code is None:
+        return 124 if res.timed_out else 1
+    return 128 - res.exit_code if res.exit_code < 0 else res.exit_code
+
+
+def status_line(backend: str, res) -> str:
+    parts = [f"[sandbox {backend}] exit {res.exit_code}"]
+    if res.timed_out:
+        parts.append("timed out")
+    if res.limit_hit:
+        parts.append(f"limit hit: {res.limit_hit}")
+    if res.truncated:
+        parts.append("output truncated")
+    return ", ".join(parts) + f" ({1000 * res.duration_s:.1f} ms)"
+
+
+def _cmd_run(args) -> int:
+    if args.file == "-":
+        code = sys.stdin.read()
+    else:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UsageError(f"no such file: {args.file}")
+        code = path.read_text()
+    stdin = None
+    if args.stdin is not None:
+        if not Path(args.stdin).is_file():
+            raise UsageError(f"no such file: {args.stdin}")
+        stdin = Path(args.stdin).read_bytes()
+    limits = Limits(cpu_s=args.cpu_s, memory_mb=args.memory_mb, processes=args.processes,
+                    output_bytes=args.output_bytes)
+    with make_sandbox(args.backend) as sb:
+        res = sb.run_python(code, stdin=stdin, timeout=args.timeout, limits=limits)
+    sys.stdout.write(res.stdout)
+    sys.stdout.flush()
+    sys.stderr.write(res.stderr)
+    if res.stderr and not res.stderr.endswith("\n"):
+        sys.stderr.write("\n")
+    print(status_line(args.backend, res), file=sys.stderr)
+    return exit_status(res)
+
+
+def register(sub) -> None:
+    sandbox = group(sub, "sandbox", SANDBOX_HELP)
+    p = sandbox.add_parser("run", help="run a Python file (or - for stdin) in a sandbox; print its output and "
+                                       "a status line; exit with the code's status")
+    p.add_argument("file", help="Python file to run, or - to read the code from stdin")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default="local", help="sandbox backend (default local)")
+    p.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds (default 10)")
+    p.add_argument("--memory-mb", type=int, default=None, help="address space / container memory in MB")
+    p.add_argument("--cpu-s", type=float, default=None, help="CPU seconds (default: the timeout + 1)")
+    p.add_argument("--processes", type=int, default=None, help="most processes and threads at once")
+    p.add_argument("--output-bytes", type=int, default=None, help="cap on stdout and on stderr each")
+    p.add_argument("--stdin", default=None, metavar="FILE", help="file whose content the code reads on stdin")
+    p.set_defaults(func=_cmd_run)
+    try:
+        from cwm_envs.sandbox.docker_backend import register_docker_commands
+    except ModuleNotFoundError as exc:
+        if exc.name != "cwm_envs.sandbox.docker_backend":
+            raise
+    else:
+        register_docker_commands(sandbox)

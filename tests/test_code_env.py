@@ -358,3 +358,16 @@ def test_stdin_hack_scores_minus_one(env, name):
     if status:
         assert o["failures"][0]["status"] == status, o["failures"][0]
     assert judge(env, ECHO_SUM, GOOD_SUM)[0] == 1.0
+
+
+def test_make_vec_judges_each_sub_env():
+    envs = gymnasium.make_vec("cwm/Code-v0", num_envs=2, vectorization_mode="sync")
+    try:
+        obs, info = envs.reset(seed=5)
+        tasks = [e.unwrapped.task for e in envs.envs]
+        actions = [reference_response(tasks[0]), "```python\nprint('nope')\n```"]
+        _, reward, terminated, _, info = envs.step(actions)
+        assert list(reward) == [1.0, -1.0] and all(terminated)
+        assert list(info["task_id"]) == [t.id for t in tasks]
+    finally:
+        envs.close()

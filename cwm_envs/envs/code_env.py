@@ -124,15 +124,18 @@ def spec_for(task: Task) -> CallSpec | StdinSpec:
         return _call_spec(task.prompt if "canonical_solution" in meta else meta.get("context", ""), task.tests,
                           ("function", meta["entry_point"]), where, int(meta.get("public_tests", 0)))
     if isinstance(task.tests, (list, tuple)) and task.tests:
+        if not all(isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
+                   for t in task.tests):
+            raise UsageError(f"{where}: each test needs string 'input' and 'output'")
         kinds = {t.get("testtype", "stdin") for t in task.tests}
         if kinds == {"stdin"}:
             return StdinSpec(tuple((t["input"], t["output"], bool(t.get("public"))) for t in task.tests))
         if kinds == {"functional"} and meta.get("func_name"):
             try:
                 code = _functional_check(task.tests)
-            except (json.JSONDecodeError, TypeError) as exc:
+            except ValueError as exc:  # JSONDecodeError is one
                 raise UsageError(f"{where}: functional test is not JSON ({exc})") from None
-            entry = (("method", "Solution", meta["func_name"]) if "class Solution" in meta.get("starter_code", "")
+            entry = (("method", "Solution", meta["func_name"]) if "class Solution" in (meta.get("starter_code") or "")
                      else ("function", meta["func_name"]))
             return _call_spec("", code, entry, where, sum(bool(t.get("public")) for t in task.tests), _LCB_PRELUDE)
     raise UsageError(f"{where}: no tests this environment can run")
@@ -313,6 +316,7 @@ class CodeEnv(gym.Env):
     Single-turn (`max_turns=1`): every step ends the episode. Multi-turn: a submission that fails a public
     test, while turns remain, gets reward 0 and the public-test feedback as the next observation; a
     submission that passes the public tests (or the last turn) is judged on all tests and ends the episode.
+    A task without public tests (HumanEval) is therefore judged in full at the first submission.
 
     ## Arguments
     - `tasks`: None for the embedded generator (seeded, no file), "humaneval", a path to a HumanEval or

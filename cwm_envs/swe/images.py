@@ -32,9 +32,11 @@ from cwm_envs.errors import InfraError, SandboxError, UsageError
 from cwm_envs.swe.dataset import SWEInstance
 from cwm_envs.swe.specs import EnvSpec, env_spec, read_repo_file
 
-RECIPE_VERSION = 1                       # bump when the Dockerfiles below change
+RECIPE_VERSION = 2                       # bump when the Dockerfiles below change
 ENV_REPO, INSTANCE_REPO = "cwm-envs/swe-env", "cwm-envs/swe-instance"
-LABELS = {"cwm-envs": "swe"}
+# Not the bare `cwm-envs` key: an image's labels pass to its containers (build steps included), and the
+# docker sandbox's gc removes `cwm-envs` containers that have no live owner.
+LABELS = {"cwm-envs.image": "swe"}
 VENV = "/opt/miniconda3/envs/testbed"
 GLIBC = {"bullseye": 31, "bookworm": 36}  # manylinux wheels a suite's glibc can load
 
@@ -282,7 +284,8 @@ RUN python3 -c 'import sys; v = "%d.%d" % sys.version_info[:2]; assert v == "{sp
 
 
 def _prepare_testbed(repo_dir: Path, commit: str, dest: Path) -> None:
-    """A clone of `repo_dir` holding `commit` and its history only: no remotes, tags, other branches, reflog."""
+    """A clone of `repo_dir` holding `commit` and its history only: no remotes, other branches, reflog, and
+    only the tags of ancestors (versioning tools such as setuptools_scm read them, as in the official images)."""
     def git(*args, cwd=dest):
         proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -291,7 +294,9 @@ def _prepare_testbed(repo_dir: Path, commit: str, dest: Path) -> None:
 
     dest.mkdir(parents=True)
     git("init", "-q")
-    git("fetch", "-q", "--no-tags", str(Path(repo_dir).resolve()), commit)
+    src = str(Path(repo_dir).resolve())
+    tags = git("tag", "--merged", commit, cwd=src).split()
+    git("fetch", "-q", "--no-tags", src, commit, *(f"refs/tags/{t}:refs/tags/{t}" for t in tags))
     git("-c", "advice.detachedHead=false", "checkout", "-q", "-B", "main", commit)
     git("reflog", "expire", "--expire=now", "--all")
 

@@ -179,6 +179,6 @@ def demo_section(args) -> None:
         for name, (code, timeout) in hostile.items():
             res = sb.run(code, timeout=timeout, limits=Limits(processes=32))
             last = (res.stderr.strip().splitlines() or [""])[-1]
-            print(f"{name:10s} -> exit {res.exit_code}, timed out {res.timed_out}, limit {res.limit_hit}"
+            print(f"{name:12s} -> exit {res.exit_code}, timed out {res.timed_out}, limit {res.limit_hit}"
                   + (f", {last[:70]}" if last else ""))
         print(f"and the sandbox still works: {sb.run(CHECK).stdout.strip()}")

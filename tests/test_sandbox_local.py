@@ -179,6 +179,14 @@ def test_server_killed_mid_run_is_an_infra_error_then_recovers(sb):
     assert sb.run("print('back')").stdout == "back\n"
 
 
+def test_ctrl_c_mid_run_leaves_the_sandbox_usable(sb):
+    main = threading.main_thread().ident
+    threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        sb.run("import time; time.sleep(2); print('late')", timeout=10)
+    assert sb.run("print('fresh')").stdout == "fresh\n"  # not the interrupted run's late answer
+
+
 def test_threads_share_one_sandbox_safely(sb):
     results = {}
 

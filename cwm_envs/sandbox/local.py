@@ -168,6 +168,7 @@ class _State:
     """What must be released even if the sandbox is never closed (held by a weakref finalizer)."""
 
     def __init__(self):
+        self.owner = os.getpid()  # a forked copy of the host must not tear down the parent's sandbox
         self.server: _Server | None = None
         self.dir: Path | None = None
         self.uid_sock: socket.socket | None = None
@@ -178,6 +179,8 @@ class _State:
             server.stop()
 
     def release(self) -> None:
+        if os.getpid() != self.owner:
+            return
         self.stop_server()
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -242,7 +245,8 @@ class LocalSandbox(Sandbox):
         for name in _ETC:
             argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         made: set[str] = set()
-        for path in ([] if prefix.startswith("/usr/") else [prefix]) + list(self._ro_binds):
+        under_usr = prefix == "/usr" or prefix.startswith("/usr/")
+        for path in ([] if under_usr else [prefix]) + list(self._ro_binds):
             for parent in reversed(PurePosixPath(path).parents[:-1]):  # bwrap would make them 0700
                 if str(parent) not in made:
                     made.add(str(parent))
@@ -329,12 +333,18 @@ class LocalSandbox(Sandbox):
             except (BrokenPipeError, SandboxError):
                 self._state.stop_server()
                 continue  # it never took the request: run it on a fresh server
+            except BaseException:  # Ctrl-C mid-message: the protocol is out of step, so start afresh
+                self._state.stop_server()
+                raise
             try:
                 return server.read_frame(time.monotonic() + timeout + _HOST_GRACE_S)
             except SandboxError as exc:
                 self._state.stop_server()
                 raise SandboxError(f"local sandbox: {exc} during the execution; it restarts on the next "
                                    "call") from None
+            except BaseException:  # Ctrl-C while the code runs: end it with the server, start afresh
+                self._state.stop_server()
+                raise
         raise SandboxError("local sandbox: the server keeps dying")
 
     async def arun(self, code_or_cmd, stdin=None, timeout: float = 10.0, limits: Limits | None = None):

@@ -192,7 +192,9 @@ def _run(payload):
     captured = io.StringIO()
     sys.stdout = captured
     sys.stdin = io.StringIO(payload.get("stdin") or "")
-    namespace = {"__name__": "__main__" if entry is None else "__traced__", "__builtins__": __builtins__}
+    # __main__ as when the file runs (reprs read `<__main__.C object at 0x...>`); during a call's setup
+    # stdin is empty, so a `if __name__ == "__main__":` block that reads input fails there, untraced.
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     def stop_at_cap(events):
         sys.stdout = sys.__stdout__
         _send(dict(result, events=events, truncated=True, values_cut=recorder.values_cut,

@@ -14,6 +14,7 @@ BENCH_MODULES: list[str] = [
     "benchmarks.humaneval_bench",
     "benchmarks.cruxeval_bench",
     "benchmarks.trace_bench",
+    "benchmarks.swebench_bench",
 ]
 
 

@@ -358,7 +358,8 @@ RUN /bin/bash /root/setup.sh
 WORKDIR /testbed
 """)
                 _build_with_wheels(client, ctx, tag, {"cwm-envs.swe.layer": "instance", "cwm-envs.swe.key": key,
-                                                      "cwm-envs.swe.instance": instance.instance_id}, wheels, spec, log)
+                                                      "cwm-envs.swe.instance": instance.instance_id,
+                                                      "cwm-envs.swe.env": env_tag}, wheels, spec, log)
     if timings is not None:
         timings.update(env_s=round(t1 - t0, 2), instance_s=round(time.perf_counter() - t1, 2),
                        notes=list(spec.notes), python=spec.python, suite=spec.suite)

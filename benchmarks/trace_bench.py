@@ -6,7 +6,8 @@ Two levels, each with its untraced baseline measured in the same run:
   (summed over all functions; the median of per-function ratios is reported too);
 - end to end: wall time of a whole `Tracer.trace_call` (sandbox round trip, interpreter re-exec for the
   fixed hash seed, rebuilding frames, rendering the text) against running the same call through the same
-  sandbox untraced.
+  sandbox untraced; and the corpus path, `Tracer.trace_many` in batches of `--batch` (one interpreter
+  start per batch), as traces/s and events/s on one sandbox.
 """
 from __future__ import annotations
 
@@ -36,10 +37,10 @@ def _jobs(source: str, limit: int) -> list[tuple[str, str, str, str]]:
 def run_bench(args) -> int:
     from tqdm import tqdm
 
-    from cwm_envs.tracing.tracer import Tracer
+    from cwm_envs.tracing.tracer import TraceJob, Tracer
 
-    if args.limit < 1 or args.repeats < 1:
-        raise UsageError("--limit and --repeats must be at least 1")
+    if args.limit < 1 or args.repeats < 1 or args.batch < 1:
+        raise UsageError("--limit, --repeats and --batch must be at least 1")
     jobs = _jobs(args.source, args.limit)
     rows, statuses = [], {}
     with Tracer(timeout=args.timeout_s) as tracer:
@@ -59,6 +60,12 @@ def run_bench(args) -> int:
             rows.append({"id": job_id, "events": len(result.frames), "traced_s": result.traced_s,
                          "untraced_s": result.untraced_s, "traced_wall_s": traced_wall,
                          "untraced_wall_s": plain_wall, "seed_fixed": result.seed_fixed})
+        # The corpus path: batches share one interpreter start, each job in its own forked process.
+        start = time.perf_counter()
+        batched = []
+        for i in range(0, len(jobs), args.batch):
+            batched += tracer.trace_many([TraceJob(code, entry, inp) for _, code, entry, inp in jobs[i:i + args.batch]])
+        batched_wall = time.perf_counter() - start
     if not rows:
         raise UsageError("no function traced successfully")
     events = sum(r["events"] for r in rows)
@@ -77,6 +84,9 @@ def run_bench(args) -> int:
         "end_to_end_ms_per_trace": round(1000 * wall_t / len(rows), 2),
         "baseline_sandbox_ms_per_run": round(1000 * wall_u / len(rows), 2),
         "end_to_end_slowdown": round(wall_t / wall_u, 2),
+        "batched_traces_per_s": round(len(batched) / batched_wall, 1),
+        "batched_events_per_s": round(sum(len(r.frames) for r in batched) / batched_wall),
+        "batch": args.batch,
         "hash_seed_fixed": all(r["seed_fixed"] for r in rows),
         "statuses": statuses,
     }
@@ -124,5 +134,6 @@ def register(sub) -> None:
     p.add_argument("--source", choices=("cruxeval", "generated"), default="cruxeval", help="functions to time")
     p.add_argument("--limit", type=int, default=200, help="functions (default 200)")
     p.add_argument("--repeats", type=int, default=20, help="untraced calls per function for the baseline")
+    p.add_argument("--batch", type=int, default=16, help="traces per sandbox run on the corpus path (16)")
     p.add_argument("--timeout-s", type=float, default=10.0, help="time limit per traced run")
     p.set_defaults(func=run_bench)

@@ -70,7 +70,8 @@ def test_cli_cruxeval_tracer_policy(data_dir, tmp_path):
 
 def test_tracer_bench_measures_throughput_and_slowdown(data_dir, tmp_path):
     trace_bench.run_bench(argparse.Namespace(out=str(tmp_path), source="cruxeval", limit=15, repeats=5,
-                                             timeout_s=10.0))
+                                             batch=8, timeout_s=10.0))
     s = json.loads((tmp_path / "report.json").read_text())["summary"]
     assert s["functions"] == 15 and s["events"] > 15 and s["events_per_s"] > 0
     assert s["slowdown"] > 1 and s["baseline_untraced_s"] > 0 and s["hash_seed_fixed"]
+    assert s["batched_traces_per_s"] > 0 and s["statuses"] == {"ok": 15}

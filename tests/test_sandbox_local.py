@@ -44,8 +44,9 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _server_python_pid(box: LocalSandbox) -> int:
-    for pid in _descendants(box.server_pid):
-        if b"-c" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+    for pid in _descendants(box.server_pid):  # outer bwrap -> bwrap's init -> the python server
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"python" in os.path.basename(argv[0]) and b"-c" in argv:
             return pid
     raise AssertionError("no fork-server process found under bwrap")
 

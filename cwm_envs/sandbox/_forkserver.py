@@ -120,8 +120,9 @@ def _run_python(src, workdir):
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
         status = 1
     try:
-        if "threading" in sys.modules:
-            sys.modules["threading"]._shutdown()  # join non-daemon threads, as interpreter exit does
+        threading = sys.modules.get("threading")
+        if threading is not None and threading.active_count() > 1:
+            threading._shutdown()  # join non-daemon threads, as interpreter exit does
         atexit._run_exitfuncs()
     except SystemExit as exc:
         status = _exit_status(exc.code)

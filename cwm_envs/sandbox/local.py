@@ -101,6 +101,8 @@ class _Server:
         self.buf = bytearray()
         self.wfd = self.proc.stdin.fileno()
         self.rfd = self.proc.stdout.fileno()
+        self.poller = select.poll()
+        self.poller.register(self.rfd, select.POLLIN)
         try:
             header, _ = self.read_frame(time.monotonic() + startup_timeout)
         except SandboxError as exc:
@@ -129,7 +131,7 @@ class _Server:
         buf = self.buf  # bytes already read past the last message part (the ack and the reply come together)
         while len(buf) < n:
             wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([self.rfd], [], [], wait)[0]:
+            if wait <= 0 or not self.poller.poll(wait * 1000):  # poll, not select: fds above 1024 are fine
                 raise SandboxError("the sandbox server stopped answering")
             chunk = os.read(self.rfd, max(n - len(buf), 1 << 16))
             if not chunk:

@@ -9,6 +9,7 @@ import time
 from benchmarks.humaneval_bench import demo_section as code_section
 from benchmarks.sandbox_bench import demo_section as sandbox_section
 from benchmarks.trace_bench import demo_section as trace_section
+from benchmarks.train_bench import demo_section as model_section
 
 
 def _section(title: str) -> None:
@@ -19,6 +20,7 @@ SECTIONS: list = [
     sandbox_section,
     code_section,
     trace_section,
+    model_section,
 ]
 
 

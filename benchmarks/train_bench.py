@@ -172,6 +172,42 @@ def register(sub) -> None:
     p.set_defaults(func=run_bench)
 
 
+def demo_section(args) -> None:
+    """CWM model: presets, the tokenizer with CWM's special tokens, a few pretrain steps of cwm-tiny"""
+    from cwm_envs.chat import format_chat
+    from model.config import describe, make_config
+    from model.corpus import sample_text
+    from model.pretrain import corpus_rows
+    from model.tokenizer import special_token_ids, train_tokenizer
+    from model.train_args import TrainArgs
+    from model.train_loop import train
+    from transformers import CwmForCausalLM
+
+    for preset in ("cwm-32b", "cwm-tiny"):
+        info = describe(make_config(preset))
+        print(f"{preset}: {info['parameters'] / 1e6:,.1f} M parameters, {info['layers']} layers "
+              f"({info['local/global layers']} local/global), heads {info['heads']}, context {info['context']}")
+    t0 = time.perf_counter()
+    tok = train_tokenizer(sample_text("default", 300_000 if args.quick else 2_000_000), vocab_size=4096)
+    ids = special_token_ids(tok)
+    print(f"tokenizer: {len(tok)} tokens trained on the Python stdlib in {time.perf_counter() - t0:.1f} s; "
+          f"<|eot_id|>={ids['<|eot_id|>']}, <|frame_sep|>={ids['<|frame_sep|>']} (CWM: 128009, 128100)")
+    chat = format_chat([{"role": "user", "content": "What is 2+3?"}])
+    print(f"chat prompt {chat!r}\n  -> {len(tok.encode(chat, add_special_tokens=False))} tokens")
+    steps, seq = (4, 128) if args.quick else (30, 256)
+    with tempfile.TemporaryDirectory() as out:
+        model = CwmForCausalLM(make_config("cwm-tiny", vocab_size=len(tok)))
+        rows = corpus_rows(tok, "default", "train", seq, seed=0)
+        evals = [next(corpus_rows(tok, "default", "eval", seq, seed=0)) for _ in range(4)]
+        summary = train(model, tok, rows, evals, TrainArgs(out=Path(out), max_steps=steps, batch_size=8, seq_len=seq,
+                        warmup_steps=max(1, steps // 5), log_every=max(1, steps // 5), eval_every=steps,
+                        eval_rows=4, save_every=steps, resume=False), title="pretrain")
+        losses = [json.loads(x)["loss"] for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    print(f"pretrain cwm-tiny: {steps} steps x {8 * seq} tokens in {summary['elapsed_s']} s, loss "
+          + " -> ".join(f"{x:.2f}" for x in losses) + f"; eval loss {summary['final_eval_loss']:.2f}")
+    print("full stages: cwm train pretrain | midtrain --traces | sft --env (see `cwm train --help`)")
+
+
 if __name__ == "__main__":  # a worker: one training run, one JSON line on stdout
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", choices=["ours", "trainer"], required=True)

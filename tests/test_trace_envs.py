@@ -17,7 +17,8 @@ from cwm_envs.tasks import Task
 from cwm_envs.tracing import format as fmt
 
 TASK = Task(id="t/loop", prompt="", metadata={
-    "code": "def f(xs, k):\n    out = []\n    for x in xs:\n        if x > k:\n            out.append(x)\n    return out\n",
+    "code": ("def f(xs, k):\n    out = []\n    for x in xs:\n        if x > k:\n            out.append(x)\n"
+             "    return out\n"),
     "input": "[3, 1, 4], 2", "output": "[3, 4]"})
 
 

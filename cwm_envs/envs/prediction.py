@@ -17,7 +17,7 @@ from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
 from cwm_envs.spaces import AnyText
 from cwm_envs.tasks import Task
 from rewards.base import RewardResult
-from rewards.prediction import SCHEMES, Prediction, parse_prediction, prediction_reward
+from rewards.prediction import SCHEMES, parse_prediction, prediction_reward
 
 MAX_PROMPT_CHARS = 32_768
 MAX_ACTION_CHARS = 32_768

@@ -129,7 +129,8 @@ def _helper_calls(rng):
 def _while_loop(rng):
     if rng.random() < 0.5:
         code = ("def f(n):\n    steps = 0\n    while n != 1 and steps < 30:\n        if n % 2 == 0:\n"
-                "            n = n // 2\n        else:\n            n = 3 * n + 1\n        steps += 1\n    return steps")
+                "            n = n // 2\n        else:\n            n = 3 * n + 1\n        steps += 1\n"
+                "    return steps")
         return code, ["pos"]
     code = ("def f(nums, target):\n    nums = sorted(nums)\n    lo, hi = 0, len(nums)\n    while lo < hi:\n"
             "        mid = (lo + hi) // 2\n        if nums[mid] < target:\n            lo = mid + 1\n"

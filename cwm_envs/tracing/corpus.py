@@ -110,8 +110,9 @@ def _dir_jobs(path: Path) -> Iterator[Job]:
             for i, row in enumerate(read_jsonl(file)):
                 if not isinstance(row.get("code"), str):
                     raise UsageError(f"{file}: row {i + 1} has no 'code'")
-                yield Job(str(row.get("id", f"{rel}:{i + 1}")), "file", row["code"], row.get("entry"),
-                          row.get("input", ""), row.get("stdin"))
+                entry = row.get("entry")
+                yield Job(str(row.get("id", f"{rel}:{i + 1}")), "file", row["code"], entry,
+                          row.get("input", "") if entry else None, row.get("stdin") if not entry else None)
         elif file.suffix == ".py":
             code = file.read_text(encoding="utf-8", errors="replace")
             try:

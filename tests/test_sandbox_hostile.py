@@ -164,8 +164,8 @@ def test_fork_bomb_is_contained(backend, sb, check_alive):
                   timeout=3)
     assert res.timed_out and res.limit_hit == "processes", res
     assert time.monotonic() - start < 10
-    if backend == "local":
-        assert _procs_of_uid(sb.uid) == []
+    if backend == "local":  # at most the pre-forked spare child, waiting for the next execution
+        assert len(_procs_of_uid(sb.uid)) <= 1
 
 
 def test_allocating_8_gb_hits_the_memory_limit(backend, sb, check_alive):

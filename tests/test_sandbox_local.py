@@ -132,6 +132,25 @@ def test_limits_are_reported(sb):
     assert sb.run("print('still fine')").stdout == "still fine\n"
 
 
+def test_total_memory_of_all_processes_is_capped(tmp_path):
+    with LocalSandbox(tmp_root=tmp_path, total_memory_mb=512) as box:
+        group = box.memory_cgroup
+        if group is None:
+            pytest.skip("no cgroup-v1 memory controller this process may write to")
+        code = ("import os, time\n"
+                "for _ in range(6):\n"
+                "    if os.fork() == 0:\n"
+                "        x = b'\\x01' * (300 << 20)\n"  # each within RLIMIT_AS, together far over 512 MB
+                "        time.sleep(5)\n"
+                "        os._exit(0)\n"
+                "time.sleep(2)\n"
+                "print('parent done')\n")
+        res = box.run(code, timeout=20)
+        assert res.limit_hit == "memory" and res.stdout == "parent done\n", res
+        assert box.run("print('after')").stdout == "after\n"
+    assert not group.exists()
+
+
 def test_bad_arguments_are_usage_errors(sb):
     with pytest.raises(UsageError):
         sb.run(42)

@@ -11,7 +11,8 @@ Isolation, and why each piece:
   uid per sandbox keeps sandboxes from sharing one process count). The server keeps only the capabilities to
   switch to it and to kill its processes; the jailed code has none, so it cannot signal the server. Not as
   root, bubblewrap's user namespace stands in (the code then runs as the invoking user's own uid).
-- Limits: rlimits for CPU time, address space, processes, file size and open files per execution; the
+- Limits: rlimits for CPU time, address space, processes, file size and open files per execution; where
+  cgroup v1 allows, a memory group caps all the jail's processes together (`total_memory_mb`); the
   wall-clock deadline is kept by the server (never signal.alarm) and backed by the host; stdout and stderr
   are each capped at `output_bytes` (default 1 MiB), the excess dropped and marked.
 - A dead server (killed, crashed) is restarted transparently on the next call; the working dir survives.
@@ -84,6 +85,33 @@ def _children_of(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 kids.append(int(name))
     return kids
+
+
+def _memory_cgroup(name: str, limit_mb: int) -> Path | None:
+    """A cgroup-v1 memory group for one sandbox, under this process's own, or None where we may not make one.
+
+    RLIMIT_AS bounds each process, not their sum (64 processes x 1 GB would sink the host); the group bounds
+    the whole jail, and its OOM counter tells a memory kill apart from other SIGKILLs."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                parent = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+                if (parent / "memory.limit_in_bytes").exists():
+                    group = parent / name
+                    group.mkdir(exist_ok=True)
+                    (group / "memory.limit_in_bytes").write_text(str(limit_mb << 20))
+                    return group
+    except OSError:
+        pass
+    return None
+
+
+def _oom_kills(group: Path) -> int:
+    for line in (group / "memory.oom_control").read_text().splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return 0
 
 
 class _Server:
@@ -174,6 +202,7 @@ class _State:
         self.server: _Server | None = None
         self.dir: Path | None = None
         self.uid_sock: socket.socket | None = None
+        self.cgroup: Path | None = None
 
     def stop_server(self) -> None:
         server, self.server = self.server, None
@@ -187,6 +216,16 @@ class _State:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+        if self.cgroup is not None:
+            for _ in range(100):  # empty once the last killed process is reaped
+                try:
+                    self.cgroup.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            self.cgroup = None
         if self.uid_sock is not None:
             self.uid_sock.close()
             self.uid_sock = None
@@ -203,13 +242,16 @@ class LocalSandbox(Sandbox):
         python: the interpreter to run (default: this one's base install, never the project's venv).
         ro_binds: extra host paths mounted read-only at the same place (e.g. a site-packages dir).
         tmpfs_mb: size of the private /tmp and /dev/shm.
+        total_memory_mb: memory of all the jail's processes together (a cgroup-v1 memory group, where this
+            process may create one; None: no such cap, only the per-process `memory_mb`).
     """
 
     name = "local"
 
     def __init__(self, limits: Limits | None = None, *, tmp_root: str | os.PathLike | None = None,
                  preload: tuple[str, ...] = DEFAULT_PRELOAD, python: str | None = None,
-                 ro_binds: tuple[str, ...] = (), tmpfs_mb: int = 64, startup_timeout: float = 30.0):
+                 ro_binds: tuple[str, ...] = (), tmpfs_mb: int = 64, total_memory_mb: int | None = 4096,
+                 startup_timeout: float = 30.0):
         self.limits = _merge(DEFAULT_LIMITS, limits)
         self._lock = threading.RLock()
         self._closed = False
@@ -230,6 +272,9 @@ class LocalSandbox(Sandbox):
         self._ro_binds = tuple(ro_binds)
         self._tmpfs_mb = tmpfs_mb
         self._startup_timeout = startup_timeout
+        if self._root and total_memory_mb:
+            self._state.cgroup = _memory_cgroup(f"cwm-sandbox-{self.uid}", total_memory_mb)
+        self._oom_seen = _oom_kills(self._state.cgroup) if self._state.cgroup else 0
         with self._lock:
             self._start()
 
@@ -270,13 +315,21 @@ class LocalSandbox(Sandbox):
             argv += ["--unshare-user"]
         cfg = {"uid": self.uid if self._root else None, "gid": self.uid if self._root else None,
                "workdir": JAIL_WORKDIR, "preload": list(self._preload), "env": env}
-        return argv + [self._python, "-I", "-B", "-X", "utf8", "-c", _SERVER_SOURCE, json.dumps(cfg)]
+        argv += [self._python, "-I", "-B", "-X", "utf8", "-c", _SERVER_SOURCE, json.dumps(cfg)]
+        if self._state.cgroup is not None:  # enter the memory group first: all the jail is born inside it
+            argv = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self._state.cgroup / "cgroup.procs"), *argv]
+        return argv
 
     def _start(self) -> _Server:
         if self._state.server is None:
             self._state.server = _Server(self._bwrap_argv(), self._state.dir / "server.log",
                                          self._startup_timeout)
         return self._state.server
+
+    @property
+    def memory_cgroup(self) -> Path | None:
+        """The cgroup capping the jail's total memory, or None where none could be made."""
+        return self._state.cgroup
 
     @property
     def server_pid(self) -> int | None:
@@ -308,13 +361,18 @@ class LocalSandbox(Sandbox):
             if self._closed:
                 raise UsageError("this sandbox is closed")
             header, body = self._exchange(req, data or b"", timeout)
-        if "error" in header:
-            raise SandboxError(f"the sandbox server failed: {header['error']}")
+            if "error" in header:
+                raise SandboxError(f"the sandbox server failed: {header['error']}")
+            limit = header["limit_hit"]
+            if self._state.cgroup is not None:
+                kills = _oom_kills(self._state.cgroup)
+                if kills > self._oom_seen:  # the kernel killed a process of this execution for the group's memory
+                    self._oom_seen, limit = kills, limit or "memory"
         n_out = header["stdout_len"]
         return ExecResult(stdout=body[:n_out].decode("utf-8", "replace"),
                           stderr=body[n_out:].decode("utf-8", "replace"),
                           exit_code=header["exit_code"], timed_out=header["timed_out"],
-                          limit_hit=header["limit_hit"], duration_s=header["duration_s"],
+                          limit_hit=limit, duration_s=header["duration_s"],
                           truncated=header["truncated"])
 
     def run_python(self, code: str, **kwargs) -> ExecResult:

@@ -5,8 +5,11 @@ Hostile code (escapes, bombs, floods) is in test_sandbox_hostile.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -264,3 +267,29 @@ def test_usable_inside_a_ray_actor(ray_session):
     assert ray.get(worker.run.remote("while True: pass")) == ("", True)
     ray.get(worker.close.remote())
     ray.kill(worker)
+
+
+CWM = [sys.executable, "-m", "cwm_envs.cli"]
+
+
+def test_cli_run_prints_output_and_exits_with_the_codes_status(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text("import sys\nprint('out', sys.stdin.read())\nprint('err', file=sys.stderr)\nsys.exit(5)\n")
+    (tmp_path / "in.txt").write_text("fed")
+    res = subprocess.run(CWM + ["sandbox", "run", str(script), "--stdin", str(tmp_path / "in.txt")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 5 and res.stdout == "out fed\n"
+    assert res.stderr.splitlines()[0] == "err" and "[sandbox local] exit 5" in res.stderr.splitlines()[-1]
+    loop = subprocess.run(CWM + ["sandbox", "run", "-", "--timeout", "0.5"], input="while True: pass\n",
+                          capture_output=True, text=True, timeout=60)
+    assert loop.returncode == 124 and "timed out" in loop.stderr
+
+
+def test_bench_writes_a_report_with_figure_and_baseline(tmp_path):
+    res = subprocess.run(CWM + ["sandbox", "bench", "--out", str(tmp_path), "-n", "30", "--seconds", "0.3"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "report.json").read_text())["summary"]
+    assert summary["local_median_ms"] > 0 and summary["subprocess_median_ms"] > summary["local_median_ms"]
+    assert summary["execs_per_s_2_workers"] > 0
+    assert (tmp_path / "report.md").exists() and "local sandbox: median" in res.stdout

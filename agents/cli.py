@@ -7,6 +7,7 @@ that the next stage takes with `--from`. On a cluster the same commands run data
 from __future__ import annotations
 
 import json
+import os
 
 from cwm_envs.cli import group
 from cwm_envs.errors import UsageError
@@ -50,6 +51,8 @@ def cmd_sft(args) -> int:
 
 
 def _report(summary: dict) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+        return
     print(f"{summary['stage']}: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['elapsed_s']} s, "
           f"loss {summary['final_loss']}, eval loss {summary['final_eval_loss']} -> {summary['args']['out']}")
 

@@ -124,6 +124,10 @@ def run(args: TrainArgs, parent: str, traces: str, trajectories: str | None = No
     weights = parse_mix(mix_spec)
     if not trajectories:
         weights["trajectories"] = 0.0
+    train_traces = read_traces(traces, "train")
+    heldout = read_traces(traces, "heldout")
+    if not train_traces:
+        raise UsageError(f"{traces}: no training traces (all rows are held out, or the file is empty)")
     ckpt = resume_point(out) if args.resume else None
     source = ckpt or Path(parent)
     tokenizer = load_tokenizer(source)
@@ -133,10 +137,6 @@ def run(args: TrainArgs, parent: str, traces: str, trajectories: str | None = No
         print(f"resuming from {ckpt}")
     else:
         model = load_model(parent, config=extend_context(load_config(parent), args.seq_len))
-    train_traces = read_traces(traces, "train")
-    heldout = read_traces(traces, "heldout")
-    if not train_traces:
-        raise UsageError(f"{traces}: no training traces (all rows are held out, or the file is empty)")
 
     sources: dict[str, Iterator[Row]] = {
         "traces": pack(trace_documents(tokenizer, train_traces, args.seed), args.seq_len),

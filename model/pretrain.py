@@ -11,13 +11,14 @@ import random
 from pathlib import Path
 from typing import Iterator
 
+import torch
 from transformers import CwmForCausalLM
 
 from model.config import TOKENIZER_VOCAB, load_model, make_config
 from model.corpus import iter_documents
 from model.tokenizer import build_tokenizer, load_tokenizer
 from model.train_args import TrainArgs
-from model.train_loop import Row, endless, pack, resume_point, train
+from model.train_loop import Row, endless, pack, resume_point, setup_distributed, train
 
 
 def encode_documents(tokenizer, texts: list[str]) -> list[tuple[list[int], list[int]]]:
@@ -53,12 +54,15 @@ def run(args: TrainArgs, preset: str, corpus: str = "default", tokenizer_dir: st
         tokenizer, model = load_tokenizer(ckpt), load_model(ckpt)
         print(f"resuming from {ckpt}")
     else:
-        if tokenizer_dir:
-            tokenizer = load_tokenizer(tokenizer_dir)
-        else:
-            vocab = vocab_size or TOKENIZER_VOCAB.get(preset, 4096)
-            tokenizer = build_tokenizer(out / "tokenizer", corpus, vocab)
-            print(f"trained a {len(tokenizer)}-token BPE tokenizer on the corpus -> {out / 'tokenizer'}")
+        if not tokenizer_dir:
+            tokenizer_dir = out / "tokenizer"
+            dist = setup_distributed()
+            if dist.main:  # one rank trains it, the others read it
+                tok = build_tokenizer(tokenizer_dir, corpus, vocab_size or TOKENIZER_VOCAB.get(preset, 4096))
+                print(f"trained a {len(tok)}-token BPE tokenizer on the corpus -> {tokenizer_dir}")
+            if dist.world > 1:
+                torch.distributed.barrier()
+        tokenizer = load_tokenizer(tokenizer_dir)
         config = make_config(preset, vocab_size=len(tokenizer))
         config.max_position_embeddings = max(config.max_position_embeddings, args.seq_len)
         model = CwmForCausalLM(config)

@@ -292,9 +292,16 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
         return start_elapsed + time.perf_counter() - t0
 
     def out_of_budget() -> bool:
-        return state["step"] >= args.max_steps or (args.minutes is not None and elapsed() >= args.minutes * 60)
+        """Whether to stop; under DDP rank 0 decides for all (clocks differ, and a rank left behind hangs)."""
+        stop = state["step"] >= args.max_steps or (args.minutes is not None and elapsed() >= args.minutes * 60)
+        if dist.world > 1:
+            flag = torch.tensor([int(stop)], device=device)
+            torch.distributed.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
 
-    while not out_of_budget():
+    stop = out_of_budget()
+    while not stop:
         lr = lr_at(args, state["step"], elapsed())
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -321,20 +328,25 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
         state["rows"] += rows_per_step
         state["tokens"] += rows_per_step * args.seq_len
         window_tokens += rows_per_step * args.seq_len
-        last_loss = step_loss * dist.world if dist.world > 1 else step_loss
+        if dist.world > 1:  # each rank's loss is its share of the global mean: the sum is the mean
+            total = torch.tensor([step_loss], device=device)
+            torch.distributed.all_reduce(total)
+            step_loss = float(total)
+        last_loss = step_loss
+        stop = out_of_budget()
         bar.update(1)
 
-        if state["step"] % args.log_every == 0 or out_of_budget():
+        if state["step"] % args.log_every == 0 or stop:
             now = time.perf_counter()
             tps = window_tokens / max(1e-9, now - window_t)
             window_tokens, window_t = 0, now
             record({"step": state["step"], "loss": round(last_loss, 5), "lr": lr, "tokens": state["tokens"],
                     "tokens_per_s": round(tps, 1), "elapsed_s": round(elapsed(), 2)})
             bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tps:.0f}")
-        if eval_rows and (state["step"] % args.eval_every == 0 or out_of_budget()):
+        if eval_rows and (state["step"] % args.eval_every == 0 or stop):
             last_eval = eval_loss(model, eval_rows, args.batch_size, device, autocast)
             record({"step": state["step"], "eval_loss": last_eval})
-        if dist.main and (state["step"] % args.save_every == 0 or out_of_budget()):
+        if dist.main and (state["step"] % args.save_every == 0 or stop):
             state["elapsed_s"] = elapsed()
             save_checkpoint(model, tokenizer, optimizer, state, args)
     bar.close()

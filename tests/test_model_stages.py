@@ -198,3 +198,19 @@ def test_frame_spans_pick_out_locals_lines_and_return_values(pretrained):
         ("next_locals", '{"a": "..", "b": "..", "y": "6"}<|action_sep|>'), ("next_line", "    return y + 1\n<|frame_sep|>"),
         ("return_value", '"7"<|frame_sep|>'),
     ]
+
+
+@pytest.mark.slow
+def test_data_parallel_under_torchrun(tmp_path, corpus):
+    """Two CPU ranks (gloo): one tokenizer, one writer, the global batch counted once, one summary line."""
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+         "-m", "cwm_envs.cli", "train", "pretrain", "--preset", "cwm-micro", "--corpus", str(corpus),
+         "--vocab-size", "400", "--out", str(out), "--minutes", "5", *TINY],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("pretrain: 4 steps") == 1 and proc.stdout.count("trained a 656-token") == 1
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["world_size"] == 2 and stage["tokens"] == 4 * 2 * 2 * 128
+    assert load_model(out).config.vocab_size == 656

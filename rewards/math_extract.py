@@ -318,6 +318,7 @@ def normalize(s: str) -> str:
     """String-level clean-up that never changes meaning: spacing commands, \\left/\\right, frac variants,
     relation and operator spellings, unicode, thousands separators `{,}` / `,\\!`, trailing punctuation."""
     s = strip_math_delimiters(s)
+    s = re.sub(r"^\*+|\*+$", "", s.strip())           # **bold** markers around an answer
     s = "".join(_UNICODE.get(ch, ch) for ch in s)
     s = re.sub(r"\s*\{\s*,\s*\}\s*", ",", s)          # 14{,}916
     if "\\begin" not in s:
@@ -330,7 +331,7 @@ def normalize(s: str) -> str:
     s = s.replace("<=", "≤").replace(">=", "≥").replace("!=", "≠").replace("=<", "≤").replace("=>", "≥")
     s = s.replace("==", "=").replace("**", "^")
     s = re.sub(r"\s+", " ", s).strip()
-    s = re.sub(r"[\s.;,:!?]+$", "", s) if not s.endswith("\\!") else s
+    s = re.sub(r"[\s.;,:?]+$", "", s)
     return s.strip()
 
 

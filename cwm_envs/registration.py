@@ -14,6 +14,7 @@ ENVS: dict[str, str] = {
     "cwm/OutputPrediction-v0": "cwm_envs.envs.prediction:OutputPredictionEnv",
     "cwm/InputPrediction-v0": "cwm_envs.envs.prediction:InputPredictionEnv",
     "cwm/Trace-v0": "cwm_envs.envs.trace_env:TraceEnv",
+    "cwm/SWE-v0": "cwm_envs.envs.swe_env:SWEEnv",
 }
 
 

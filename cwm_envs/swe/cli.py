@@ -94,3 +94,4 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="also print the run summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="print image builds and retries")
     p.set_defaults(func=cmd_eval)
+    __import__("cwm_envs.swe.mutate").swe.mutate.register(swe)   # `cwm swe mutate` (mutate.py)

@@ -1,0 +1,319 @@
+"""`cwm/SWE-v0`: fix an issue in a repository container with CWM's tools; the SWE harness grades the patch.
+
+The container comes from the task's instance image (cwm_envs.swe.images: built offline, cached by content
+hash) through a `DockerSandbox` with the network off and a warm pool, so that `reset()` on a cached image
+swaps in a pristine container instead of starting one. Tool parsing and execution live in
+cwm_envs/swe/tools.py, grading in cwm_envs/swe/harness.py, the reward in rewards/swe.py.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import gymnasium as gym
+
+from cwm_envs import chat
+from cwm_envs.errors import InfraError, UsageError
+from cwm_envs.sandbox.base import Limits
+from cwm_envs.spaces import AnyText
+from cwm_envs.swe import tools
+from cwm_envs.swe.dataset import SWEInstance, instance_from_row, load_instances
+from rewards.swe import swe_reward
+
+MAX_OBS_CHARS = 1 << 18
+MAX_ACTION_CHARS = 1 << 18
+MAX_ISSUE_CHARS = 65_536
+REPO_ROOT = "/testbed"
+STOP_SUFFIXES = (chat.EOT, chat.EOS)
+
+
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free estimate (UTF-8 bytes / 4) used when no `count_tokens` is given.
+
+    >>> approx_tokens(""), approx_tokens("abcd"), approx_tokens("abcde")
+    (0, 1, 2)
+    """
+    return (len(text.encode("utf-8")) + 3) // 4
+
+
+class SWEEnv(gym.Env):
+    """Resolve a repository issue with bash/edit/create/submit tools; +1 if the hidden tests then pass.
+
+    ## Observation Space
+    `AnyText(262144)`. The first observation is the conversation in CWM's chat format (cwm_envs/chat.py):
+    a system message with the tool instructions and budgets, the issue as the user message, then the
+    assistant header the model continues from. Each later observation is the tool's result
+    (`<|start_header_id|>tool: NAME<|end_header_id|>` + `<output>...</output>` + `<budget>` with the
+    remaining turns and tokens), or a user message naming a format error, then the next assistant header.
+
+    ## Action Space
+    `AnyText(262144)`: one assistant turn, holding exactly one tool call
+    `<tool: NAME>\\nARGUMENT\\n</tool>` (bash, edit, create, submit; see cwm_envs/swe/tools.py). With
+    `think=True` the turn must contain exactly one `</think>` and only the text after it is read. A trailing
+    `<|eot_id|>` is ignored.
+
+    ## Rewards
+    0 on every turn but the last. At the end: +1 if the submitted patch resolves the task (every FAIL_TO_PASS
+    and PASS_TO_PASS test passes, graded by the SWE harness in a fresh container, with the test files reset
+    to the base commit and the hidden test patch applied), else -1; with `similarity_weight` > 0 an
+    unresolved submission gets `-1 + weight * similarity` to the gold patch (SWE-RL style, rewards/swe.py).
+    `info["outcomes"]` holds the evidence: `resolved`, `submitted`, `tests_status` (which tests passed or
+    failed), `patch_applied`, and why the episode ended (`reason`).
+
+    ## Episode End
+    Terminated: on a valid submission (or, with `review_turn`, on the reply without a tool call that follows
+    it), on a format error under `strict_format`, or when `max_timeouts` commands have timed out. Truncated
+    (reward -1): when the turns (`max_turns`), the tokens (`context_tokens`: observations and actions) or the
+    wall time (`max_episode_s`) run out. A machinery fault (Docker, image build, grading infrastructure)
+    raises `InfraError`: it is never scored.
+
+    ## Arguments
+    - `tasks`: None for the embedded default set (mutate-fix tasks of a small package, built on first use
+      and cached; see cwm_envs/swe/mutate.py), a dataset file (.jsonl/.parquet/.json, SWE-bench rows or
+      `cwm swe mutate` output), or a list of `SWEInstance`s or rows. `repos`: folder of git clones that
+      SWE-bench rows need for their image builds.
+    - `max_turns` (128), `context_tokens` (131072), `command_timeout_s` (120), `max_timeouts` (3),
+      `max_episode_s` (3600), `eval_timeout_s` (600): CWM's budgets; a patch whose tests run past
+      `eval_timeout_s` counts as unresolved.
+    - `review_turn`: after a submission, show it and let the agent revise; a reply without a tool call ends
+      the episode (CWM's review turn). `strict_format`: a format error ends the episode with -1 (CWM's
+      `strict_format`; under it a final reply must also contain a `##` summary). `think`: reasoning mode.
+    - `similarity_weight`: patch-similarity shaping for unresolved patches (0: off).
+    - `count_tokens`: the policy tokenizer's counter, e.g. `lambda s: len(tok.encode(s))`; default
+      `approx_tokens`. `max_output_chars`: longest tool output shown (the middle of longer output is cut).
+    - `pool_size`, `cpus`, `memory_mb`: the container pool and each container's CPU and memory limits.
+    - `reset(options={"task": SWEInstance | instance id | index})` poses a given task.
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, tasks: str | Path | Sequence[SWEInstance | dict] | None = None, repos: str | Path | None = None,
+                 *, max_turns: int = 128, context_tokens: int = 131_072, command_timeout_s: float = 120.0,
+                 max_timeouts: int = 3, max_episode_s: float | None = 3600.0, eval_timeout_s: float = 600.0,
+                 review_turn: bool = False, strict_format: bool = False, think: bool = False,
+                 similarity_weight: float = 0.0, count_tokens: Callable[[str], int] | None = None,
+                 max_output_chars: int = tools.DEFAULT_OUTPUT_CHARS, pool_size: int = 1, cpus: float = 1.0,
+                 memory_mb: int = 4096, render_mode: str | None = None, log: Callable[[str], None] | None = None):
+        if max_turns < 1 or context_tokens < 1 or command_timeout_s <= 0 or max_timeouts < 1:
+            raise UsageError("max_turns, context_tokens, command_timeout_s and max_timeouts must be positive")
+        if not 0.0 <= similarity_weight < 2.0:
+            raise UsageError("similarity_weight must be in [0, 2)")
+        if render_mode not in (None, "ansi"):
+            raise UsageError(f"unsupported render_mode {render_mode!r}")
+        self.log = log or (lambda _m: None)
+        self.tasks = self._load_tasks(tasks)
+        self.repos = repos
+        self.max_turns, self.context_tokens = int(max_turns), int(context_tokens)
+        self.command_timeout_s, self.max_timeouts = float(command_timeout_s), int(max_timeouts)
+        self.max_episode_s, self.eval_timeout_s = max_episode_s, float(eval_timeout_s)
+        self.review_turn, self.strict_format, self.think = review_turn, strict_format, think
+        self.similarity_weight = float(similarity_weight)
+        self.count_tokens = count_tokens or approx_tokens
+        self.max_output_chars, self.render_mode = int(max_output_chars), render_mode
+        self.pool_size, self.cpus = int(pool_size), float(cpus)
+        self.limits = Limits(memory_mb=memory_mb, processes=1024, output_bytes=64 << 20)
+        self.observation_space = AnyText(MAX_OBS_CHARS)
+        self.action_space = AnyText(MAX_ACTION_CHARS)
+        self.task: SWEInstance | None = None
+        self._images: dict[str, str] = {}
+        self._sandbox = None
+        self._fresh = False                   # the current container is untouched (no reset needed)
+        self._closers: list[threading.Thread] = []
+        self._done, self._last = True, ""
+
+    # -- gymnasium API ----------------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.task = self._pick_task((options or {}).get("task"))
+        t0 = time.perf_counter()
+        self._container_for(self.image_for(self.task))
+        self._toolbox = tools.ToolBox(self._sandbox, REPO_ROOT, self.command_timeout_s, self.max_output_chars)
+        self._toolbox.prepare()
+        self._fresh = False
+        self._turn, self._timeouts, self._submission = 0, 0, None
+        self._start = time.monotonic()
+        issue = tools.clip(self.task.problem_statement or "(no issue text)", MAX_ISSUE_CHARS)
+        messages = [{"role": "system", "content": tools.system_prompt(self.max_turns, self.context_tokens,
+                                                                      self.command_timeout_s, self.think,
+                                                                      self.review_turn, self.strict_format)},
+                    {"role": "user", "content": tools.issue_prompt(issue, REPO_ROOT)}]
+        self._last = chat.format_chat(messages, add_generation_prompt=True, think=self.think)
+        self._tokens = self.count_tokens(self._last)
+        self._done = False
+        return self._last, {"task_id": self.task.instance_id, "turn": 0, "max_turns": self.max_turns,
+                            "remaining_tokens": self.context_tokens - self._tokens,
+                            "reset_s": round(time.perf_counter() - t0, 4)}
+
+    def step(self, action: str):
+        if self.task is None or self._done:
+            raise UsageError("step() called before reset() or after the episode ended")
+        if not isinstance(action, str):
+            raise UsageError(f"the action must be a str, got {type(action).__name__}")
+        for stop in STOP_SUFFIXES:
+            action = action[:-len(stop)] if action.endswith(stop) else action
+        self._turn += 1
+        self._tokens += self.count_tokens(action)
+        info = {"task_id": self.task.instance_id, "turn": self._turn}
+        if self._tokens > self.context_tokens:
+            return self._end(f"context exceeded ({self._tokens} > {self.context_tokens} tokens)", info, truncated=True)
+        answer, call = self._read(action)
+        if isinstance(call, str):                              # a format error, or the final reply after a review
+            if self._submission is not None and (not self.strict_format or "##" in answer):
+                return self._end("final reply after submission", info, patch=self._submission)
+            info["format_error"] = call
+            if self.strict_format:
+                return self._end(f"format error: {call}", info)
+            return self._continue(chat.format_message("user", f"Format error: {call}"), info)
+        result = self._toolbox.call(call)
+        info.update(tool=call.name, tool_success=result.success)
+        if result.timed_out:
+            self._timeouts += 1
+            if self._timeouts >= self.max_timeouts:
+                return self._end(f"{self._timeouts} commands timed out", info)
+        if result.patch is not None:
+            if not self.review_turn:
+                return self._end("submitted", info, patch=result.patch)
+            self._submission = result.patch
+            feedback = tools.SUBMITTED.format(patch=tools.clip(result.patch, self.max_output_chars))
+        else:
+            feedback = result.output
+        return self._continue(self._tool_observation(call.name, feedback), info)
+
+    def render(self):
+        return self._last if self.render_mode == "ansi" else None
+
+    def close(self):
+        """Remove every container of this env (the current sandbox, and any being closed in the background)."""
+        sb, self._sandbox = self._sandbox, None
+        if sb is not None:
+            sb.close()
+        while self._closers:
+            self._closers.pop().join(timeout=120)
+        self._done = True
+
+    # -- tasks and containers ---------------------------------------------------------------------------
+
+    def _load_tasks(self, tasks) -> list[SWEInstance]:
+        if tasks is None:
+            from cwm_envs.swe.mutate import default_task_file
+
+            return load_instances(default_task_file(log=self.log))
+        if isinstance(tasks, (str, Path)):
+            loaded = load_instances(tasks)
+        else:
+            loaded = [t if isinstance(t, SWEInstance) else instance_from_row(t, f"tasks[{i}]")
+                      for i, t in enumerate(tasks)]
+        if not loaded:
+            raise UsageError("tasks is empty")
+        return loaded
+
+    def _pick_task(self, choice) -> SWEInstance:
+        if isinstance(choice, SWEInstance):
+            return choice
+        if choice is None:
+            return self.tasks[int(self.np_random.integers(len(self.tasks)))]
+        if isinstance(choice, int):
+            return self.tasks[choice]
+        for task in self.tasks:
+            if task.instance_id == choice:
+                return task
+        raise UsageError(f"no task with id {choice!r}")
+
+    def image_for(self, task: SWEInstance) -> str:
+        """The task's instance image, built (offline, cached by content hash) the first time it is needed."""
+        tag = self._images.get(task.instance_id)
+        if tag is None:
+            from cwm_envs.swe.images import build_instance_image
+
+            tag = self._images[task.instance_id] = build_instance_image(task, self.repos, log=self.log)
+        return tag
+
+    def _container_for(self, image: str) -> None:
+        """A pristine container of `image`: from the current sandbox's warm pool, or a new sandbox."""
+        from cwm_envs.sandbox.docker_backend import DockerSandbox
+
+        if self._sandbox is not None and self._sandbox.image == image:
+            if not self._fresh:
+                self._sandbox.reset()
+            return
+        old, self._sandbox = self._sandbox, None
+        if old is not None:                   # removing containers takes a while: not on the reset path
+            closer = threading.Thread(target=old.close, name="cwm-swe-close", daemon=True)
+            closer.start()
+            self._closers = [t for t in self._closers if t.is_alive()] + [closer]
+        self._sandbox = DockerSandbox(image, pool_size=self.pool_size, workdir=REPO_ROOT, limits=self.limits,
+                                      cpus=self.cpus)
+        self._fresh = True
+
+    # -- turns ------------------------------------------------------------------------------------------
+
+    def _read(self, action: str) -> tuple[str, tools.ToolCall | str]:
+        """The part of the turn after the reasoning, and its tool call (or what is wrong with it)."""
+        if self.think:
+            n = action.count("</think>")
+            if n != 1:
+                return action, f"Expected exactly one </think> closing the reasoning, found {n}."
+            action = action.split("</think>", 1)[1]
+        return action, tools.parse_tool_call(action)
+
+    def _tool_observation(self, name: str, feedback: str) -> str:
+        remaining_turns = self.max_turns - self._turn
+        body = tools.format_result(feedback, remaining_turns, 0)
+        estimate = self.count_tokens(chat.tool_message(name, body) + chat.assistant_header())
+        remaining_tokens = max(0, self.context_tokens - self._tokens - estimate)
+        return chat.tool_message(name, tools.format_result(feedback, remaining_turns, remaining_tokens))
+
+    def _continue(self, message: str, info: dict):
+        """Hand the next observation back, or end the episode when a budget has run out."""
+        self._last = message + chat.assistant_header() + ("<think>\n" if self.think else "")
+        self._tokens += self.count_tokens(self._last)
+        elapsed = time.monotonic() - self._start
+        info.update(remaining_turns=self.max_turns - self._turn, remaining_tokens=self.context_tokens - self._tokens,
+                    elapsed_s=round(elapsed, 3), timeouts=self._timeouts)
+        if self._turn >= self.max_turns:
+            return self._end(f"no turns left ({self.max_turns})", info, truncated=True, obs=self._last)
+        if self._tokens > self.context_tokens:
+            return self._end(f"context exceeded ({self._tokens} > {self.context_tokens} tokens)", info,
+                             truncated=True, obs=self._last)
+        if self.max_episode_s is not None and elapsed > self.max_episode_s:
+            return self._end(f"wall time exceeded ({elapsed:.0f} > {self.max_episode_s:g} s)", info, truncated=True,
+                             obs=self._last)
+        return self._last, 0.0, False, False, info
+
+    def _end(self, reason: str, info: dict, patch: str | None = None, truncated: bool = False, obs: str = ""):
+        """Finish the episode: grade the patch if there is one, and put the evidence in `info`."""
+        self._done = True
+        report = self._grade(patch) if patch is not None else {}
+        result = swe_reward(bool(report.get("resolved")), patch, self.task.patch, self.similarity_weight, reason)
+        outcomes = {**result.outcomes, "reason": reason, "patch_applied": report.get("patch_successfully_applied"),
+                    "tests_status": report.get("tests_status")}
+        for key in ("eval_timed_out", "tests_reset", "guard", "conflicting_tests", "eval_seconds"):
+            if key in report:
+                outcomes[key] = report[key]
+        info.update(outcomes=outcomes, resolved=outcomes["resolved"], reason=reason, submission=patch,
+                    elapsed_s=round(time.monotonic() - self._start, 3), timeouts=self._timeouts)
+        self._last = obs
+        return obs, float(result.value), not truncated, truncated, info
+
+    def _grade(self, patch: str) -> dict:
+        """Grade in a fresh container (nothing the agent did to its own container counts); an infrastructure
+        fault is retried once, then raised, never scored."""
+        from cwm_envs.swe.harness import EvalTimeout, grade
+
+        for attempt in range(2):
+            self._sandbox.reset()
+            try:
+                return grade(self.task, self._sandbox, patch, timeout=self.eval_timeout_s)[self.task.instance_id]
+            except EvalTimeout:              # the gold patch passes in time: a hang is the patch's doing
+                return {"resolved": False, "patch_successfully_applied": True, "eval_timed_out": True}
+            except InfraError as exc:
+                if attempt:
+                    raise
+                self.log(f"{self.task.instance_id}: grading failed ({exc}); retrying once")
+        raise AssertionError("unreachable")

@@ -15,6 +15,8 @@ ENVS: dict[str, str] = {
     "cwm/InputPrediction-v0": "cwm_envs.envs.prediction:InputPredictionEnv",
     "cwm/Trace-v0": "cwm_envs.envs.trace_env:TraceEnv",
     "cwm/SWE-v0": "cwm_envs.envs.swe_env:SWEEnv",
+    "cwm/Math-v0": "cwm_envs.envs.math_env:MathEnv",
+    "cwm/MathTool-v0": "cwm_envs.envs.math_env:MathToolEnv",
 }
 
 

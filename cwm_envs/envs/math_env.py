@@ -1,0 +1,283 @@
+"""`cwm/Math-v0` (one response, one reward) and `cwm/MathTool-v0` (reasoning with a Python tool).
+
+Both pose a math problem in CWM's chat format with the reasoning system prompt and CWM's math prompt
+("Please reason step by step, and put your final answer within $\\boxed{}$."), and score the final
+response with `rewards.math.cwm_reward`: the exact verifier of `rewards.math` behind CWM's format rules.
+
+The easy task stream used for quick RL checks, single-digit addition and subtraction:
+`gymnasium.make("cwm/Math-v0", source="generated", kinds=("add_sub",), difficulty=0)`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import gymnasium as gym
+
+from cwm_envs.chat import REASONING_SYSTEM_PROMPT, assistant_header, format_chat, tool_message
+from cwm_envs.errors import InfraError, UsageError
+from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
+from cwm_envs.sandbox.local import DEFAULT_PRELOAD
+from cwm_envs.sources.math import MathGenerator, load_math
+from cwm_envs.spaces import AnyText
+from cwm_envs.tasks import Task
+from rewards.base import RewardResult
+from rewards.math import VerifierUnavailable, cwm_reward
+
+MAX_PROMPT_CHARS = 65_536
+MAX_ACTION_CHARS = 131_072
+PROMPTS = {
+    "cot": "{problem}\nPlease reason step by step, and put your final answer within $\\boxed{{}}$.",
+    "direct": "{problem}\n\nWrap your answer in $\\boxed{{}}$.",
+}
+SCHEMES = ("cwm", "binary")
+
+
+class MathEnv(gym.Env):
+    """Answer a math problem in one response; the boxed final answer is checked exactly.
+
+    ## Observation Space
+    `AnyText(65536)`: the whole prompt in CWM's chat format, ending with the assistant header (and
+    `<think>\\n` when `think=True`), ready for a model to continue. After the episode ends: "".
+
+    ## Action Space
+    `AnyText(131072)`: the model's whole response (its reasoning, `</think>`, then the answer).
+
+    ## Rewards
+    `reward_scheme="cwm"`: +1 when the response has exactly one `</think>` (with `think=True`), exactly one
+    `\\boxed{}` after it, and that answer is equivalent to the gold answer (`rewards.math`); -1 otherwise.
+    `"binary"`: 1 / 0 under the same rules. `info["outcomes"]` holds the evidence (extracted answer, its
+    span in the response, the rule that decided, format checks); `info["details"]` one line.
+
+    ## Episode End
+    Every step ends the episode (`terminated=True`).
+
+    ## Arguments
+    - `source`: "generated" (default: the seeded generator, no file needed), "math500", "aime24", "amc23",
+      "gsm8k" (the shared data copies), a JSONL path, "hub:NAME", or a list of `Task`.
+    - `kinds`, `difficulty`: the generator's problem kinds (default all) and difficulty 0-3 (default 0).
+      Easy single-digit addition/subtraction: `kinds=("add_sub",), difficulty=0`.
+    - `reward_scheme`: "cwm" (+1/-1) or "binary" (1/0).  `think`: thinking on (CWM's default) or off.
+    - `prompt_style`: "cot" (CWM's step-by-step prompt) or "direct" ("Wrap your answer in $\\boxed{}$.").
+    - `timeout_s`: hard limit on checking one answer.  `limit`: use only the first N problems of a file.
+    - `reset(seed=..., options={"task": Task | task id | index})`: pose a given task; without one, a
+      file's task is drawn with the env's seeded generator, a generated task from a drawn seed.
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, source: str | Path | Sequence[Task] = "generated", kinds: Sequence[str] | None = None,
+                 difficulty: int = 0, reward_scheme: str = "cwm", think: bool = True, prompt_style: str = "cot",
+                 timeout_s: float = 5.0, limit: int | None = None, render_mode: str | None = None):
+        if reward_scheme not in SCHEMES:
+            raise UsageError(f"unknown reward_scheme {reward_scheme!r}; choose one of {SCHEMES}")
+        if prompt_style not in PROMPTS:
+            raise UsageError(f"unknown prompt_style {prompt_style!r}; choose one of {sorted(PROMPTS)}")
+        if render_mode not in (None, "ansi"):
+            raise UsageError(f"unsupported render_mode {render_mode!r}")
+        self.source = load_math(source, kinds=kinds, difficulty=difficulty, limit=limit)
+        self._by_id = {} if isinstance(self.source, MathGenerator) else {t.id: t for t in self.source}
+        self.reward_scheme, self.think, self.prompt_style = reward_scheme, bool(think), prompt_style
+        self.timeout_s, self.render_mode = float(timeout_s), render_mode
+        self.observation_space = AnyText(MAX_PROMPT_CHARS)
+        self.action_space = AnyText(MAX_ACTION_CHARS)
+        self.task: Task | None = None
+        self._done, self._last = True, ""
+
+    # -- gymnasium API ------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.task = self._pick_task((options or {}).get("task"))
+        self._done = False
+        self._last = self.render_prompt(self.task)
+        return self._last, self._info()
+
+    def step(self, action: str):
+        if self.task is None or self._done:
+            raise UsageError("step() called before reset() or after the episode ended")
+        result = self.score(self.task, action)
+        self._done = True
+        self._last = result.details
+        info = self._info() | {"outcomes": result.outcomes, "details": result.details}
+        return "", float(result.value), True, False, info
+
+    def render(self):
+        return self._last if self.render_mode == "ansi" else None
+
+    def close(self):
+        pass
+
+    # -- pieces -------------------------------------------------------------------------------------------
+    def messages(self, task: Task) -> list[dict]:
+        """The conversation that poses `task` (system prompt only when thinking is on, as in CWM)."""
+        user = {"role": "user", "content": PROMPTS[self.prompt_style].format(problem=task.prompt)}
+        return ([{"role": "system", "content": REASONING_SYSTEM_PROMPT}] if self.think else []) + [user]
+
+    def render_prompt(self, task: Task) -> str:
+        text = format_chat(self.messages(task), add_generation_prompt=True, think=self.think)
+        if len(text) > MAX_PROMPT_CHARS:
+            raise UsageError(f"task {task.id}: prompt of {len(text)} characters exceeds {MAX_PROMPT_CHARS}")
+        return text
+
+    def score(self, task: Task, response) -> RewardResult:
+        """The reward of one final response to `task` (usable without reset())."""
+        if not isinstance(response, str):
+            bad = -1.0 if self.reward_scheme == "cwm" else 0.0
+            return RewardResult(bad, {"format_ok": False, "equal": False, "how": "action is not a string"},
+                                f"the action must be a str, got {type(response).__name__}")
+        try:
+            return cwm_reward(task.answer, response, think=self.think, scheme=self.reward_scheme,
+                              timeout=self.timeout_s)
+        except VerifierUnavailable as exc:  # the machine failed, not the model: never score it
+            raise InfraError(str(exc)) from exc
+
+    def _pick_task(self, choice) -> Task:
+        if isinstance(choice, Task):
+            return choice
+        if isinstance(self.source, MathGenerator):
+            if choice is None:
+                return self.source.sample(self.np_random)
+            if isinstance(choice, int):
+                return self.source.task(choice)
+            raise UsageError("with the generator, options['task'] is a Task or an integer seed")
+        if choice is None:
+            return self.source[int(self.np_random.integers(len(self.source)))]
+        if isinstance(choice, int):
+            if not 0 <= choice < len(self.source):
+                raise UsageError(f"task index {choice} out of range (0..{len(self.source) - 1})")
+            return self.source[choice]
+        if isinstance(choice, str) and choice in self._by_id:
+            return self._by_id[choice]
+        raise UsageError(f"unknown task {choice!r}")
+
+    def _info(self) -> dict:
+        return {"task_id": self.task.id, "answer": self.task.answer, "metadata": dict(self.task.metadata)}
+
+
+# --------------------------------------------------------------------------------------------- with tools
+TOOL_CALL_RE = re.compile(r"<tool: ([^>]*?)>\n(.*?)</tool>", re.S)   # CWM's ToolExecutor pattern
+TOOL_OUTPUT_CHARS = 4096
+
+
+def format_tool_result(result) -> str:
+    """CWM's python tool feedback: `completed. [stdout]...[/stdout] [stderr]...[/stderr]`, `error: Timeout`,
+    or `error: <traceback>` when the code raised."""
+    if result.timed_out:
+        return "error: Timeout"
+    if result.limit_hit:
+        return f"error: {result.limit_hit} limit exceeded"
+    if result.exit_code not in (0, None):
+        return f"error: {_tail(result.stderr.strip() or f'exit code {result.exit_code}')}"
+    out = "completed."
+    if result.stdout:
+        out += f" [stdout]{_tail(result.stdout)}[/stdout]"
+    if result.stderr:
+        out += f" [stderr]{_tail(result.stderr)}[/stderr]"
+    return out
+
+
+def _tail(text: str) -> str:
+    return text if len(text) <= TOOL_OUTPUT_CHARS else "..." + text[-TOOL_OUTPUT_CHARS:]
+
+
+class MathToolEnv(MathEnv):
+    """Solve a math problem while calling a Python tool (CWM's math-with-tools setting).
+
+    ## Observation Space
+    `AnyText(65536)`. At reset: the prompt in CWM's chat format; the system prompt adds "You may invoke
+    tools during reasoning." and lists the tool, as CWM's `ToolExecutor` does, plus one line on the call
+    format. After a turn with tool calls: one `tool: python` message per call, then the assistant header
+    (with `<think>\\n` again when that turn had already closed its thinking, as in CWM).
+
+    ## Action Space
+    `AnyText(131072)`: one assistant turn. A tool call is `<tool: python>\\nCODE</tool>` (CWM's pattern
+    `<tool: ([^>]*?)>\\n(.*?)</tool>`); every call in a turn runs, in order. A turn with no call is final.
+
+    ## Rewards
+    0 for a turn with tool calls; the final turn is scored as in `cwm/Math-v0` (`info["outcomes"]`).
+    Reaching `max_turns` turns without a final answer truncates the episode with the wrong-answer reward.
+
+    ## Episode End
+    Terminated by a turn without tool calls; truncated after `max_turns` turns.
+
+    ## Arguments
+    As `cwm/Math-v0`, plus `max_tool_calls` (4, CWM's limit; later calls answer
+    `error: maximum execution count (4) reached`), `tool_timeout_s` (10 s per call, CWM's), `max_turns`
+    (8), and `sandbox`: a backend name or a shared `Sandbox` (a shared one is not closed by the env).
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    def __init__(self, source: str | Path | Sequence[Task] = "generated", kinds: Sequence[str] | None = None,
+                 difficulty: int = 0, reward_scheme: str = "cwm", think: bool = True, prompt_style: str = "cot",
+                 timeout_s: float = 5.0, limit: int | None = None, render_mode: str | None = None,
+                 max_tool_calls: int = 4, tool_timeout_s: float = 10.0, max_turns: int = 8,
+                 sandbox: str | Sandbox = "local", memory_mb: int = 1024):
+        super().__init__(source, kinds, difficulty, reward_scheme, think, prompt_style, timeout_s, limit, render_mode)
+        if max_turns < 1 or max_tool_calls < 0:
+            raise UsageError("max_turns must be at least 1 and max_tool_calls at least 0")
+        self.max_tool_calls, self.tool_timeout_s, self.max_turns = max_tool_calls, float(tool_timeout_s), max_turns
+        self.limits = Limits(memory_mb=memory_mb, processes=32, file_size_mb=16, open_files=256, output_bytes=1 << 16)
+        self._sandbox_arg = sandbox
+        self._owns_sandbox = not isinstance(sandbox, Sandbox)
+        self._sandbox: Sandbox | None = None if self._owns_sandbox else sandbox
+        self._turn = self._calls = 0
+
+    def messages(self, task: Task) -> list[dict]:
+        msgs = super().messages(task)
+        system = (REASONING_SYSTEM_PROMPT if self.think else "You are a helpful AI assistant.")
+        system += ("\n\nYou may invoke tools during reasoning.\n\nThe following tools are available:\n\n"
+                   f"- python: Run Python code in an isolated sandbox up to {self.max_tool_calls} times.\n\n"
+                   "Call it with <tool: python>\\nCODE</tool>; print what you want to see.")
+        return [{"role": "system", "content": system}] + [m for m in msgs if m["role"] != "system"]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self._turn = self._calls = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action: str):
+        if self.task is None or self._done:
+            raise UsageError("step() called before reset() or after the episode ended")
+        self._turn += 1
+        calls = TOOL_CALL_RE.findall(action) if isinstance(action, str) else []
+        if not calls:
+            obs, reward, terminated, truncated, info = super().step(action)
+            return obs, reward, terminated, truncated, info | self._budget()
+        feedback = "".join(tool_message(name, self._run_tool(name, code)) for name, code in calls)
+        reopen = self.think and "</think>" in action
+        if self._turn >= self.max_turns:
+            self._done = True
+            bad = -1.0 if self.reward_scheme == "cwm" else 0.0
+            self._last = "turn limit reached without a final answer"
+            info = self._info() | self._budget() | {"outcomes": {"format_ok": False, "equal": False,
+                                                                  "how": "turn limit"}, "details": self._last}
+            return "", bad, False, True, info
+        self._last = feedback + assistant_header() + ("<think>\n" if reopen else "")
+        if len(self._last) > MAX_PROMPT_CHARS:
+            self._last = self._last[-MAX_PROMPT_CHARS:]
+        return self._last, 0.0, False, False, self._info() | self._budget() | {"tool_calls": len(calls)}
+
+    def close(self):
+        if self._owns_sandbox and self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
+
+    def _budget(self) -> dict:
+        return {"turn": self._turn, "remaining_turns": self.max_turns - self._turn,
+                "tool_calls_used": self._calls, "remaining_tool_calls": max(0, self.max_tool_calls - self._calls)}
+
+    def _run_tool(self, name: str, code: str) -> str:
+        if name != "python":
+            return "error: No such tool"
+        if self._calls >= self.max_tool_calls:
+            return f"error: maximum execution count ({self.max_tool_calls}) reached"
+        self._calls += 1
+        if self._sandbox is None:
+            self._sandbox = make_sandbox(self._sandbox_arg, preload=DEFAULT_PRELOAD + ("sympy", "numpy")) \
+                if self._sandbox_arg == "local" else make_sandbox(self._sandbox_arg)
+        return format_tool_result(self._sandbox.run(code, timeout=self.tool_timeout_s, limits=self.limits))

@@ -18,6 +18,7 @@ from cwm_envs.sandbox import Limits, make_sandbox
 
 HOSTILE_BACKENDS = [
     pytest.param("local", id="local"),
+    pytest.param("docker", id="docker", marks=pytest.mark.docker),
 ]
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +38,8 @@ def tmp_root(tmp_path_factory):
 def _open(backend: str, tmp_root: Path):
     if backend == "local":
         return make_sandbox("local", tmp_root=tmp_root)
+    if backend == "docker":  # an unprivileged user, as in the local jail (root could read the image's /etc/shadow)
+        return make_sandbox("docker", user="1000:1000")
     return make_sandbox(backend)
 
 

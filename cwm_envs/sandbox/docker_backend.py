@@ -3,22 +3,26 @@
 Why these choices:
 - The container's PID 1 is Docker's init (tini) with `sleep infinity` beside it, so orphans of killed
   commands are reaped and the container lives until we remove it.
-- Each execution carries its own marker in its environment (`CWM_EXEC=<token>`). On a timeout a one-process
-  killer inside the container SIGKILLs every process with that marker (or with none), which catches children
-  that called setsid and left the process group, while background jobs of earlier commands survive. When a
-  fork bomb has used up the pids limit, the limit is raised for a moment so the killer can start.
+- Each execution carries its own marker in its environment (`CWM_EXEC=<token>`). After a timeout, and after
+  a run that left processes behind, a one-process helper inside the container (`_docker_tool.py`) SIGKILLs
+  every process with that marker (or with none): children that called setsid are caught, background jobs
+  of other executions are not. When a fork bomb holds every pid, the pids limit is raised for a moment so
+  the helper can start. With `background=True` a run's leftovers live on (an agent's server, say).
+- Limits are read back from the container's cgroup counters (forks refused at the pids limit, OOM kills):
+  from this host's /sys/fs/cgroup when it can see them (no extra exec), else through the helper. Docker
+  20.10 does not set OOMKilled for exec'd processes, so the counters are the reliable witness.
 - Every container is labelled `cwm-envs` with its owner's pid, process start time and host. The first
   sandbox of a process (and `cwm sandbox gc`) removes containers whose owner is dead; atexit, a chained
   SIGTERM handler and `close()` remove the process's own, so none outlives an exit, exception, Ctrl-C or SIGTERM.
 - `reset()` takes a pre-started container from a pool that a background thread refills, and removes the
-  old one in that thread, so an episode starts in a few milliseconds instead of ~0.5 s.
-- A memory-limit kill is told apart from other SIGKILLs by the cgroup's `oom_kill` counter (Docker 20.10
-  does not set OOMKilled for exec'd processes).
+  old one in that thread, so a new episode starts in well under a millisecond instead of ~0.5 s.
 """
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import io
+import json
 import os
 import select
 import signal
@@ -31,48 +35,19 @@ import threading
 import time
 import uuid
 import weakref
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from cwm_envs.errors import DockerUnavailable, SandboxError, UsageError
+from cwm_envs.sandbox import _docker_tool
 from cwm_envs.sandbox.base import ExecResult, Limits, Sandbox
 from cwm_envs.sandbox.images import WORKDIR, ensure_base_image
 
 LABEL = "cwm-envs"
 PID_LABEL, START_LABEL, HOST_LABEL = "cwm-envs.owner-pid", "cwm-envs.owner-start", "cwm-envs.owner-host"
-MARKER = "CWM_EXEC"
+MARKER = _docker_tool.MARKER
 DEFAULT_LIMITS = Limits(memory_mb=1024, processes=256, output_bytes=1 << 20)
-DRAIN_FACTOR = 16            # after the cap, output is read and dropped up to 16x the cap, then the run is killed
-
-# Runs inside the container as one process (no fork: it must start even when a fork bomb holds every pid).
-_KILLER = r"""
-import os, sys
-tok = ("%s=" % sys.argv[1] + sys.argv[2]).encode()
-key = tok.split(b"=")[0] + b"="
-for _ in range(500):
-    hit = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) in (1, os.getpid()):
-            continue
-        try:
-            with open("/proc/%s/stat" % d, "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    continue
-            with open("/proc/%s/environ" % d, "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        mark = [e for e in env if e.startswith(key)]
-        if mark and mark[0] != tok:
-            continue
-        try:
-            os.kill(int(d), 9)
-            hit += 1
-        except OSError:
-            pass
-    if not hit:
-        print("clean")
-        break
-"""
+DRAIN_FACTOR = 16     # past the cap, output is read and dropped up to 16x the cap, then the run is killed
+_TOOL_SOURCE = Path(_docker_tool.__file__).read_text()
 
 # ----------------------------------------------------------------------------------------------- process level
 
@@ -81,6 +56,7 @@ _client = None
 _live: "weakref.WeakSet[DockerSandbox]" = weakref.WeakSet()
 _hooks_pid: int | None = None
 _gc_done_pid: int | None = None
+_sigterm_pid: int | None = None
 _prev_sigterm = None
 
 
@@ -181,8 +157,8 @@ def _on_sigterm(signum, frame):
 
 
 def _after_fork_in_child() -> None:
-    global _client, _hooks_pid, _gc_done_pid
-    _client, _hooks_pid, _gc_done_pid = None, None, None
+    global _client, _hooks_pid, _gc_done_pid, _sigterm_pid
+    _client, _hooks_pid, _gc_done_pid, _sigterm_pid = None, None, None, None
     _live.clear()
 
 
@@ -190,17 +166,19 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _install_process_hooks(client) -> None:
-    """Once per process: reap dead owners' containers, and make sure ours go at exit and on SIGTERM."""
-    global _hooks_pid, _gc_done_pid, _prev_sigterm
+    """Once per process: reap dead owners' containers, and make sure ours go at exit and on SIGTERM.
+
+    The SIGTERM handler can only be set from the main thread; it is set by the first sandbox made there."""
+    global _hooks_pid, _gc_done_pid, _prev_sigterm, _sigterm_pid
     with _lock:
         if _gc_done_pid != os.getpid():
             _gc_done_pid = os.getpid()
             gc_stale(client)
-        if _hooks_pid == os.getpid():
-            return
-        _hooks_pid = os.getpid()
-        atexit.register(_cleanup_all)
-        if threading.current_thread() is threading.main_thread():
+        if _hooks_pid != os.getpid():
+            _hooks_pid = os.getpid()
+            atexit.register(_cleanup_all)
+        if _sigterm_pid != os.getpid() and threading.current_thread() is threading.main_thread():
+            _sigterm_pid = os.getpid()
             prev = signal.getsignal(signal.SIGTERM)
             if prev is not signal.SIG_IGN and prev is not _on_sigterm:
                 _prev_sigterm = prev
@@ -270,53 +248,105 @@ def _pump(sock, stdin: bytes | None, deadline: float, cap: int) -> tuple[bytes, 
 
 # ----------------------------------------------------------------------------------------------- the sandbox
 
+def _cgroup_dirs(host_pid: int, cid: str) -> dict[str, list[str]]:
+    """The container's cgroup directories on this host, from its init's /proc entry ({} where unseen:
+    a remote engine, another pid namespace)."""
+    try:
+        lines = Path(f"/proc/{host_pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return {}
+    dirs: dict[str, list[str]] = {"pids": [], "memory": []}
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if cid not in path:
+            continue
+        for ctrl in ctrls.split(",") if ctrls else ("pids", "memory"):
+            if ctrl in dirs:
+                dirs[ctrl].append(f"/sys/fs/cgroup/{ctrl}{path}" if ctrls else f"/sys/fs/cgroup{path}")
+    return dirs if _docker_tool.read_counters(dirs) else {}
+
+
+class _Box:
+    """One container and what the sandbox knows of it: its cgroup on this host, the limits applied to it."""
+
+    def __init__(self, container, applied: tuple[int | None, int | None]):
+        self.container = container
+        self.applied = applied
+        container.reload()
+        self.init_pid = container.attrs["State"]["Pid"]
+        self.cgroup = _cgroup_dirs(self.init_pid, container.id)
+        self.seen = {"pids": 0, "pids_max": 0, "oom": 0}    # last counters the helper reported
+        try:                                 # may this process signal the container's processes itself?
+            os.kill(self.init_pid, 0)
+            self.host_kill = bool(self.cgroup)
+        except OSError:
+            self.host_kill = False
+
+    def counters(self) -> dict | None:
+        return _docker_tool.read_counters(self.cgroup) if self.cgroup else None
+
+    def cgroup_pids(self) -> list[int]:
+        for d in self.cgroup["pids"]:
+            try:
+                return [int(x) for x in Path(d, "cgroup.procs").read_text().split()]
+            except OSError:
+                continue
+        return []
+
+
 class DockerSandbox(Sandbox):
     """Commands and code in a Docker container: one container per episode, a warm pool behind `reset()`.
 
     Arguments:
-        image: any image with python3 (pulled when missing); default `CWM_BASE_IMAGE` or the offline
+        image: any image with python3 (pulled when missing); default `$CWM_BASE_IMAGE` or the offline
             `cwm-envs/base:bookworm`, built on first use.
-        limits: container-wide defaults for memory (MB), processes (pids limit) and output cap;
-            `cpu_s`, `file_size_mb` and `open_files` become rlimits of each command (needs `prlimit`).
+        limits: defaults for every run; memory (MB, no swap) and processes are the container's cgroup
+            limits, `cpu_s`, `file_size_mb` and `open_files` become rlimits of each run (via `prlimit`),
+            `output_bytes` caps stdout and stderr each.
         pool_size: pre-started containers kept ready for `reset()` (0: reset creates one, ~0.5 s).
-        network: False (default) gives the container no network at all.
+        network: False (default) gives the container no network interface but loopback.
         cpus: CPU share of the container (1.0 = one core).
         workdir: where commands run and relative file paths point.
-        read_only: make the image's root file system read-only (workdir and /tmp stay writable; the
-            workdir becomes a fresh volume, so files baked into the image there are copied in).
+        user: "UID[:GID]" to run commands as (the workdir is given to it); default the image's user (root).
+            A non-root user cannot write outside the workdir and /tmp, nor read root-only files.
+        background: keep processes a run leaves behind (default False: they are killed when it returns).
         shell: how a string command runs (`bash -c` by default).
         env: extra environment variables for every command.
 
-    `run(str)` runs a shell command, `run(list)` an argv, `run(code, python=True)` / `run_python(code)`
-    Python code. Outcomes (timeout, memory kill, truncated output) come back in the ExecResult; only a
-    fault of Docker itself raises SandboxError (DockerUnavailable when no engine answers).
+    `run(str)` runs a shell command, `run(list)` an argv, `run_python(code)` Python code. Outcomes
+    (timeout, limit hit, truncated output) come back in the ExecResult (`exit_code` is None after a timeout
+    or the output limit, 128+N after signal N); only a fault of Docker itself raises SandboxError
+    (DockerUnavailable when no engine answers).
     """
 
     name = "docker"
 
     def __init__(self, image: str | None = None, *, limits: Limits | None = None, pool_size: int = 1,
-                 network: bool = False, cpus: float = 1.0, workdir: str = WORKDIR, read_only: bool = False,
-                 shell: tuple[str, ...] = ("bash", "-c"), env: dict[str, str] | None = None, client=None):
+                 network: bool = False, cpus: float = 1.0, workdir: str = WORKDIR, user: str | None = None,
+                 background: bool = False, shell: tuple[str, ...] = ("bash", "-c"),
+                 env: dict[str, str] | None = None, client=None):
         if pool_size < 0 or cpus <= 0:
             raise UsageError("pool_size must be >= 0 and cpus > 0")
+        if user is not None and not all(part.isdigit() for part in str(user).split(":", 1)):
+            raise UsageError(f"user must be 'UID' or 'UID:GID' (numbers), got {user!r}")
         self._closed = True                  # until a container exists, close() has nothing to do
         self.client = client or docker_client()
         self.image = ensure_base_image(image, client=self.client)
         self.limits = _merge(DEFAULT_LIMITS, limits)
-        self.pool_size, self.network, self.cpus = pool_size, network, cpus
-        self.workdir, self.read_only, self.shell = workdir, read_only, tuple(shell)
-        self.env = dict(env or {})
+        self.pool_size, self.network, self.cpus, self.background = pool_size, network, cpus, background
+        self.workdir, self.shell, self.env = workdir, tuple(shell), dict(env or {})
+        self.user = str(user) if user is not None else None
+        self._ids = tuple(int(x) for x in (self.user.split(":") * 2)[:2]) if self.user else None
         self._cv = threading.Condition(threading.RLock())
-        self._pool: list = []
-        self._retire: list = []
+        self._pool: list[_Box] = []
+        self._retire: list[_Box] = []
         self._pool_error: BaseException | None = None
-        self._applied: tuple[int | None, int | None] = (self.limits.memory_mb, self.limits.processes)
-        self._oom_seen = 0
         _install_process_hooks(self.client)
         _live.add(self)
         self._closed = False
+        self._box: _Box | None = None
         try:
-            self._container = self._create()
+            self._box = self._create()
         except BaseException:
             self.close()
             raise
@@ -324,9 +354,8 @@ class DockerSandbox(Sandbox):
         self._worker.start()
 
     # -- containers ------------------------------------------------------------------------------------
-    def _create(self):
+    def _create(self) -> _Box:
         import docker.errors
-        from docker.types import Mount
 
         lim = self.limits
         kwargs = dict(
@@ -339,21 +368,20 @@ class DockerSandbox(Sandbox):
             kwargs.update(mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m")
         if lim.processes:
             kwargs["pids_limit"] = lim.processes
-        if self.read_only:
-            kwargs.update(read_only=True, tmpfs={"/tmp": "rw,exec,size=1g"},
-                          mounts=[Mount(self.workdir, None, type="volume")])
         try:
             container = self.client.containers.create(self.image, **kwargs)
         except docker.errors.DockerException as exc:
             raise SandboxError(f"cannot create a container from {self.image}: {exc}") from exc
         try:
             container.start()
+            if self._ids:                    # hand the workdir to the user (an entry for a dir chowns it)
+                self._put(container, [_tar_dir(self.workdir, self._ids)])
+            return _Box(container, (lim.memory_mb, lim.processes))
         except BaseException as exc:
             _remove_quietly(container)
             if isinstance(exc, docker.errors.DockerException):
                 raise SandboxError(f"cannot start a container from {self.image}: {exc}") from exc
             raise
-        return container
 
     def _pool_loop(self) -> None:
         """Keep `pool_size` fresh containers ready; remove retired ones when there is nothing to fill."""
@@ -366,7 +394,7 @@ class DockerSandbox(Sandbox):
                     return
                 victim = None if len(self._pool) < self.pool_size else self._retire.pop()
             if victim is not None:
-                _remove_quietly(victim)
+                _remove_quietly(victim.container)
                 continue
             try:
                 fresh = self._create()
@@ -380,7 +408,7 @@ class DockerSandbox(Sandbox):
             failures = 0
             with self._cv:
                 if self._closed:
-                    _remove_quietly(fresh)
+                    _remove_quietly(fresh.container)
                     return
                 self._pool.append(fresh)
                 self._pool_error = None
@@ -404,20 +432,18 @@ class DockerSandbox(Sandbox):
                 self._check_open()
                 fresh = self._pool.pop(0)
         with self._cv:
-            old, self._container = self._container, fresh
-            self._applied = (self.limits.memory_mb, self.limits.processes)
-            self._oom_seen = 0
+            self._box, old = fresh, self._box
             self._retire.append(old)
             self._cv.notify_all()
 
     @property
     def container_id(self) -> str:
         self._check_open()
-        return self._container.id
+        return self._box.container.id
 
     def _check_open(self) -> None:
         if self._closed:
-            raise SandboxError("this docker sandbox is closed")
+            raise UsageError("this docker sandbox is closed")
 
     def close(self) -> None:
         """Remove the current, pooled and retired containers; safe to call twice (and from atexit)."""
@@ -426,23 +452,17 @@ class DockerSandbox(Sandbox):
                 return
             self._closed = True
             self._cv.notify_all()
-            doomed = [getattr(self, "_container", None), *self._pool, *self._retire]
-            self._pool, self._retire, self._container = [], [], None
+            doomed = [b.container for b in (self._box, *self._pool, *self._retire) if b is not None]
+            self._pool, self._retire, self._box = [], [], None
         worker = getattr(self, "_worker", None)
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=60)          # it removes what it was creating when it sees `closed`
-        threads = [threading.Thread(target=_remove_quietly, args=(c,)) for c in doomed if c is not None]
+        threads = [threading.Thread(target=_remove_quietly, args=(c,)) for c in doomed]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=60)
         _live.discard(self)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- execution -------------------------------------------------------------------------------------
     def run(self, code_or_cmd: str | list[str], stdin: str | bytes | None = None, timeout: float = 10.0,
@@ -457,14 +477,18 @@ class DockerSandbox(Sandbox):
             argv = ["python3", "-c", code_or_cmd]
         elif isinstance(code_or_cmd, str):
             argv = [*self.shell, code_or_cmd]
+        elif isinstance(code_or_cmd, (list, tuple)) and code_or_cmd and all(isinstance(a, str) for a in code_or_cmd):
+            argv = list(code_or_cmd)
         else:
-            argv = [str(a) for a in code_or_cmd]
-            if not argv:
-                raise UsageError("empty command")
+            raise UsageError(f"run() takes a shell command (str) or an argv (non-empty list of str), "
+                             f"got {code_or_cmd!r:.80}")
+        if not timeout or timeout <= 0:
+            raise UsageError(f"timeout must be positive, got {timeout!r}")
         lim = _merge(self.limits, limits)
         rl = []
         if lim.cpu_s:
-            rl.append(f"--cpu={max(1, int(lim.cpu_s))}")
+            cpu = max(1, round(lim.cpu_s))      # SIGXCPU at the soft limit, SIGKILL a second later
+            rl.append(f"--cpu={cpu}:{cpu + 1}")
         if lim.file_size_mb:
             rl.append(f"--fsize={int(lim.file_size_mb * 2 ** 20)}")
         if lim.open_files:
@@ -472,146 +496,192 @@ class DockerSandbox(Sandbox):
         if rl:
             argv = ["prlimit", *rl, "--", *argv]
         data = stdin.encode() if isinstance(stdin, str) else stdin
-        container = self._container
-        self._apply_limits(container, lim)
+        box = self._box
+        self._apply_limits(box, lim)
         token = uuid.uuid4().hex
         api = self.client.api
+        before = box.counters()
         start = time.monotonic()
         try:
-            exec_id = api.exec_create(container.id, argv, stdin=data is not None, workdir=workdir or self.workdir,
+            exec_id = api.exec_create(box.container.id, argv, stdin=data is not None, user=self.user or "",
+                                      workdir=workdir or self.workdir,
                                       environment={**self.env, **(env or {}), MARKER: token})["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except Exception as exc:
-            raise SandboxError(f"docker exec failed in {container.short_id}: {exc}") from exc
+            raise SandboxError(f"docker exec failed in {box.container.short_id}: {exc}") from exc
+        after = None
         try:
             out, err, truncated, stop = _pump(sock, data, start + timeout, lim.output_bytes or DEFAULT_LIMITS.output_bytes)
             if stop is not None:
-                # Keep reading while the killer works: the engine reports no exit (not even the killer's)
+                # Keep reading while the helper kills: the engine reports no exit (not even the helper's)
                 # while a killed command's output sits unread in its pipe.
-                failed: list[BaseException] = []
-                killer = threading.Thread(target=self._kill_execution, args=(container, token, failed))
+                box_out: list = []
+                killer = threading.Thread(target=self._kill_into, args=(box, token, box_out))
                 killer.start()
                 _drain(sock, time.monotonic() + 30.0)
                 killer.join(timeout=30.0)
-                if failed or killer.is_alive():
-                    raise SandboxError(f"could not stop a timed-out command in {container.short_id}: "
-                                       f"{failed[0] if failed else 'the killer did not finish'}")
+                if not box_out or isinstance(box_out[0], BaseException):
+                    raise SandboxError(f"could not stop a timed-out command in {box.container.short_id}: "
+                                       f"{box_out[0] if box_out else 'the helper did not finish'}")
+                after = box_out[0]
         finally:
             sock.close()
         duration = time.monotonic() - start
-        code = self._exit_code(exec_id)
-        limit_hit = None
-        if stop == "output" or (truncated and stop is None):
-            limit_hit = "output"
-        if stop is None and code is not None:
-            limit_hit = self._limit_from_exit(container, code) or limit_hit
+        code = None if stop else self._exit_code(exec_id)
+        if stop is None:
+            after = box.counters()
+            if not self.background and (after is None or after["pids"] > before["pids"]):
+                after = self._kill(box, token)    # processes left behind: a daemon, a fork bomb's children
+            elif after is None:
+                after = self._probe(box) if code not in (0, None) else None
+        limit_hit = _classify(stop, code, err, truncated, before or box.seen, after)
+        if after is not None and before is None:
+            box.seen = after
         return ExecResult(stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
                           exit_code=code, timed_out=stop == "timeout", limit_hit=limit_hit,
                           duration_s=duration, truncated=truncated)
 
     def run_python(self, code: str, **kwargs) -> ExecResult:
-        """Run Python source with the image's python3 (`python3 -c CODE`)."""
+        """Python source, run by the image's python3 (`python3 -c CODE`), as on every backend."""
+        if not isinstance(code, str):
+            raise UsageError("run_python takes the code as a string")
         return self.run(code, python=True, **kwargs)
 
     def _exit_code(self, exec_id: str) -> int | None:
-        for _ in range(50):
+        for _ in range(100):
             info = self.client.api.exec_inspect(exec_id)
             if not info.get("Running"):
                 return info.get("ExitCode")
             time.sleep(0.01)
         return None
 
-    def _apply_limits(self, container, lim: Limits) -> None:
+    def _apply_limits(self, box: _Box, lim: Limits) -> None:
         """Memory and pids limits belong to the container: change them only when a run asks for others."""
         want = (lim.memory_mb, lim.processes)
-        if want == self._applied:
+        if want == box.applied:
             return
         body = {}
         if lim.memory_mb:
             body.update(Memory=lim.memory_mb * 2 ** 20, MemorySwap=lim.memory_mb * 2 ** 20)
         if lim.processes:
             body["PidsLimit"] = lim.processes
-        self._update(container, body)
-        self._applied = want
+        self._update(box, body)
+        box.applied = want
 
-    def _update(self, container, body: dict) -> None:
+    def _update(self, box: _Box, body: dict) -> None:
         api = self.client.api   # the SDK's update_container lacks PidsLimit; this is the same endpoint
         try:
-            api._raise_for_status(api._post_json(api._url("/containers/{0}/update", container.id), data=body))
+            api._raise_for_status(api._post_json(api._url("/containers/{0}/update", box.container.id), data=body))
         except Exception as exc:
-            raise SandboxError(f"cannot update the limits of {container.short_id}: {exc}") from exc
+            raise SandboxError(f"cannot update the limits of {box.container.short_id}: {exc}") from exc
 
-    def _kill_execution(self, container, token: str, failed: list) -> None:
-        """SIGKILL every process of one execution, setsid'd descendants included (see the module docstring).
-
-        Runs in a thread beside the reader; a failure is appended to `failed`."""
+    def _tool(self, box: _Box, *args: str) -> dict | None:
+        """Run the in-container helper as root; its counters, or None when it could not start or finish."""
+        res = box.container.exec_run(["python3", "-c", _TOOL_SOURCE, *args], user="0",
+                                     environment={MARKER: "helper"})
+        lines = res.output.decode("utf-8", "replace").strip().splitlines()
+        if res.exit_code != 0 or not lines:
+            return None
         try:
-            self._kill_marked(container, token)
-        except BaseException as exc:
-            failed.append(exc)
+            return json.loads(lines[-1]) or {}
+        except ValueError:
+            return None
 
-    def _kill_marked(self, container, token: str) -> None:
+    def _probe(self, box: _Box) -> dict | None:
+        return self._tool(box, "probe")
+
+    def _kill(self, box: _Box, token: str) -> dict:
+        """SIGKILL every process of one execution; returns the counters after it (see the module docstring)."""
+        if box.host_kill and self._host_kill(box, token):
+            return box.counters()
         for attempt in range(3):
-            bumped = attempt > 0 and self._applied[1]
-            if bumped:                       # a fork bomb holds every pid: make room for the killer
-                self._update(container, {"PidsLimit": self._applied[1] + 16})
+            bumped = attempt > 0 and box.applied[1]
+            if bumped:                       # a fork bomb holds every pid: make room for the helper
+                self._update(box, {"PidsLimit": box.applied[1] + 16})
             try:
-                res = container.exec_run(["python3", "-c", _KILLER, MARKER, token],
-                                         environment={MARKER: "killer"})
-                if b"clean" in res.output:
-                    return
+                got = self._tool(box, "kill", token)
             except Exception:
-                pass
+                got = None
             finally:
                 if bumped:
-                    self._update(container, {"PidsLimit": self._applied[1]})
-        raise SandboxError(f"could not stop a timed-out command in {container.short_id}")
+                    self._update(box, {"PidsLimit": box.applied[1]})
+            if got is not None:
+                return box.counters() or got
+        raise SandboxError(f"could not stop the processes of a command in {box.container.short_id}")
 
-    def _limit_from_exit(self, container, code: int) -> str | None:
-        if code == 128 + signal.SIGXCPU:
-            return "cpu"
-        if code == 128 + signal.SIGXFSZ:
-            return "file_size"
-        if code == 137:
-            res = container.exec_run(["sh", "-c", "cat /sys/fs/cgroup/memory/memory.oom_control "
-                                      "/sys/fs/cgroup/memory.events 2>/dev/null"],
-                                     environment={MARKER: "probe"})
-            counts = [int(line.split()[1]) for line in res.output.decode().splitlines()
-                      if line.startswith("oom_kill ")]
-            if counts and max(counts) > self._oom_seen:
-                self._oom_seen = max(counts)
-                return "memory"
-        return None
+    def _host_kill(self, box: _Box, token: str) -> bool:
+        """Kill from this host: stop every process of the container first, then read their environments.
+
+        A stopped fork bomb forks no more, and a stopped process holds no memory lock, which reading its
+        environment waits for (under a CPU quota a throttled bomb turns that wait into seconds). Processes
+        of other executions are continued afterwards; ones stopped before we came stay stopped."""
+        skip = {box.init_pid}
+        states = _states(box.cgroup_pids(), skip)
+        already = {pid for pid, st in states.items() if st in "Tt"}
+        for _ in range(1000):
+            running = [pid for pid, st in states.items() if st not in "TtZ"]
+            if not running:
+                break
+            _docker_tool._signal(running, signal.SIGSTOP)
+            states = _states(box.cgroup_pids(), skip)
+        else:
+            return False
+        doomed = [pid for pid, _st in _docker_tool._marked(token, box.cgroup_pids, skip)]
+        _docker_tool._signal(doomed, signal.SIGKILL)
+        _docker_tool._signal(set(states) - set(doomed) - already, signal.SIGCONT)
+        end = time.monotonic() + 5.0
+        while time.monotonic() < end:
+            if not set(box.cgroup_pids()) & set(doomed):
+                return True
+            time.sleep(0.005)
+        return False
+
+    def _kill_into(self, box: _Box, token: str, result: list) -> None:
+        try:
+            result.append(self._kill(box, token))
+        except BaseException as exc:
+            result.append(exc)
 
     # -- files -----------------------------------------------------------------------------------------
-    def _abs(self, path: str) -> str:
+    def _abs(self, path: str) -> PurePosixPath:
         p = PurePosixPath(path)
-        return str(p if p.is_absolute() else PurePosixPath(self.workdir) / p)
+        return p if p.is_absolute() else PurePosixPath(self.workdir) / p
 
-    def write_file(self, path: str, content: str | bytes) -> None:
-        self._check_open()
-        data = content.encode() if isinstance(content, str) else content
-        target = self._abs(path)
+    def _put(self, container, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> None:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
-            info = tarfile.TarInfo(target.lstrip("/"))
-            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-            tar.addfile(info, io.BytesIO(data))
+            for info, data in members:
+                tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        if not container.put_archive("/", buf.getvalue()):
+            raise SandboxError("docker refused the archive")
+
+    def write_file(self, path: str, content: str | bytes) -> None:
+        """Write a file (parents created); relative paths are under the workdir, absolute ones anywhere."""
+        self._check_open()
+        data = content.encode() if isinstance(content, str) else bytes(content)
+        target = self._abs(path)
+        members = []
+        if self._ids:                        # parents inside the workdir belong to the user too
+            wd = PurePosixPath(self.workdir)
+            members = [_tar_dir(str(d), self._ids) for d in reversed(target.parents)
+                       if d != wd and wd in d.parents]
+        info = tarfile.TarInfo(str(target).lstrip("/"))
+        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+        if self._ids:
+            info.uid, info.gid = self._ids
         try:
-            ok = self._container.put_archive("/", buf.getvalue())
+            self._put(self._box.container, [*members, (info, data)])
         except Exception as exc:
             raise SandboxError(f"cannot write {target}: {exc}") from exc
-        if not ok:
-            raise SandboxError(f"cannot write {target}")
 
     def read_file(self, path: str) -> bytes:
         """The bytes of a file in the container; FileNotFoundError when there is none."""
         import docker.errors
 
         self._check_open()
-        target = self._abs(path)
+        target = str(self._abs(path))
         try:
-            stream, _stat = self._container.get_archive(target)
+            stream, _stat = self._box.container.get_archive(target)
             raw = b"".join(stream)
         except docker.errors.NotFound:
             raise FileNotFoundError(target) from None
@@ -624,31 +694,73 @@ class DockerSandbox(Sandbox):
             return tar.extractfile(member).read()
 
     def list_files(self, path: str = ".") -> list[str]:
-        """Names in a directory of the container (not recursive), sorted; directories end with '/'."""
+        """Paths of the files under `path` (recursive, sorted); relative to the workdir when `path` is."""
         target = self._abs(path)
-        res = self.run(["find", target, "-mindepth", "1", "-maxdepth", "1", "-printf", "%f%y\\n"], timeout=30)
+        res = self.run(["find", str(target), "-type", "f", "-printf", "%P\\n"], timeout=60,
+                       limits=Limits(output_bytes=64 << 20))
         if res.exit_code != 0:
-            raise FileNotFoundError(target)
-        names = []
-        for line in res.stdout.splitlines():
-            name, kind = line[:-1], line[-1:]
-            names.append(name + "/" if kind == "d" else name)
-        return sorted(names)
+            raise FileNotFoundError(str(target))
+        base = PurePosixPath(path)
+        return sorted(os.path.normpath(str(base / name)) for name in res.stdout.splitlines() if name)
+
+
+def _states(pids: list[int], skip: set[int]) -> dict[int, str]:
+    """pid -> state letter (R, S, T, Z...) from /proc/PID/stat, which never waits on the process."""
+    states = {}
+    for pid in pids:
+        if pid not in skip:
+            try:
+                states[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                pass
+    return states
+
+
+def _tar_dir(path: str, ids: tuple[int, int]) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(path.lstrip("/"))
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+    info.uid, info.gid = ids
+    return info, None
+
+
+def _classify(stop: str | None, code: int | None, err: bytes, truncated: bool, before: dict | None,
+              after: dict | None) -> str | None:
+    """Name the limit that ended a run, from the cgroup counters, the exit status and Python's last words."""
+    if stop == "output":
+        return "output"
+    if before and after:
+        if after["pids_max"] > before["pids_max"]:
+            return "processes"
+        if after["oom"] > before["oom"]:
+            return "memory"
+    if code == 128 + signal.SIGXCPU:
+        return "cpu"
+    if code == 128 + signal.SIGXFSZ:
+        return "file_size"
+    lines = err.strip().splitlines()
+    last = lines[-1] if lines else b""
+    if last.startswith(b"MemoryError"):
+        return "memory"
+    if b"[Errno 27]" in last:                # EFBIG: RLIMIT_FSIZE (Python ignores SIGXFSZ and raises)
+        return "file_size"
+    if last.startswith(b"BlockingIOError: [Errno 11]") or b"can't start new thread" in last:
+        return "processes"
+    return "output" if truncated else None
 
 
 def _merge(base: Limits, over: Limits | None) -> Limits:
     if over is None:
         return base
-    return Limits(**{k: (getattr(over, k) if getattr(over, k) is not None else getattr(base, k))
-                     for k in Limits.__dataclass_fields__})
+    return dataclasses.replace(base, **{k: v for k, v in dataclasses.asdict(over).items() if v is not None})
 
 
 def _drain(sock, deadline: float) -> None:
     """Read what a killed command still sends, so its exec finishes; give up at the deadline."""
     raw = getattr(sock, "_sock", sock)
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([raw], [], [], max(0.0, deadline - time.monotonic()))
-        if not r:
+    poller = select.poll()
+    poller.register(raw, select.POLLIN)
+    while (left := deadline - time.monotonic()) > 0:
+        if not poller.poll(left * 1000):
             return
         try:
             if not raw.recv(1 << 16):

@@ -1,0 +1,290 @@
+"""The `docker` sandbox against a real engine: runs, files, limits, the warm pool, and that no container
+outlives its owner (normal exit, exception, Ctrl-C, SIGTERM, a crashed owner reaped by `gc`).
+
+The hostile-code battery for this backend lives in test_sandbox_hostile.py.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cwm_envs.errors import UsageError
+from cwm_envs.sandbox import Limits, make_sandbox
+from cwm_envs.sandbox.images import apt_mirror, ensure_base_image, image_tag, recipe_hash
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def _containers(*labels: str) -> list[str]:
+    """Ids of containers (running or not) carrying every `key=value` label, asked of the docker CLI."""
+    args = ["docker", "ps", "-aq", "--no-trunc", *(f"--filter=label={lab}" for lab in labels)]
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
+
+
+def _host_procs_with(marker: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if marker.encode() in Path(f"/proc/{name}/cmdline").read_bytes():
+                    found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def sb(docker_engine):
+    box = make_sandbox("docker")
+    yield box
+    box.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_left_behind():
+    """After this module, no container of this test process remains (checked where an engine answers)."""
+    yield
+    if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+        assert _containers(f"cwm-envs.owner-pid={os.getpid()}") == []
+
+
+# ------------------------------------------------------------------------------------------------ base image
+
+def test_apt_mirror_reads_both_source_formats(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n")
+    assert apt_mirror(tmp_path) == "http://mirror.example/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").unlink()
+    (tmp_path / "sources.list").write_text("# deb http://commented.example/debian bookworm main\n"
+                                            "deb [arch=amd64] http://old.example/debian bookworm main\n")
+    assert apt_mirror(tmp_path) == "http://old.example/debian"
+
+
+def test_base_image_is_built_once_and_reused(docker_engine):
+    import docker
+
+    tag = ensure_base_image()                      # `make test` built it already: a no-op
+    assert tag == os.environ.get("CWM_BASE_IMAGE", image_tag())
+    if tag == image_tag():
+        image = docker.from_env().images.get(tag)
+        assert image.labels["cwm-envs.recipe"] == recipe_hash("bookworm")
+    out = subprocess.run([str(ROOT / ".venv/bin/cwm") if (ROOT / ".venv/bin/cwm").exists() else "cwm",
+                          "sandbox", "image"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == tag, out.stderr
+    with pytest.raises(UsageError):
+        ensure_base_image(suite="not-a-suite!")
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+def test_shell_argv_python_and_stdin(sb):
+    res = sb.run("echo $PWD; echo oops >&2; exit 3")
+    assert (res.stdout, res.stderr, res.exit_code, res.timed_out) == ("/work\n", "oops\n", 3, False)
+    assert sb.run(["printf", "%s|", "a b", "c"]).stdout == "a b|c|"
+    res = sb.run_python("import sys; print(sum(map(int, sys.stdin.read().split())))", stdin="1 2 3 4")
+    assert res.ok and res.stdout == "10\n"
+    big = "x" * (3 << 20)                          # larger than any pipe buffer: written while reading output
+    assert sb.run("wc -c", stdin=big).stdout.strip() == str(len(big))
+    assert sb.run("cat", stdin="").stdout == ""
+    assert sb.run("echo $CWM_EXTRA", env={"CWM_EXTRA": "seen"}).stdout == "seen\n"
+    assert sb.run("pwd", workdir="/tmp").stdout == "/tmp\n"
+    with pytest.raises(UsageError):
+        sb.run([])
+    with pytest.raises(UsageError):
+        sb.run("true", timeout=0)
+
+
+def test_files_roundtrip(sb):
+    sb.write_file("pkg/mod.py", "VALUE = 41\n")
+    sb.write_file("/tmp/abs.bin", b"\x00\xff")
+    assert sb.read_file("pkg/mod.py") == b"VALUE = 41\n"
+    assert sb.read_file("/tmp/abs.bin") == b"\x00\xff"
+    assert "pkg/mod.py" in sb.list_files()
+    assert sb.list_files("pkg") == ["pkg/mod.py"]
+    assert sb.run_python("import sys; sys.path.insert(0, 'pkg'); import mod; print(mod.VALUE + 1)").stdout == "42\n"
+    with pytest.raises(FileNotFoundError):
+        sb.read_file("no/such/file")
+    with pytest.raises(FileNotFoundError):
+        sb.list_files("no/such/dir")
+
+
+def test_timeout_kills_the_whole_tree_but_spares_other_runs(docker_engine):
+    with make_sandbox("docker", pool_size=0, background=True) as box:
+        keeper, victim = f"{5000 + uuid.uuid4().int % 1000}.5", f"{6000 + uuid.uuid4().int % 1000}.5"
+        res = box.run(f"sleep {keeper} > /dev/null 2>&1 &")          # a background job of an earlier run
+        assert res.ok and _host_procs_with(keeper)
+        res = box.run(f"setsid sleep {victim} & sleep {victim}", timeout=1)
+        assert res.timed_out and res.exit_code is None, res
+        assert _host_procs_with(victim) == []
+        assert _host_procs_with(keeper), "a run's timeout must not kill other runs' processes"
+    assert _host_procs_with(keeper) == []                             # gone with its container
+
+
+def test_leftover_processes_are_killed_unless_background(sb):
+    marker = f"{7000 + uuid.uuid4().int % 1000}.25"
+    res = sb.run(f"setsid sleep {marker} > /dev/null 2>&1 < /dev/null & echo started")
+    assert res.stdout == "started\n" and not res.timed_out
+    assert _host_procs_with(marker) == []
+
+
+def test_per_run_limits(sb):
+    res = sb.run_python("x = bytearray(700 * 2**20); print('ok')", limits=Limits(memory_mb=256))
+    assert res.limit_hit == "memory" and "ok" not in res.stdout, res
+    assert sb.run_python("x = bytearray(700 * 2**20); print('ok')").stdout == "ok\n"   # default 1 GB again
+    res = sb.run_python("while True: pass", limits=Limits(cpu_s=1), timeout=10)
+    assert res.limit_hit == "cpu" and not res.timed_out, res
+    res = sb.run_python("open('/tmp/big', 'wb').write(b'x' * 3 * 2**20)", limits=Limits(file_size_mb=1))
+    assert res.limit_hit == "file_size", res
+    res = sb.run("yes | head -c 5000", limits=Limits(output_bytes=1000))
+    assert res.truncated and res.limit_hit == "output" and len(res.stdout) == 1000, res
+
+
+def test_network_is_off_by_default_and_can_be_enabled(docker_engine):
+    code = "import socket\ntry:\n    socket.create_connection(('10.0.0.1', 9), timeout=2)\nexcept OSError as e:\n    print(e.errno)"
+    with make_sandbox("docker", pool_size=0) as box:
+        assert box.run("cat /sys/class/net/*/operstate; ls /sys/class/net").stdout.split()[-1] == "lo"
+        assert box.run_python(code).stdout.strip() == "101"            # ENETUNREACH, at once
+    with make_sandbox("docker", pool_size=0, network=True) as box:
+        assert "eth0" in box.run("ls /sys/class/net").stdout
+
+
+def test_unprivileged_user_owns_only_the_workdir(docker_engine):
+    with make_sandbox("docker", pool_size=0, user="1000:1000") as box:
+        box.write_file("deep/dir/f.txt", "x")
+        res = box.run("id -u; echo more >> deep/dir/f.txt && echo appended; touch /etc/x 2>&1; cat /etc/shadow 2>&1")
+        lines = res.stdout.splitlines()
+        assert lines[:2] == ["1000", "appended"], res
+        assert "Permission denied" in lines[2] and "Permission denied" in lines[3]
+    with pytest.raises(UsageError):
+        make_sandbox("docker", user="nobody")
+
+
+def test_reset_gives_a_pristine_container_from_the_pool(docker_engine):
+    with make_sandbox("docker", pool_size=1) as box:
+        first = box.container_id
+        box.write_file("state.txt", "dirty")
+        box.run("echo pwned > /etc/motd; sleep 1000 > /dev/null 2>&1 &")
+        box.reset()
+        assert box.container_id != first
+        assert box.list_files() == [] and "pwned" not in box.run("cat /etc/motd").stdout
+        deadline = time.monotonic() + 30                  # the old one is removed in the background
+        while first in _containers("cwm-envs") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert first not in _containers("cwm-envs")
+        box.reset()
+        assert box.run_python("print(6 * 7)").stdout == "42\n"
+    with pytest.raises(UsageError):
+        box.run("true")
+    box.close()                                          # twice is fine
+
+
+def test_without_a_host_view_the_in_container_helper_does_the_work(docker_engine):
+    """A remote engine: no cgroup files, no signals from here. Kills and limits go through the helper."""
+    with make_sandbox("docker", pool_size=0) as box:
+        box._box.cgroup, box._box.host_kill = {}, False
+        marker = f"{8000 + uuid.uuid4().int % 1000}.75"
+        res = box.run(f"setsid sleep {marker} & sleep {marker}", timeout=1)
+        assert res.timed_out and _host_procs_with(marker) == []
+        res = box.run_python("x = bytearray(2 * 2**30)")
+        assert res.limit_hit == "memory", res
+        assert box.run("echo fine").stdout == "fine\n"
+
+
+# ------------------------------------------------------------------------------------------------ lifetime
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys, time
+    from cwm_envs.sandbox import make_sandbox
+    mode = sys.argv[1]
+    if mode == "chained":
+        signal.signal(signal.SIGTERM, lambda s, f: (print("previous handler ran", flush=True), sys.exit(7)))
+    box = make_sandbox("docker", pool_size=1)
+    box.run("true")
+    print("ready", flush=True)
+    if mode == "exception":
+        raise RuntimeError("the owner crashed")
+    if mode == "exit":
+        sys.exit(0)
+    time.sleep(120)
+""")
+
+
+@pytest.mark.parametrize("mode,sig,expect", [
+    ("sigterm", signal.SIGTERM, -signal.SIGTERM),   # dies by the signal, as without the handler
+    ("chained", signal.SIGTERM, 7),                 # a handler set before ours still runs
+    ("sigint", signal.SIGINT, -signal.SIGINT),      # Ctrl-C: KeyboardInterrupt, atexit, dies by SIGINT
+    ("exception", None, 1),
+    ("exit", None, 0),
+])
+def test_no_container_outlives_its_owner(docker_engine, mode, sig, expect):
+    child = subprocess.Popen([PY, "-c", CHILD, mode], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        mine = f"cwm-envs.owner-pid={child.pid}"
+        if sig is not None:
+            assert len(_containers(mine)) == 2           # the current container and a pooled one
+            child.send_signal(sig)
+        rc = child.wait(timeout=60)
+        out = child.stdout.read()
+    finally:
+        child.kill()
+        child.wait()
+    assert rc == expect, child.stderr.read()
+    if mode == "chained":
+        assert "previous handler ran" in out
+    assert _containers(mine) == []
+
+
+def test_gc_reaps_containers_of_dead_owners_only(docker_engine):
+    import docker
+
+    from cwm_envs.sandbox.docker_backend import HOST_LABEL, LABEL, PID_LABEL, START_LABEL, _owner_labels
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    client = docker.from_env()
+    image = ensure_base_image()
+    orphan = client.containers.create(image, ["sleep", "infinity"], network_mode="none", labels={
+        **_owner_labels(), PID_LABEL: str(dead.pid), START_LABEL: "1"})
+    reused = client.containers.create(image, ["sleep", "infinity"], network_mode="none", labels={
+        **_owner_labels(), START_LABEL: "1"})     # our pid, but another process's start time: a reused pid
+    alive = client.containers.create(image, ["sleep", "infinity"], network_mode="none", labels=_owner_labels())
+    try:
+        cwm = str(ROOT / ".venv/bin/cwm") if (ROOT / ".venv/bin/cwm").exists() else "cwm"
+        out = subprocess.run([cwm, "sandbox", "gc"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert orphan.short_id in out.stdout and reused.short_id in out.stdout
+        left = _containers(LABEL, f"{HOST_LABEL}={_owner_labels()[HOST_LABEL]}")
+        assert orphan.id not in left and reused.id not in left and alive.id in left
+    finally:
+        for c in (orphan, reused, alive):
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+def test_no_engine_is_a_clear_error():
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    cwm = str(ROOT / ".venv/bin/cwm") if (ROOT / ".venv/bin/cwm").exists() else "cwm"
+    out = subprocess.run([cwm, "sandbox", "gc"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "no Docker engine answers" in out.stderr, out.stderr
+    code = ("from cwm_envs.errors import DockerUnavailable\nfrom cwm_envs.sandbox import make_sandbox\n"
+            "try:\n    make_sandbox('docker')\nexcept DockerUnavailable as e:\n    print('raised', e)\n")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert out.stdout.startswith("raised no Docker engine answers"), out.stderr

@@ -96,6 +96,9 @@ def load_hub(name: str, split: str | None = None, limit: int | None = None) -> l
         raise UsageError(f"hub dataset {name!r} needs the `datasets` package (pip install datasets) and a "
                          "network; offline, pass a local JSONL path or one of "
                          f"{sorted(FILES)}") from None
+    if not _hub_reachable():
+        raise UsageError(f"hub dataset {name!r}: the hub is not reachable from here (no network?); pass a local "
+                         f"JSONL path or one of {sorted(FILES)}, or set HF_DATASETS_OFFLINE=1 to use a cached copy")
     try:
         config = "main" if name == "openai/gsm8k" else None
         ds = datasets.load_dataset(name, config, split=split or "test")
@@ -136,6 +139,22 @@ def load_math(source: str | Path = "generated", *, kinds: Sequence[str] | None =
         return load_hub(name, limit=limit)
     raise UsageError(f"unknown math source {name!r}: use 'generated', one of {sorted(FILES)}, a JSONL path "
                      "or 'hub:NAME'")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick look-up of the hub's host, so that offline use fails at once instead of after retries."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return True  # the user asks for the local cache
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _hub_available() -> bool:

@@ -10,6 +10,7 @@ Elsewhere any image with `python3` serves, e.g. `CWM_BASE_IMAGE=python:3.11-slim
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -105,18 +106,28 @@ def ensure_base_image(base: str | None = None, *, suite: str | None = None, forc
         raise UsageError(f"not a Debian suite name: {suite!r}")
     client = client or _client()
     tag, want = image_tag(suite), recipe_hash(suite)
-    if not force:
-        import docker.errors
-
-        try:
-            have = (client.images.get(tag).labels or {}).get(RECIPE_LABEL)
-        except docker.errors.ImageNotFound:
-            have = None
-        if have == want:
+    if not force and _recipe_of(client, tag) == want:
+        return tag
+    # One build at a time on this host (test workers, parallel jobs): wait for a running one, then look again.
+    # The lock is taken on this very file, so no lock file is left behind.
+    with open(__file__) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        have = _recipe_of(client, tag)
+        if have == want and not force:
             return tag
-        log(f"{tag}: " + ("missing" if have is None else f"recipe {have} is stale (now {want})") + ", building")
-    build_offline_image(suite, tag, log=log)
+        log(f"{tag}: " + ("missing" if have is None else "rebuild asked" if have == want
+                          else f"recipe {have} is stale (now {want})") + ", building")
+        build_offline_image(suite, tag, log=log)
     return tag
+
+
+def _recipe_of(client, tag: str) -> str | None:
+    import docker.errors
+
+    try:
+        return (client.images.get(tag).labels or {}).get(RECIPE_LABEL, "")
+    except docker.errors.ImageNotFound:
+        return None
 
 
 def _ensure_pulled(client, name: str, force: bool, log) -> str:

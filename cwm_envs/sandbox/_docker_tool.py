@@ -63,7 +63,10 @@ def _marked(token, pids, skip):
         if pid in skip:
             continue
         try:
-            state = _read("/proc/%d/stat" % pid).rsplit(")", 1)[1].split()[0]
+            stat = _read("/proc/%d/stat" % pid)
+            if stat.split(" (", 1)[1].startswith("runc:"):
+                continue                           # the runtime starting another exec, not yet its command
+            state = stat.rsplit(")", 1)[1].split()[0]
             with open("/proc/%d/environ" % pid, "rb") as f:
                 env = f.read().split(b"\0")
         except (OSError, IndexError):

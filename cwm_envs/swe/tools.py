@@ -316,7 +316,7 @@ class ToolBox:
     def _bash(self, commands: str) -> ToolResult:
         res = self.sandbox.run(["bash", "-c", _BASH % self._vars], stdin=commands, timeout=self.command_timeout_s,
                                limits=COMMAND_OUTPUT)
-        out = res.stdout + res.stderr
+        out = (res.stdout + res.stderr).rstrip("\n")
         if res.timed_out:
             self.sandbox.run(["rm", "-rf", SESSION_DIR], timeout=30)
             note = (f"The command ran past {self.command_timeout_s:g} seconds and was stopped. A fresh session has "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from benchmarks.humaneval_bench import demo_section as code_section
+from benchmarks.math_bench import demo_section as math_section
 from benchmarks.sandbox_bench import demo_section as sandbox_section
 from benchmarks.trace_bench import demo_section as trace_section
 from benchmarks.train_bench import demo_section as model_section
@@ -19,6 +20,7 @@ def _section(title: str) -> None:
 SECTIONS: list = [
     sandbox_section,
     code_section,
+    math_section,
     trace_section,
     model_section,
 ]

@@ -17,7 +17,8 @@ How (see `rewards.math_extract` for extraction and `rewards.math_compare` for th
 1. extraction, in the caller's process: the last `\\boxed{}` (after the last `</think>` when there is one),
    then, unless `extractors` says otherwise, "The final answer is ...", "Answer: ...", a bold final value,
    the last formula, the last number; the chosen span and method go into the evidence;
-2. equal normalised strings are equal without further work;
+2. equal normalised strings are equal without further work, and two plain numbers (integers, decimals,
+   integer fractions) are compared as exact fractions in the caller's process;
 3. otherwise the exact comparison runs in a helper process under a hard time limit (`timeout`, default
    5 s), safe in any thread, asyncio task or Ray actor (`rewards.math_worker`). A timeout scores as wrong
    with `timed_out` in the evidence.
@@ -30,8 +31,10 @@ helper process that cannot start raises `VerifierUnavailable` (a machine fault, 
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
+from fractions import Fraction
 from typing import Literal, Sequence
 
 from rewards.base import RewardResult
@@ -40,6 +43,7 @@ from rewards.math_extract import (DEFAULT_EXTRACTORS, Extraction, count_boxed, e
 from rewards.math_worker import VerifierUnavailable, WorkerPool, _POOLS, run_in_thread
 
 DEFAULT_TIMEOUT_S = 5.0
+APPROX_MIN_DIGITS = 12   # as rewards.math_compare: a decimal this long may stand for a non-terminating value
 Isolation = Literal["process", "thread", "inline"]
 
 _settings = {"isolation": "process", "workers": 2, "memory_mb": 4096}
@@ -93,13 +97,39 @@ def _get_pool() -> WorkerPool:
 
 
 _WEAK_EXTRACTIONS = ("bold", "latex", "last_number", "bare")
+_ASSIGNED = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*([^=]+)")
+_SIMPLE_NUMBER = re.compile(r"(-?)(?:([1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.(\d*))?|\.(\d+)|\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))")
+
+
+def _simple_number(s: str) -> tuple[Fraction, int] | None:
+    """(value, significant digits of a decimal literal or 0) for an integer, decimal or integer fraction."""
+    m = _SIMPLE_NUMBER.fullmatch(s) if len(s) <= 40 else None
+    if not m:
+        return None
+    sign, whole, frac, frac_only, num, den, num2, den2 = m.groups()
+    if num or num2:
+        n, d = int(num or num2), int(den or den2)
+        return (Fraction(-n if sign else n, d), 0) if d else None
+    digits = (whole or "0").replace(",", "") + (frac or frac_only or "")
+    value = Fraction(int(digits), 10 ** len(frac or frac_only or ""))
+    return (-value if sign else value), (len(digits.lstrip("0")) if (frac or frac_only) else 0)
 
 
 def _compare(gold: str, answer: str, timeout: float, strict_chains: bool = True) -> dict:
-    """Normalised-string shortcut, else the exact comparison under the configured isolation."""
+    """Normalised-string shortcut, plain numbers in exact fractions here, else the exact comparison in the
+    helper process (or as configured)."""
     g, a = normalize(gold), normalize(answer)
     if g and g == a:
         return {"equal": True, "how": "same text after normalisation", "gold": g, "answer": a}
+    if "=" not in g:  # `x = 5` answering 5
+        m = _ASSIGNED.fullmatch(a)
+        a = m.group(1) if m and _simple_number(m.group(1)) else a
+    gn, an = _simple_number(g), _simple_number(a)
+    if gn and an:
+        if gn[0] == an[0]:
+            return {"equal": True, "how": "exact", "gold": str(gn[0]), "answer": str(an[0])}
+        if max(gn[1], an[1]) < APPROX_MIN_DIGITS:  # long decimals may stand for a fraction: the helper decides
+            return {"equal": False, "how": "different", "gold": str(gn[0]), "answer": str(an[0])}
     mode = _settings["isolation"]
     request = {"gold": gold, "answer": answer, "budget": timeout, "strict_chains": strict_chains}
     if mode == "process":

@@ -176,6 +176,11 @@ def tokenize(s: str, thousands: bool = True) -> list[Tok]:
                 m = _THOUSANDS_RE.match(s, i) or _SPACE_THOUSANDS_RE.match(s, i)
                 if m and (i > 0 and (s[i - 1].isdigit() or s[i - 1] == ".")):
                     m = None
+                # inside brackets "(12,102)" is a pair, not twelve thousand one hundred and two
+                before = s[:i].rstrip()[-1:]
+                after = s[m.end():].lstrip()[:1] if m else ""
+                if m and (before in ("(", "[", ",") or after in (")", "]", ",")):
+                    m = None
             if m:
                 lit = m.group(0).replace(",", "").replace(" ", "")
                 i = m.end()

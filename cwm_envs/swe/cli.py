@@ -25,6 +25,7 @@ def _sigterm_as_interrupt() -> None:
 
 
 def cmd_build(args) -> int:
+    from cwm_envs.errors import UsageError
     from cwm_envs.swe.dataset import load_instances
     from cwm_envs.swe.images import build_instance_image
 
@@ -35,9 +36,9 @@ def cmd_build(args) -> int:
         t = time.perf_counter()
         try:
             tag = build_instance_image(inst, args.repos, log=_log, timings=timings)
-        except Exception as exc:              # report each instance, go on with the others
-            if not isinstance(exc, Exception) or type(exc).__name__ == "UsageError":
-                raise
+        except UsageError:
+            raise
+        except Exception as exc:              # an infrastructure fault: report it, go on with the others
             failed += 1
             print(f"{inst.instance_id}\tFAILED\t{str(exc).splitlines()[0][:300]}")
             continue

@@ -217,7 +217,7 @@ def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str
             return result
         except (UsageError, Cancelled):
             raise
-        except (CwmError, OSError, Exception) as exc:   # any fault of the machinery: retry, then report
+        except Exception as exc:                        # any fault of the machinery: retry, then report
             result.error = f"{type(exc).__name__}: {exc}"
             with open(log_dir / "run_instance.log", "a") as fh:
                 fh.write(f"attempt {attempt + 1}: infrastructure failure\n{traceback.format_exc()}\n")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cwm_envs.errors import InfraError, SandboxError, UsageError
+from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.swe.dataset import SWEInstance
 from cwm_envs.swe.specs import EnvSpec, env_spec, read_repo_file
 

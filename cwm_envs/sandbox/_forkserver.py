@@ -344,6 +344,11 @@ def _execute(cfg, spare, req, stdin):
 
 
 def main(cfg):
+    if sys.flags.no_site:  # started with -S: the builtins `site` adds (exit, quit, help...) but no site-packages
+        import site
+        site.setquit()
+        site.setcopyright()
+        site.sethelper()
     for name in cfg["preload"]:
         try:
             importlib.import_module(name)

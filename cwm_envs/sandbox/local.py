@@ -241,6 +241,8 @@ class LocalSandbox(Sandbox):
         preload: modules the server imports once, so executions start warm.
         python: the interpreter to run (default: this one's base install, never the project's venv).
         ro_binds: extra host paths mounted read-only at the same place (e.g. a site-packages dir).
+        site_packages: let the code import the interpreter's site-packages (and run its .pth files). Off by
+            default: the standard library only, and a lighter server whose forks cost less.
         tmpfs_mb: size of the private /tmp and /dev/shm.
         total_memory_mb: memory of all the jail's processes together (a cgroup-v1 memory group, where this
             process may create one; None: no such cap, only the per-process `memory_mb`).
@@ -250,7 +252,7 @@ class LocalSandbox(Sandbox):
 
     def __init__(self, limits: Limits | None = None, *, tmp_root: str | os.PathLike | None = None,
                  preload: tuple[str, ...] = DEFAULT_PRELOAD, python: str | None = None,
-                 ro_binds: tuple[str, ...] = (), tmpfs_mb: int = 64, total_memory_mb: int | None = 4096,
+                 ro_binds: tuple[str, ...] = (), site_packages: bool = False, tmpfs_mb: int = 64, total_memory_mb: int | None = 4096,
                  startup_timeout: float = 30.0):
         self.limits = _merge(DEFAULT_LIMITS, limits)
         self._lock = threading.RLock()
@@ -270,6 +272,7 @@ class LocalSandbox(Sandbox):
         self._python = python or os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self._preload = tuple(preload)
         self._ro_binds = tuple(ro_binds)
+        self._site_packages = site_packages
         self._tmpfs_mb = tmpfs_mb
         self._startup_timeout = startup_timeout
         if self._root and total_memory_mb:
@@ -315,7 +318,8 @@ class LocalSandbox(Sandbox):
             argv += ["--unshare-user"]
         cfg = {"uid": self.uid if self._root else None, "gid": self.uid if self._root else None,
                "workdir": JAIL_WORKDIR, "preload": list(self._preload), "env": env}
-        argv += [self._python, "-I", "-B", "-X", "utf8", "-c", _SERVER_SOURCE, json.dumps(cfg)]
+        flags = ["-I", "-B", "-X", "utf8"] + ([] if self._site_packages else ["-S"])
+        argv += [self._python, *flags, "-c", _SERVER_SOURCE, json.dumps(cfg)]
         if self._state.cgroup is not None:  # enter the memory group first: all the jail is born inside it
             argv = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self._state.cgroup / "cgroup.procs"), *argv]
         return argv

@@ -182,20 +182,22 @@ def run_bench(args) -> int:
 
 
 def demo_section(args) -> None:
-    """Math-v0: a few rollouts with the oracle and a wrong policy (reward and evidence)"""
-    env = MathEnv(source="generated", kinds=("add_sub", "fractions", "quadratic"), difficulty=1)
+    """Math-v0: a few rollouts with the oracle, an equivalent rewrite and a wrong policy (reward and evidence)"""
+    tasks = [MathGenerator(kinds=(kind,), difficulty=1).task(7) for kind in ("add_sub", "fractions", "quadratic")]
+    env = MathEnv(source=tasks)
+    rewrite = {"add_sub": lambda a: f"x = {a}", "fractions": lambda a: a.replace("\\frac", "\\dfrac"),
+               "quadratic": lambda a: ", ".join(reversed(a.split(", ")))}
     try:
-        for seed in (1, 2, 3):
-            obs, info = env.reset(seed=seed)
-            problem = env.task.prompt
-            for label, text in (("oracle", f"<think>\nchecking\n</think>\nSo it is $\\boxed{{{info['answer']}}}$."),
-                                ("wrong", "<think>\nguessing\n</think>\nSo it is $\\boxed{1234}$.")):
-                _, reward, _, _, step_info = env.step(text)
-                o = step_info["outcomes"]
-                print(f"[{label:6s}] {info['task_id']}: {problem!r}\n         reward {reward:+.0f}  extracted "
-                      f"{o.get('extracted')!r} from span {o.get('span')} ({o.get('how')})")
-                env.reset(seed=seed)
-        print("the observation (a CWM chat prompt) ends with:\n" + obs[-220:])
+        for task in tasks:
+            print(f"{task.id}: {task.prompt}  (gold {task.answer})")
+            for label, answer in (("oracle", task.answer), ("rewrite", rewrite[task.metadata["kind"]](task.answer)),
+                                  ("wrong", "1234")):
+                obs, _ = env.reset(options={"task": task})
+                _, reward, _, _, info = env.step(f"<think>\nworking\n</think>\nSo it is $\\boxed{{{answer}}}$.")
+                o = info["outcomes"]
+                print(f"  [{label:7s}] reward {reward:+.0f}  extracted {o.get('extracted')!r} at {o.get('span')}: "
+                      f"{o.get('how')}")
+        print("an observation (CWM chat format) ends with:\n" + obs[-200:])
     finally:
         env.close()
 

@@ -1,0 +1,95 @@
+"""cwm bench math / cwm bench verifier: the runner through Math-v0's reward path, reports, the demo section."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks.math_bench import POLICIES, demo_section, evaluate_policy, load_tasks, summarize
+from benchmarks.math_verify_bench import make_pairs, rewrites
+
+CWM = [sys.executable, "-m", "cwm_envs.cli"]
+ARGS = SimpleNamespace(think=True, timeout_s=5.0, p_correct=0.5, seed=0)
+
+
+def test_oracle_scores_every_math500_problem_and_wrong_gold_almost_none(data_dir):
+    tasks = load_tasks("math500")
+    oracle = evaluate_policy(tasks, "oracle", ARGS)
+    assert sum(oracle["correct"]) == 500
+    wrong = evaluate_policy(tasks, "wrong-gold", ARGS)
+    assert sum(wrong["correct"]) <= 5          # another problem's answer is right only by coincidence
+    summary, subjects, levels = summarize(tasks, oracle, [1])
+    assert summary["accuracy"] == 1.0 and summary["pass@1"] == 1.0
+    assert {row["subject"] for row in subjects} >= {"Algebra", "Geometry", "Precalculus"}
+    assert [row["level"] for row in levels] == ["1", "2", "3", "4", "5"]
+
+
+def test_cli_on_aime24_writes_json_and_markdown(data_dir, tmp_path):
+    out = tmp_path / "aime"
+    proc = subprocess.run(CWM + ["bench", "math", "--data", "aime24", "--policy", "oracle", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    s = report["summary"]
+    assert (s["tasks"], s["solved"], s["accuracy"]) == (30, 30, 1.0)
+    assert s["baseline_policy"] == "wrong-gold" and s["baseline_accuracy"] <= 0.1
+    assert "| accuracy | 1 |" in (out / "report.md").read_text()
+
+
+def test_pass_at_k_with_several_samples(tmp_path):
+    tasks = load_tasks("generated", limit=12)
+    res = evaluate_policy(tasks, "noisy", ARGS, samples=4)
+    summary, _, _ = summarize(tasks, res, [1, 2, 4])
+    assert 0.0 < summary["pass@1"] < 1.0
+    assert summary["pass@1"] <= summary["pass@2"] <= summary["pass@4"] <= 1.0
+    assert summary["pass@4"] == summary["solved"] / len(tasks)   # with k = n, pass@k is "any sample right"
+
+
+def test_cli_user_errors_are_one_line(tmp_path):
+    for extra in (["--policy", "telepathy"], ["--data", "no-such-benchmark"]):
+        proc = subprocess.run(CWM + ["bench", "math", "--out", str(tmp_path / "x")] + extra,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, extra
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_policy_registry_is_open_to_new_policies():
+    assert {"oracle", "wrong-gold", "noisy", "empty"} <= set(POLICIES)
+    POLICIES["echo-seven"] = lambda tasks, args: (lambda i, s: "<think>\n</think>\n$\\boxed{7}$")
+    try:
+        tasks = load_tasks("generated", limit=5)
+        res = evaluate_policy(tasks, "echo-seven", ARGS)
+        assert sum(res["correct"]) == sum(t.answer == "7" for t in tasks)
+    finally:
+        del POLICIES["echo-seven"]
+
+
+def test_rewrite_labels_follow_their_rules():
+    forms = {form: (answer, label) for form, answer, label in rewrites("\\frac{3}{4}")}
+    assert forms["slash"] == ("3/4", 1) and forms["decimal"] == ("0.75", 1)
+    assert forms["numerator_plus_one"] == ("\\frac{4}{4}", 0) and forms["negated"] == ("-\\frac{3}{4}", 0)
+    forms = {form: (answer, label) for form, answer, label in rewrites("12345")}
+    assert forms["thousands"] == ("12,345", 1) and forms["plus_one"] == ("12346", 0)
+    assert "reordered" not in dict((f, a) for f, a, _ in rewrites("10,\\!080"))   # a number, not a list
+
+
+def test_verifier_bench_cli_reports_both_verifiers(data_dir, tmp_path):
+    pytest.importorskip("math_verify")
+    out = tmp_path / "verifier"
+    proc = subprocess.run(CWM + ["bench", "verifier", "--limit", "25", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((out / "report.json").read_text())["summary"]
+    assert s["pairs"] == len(make_pairs(25)) and s["positives"] > 0 and s["negatives"] > 0
+    for name in ("ours", "mv"):
+        assert s[f"{name}_median_ms"] > 0 and s[f"{name}_p99_ms"] >= s[f"{name}_median_ms"]
+    assert s["ours_false_positives"] == 0 and s["ours_accuracy"] == 1.0
+
+
+def test_demo_section_shows_rewards_and_evidence(capsys):
+    demo_section(SimpleNamespace(quick=True))
+    out = capsys.readouterr().out
+    assert "[oracle" in out and "[rewrite] reward +1" in out and "reward -1" in out and "extracted" in out

@@ -247,8 +247,9 @@ def _eq(g, a, ctx) -> bool:
     if isinstance(g, Num):
         if isinstance(a, Num):
             return not _is_matrix(a.expr) and _num_eq(g, a, ctx)
-        if isinstance(a, Seq) and a.kind in ("set", "list") and len(a.items) == 1:
-            return _eq(g, a.items[0], ctx)
+        if isinstance(a, Seq) and a.kind in ("set", "list") and a.items:
+            # {x} is x; so is {x, x}: every element must be the gold (boxes that repeat one answer)
+            return all(_eq(g, x, ctx) for x in a.items)
         return False
     if isinstance(g, Seq) and g.kind == "pair":
         # a point, unless an end is infinite or the answer is an interval: then the open interval

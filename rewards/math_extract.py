@@ -94,7 +94,7 @@ def last_boxed_group(text: str) -> list[tuple[int, int, str]]:
 
 
 # ------------------------------------------------------------------------------- answer phrases
-_FINAL_RE = re.compile(r"final\s+answer(?:\s+is)?\s*[:：]?\s*(?:is\s*[:：]?\s*)?", re.I)
+_FINAL_RE = re.compile(r"final\s+answer\s*(?:is\s*[:：]?|[:：=])\s*(?:is\s*[:：]?\s*)?", re.I)
 _ANSWER_RE = re.compile(r"\b(?:the\s+)?answer\s*(?:is|:|=|：)\s*(?:is\s*)?[:：]?\s*", re.I)
 _ENV_RE = re.compile(
     r"\$\$(?P<dd>.+?)\$\$|\\\[(?P<sb>.+?)\\\]|\\\((?P<rb>[^\n]+?)\\\)|(?<![\\$])\$(?P<d>(?:\\\$|[^$\n])+?)(?<!\\)\$",
@@ -150,6 +150,10 @@ def _phrase_answer(text: str, start: int) -> tuple[int, int, str] | None:
     segment = text[i:end]
     if not segment.strip():
         return None
+    boxes = find_boxed(segment)
+    if boxes:  # "... is therefore $\\boxed{5}$": the box is the answer
+        s, e, c = boxes[-1]
+        return (i + s, i + e, c)
     # "The largest $n$ is 34." -> the part after the last " is "
     k = segment.rfind(" is ")
     if k != -1:

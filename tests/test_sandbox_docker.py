@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cwm_envs.errors import UsageError
+from cwm_envs.errors import SandboxError, UsageError
 from cwm_envs.sandbox import Limits, make_sandbox
 from cwm_envs.sandbox.images import apt_mirror, ensure_base_image, image_tag, recipe_hash
 
@@ -86,6 +86,8 @@ def test_base_image_is_built_once_and_reused(docker_engine):
     assert out.returncode == 0 and out.stdout.strip() == tag, out.stderr
     with pytest.raises(UsageError):
         ensure_base_image(suite="not-a-suite!")
+    with pytest.raises(SandboxError, match="cannot pull cwm-envs/no-such-image:never"):
+        ensure_base_image("cwm-envs/no-such-image:never")        # no registry has it (or none answers)
 
 
 # ------------------------------------------------------------------------------------------------ runs

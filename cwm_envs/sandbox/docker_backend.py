@@ -316,7 +316,9 @@ class DockerSandbox(Sandbox):
     `run(str)` runs a shell command, `run(list)` an argv, `run_python(code)` Python code. Outcomes
     (timeout, limit hit, truncated output) come back in the ExecResult (`exit_code` is None after a timeout
     or the output limit, 128+N after signal N); only a fault of Docker itself raises SandboxError
-    (DockerUnavailable when no engine answers).
+    (DockerUnavailable when no engine answers). A job left running in the background that still holds the
+    command's stdout delays its return by Docker's 2 s stream grace: redirect it (`cmd > log 2>&1 &`).
+    Close the sandbox (or use `with`); one never closed is removed when the process exits.
     """
 
     name = "docker"

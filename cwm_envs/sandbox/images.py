@@ -10,14 +10,17 @@ Elsewhere any image with `python3` serves, e.g. `CWM_BASE_IMAGE=python:3.11-slim
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -163,29 +166,52 @@ def build_offline_image(suite: str, tag: str, mirror: str | None = None,
                            "root or set CWM_BASE_IMAGE to an image with python3")
     mirror = mirror or apt_mirror()
     rootfs = Path(tempfile.mkdtemp(prefix="cwm-rootfs-", dir="/var/tmp"))
+    with _sigterm_as_exit():
+        try:
+            _build(suite, tag, mirror, rootfs, log)
+        finally:
+            _remove_root(rootfs)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """While the root is being built, let SIGTERM unwind (so the `finally` removes the ~300 MB root)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
     try:
-        log(f"debootstrap {suite} from {mirror} (about a minute)")
-        cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES), suite, str(rootfs), mirror]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise SandboxError(f"debootstrap {suite} failed (exit {proc.returncode}):\n{tail}")
-        _unmount_below(rootfs)
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):   # downloaded .debs and indexes
-            for item in (rootfs / junk).glob("*"):
-                if item.is_file():
-                    item.unlink()
-        (rootfs / WORKDIR.lstrip("/")).mkdir(exist_ok=True)
-        log(f"docker import -> {tag}")
-        changes = [f"LABEL {RECIPE_LABEL}={recipe_hash(suite)} cwm-envs.suite={suite}", *_CHANGES]
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-        imp = subprocess.run(["docker", "import", *sum((["--change", c] for c in changes), []), "-", tag],
-                             stdin=tar.stdout, capture_output=True, text=True)
-        tar.stdout.close()
-        if tar.wait() != 0 or imp.returncode != 0:
-            raise SandboxError(f"docker import of {tag} failed: {imp.stderr.strip()[-500:]}")
+        yield
     finally:
-        _remove_root(rootfs)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _build(suite: str, tag: str, mirror: str, rootfs: Path, log: Callable[[str], None]) -> None:
+    """debootstrap into `rootfs`, drop the package caches, and `docker import` the result as `tag`."""
+    log(f"debootstrap {suite} from {mirror} (about a minute)")
+    cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES), suite, str(rootfs), mirror]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise SandboxError(f"debootstrap {suite} failed (exit {proc.returncode}):\n{tail}")
+    _unmount_below(rootfs)
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):   # downloaded .debs and indexes
+        for item in (rootfs / junk).glob("*"):
+            if item.is_file():
+                item.unlink()
+    (rootfs / WORKDIR.lstrip("/")).mkdir(exist_ok=True)
+    log(f"docker import -> {tag}")
+    changes = [f"LABEL {RECIPE_LABEL}={recipe_hash(suite)} cwm-envs.suite={suite}", *_CHANGES]
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+    imp = subprocess.run(["docker", "import", *sum((["--change", c] for c in changes), []), "-", tag],
+                         stdin=tar.stdout, capture_output=True, text=True)
+    tar.stdout.close()
+    if tar.wait() != 0 or imp.returncode != 0:
+        raise SandboxError(f"docker import of {tag} failed: {imp.stderr.strip()[-500:]}")
 
 
 def _mounts_below(root: Path) -> list[str]:

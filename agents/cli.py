@@ -85,9 +85,12 @@ def register(sub) -> None:
     p.add_argument("--from", required=True, help="model directory of the previous stage")
     p.add_argument("--env", required=True, help="registered env id, e.g. cwm/Math-v0")
     p.add_argument("--env-kwargs", help='JSON keyword arguments for gymnasium.make, e.g. {"source": "generated"}')
-    p.add_argument("--episodes", type=int, default=200, help="oracle episodes to collect (default 200)")
+    p.add_argument("--episodes", type=int, default=1000, help="oracle episodes to collect (default 1000)")
     p.add_argument("--eval-episodes", type=int, default=20, help="greedy episodes on unseen seeds after training")
     add_train_args(p, max_steps=100, batch_size=8, seq_len=512, lr=3e-4, warmup_steps=10, eval_rows=8)
     p.set_defaults(func=cmd_sft)
 
     # --- the RL stage (`cwm train rl`) registers here, below this line -----------------------------------
+    from agents.train_rl import add_parser as add_rl_parser
+
+    add_rl_parser(g)

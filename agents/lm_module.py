@@ -1,0 +1,173 @@
+"""The causal LM as an RLlib RLModule, the packing of trajectories into a train batch, and the LearnerGroup.
+
+Our learners (GRPO, PPO) are RLlib `TorchLearner` subclasses driven by a `LearnerGroup`, so
+`num_learners > 0` gives data-parallel (DDP) updates on a Ray cluster with no change to the loss code.
+Sampling does not go through RLlib's EnvRunners (they cannot carry text, and an LM samples a whole turn at a
+time); our Ray rollout workers (agents/rollout.py) produce `Trajectory` objects and `pack()` turns them into
+the padded arrays the learner reads.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import gymnasium
+import numpy as np
+import torch
+
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+
+from agents.trajectory import Trajectory
+
+MODULE_ID = "default_policy"  # RLlib's DEFAULT_MODULE_ID (single-agent)
+
+
+class LMModule(TorchRLModule):
+    """A transformers causal LM (`lm`) with an optional value head, whose train pass returns token log-probs.
+
+    `model_config`: {"config": a transformers PretrainedConfig, "value_head": bool, "temperature": float}.
+    The spaces are nominal (token ids in, a token out); RLlib only needs them to exist.
+    """
+
+    def setup(self):
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.model_config["config"]
+        self.lm = AutoModelForCausalLM.from_config(cfg)
+        self.value_head = torch.nn.Linear(cfg.hidden_size, 1) if self.model_config.get("value_head") else None
+        self.temperature = float(self.model_config.get("temperature", 1.0))
+
+    def _forward(self, batch, **kwargs):
+        raise NotImplementedError("LMModule samples through agents.policy.LMPolicy, not RLlib EnvRunners")
+
+    def _forward_train(self, batch: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        """Log-probs of tokens 1..T-1 under `softmax(logits / T)`, their entropy, and values (if a head).
+
+        Rows are right-padded; the pass is trimmed to the longest real row of this minibatch.
+        """
+        T = int(batch["attention_mask"].sum(1).max())
+        ids, attn = batch["input_ids"][:, :T], batch["attention_mask"][:, :T]
+        out = self.lm(input_ids=ids, attention_mask=attn, output_hidden_states=self.value_head is not None)
+        logits = out.logits[:, :-1].float() / self.temperature  # (B, T-1, V): position t predicts token t+1
+        logp_all = torch.log_softmax(logits, dim=-1)
+        logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+        fwd = {"logp": logp, "entropy": entropy, "T": T}
+        if self.value_head is not None:
+            fwd["values"] = self.value_head(out.hidden_states[-1][:, :-1].float()).squeeze(-1)  # V(state before t+1)
+        return fwd
+
+    def lm_weights(self) -> dict[str, torch.Tensor]:
+        return {f"lm.{k}": v for k, v in self.lm.state_dict().items()}
+
+
+def nominal_spaces(vocab_size: int) -> tuple[gymnasium.Space, gymnasium.Space]:
+    return (gymnasium.spaces.Box(0, vocab_size - 1, shape=(1,), dtype=np.int64),
+            gymnasium.spaces.Discrete(vocab_size))
+
+
+def pack(trajs: Sequence[Trajectory], advantages: Sequence[Any], *, multiple: int = 1,
+         extra: dict[str, Sequence[Any]] | None = None) -> dict[str, np.ndarray]:
+    """Right-pad trajectories into arrays aligned with `input_ids` (B, T).
+
+    `token_mask` is 1 where the policy sampled the token (env and prompt tokens are 0), `old_logp` the
+    sampler's log-probs. `advantages` is one float per trajectory (GRPO) or one list per token (PPO).
+    Rows are padded to a multiple of `multiple` with all-zero masks: with a token-sum loss and a constant
+    normaliser such rows change nothing, and equal-sized minibatches/shards keep RLlib's iterator exact.
+    `extra` adds per-token float arrays (e.g. "returns", "old_values").
+    """
+    n = len(trajs)
+    B = max(multiple, math.ceil(n / multiple) * multiple)
+    T = max(len(t.ids) for t in trajs)
+    batch = {
+        "input_ids": np.zeros((B, T), dtype=np.int64),
+        "attention_mask": np.zeros((B, T), dtype=np.int64),
+        "token_mask": np.zeros((B, T), dtype=np.float32),
+        "old_logp": np.zeros((B, T), dtype=np.float32),
+    }
+    per_token_adv = n > 0 and not np.isscalar(advantages[0])
+    batch["advantages"] = np.zeros((B, T) if per_token_adv else (B,), dtype=np.float32)
+    for key in extra or {}:
+        batch[key] = np.zeros((B, T), dtype=np.float32)
+    for i, t in enumerate(trajs):
+        L = len(t.ids)
+        batch["input_ids"][i, :L] = t.ids
+        batch["attention_mask"][i, :L] = 1
+        batch["token_mask"][i, :L] = t.policy_mask
+        batch["old_logp"][i, :L] = t.logprobs
+        if per_token_adv:
+            batch["advantages"][i, :L] = advantages[i]
+        else:
+            batch["advantages"][i] = advantages[i]
+        for key, rows in (extra or {}).items():
+            batch[key][i, :L] = rows[i]
+    for i in range(n, B):  # padding rows: one real token so the forward pass has something to read
+        batch["attention_mask"][i, 0] = 1
+    return batch
+
+
+def train_batch(arrays: dict[str, np.ndarray]):
+    """The MultiAgentBatch a LearnerGroup takes (it converts numpy to tensors only in this form)."""
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
+    rows = len(arrays["input_ids"])
+    return MultiAgentBatch({MODULE_ID: SampleBatch(arrays)}, env_steps=rows)
+
+
+def update_learners(learner_group, arrays: dict[str, np.ndarray], *, minibatches: int, epochs: int) -> dict:
+    """One update on packed arrays: each learner takes its shard in `minibatches` steps per epoch.
+
+    Returns the learner metrics averaged over learners. `arrays` rows must divide by learners x minibatches
+    (`pack(..., multiple=...)`), or RLlib's cyclic iterator would repeat rows.
+    """
+    from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    shards = max(1, len(learner_group))
+    rows = len(arrays["input_ids"])
+    if rows % (shards * minibatches):
+        raise ValueError(f"{rows} rows do not split into {shards} learners x {minibatches} minibatches")
+    results = learner_group.update(batch=train_batch(arrays), minibatch_size=rows // shards // minibatches,
+                                   num_epochs=epochs, shuffle_batch_per_epoch=False)
+    per_learner = [r.get(MODULE_ID, {}) for r in MetricsLogger.peek_results(results)]
+    keys = {k for r in per_learner for k, v in r.items() if isinstance(v, (int, float, np.number))}
+    return {k: float(np.mean([r[k] for r in per_learner if k in r])) for k in keys}
+
+
+def build_learner_group(learner_class, policy_config, *, lr: float, learner_settings: dict, num_learners: int = 0,
+                        value_head: bool = False, temperature: float = 1.0, grad_clip: float | None = 1.0,
+                        seed: int | None = None, resources_per_learner: dict | None = None):
+    """A `LearnerGroup` of `learner_class` over an `LMModule` built from a transformers config.
+
+    num_learners=0: one learner in this process; N>0: N Ray actors with DDP (gloo on CPU), the batch split
+    between them. `learner_settings` reaches the learner as `config.learner_config_dict`.
+    """
+    from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+    from ray.rllib.core.learner.learner_group import LearnerGroup
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    obs_space, act_space = nominal_spaces(policy_config.vocab_size)
+    spec = RLModuleSpec(module_class=LMModule, observation_space=obs_space, action_space=act_space,
+                        model_config={"config": policy_config, "value_head": value_head, "temperature": temperature})
+    config = (
+        AlgorithmConfig()
+        .framework("torch")
+        .rl_module(rl_module_spec=spec)
+        .training(lr=lr, grad_clip=grad_clip, grad_clip_by="global_norm")
+        .learners(num_learners=num_learners, num_cpus_per_learner=1, learner_class=learner_class,
+                  learner_config_dict=dict(learner_settings),
+                  custom_resources_per_learner=resources_per_learner or {})
+        .debugging(seed=seed)
+    )
+    return LearnerGroup(config=config, module_spec=spec)
+
+
+def set_lm_weights(learner_group, weights: dict[str, Any]) -> None:
+    """Load `lm.*` / `value_head.*` weights (the policy layout) into every learner's module."""
+    current = learner_group.get_weights()[MODULE_ID]
+    state = {k: (weights[k] if k in weights else v) for k, v in current.items()}
+    learner_group.set_weights({MODULE_ID: state})
+
+
+def get_lm_weights(learner_group) -> dict[str, np.ndarray]:
+    return learner_group.get_weights()[MODULE_ID]

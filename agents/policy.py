@@ -1,0 +1,324 @@
+"""Policies that act in our envs through one interface: `act(turns) -> completions`.
+
+- `LMPolicy` samples from a local transformers causal LM (a `CwmForCausalLM` or any other), batched, with
+  temperature and top-p, records the sampler's per-token log-probs (and a value head's estimates for PPO),
+  and stops at the end of a turn (`<|eot_id|>`), the end of a tool call (`</tool>`) or a token budget.
+- `OraclePolicy` answers from the task itself (a ceiling, and a check that the reward path pays out).
+- `RandomPolicy` emits uniformly random tokens (a floor).
+
+Token-in/token-out: a `Turn` carries the token ids the episode has so far; the policy appends only the ids
+it sampled, and the rollout loop appends the env's reply tokens. The conversation is never re-tokenised.
+
+Log-probs are those of the tempered distribution `softmax(logits / T)` before top-p truncation, so a learner
+that recomputes `log_softmax(logits / T)` with the same weights gets a ratio of exactly 1.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from cwm_envs.chat import EOS, EOT
+
+TOOL_END = "</tool>"
+DEFAULT_STOP = (EOT, TOOL_END)
+
+
+@dataclass
+class Turn:
+    """What a policy sees at one step of one episode."""
+
+    context: list[int]  # every token id of the episode so far (prompt, earlier turns, env replies)
+    observation: str  # the env's latest observation text
+    info: dict[str, Any] = field(default_factory=dict)
+    task: Any = None  # the env's current Task when it exposes one (`env.unwrapped.task`), for the oracle
+
+
+@dataclass
+class Completion:
+    """One sampled turn: the new token ids, their sampler log-probs, and the text the env receives."""
+
+    ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish: str  # "stop" (a stop token or string) or "length" (token budget)
+    values: list[float] | None = None
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / T) gathered at `targets`: (..., V), (...) -> (...).
+
+    >>> logits = torch.tensor([[0.0, 0.0]])
+    >>> round(float(token_logprobs(logits, torch.tensor([1]))[0]), 4)
+    -0.6931
+    """
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero the tail of each row outside the smallest set whose mass reaches `top_p` (nucleus sampling)."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_p.cumsum(-1) - sorted_p > top_p  # the first token is always kept
+    sorted_p = sorted_p.masked_fill(outside, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
+
+
+class LMPolicy:
+    """Batched sampling from a local causal LM, with sampler log-probs and stop tokens/strings.
+
+    Args:
+        model: a transformers causal LM (`CwmForCausalLM`, `LlamaForCausalLM`, ...), kept in eval mode.
+        tokenizer: its tokenizer; CWM's special tokens (`<|eot_id|>`, ...) must be single tokens.
+        temperature, top_p: sampling; `act(..., greedy=True)` overrides both.
+        max_new_tokens: the per-turn token budget.
+        stop: stop markers. One that is a single token (`<|eot_id|>`) stops on that id; others (`</tool>`)
+            stop when the decoded tail ends with them. `<|end_of_text|>` always stops.
+        value_head: optional `nn.Linear(hidden, 1)` on the last hidden state (PPO); its estimate of the
+            state before each sampled token is returned in `Completion.values`.
+        max_batch: rows generated together; larger batches are split (bounds memory).
+    """
+
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 256, stop: Sequence[str] = DEFAULT_STOP,
+                 value_head: torch.nn.Module | None = None, max_batch: int = 256, version: int = 0):
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0 (use greedy=True for argmax decoding)")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.max_new_tokens, self.max_batch = int(max_new_tokens), int(max_batch)
+        self.value_head = value_head.eval() if value_head is not None else None
+        self.version = version
+        self.stop = tuple(stop)
+        self.stop_ids: set[int] = set()
+        self.stop_strings: list[str] = []
+        for s in (*self.stop, EOS):
+            ids = tokenizer.encode(s, add_special_tokens=False)
+            if len(ids) == 1:
+                self.stop_ids.add(ids[0])
+            else:
+                self.stop_strings.append(s)
+        # A text stop can only complete on a token ending in its last character; a tail of this many tokens
+        # always covers it (every token decodes to at least one byte).
+        self._tail = max((len(s.encode()) for s in self.stop_strings), default=0)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # transformers 5 renamed `past_key_values` to `cache` (the old name warns until 5.40).
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    # -- construction and weights ------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> "LMPolicy":
+        """Load a `save_pretrained` checkpoint directory (model and tokenizer side by side)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        return cls(model, AutoTokenizer.from_pretrained(str(path)), **kwargs)
+
+    def spec(self) -> dict[str, Any]:
+        """A picklable recipe for a replica elsewhere (a Ray worker): config, tokenizer, sampling settings."""
+        return {
+            "config": self.model.config,
+            "tokenizer": self.tokenizer,
+            "value_head": self.value_head is not None,
+            "kwargs": dict(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                           stop=self.stop, max_batch=self.max_batch),
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], weights: dict | None = None, version: int = 0) -> "LMPolicy":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(spec["config"])
+        head = None
+        if spec.get("value_head"):
+            head = torch.nn.Linear(spec["config"].hidden_size, 1)
+        policy = cls(model, spec["tokenizer"], value_head=head, version=version, **spec["kwargs"])
+        if weights is not None:
+            policy.set_weights(weights, version)
+        return policy
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """Weights in the learner's layout: `lm.` + the model's keys, `value_head.` + the head's."""
+        state = {f"lm.{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.value_head is not None:
+            state.update({f"value_head.{k}": v.detach().clone() for k, v in self.value_head.state_dict().items()})
+        return state
+
+    def set_weights(self, weights: dict, version: int) -> None:
+        """Load weights in the learner's layout (see `get_weights`); numpy arrays or tensors."""
+        lm = {k[3:]: torch.as_tensor(v) for k, v in weights.items() if k.startswith("lm.")}
+        self.model.load_state_dict(lm, strict=True)
+        if self.value_head is not None:
+            head = {k[11:]: torch.as_tensor(v) for k, v in weights.items() if k.startswith("value_head.")}
+            if head:
+                self.value_head.load_state_dict(head)
+        self.version = version
+
+    # -- text <-> ids ----------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of env text (special tokens such as `<|eot_id|>` written in it become single ids)."""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def action_text(self, ids: Sequence[int]) -> str:
+        """What the env receives: the decoded turn without a trailing end-of-turn marker."""
+        text = self.decode(ids)
+        for end in (EOT, EOS):
+            if text.endswith(end):
+                return text[: -len(end)]
+        return text
+
+    # -- sampling --------------------------------------------------------------------------------------
+
+    def act(self, turns: Sequence[Turn], *, greedy: bool = False,
+            generator: torch.Generator | None = None) -> list[Completion]:
+        return self.generate([t.context for t in turns], greedy=greedy, generator=generator)
+
+    @torch.no_grad()
+    def generate(self, contexts: Sequence[Sequence[int]], *, greedy: bool = False,
+                 generator: torch.Generator | None = None, max_new_tokens: int | None = None) -> list[Completion]:
+        """Sample one turn for each context (lists of token ids); rows are batched `max_batch` at a time."""
+        out: list[Completion] = []
+        for start in range(0, len(contexts), self.max_batch):
+            out += self._generate(contexts[start:start + self.max_batch], greedy, generator,
+                                  max_new_tokens or self.max_new_tokens)
+        return out
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache):
+        need_hidden = self.value_head is not None
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, logits_to_keep=1, output_hidden_states=need_hidden,
+                         **{self._cache_kw: cache})
+        value = self.value_head(out.hidden_states[-1][:, -1]).squeeze(-1) if need_hidden else None
+        return out.logits[:, -1], value, getattr(out, self._cache_kw)
+
+    def _generate(self, contexts, greedy, generator, max_new) -> list[Completion]:
+        B = len(contexts)
+        if B == 0:
+            return []
+        if any(len(c) == 0 for c in contexts):
+            raise ValueError("every context needs at least one token")
+        L = max(len(c) for c in contexts)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, L), dtype=torch.long)
+        for i, c in enumerate(contexts):  # left padding: every row's next token lands in the last column
+            ids[i, L - len(c):] = torch.as_tensor(list(c), dtype=torch.long)
+            attn[i, L - len(c):] = 1
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits, value, cache = self._forward(ids, attn, pos, None)
+
+        new_ids = torch.zeros((B, max_new), dtype=torch.long)
+        new_lp = torch.zeros((B, max_new))
+        new_v = torch.zeros((B, max_new)) if value is not None else None
+        lengths = torch.zeros(B, dtype=torch.long)
+        done = torch.zeros(B, dtype=torch.bool)
+        finish = ["length"] * B
+        stop_ids = torch.tensor(sorted(self.stop_ids), dtype=torch.long)
+        next_pos = pos[:, -1:] + 1
+        for step in range(max_new):
+            logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+            if greedy:
+                tok = logp.argmax(-1)
+            else:
+                probs = logp.exp()
+                if self.top_p < 1.0:
+                    probs = _top_p_filter(probs, self.top_p)
+                tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            live = ~done
+            new_ids[live, step] = tok[live]
+            new_lp[live, step] = logp.gather(-1, tok[:, None]).squeeze(-1)[live]
+            if new_v is not None:
+                new_v[live, step] = value[live]
+            lengths[live] += 1
+            stopped = live & torch.isin(tok, stop_ids)
+            if self.stop_strings:
+                stopped |= live & self._ends_with_stop_string(new_ids[:, : step + 1], live)
+            for i in stopped.nonzero().flatten().tolist():
+                finish[i] = "stop"
+            done |= stopped
+            if bool(done.all()) or step == max_new - 1:
+                break
+            attn = torch.cat([attn, torch.ones((B, 1), dtype=torch.long)], dim=1)
+            logits, value, cache = self._forward(tok[:, None], attn, next_pos, cache)
+            next_pos = next_pos + 1
+
+        out = []
+        for i in range(B):
+            n = int(lengths[i])
+            row = new_ids[i, :n].tolist()
+            out.append(Completion(ids=row, logprobs=new_lp[i, :n].tolist(), text=self.action_text(row),
+                                  finish=finish[i], values=new_v[i, :n].tolist() if new_v is not None else None))
+        return out
+
+    def _ends_with_stop_string(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        rows = live.nonzero().flatten().tolist()
+        tails = self.tokenizer.batch_decode(ids[rows, -self._tail:].tolist(), skip_special_tokens=False)
+        hit = torch.zeros(ids.shape[0], dtype=torch.bool)
+        for i, tail in zip(rows, tails):
+            hit[i] = any(tail.endswith(s) for s in self.stop_strings)
+        return hit
+
+
+class OraclePolicy:
+    """Answers from the task: `respond(turn) -> text`, tokenised by `encode` (log-probs are 0).
+
+    The default answers a task with an `answer` field in CWM's reasoning format (`...</think>` then
+    `\\boxed{answer}`), which is what the math env pays for.
+    """
+
+    def __init__(self, encode: Callable[[str], list[int]], respond: Callable[[Turn], str] | None = None):
+        self.encode, self.respond, self.version = encode, respond or self.boxed_answer, 0
+
+    @staticmethod
+    def boxed_answer(turn: Turn) -> str:
+        answer = getattr(turn.task, "answer", None) if turn.task is not None else turn.info.get("answer")
+        if answer is None:
+            raise ValueError("the oracle needs the env to expose its task (env.unwrapped.task) or info['answer']")
+        return f"The answer is {answer}.\n</think>\n\\boxed{{{answer}}}"
+
+    def act(self, turns: Sequence[Turn], **_ignored) -> list[Completion]:
+        out = []
+        for turn in turns:
+            text = self.respond(turn)
+            ids = self.encode(text + EOT)
+            out.append(Completion(ids=ids, logprobs=[0.0] * len(ids), text=text, finish="stop"))
+        return out
+
+    def set_weights(self, weights, version: int) -> None:
+        self.version = version
+
+
+class RandomPolicy:
+    """Uniformly random token ids (any of `vocab_size`) for up to `max_new_tokens`: the floor of any env.
+
+    Log-probs are exact: -log(vocab_size) per token.
+    """
+
+    def __init__(self, tokenizer, *, max_new_tokens: int = 32, seed: int | None = None):
+        self.tokenizer, self.max_new_tokens, self.version = tokenizer, max_new_tokens, 0
+        self.vocab_size = len(tokenizer)
+        self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+
+    def act(self, turns: Sequence[Turn], *, generator: torch.Generator | None = None, **_ignored) -> list[Completion]:
+        gen = generator or self.generator
+        out = []
+        for _ in turns:
+            n = int(torch.randint(1, self.max_new_tokens + 1, (1,), generator=gen))
+            ids = torch.randint(0, self.vocab_size, (n,), generator=gen).tolist()
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            out.append(Completion(ids=ids, logprobs=[-math.log(self.vocab_size)] * n, text=text, finish="length"))
+        return out
+
+    def set_weights(self, weights, version: int) -> None:
+        self.version = version

@@ -1,0 +1,168 @@
+"""PPO with a value head and GAE over the tokens the policy sampled, as an RLlib `TorchLearner`.
+
+The MDP is token-level: the state is the prefix, the action the next sampled token, the env's reward for a
+turn arrives on that turn's last token, and env tokens are transparent (the next state after a turn is the
+prefix extended by the env reply, whose value the head estimates at the next sampled token). The value head
+is a linear layer on the LM's last hidden state, sharing the trunk; the sampler returns its estimates, so
+GAE needs no extra forward pass.
+
+Deviations from cleanrl's ppo.py: the loss is a token sum over a constant normaliser (as for GRPO), no
+entropy bonus (the token entropy is logged, not trained on), and advantages are whitened over the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+
+from agents.grpo import ReferenceMixin, grpo_token_loss, k3
+from agents.lm_module import pack
+from agents.trajectory import Trajectory
+
+
+@dataclass
+class PPOArgs:
+    """Settings of the PPO update (what `cwm train rl --algo ppo` exposes)."""
+
+    lr: float = 5e-4
+    """Adam learning rate (trunk, LM head and value head)"""
+    gamma: float = 1.0
+    """discount per sampled token (1: the episode's reward counts fully at every token)"""
+    gae_lambda: float = 0.95
+    """GAE's bias/variance trade-off"""
+    eps_low: float = 0.2
+    """policy ratio clip below 1"""
+    eps_high: float = 0.2
+    """policy ratio clip above 1"""
+    vf_coef: float = 0.5
+    """weight of the value loss"""
+    vf_clip: float = 0.2
+    """clip of the value change per update (0: off)"""
+    whiten: bool = True
+    """normalise advantages to mean 0, std 1 over the batch's policy tokens"""
+    minibatches: int = 2
+    """optimizer steps per epoch"""
+    epochs: int = 2
+    """passes over the batch per update"""
+    loss_rows: int = 0
+    """rows in the constant loss normaliser (loss_rows x max_new_tokens) of each optimizer step; 0: the
+    minibatch's rows. The trainer sets samples per update / minibatches, so skipped groups shrink the step."""
+    max_new_tokens: int = 64
+    """tokens per turn; the per-row token count in the constant loss normaliser"""
+    temperature: float = 1.0
+    """sampling temperature (the learner's log-probs use the same one)"""
+    grad_clip: float = 1.0
+    """global-norm gradient clip"""
+    kl_coef: float = 0.0
+    """weight of a k3 KL penalty to the starting policy"""
+    kl_rows: int = 16
+    """rows per minibatch on which the KL-to-start metric is measured"""
+
+
+def gae(rewards: Sequence[float], values: Sequence[float], gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimates and returns for one episode; the state after the last step is terminal.
+
+    >>> adv, ret = gae([0.0, 1.0], [0.0, 0.0], 1.0, 1.0)
+    >>> adv.tolist(), ret.tolist()
+    ([1.0, 1.0], [1.0, 1.0])
+    """
+    n = len(rewards)
+    adv = np.zeros(n, dtype=np.float64)
+    last = 0.0
+    for t in reversed(range(n)):
+        next_v = values[t + 1] if t + 1 < n else 0.0
+        delta = rewards[t] + gamma * next_v - values[t]
+        last = delta + gamma * lam * last
+        adv[t] = last
+    return adv.astype(np.float32), (adv + np.asarray(values, dtype=np.float64)).astype(np.float32)
+
+
+def token_rewards(traj: Trajectory) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the policy's tokens and the reward each receives (a turn's reward on its last token)."""
+    idx = np.flatnonzero(np.asarray(traj.policy_mask))
+    r = np.zeros(len(idx), dtype=np.float32)
+    where = {pos: k for k, pos in enumerate(idx)}
+    for turn_end, reward in zip(traj.turn_ends, traj.rewards):
+        if turn_end in where:
+            r[where[turn_end]] += reward
+    return idx, r
+
+
+def prepare_batch(trajs: Sequence[Trajectory], args: PPOArgs, multiple: int) -> tuple[dict | None, dict]:
+    """Per-token advantages and returns (GAE on the sampler's values), packed for the learner."""
+    ok = [t for t in trajs if t.ok and t.num_policy_tokens > 0]
+    if not ok:
+        return None, {"rows": 0}
+    if ok[0].values is None:
+        raise ValueError("PPO needs the sampler's values: build the LMPolicy with a value head")
+    advs, rets, vals = [], [], []
+    for t in ok:
+        idx, r = token_rewards(t)
+        v = np.asarray(t.values, dtype=np.float32)[idx]
+        a, ret = gae(r, v, args.gamma, args.gae_lambda)
+        full_a, full_r = np.zeros(len(t.ids), np.float32), np.zeros(len(t.ids), np.float32)
+        full_a[idx], full_r[idx] = a, ret
+        advs.append(full_a), rets.append(full_r), vals.append(np.asarray(t.values, dtype=np.float32))
+    if args.whiten:
+        flat = np.concatenate([a[np.asarray(t.policy_mask) > 0] for a, t in zip(advs, ok)])
+        mu, sd = flat.mean(), flat.std() + 1e-8
+        advs = [np.where(np.asarray(t.policy_mask) > 0, (a - mu) / sd, 0.0).astype(np.float32) for a, t in zip(advs, ok)]
+    arrays = pack(ok, advs, multiple=multiple, extra={"returns": rets, "old_values": vals})
+    return arrays, {"rows": len(ok)}
+
+
+class PPOLearner(ReferenceMixin, TorchLearner):
+    """RLlib Learner for clipped PPO with a clipped value loss on `LMModule(value_head=True)`."""
+
+    def configure_optimizers_for_module(self, module_id, config=None):
+        module = self._module[module_id]
+        params = self.get_parameters(module)
+        optimizer = torch.optim.Adam(params, lr=config.lr)
+        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        s = config.learner_config_dict
+        T = fwd_out["T"]
+        logp, values = fwd_out["logp"], fwd_out["values"]
+        # Targets are tokens 1..T-1; the arrays are aligned with input_ids, so read them from index 1.
+        mask = batch["token_mask"][:, 1:T]
+        old_logp, adv = batch["old_logp"][:, 1:T], batch["advantages"][:, 1:T]
+        returns, old_v = batch["returns"][:, 1:T], batch["old_values"][:, 1:T]
+        rows = mask.shape[0]
+        normaliser = (s["loss_rows"] or rows) * s["max_new_tokens"] / max(1, config.num_learners)
+
+        pg, clipped = grpo_token_loss(logp, old_logp, adv, mask, s["eps_low"], s["eps_high"])
+        v_loss = (values - returns) ** 2
+        if s["vf_clip"] > 0:
+            v_clipped = old_v + torch.clamp(values - old_v, -s["vf_clip"], s["vf_clip"])
+            v_loss = torch.maximum(v_loss, (v_clipped - returns) ** 2)
+        loss = (pg.sum() + s["vf_coef"] * 0.5 * (v_loss * mask).sum()) / normaliser
+
+        n_tok = mask.sum().clamp(min=1)
+        metrics = {
+            "policy_loss": pg.detach().sum() / normaliser,
+            "vf_loss": (v_loss.detach() * mask).sum() / n_tok,
+            "clip_frac": clipped.float().sum() / n_tok,
+            "entropy": (fwd_out["entropy"] * mask).sum() / n_tok,
+            "value_mean": (values.detach() * mask).sum() / n_tok,
+            "tokens": mask.sum(),
+        }
+        kl_rows = rows if s["kl_coef"] > 0 else min(rows, s["kl_rows"])
+        ref_logp = self._ref_logp(batch, T, kl_rows, s["temperature"])
+        if ref_logp is not None:
+            m = mask[:kl_rows]
+            kl = k3(logp[:kl_rows], ref_logp) * m
+            metrics["kl_to_start"] = kl.detach().sum() / m.sum().clamp(min=1)
+            if s["kl_coef"] > 0:
+                loss = loss + s["kl_coef"] * kl.sum() / normaliser
+        for key, value in metrics.items():
+            self.metrics.log_value((module_id, key), float(value), window=1)
+        return loss
+
+
+def ppo_settings(args: PPOArgs) -> dict:
+    return asdict(args)

@@ -1,0 +1,199 @@
+"""Ray rollouts: groups, token-in/token-out with env tokens masked, versions, failures, retries, staleness."""
+import functools
+import os
+import sys
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+import ray
+import torch
+
+from agents.policy import LMPolicy, OraclePolicy, RandomPolicy
+from agents.rollout import EnvSpec, Request, RolloutPool, RolloutWorker, draw_requests
+from cwm_envs.chat import format_chat, tool_message
+from cwm_envs.spaces import AnyText
+from cwm_envs.tasks import Task
+
+pytestmark = pytest.mark.ray
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get the toy envs below by value
+
+
+class TwoTurnAdd(gymnasium.Env):
+    """a + b over two turns: the env replies with a tool message after the first turn, then pays the second.
+
+    With `fail_every=k`, `step` raises on seeds divisible by k; with `crash_marker`, the first `step` to see
+    that file missing creates it and kills its process (a worker dying mid-episode).
+    """
+
+    def __init__(self, fail_every: int = 0, crash_marker: str | None = None):
+        self.observation_space, self.action_space = AnyText(4096), AnyText(4096)
+        self.fail_every, self.crash_marker = fail_every, crash_marker
+        self.task = None
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        a, b = (int(x) for x in self.np_random.integers(0, 10, 2))
+        self.task, self.turn, self.seed = Task(id=f"{a}+{b}", prompt=f"{a}+{b}", answer=str(a + b)), 0, seed
+        return format_chat([{"role": "user", "content": f"What is {a} + {b}?"}]), {"task_id": self.task.id}
+
+    def step(self, action):
+        if self.fail_every and self.seed % self.fail_every == 0:
+            raise RuntimeError("the env broke")
+        if self.crash_marker and not Path(self.crash_marker).exists():
+            Path(self.crash_marker).touch()
+            os._exit(1)
+        self.turn += 1
+        info = {"task_id": self.task.id}
+        if self.turn == 1:
+            return tool_message("python", "ok") + "<|start_header_id|>assistant<|end_header_id|>\n\n", 0.0, False, False, info
+        ok = f"\\boxed{{{self.task.answer}}}" in action
+        return "", 1.0 if ok else -1.0, True, False, info
+
+
+ENV = EnvSpec("test/TwoTurnAdd-v0", entry_point=TwoTurnAdd)
+CPU = 0.25  # Ray CPUs per worker: the test session's Ray has 2, and several pools are alive at once
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from model.config import build_model
+    from model.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["What is 3 + 4? The answer is 7. </think> \\boxed{7} user assistant tool"] * 4,
+                          vocab_size=300)
+    torch.manual_seed(0)
+    policy = LMPolicy(build_model("cwm-micro", vocab_size=len(tok), num_hidden_layers=1), tok, max_new_tokens=6)
+    return policy
+
+
+@pytest.fixture(scope="module")
+def pool(tiny, ray_session):
+    p = RolloutPool([ENV], tiny.spec(), tiny.get_weights(), num_workers=2, seed=7, cpus_per_worker=CPU)
+    yield p
+    p.close()
+
+
+def test_groups_share_a_task_and_env_tokens_are_masked(pool, tiny):
+    trajs, stats = pool.sample(3, 4)
+    assert len(trajs) == 12 and stats.episodes == 12 and stats.failed == 0 and stats.env_steps == 24
+    by_group = {}
+    for t in trajs:
+        by_group.setdefault(t.group, []).append(t)
+    assert len(by_group) == 3 and all(len(g) == 4 and len({t.task_id for t in g}) == 1 for g in by_group.values())
+    reply = tiny.encode(tool_message("python", "ok") + "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    for t in trajs:
+        assert t.version == 0 and t.ok and len(t.rewards) == 2 and len(t.turn_ends) == 2
+        a, b = t.task_id.split("+")
+        assert t.ids[: t.prompt_len] == tiny.encode(format_chat([{"role": "user", "content": f"What is {a} + {b}?"}]))
+        first_end = t.turn_ends[0] + 1  # the env's reply follows the first turn, token for token, masked out
+        assert t.ids[first_end: first_end + len(reply)] == reply
+        assert t.policy_mask[first_end: first_end + len(reply)] == [0] * len(reply)
+        assert all(m == 1 for m in t.policy_mask[t.prompt_len: first_end])
+        assert all((lp < 0) == (m == 1) for lp, m in zip(t.logprobs, t.policy_mask))
+
+
+def test_sampler_logprobs_are_the_models(pool, tiny):
+    t = pool.sample(1, 1)[0][0]
+    with torch.no_grad():
+        logits = tiny.model(torch.tensor([t.ids])).logits[0, :-1]
+    lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(t.ids[1:])[:, None]).squeeze(-1)
+    mask = torch.tensor(t.policy_mask[1:], dtype=torch.bool)
+    assert torch.allclose(lp[mask], torch.tensor(t.logprobs[1:])[mask], atol=1e-4)
+
+
+def test_runs_repeat_for_a_seed_and_new_weights_carry_their_version(pool, tiny, ray_session):
+    twin = RolloutPool([ENV], tiny.spec(), tiny.get_weights(), num_workers=2, seed=7, cpus_per_worker=CPU)
+    try:
+        a = pool.sample(2, 3, seeds=[11, 12])[0]
+        twin._group = pool._group - 2  # same group ids -> same sampler seeds
+        b = twin.sample(2, 3, seeds=[11, 12])[0]
+        assert [t.ids for t in a] == [t.ids for t in b]
+    finally:
+        twin.close()
+    greedy0 = pool.sample(2, 1, seeds=[11, 12], greedy=True)[0]
+    torch.manual_seed(1)
+    other = {k: torch.randn_like(v) * 0.1 for k, v in tiny.get_weights().items()}
+    pool.set_weights(other, 1)
+    greedy1 = pool.sample(2, 1, seeds=[11, 12], greedy=True)[0]
+    assert {t.version for t in greedy1} == {1} and [t.ids for t in greedy1] != [t.ids for t in greedy0]
+    pool.set_weights(tiny.get_weights(), 2)
+
+
+def test_an_env_failure_ends_only_its_episode(tiny, ray_session):
+    flaky = EnvSpec("test/TwoTurnAdd-v0", kwargs={"fail_every": 2}, entry_point=TwoTurnAdd)
+    with_mix = RolloutPool([flaky], tiny.spec(), tiny.get_weights(), num_workers=1, seed=0, cpus_per_worker=CPU)
+    try:
+        trajs, stats = with_mix.sample(4, 2, seeds=[2, 3, 4, 5])
+        failed = [t for t in trajs if not t.ok]
+        assert len(trajs) == 8 and stats.failed == len(failed) == 4
+        assert {t.seed for t in failed} == {2, 4} and all("the env broke" in t.error for t in failed)
+        assert all(t.ok and len(t.rewards) == 2 for t in trajs if t.seed in (3, 5))
+    finally:
+        with_mix.close()
+
+
+def test_a_dead_worker_is_replaced_and_its_requests_retried(tiny, ray_session, tmp_path):
+    import ray
+
+    crashing = EnvSpec("test/TwoTurnAdd-v0", kwargs={"crash_marker": str(tmp_path / "crashed")}, entry_point=TwoTurnAdd)
+    p = RolloutPool([crashing], tiny.spec(), tiny.get_weights(), num_workers=2, seed=0, cpus_per_worker=CPU)
+    try:
+        trajs, stats = p.sample(4, 2)  # one worker's process dies mid-episode; its share is rerun elsewhere
+        assert len(trajs) == 8 and all(t.ok for t in trajs)
+        assert stats.worker_restarts == 1 and stats.retried_requests == 2
+        ray.kill(p.workers[1])  # killed between batches: found dead on the next call, replaced
+        trajs, stats = p.sample(4, 2)
+        assert len(trajs) == 8 and all(t.ok for t in trajs) and stats.worker_restarts == 1
+    finally:
+        p.close()
+
+
+def test_async_drops_and_counts_trajectories_past_the_staleness_bound(tiny, ray_session):
+    for bound, kept in ((0, 0), (1, 6)):
+        p = RolloutPool([ENV], tiny.spec(), tiny.get_weights(), num_workers=1, mode="async", max_staleness=bound,
+                        cpus_per_worker=CPU)
+        try:
+            first, _ = p.sample(3, 2)  # sampled with version 0, used at version 0
+            assert len(first) == 6 and {t.version for t in first} == {0}
+            p.set_weights(tiny.get_weights(), 1)  # an update happened while the next batch was being sampled
+            second, stats = p.sample(3, 2)
+            assert len(second) == kept and stats.dropped_stale == 6 - kept
+        finally:
+            p.close()
+
+
+def test_oracle_and_random_policies_share_the_interface(tiny, ray_session):
+    tok = tiny.tokenizer
+    oracle = RolloutPool([ENV], functools.partial(OraclePolicy, tok.encode), num_workers=1, seed=0, cpus_per_worker=CPU)
+    rand = RolloutPool([ENV], functools.partial(RandomPolicy, tok, max_new_tokens=8, seed=0), encode=tok.encode,
+                       num_workers=1, seed=0, cpus_per_worker=CPU)
+    try:
+        good = oracle.sample(4, 1)[0]
+        assert all(t.rewards == [0.0, 1.0] for t in good)
+        bad = rand.sample(4, 1)[0]
+        assert all(t.rewards == [0.0, -1.0] for t in bad)
+        assert all(lp == pytest.approx(-np.log(len(tok))) for t in bad for lp, m in zip(t.logprobs, t.policy_mask) if m)
+    finally:
+        oracle.close(), rand.close()
+
+
+def test_workers_go_only_where_their_resources_are(tiny, ray_session):
+    from cwm_envs.errors import InfraError
+
+    swe_like = EnvSpec("test/TwoTurnAdd-v0", entry_point=TwoTurnAdd, resources={"docker": 1})
+    with pytest.raises(InfraError, match="docker"):  # no node of this Ray declares a "docker" resource
+        RolloutPool([ENV, swe_like], tiny.spec(), tiny.get_weights(), num_workers=1, cpus_per_worker=CPU)
+
+
+def test_env_mix_follows_the_weights(tiny):
+    worker = RolloutWorker([ENV, ENV], tiny.spec(), tiny.get_weights())  # in-process: the same code as an actor
+    reqs = [Request(env=i % 2, seed=i, group=i, n=1) for i in range(4)]
+    trajs, stats = worker.run(reqs, sample_seed=0)
+    assert [t.group for t in trajs] == [0, 1, 2, 3] and stats.episodes == 4
+    worker.close()
+
+    reqs = draw_requests(np.random.default_rng(0), [0.75, 0.25], 4000, 2, first_group=10)
+    share = np.mean([r.env == 0 for r in reqs])
+    assert 0.72 < share < 0.78 and all(r.n == 2 for r in reqs) and reqs[0].group == 10

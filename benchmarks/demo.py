@@ -9,6 +9,7 @@ import time
 from benchmarks.humaneval_bench import demo_section as code_section
 from benchmarks.math_bench import demo_section as math_section
 from benchmarks.sandbox_bench import demo_section as sandbox_section
+from benchmarks.swe_env_bench import demo_section as swe_section
 from benchmarks.trace_bench import demo_section as trace_section
 from benchmarks.train_bench import demo_section as model_section
 
@@ -23,6 +24,7 @@ SECTIONS: list = [
     math_section,
     trace_section,
     model_section,
+    swe_section,
 ]
 
 

@@ -94,7 +94,7 @@ def _owner_labels() -> dict[str, str]:
 
 def _owner_alive(labels: dict[str, str]) -> bool:
     try:
-        pid = int(labels.get(PID_LABEL, ""))
+        pid = int(labels[PID_LABEL])
     except ValueError:
         return False
     try:
@@ -107,17 +107,19 @@ def _owner_alive(labels: dict[str, str]) -> bool:
     return not start or _proc_start(pid) in (None, start)
 
 
-def gc_stale(client=None, all_hosts: bool = False) -> list[dict]:
+def gc_stale(client=None) -> list[dict]:
     """Remove containers labelled `cwm-envs` whose owner process is dead; return what was removed.
 
-    Only containers made on this host are judged (a pid means nothing on another host) unless `all_hosts`.
+    Only containers made on this host are judged: a pid means nothing on another host.
     """
     client = client or docker_client()
     host = socket.gethostname()
     removed = []
     for c in client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True):
         labels = c.labels or {}
-        if (not all_hosts and labels.get(HOST_LABEL, host) != host) or _owner_alive(labels):
+        if PID_LABEL not in labels or labels.get(HOST_LABEL) != host:
+            continue                         # not made by a sandbox, or elsewhere: nothing to judge it by
+        if _owner_alive(labels):
             continue
         _remove_quietly(c)
         removed.append({"id": c.short_id, "name": c.name, "owner_pid": labels.get(PID_LABEL, "?")})
@@ -829,7 +831,7 @@ def docker_figures(n: int = 50, image: str | None = None) -> dict:
 
 
 def _cmd_gc(args) -> int:
-    removed = gc_stale(all_hosts=args.all_hosts)
+    removed = gc_stale()
     for item in removed:
         print(f"removed {item['id']} {item['name']} (owner pid {item['owner_pid']} is gone)")
     print(f"{len(removed)} stale container(s) removed")
@@ -848,7 +850,6 @@ def _cmd_image(args) -> int:
 def register_docker_commands(sandbox_group) -> None:
     """Add `cwm sandbox gc` and `cwm sandbox image` to the `cwm sandbox` subcommands."""
     p = sandbox_group.add_parser("gc", help="remove cwm-envs containers whose owner process is dead")
-    p.add_argument("--all-hosts", action="store_true", help="also judge containers made on other hosts")
     p.set_defaults(func=_cmd_gc)
     p = sandbox_group.add_parser("image", help="make sure the docker sandbox's base image exists; print its tag")
     p.add_argument("--base", default=None,

@@ -13,7 +13,8 @@ Rules, in the order they apply (each is a reason a pair can be *equal*; anything
 - equations: `lhs - rhs` of one is a nonzero constant multiple of the other's (`2x - y = 4` ==
   `y = 2x - 4`); inequalities the same with a positive multiple; an assignment `x = 5` matches `5`;
   a chain `x = 2 + 3 = 5` counts by its first left side and last right side; `a \\approx b` ends a chain;
-- percent: `10\\%` matches `10`, `0.1` and `10\\%`; degrees: `30^\\circ` matches `30`;
+- percent: `10\\%` matches `10`, `0.1` and `10\\%`; degrees: `30^\\circ` matches `30`, and `\\frac{\\pi}{6}`
+  (an angle written with pi is converted; a bare number is not);
 - tuples are ordered, sets and bare lists are not; `(a, b)` is a point, or an open interval when an end
   is infinite or the other side is an interval or inequality; intervals compare as sets of reals;
 - matrices: same shape, entry by entry; a column vector also matches a tuple of its entries;
@@ -145,7 +146,9 @@ def _answer_choice(text: str) -> str | None:
     s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|textrm)\s*\{([^{}]*)\}", r"\1", s).strip()
     s = re.sub(r"^(?:the\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:=]?\s*", "", s, flags=re.I)
     m = re.match(r"^\(?\s*([A-Ea-e])\s*\)?(?=$|[\s.:),])", s)
-    return m.group(1).upper() if m else None
+    if not m or re.search(r"(?<![A-Za-z])\(?[A-E]\)?(?![A-Za-z])", s[m.end():]):
+        return None  # no option, or more than one named ("B or C")
+    return m.group(1).upper()
 
 
 def _decimal_comma(text: str):
@@ -414,10 +417,15 @@ def _num_eq(g: Num, a: Num, ctx) -> bool:
         candidates.append((gv / 100, av))
     elif a.percent and not g.percent:
         candidates.append((gv, av / 100))
+    # 30 degrees is pi/6: converted only when the other side is written with pi
+    if g.degrees and not a.degrees and _has_pi(av):
+        candidates.append((gv * sympy.pi / 180, av))
+    elif a.degrees and not g.degrees and _has_pi(gv):
+        candidates.append((gv, av * sympy.pi / 180))
     for x, y in candidates:
         if _value_eq(x, y, ctx):
             if (x, y) != (gv, av):
-                ctx["how"] = "percent"
+                ctx["how"] = "degrees to radians" if (g.degrees or a.degrees) else "percent"
             return True
     # the narrow approximation rule: a long decimal stands for the exact value it rounds to
     for dec, exact in ((a, gv), (g, av)):
@@ -425,6 +433,10 @@ def _num_eq(g: Num, a: Num, ctx) -> bool:
             ctx["how"] = f"decimal to {_sig_digits(dec.decimal)} significant digits"
             return True
     return False
+
+
+def _has_pi(x) -> bool:
+    return isinstance(x, sympy.Basic) and x.has(sympy.pi)
 
 
 def _sig_digits(lit: str) -> int:

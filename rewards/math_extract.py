@@ -325,6 +325,8 @@ def normalize(s: str) -> str:
     s = re.sub(r"^\*+|\*+$", "", s.strip())           # **bold** markers around an answer
     s = "".join(_UNICODE.get(ch, ch) for ch in s)
     s = re.sub(r"\s*\{\s*,\s*\}\s*", ",", s)          # 14{,}916
+    s = re.sub(r"\{\s*([^{}]+?)\s*\\choose\s*([^{}]+?)\s*\}", r"\\binom{\1}{\2}", s)  # {n \choose k}
+    s = s.replace("~", " ")
     if "\\begin" not in s:
         s = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", s)       # a doubled backslash before a command
     s = re.sub(r"(\d),\\!\s*(?=\d)", r"\1,", s)          # 10,\!080

@@ -190,9 +190,9 @@ def tokenize(s: str, thousands: bool = True) -> list[Tok]:
                 i = m.end()
                 if lit.endswith(".") and not (i < n and s[i:i + 9] == "\\overline"):
                     lit, i = lit[:-1], i - 1     # "5." at a sentence end
-            # scientific notation: 1.5e-3, 2E+5 (not when a letter follows: 2e x is 2*e*x)
+            # scientific notation: 1.5e-3, 2E+5, 1e6 (not when a letter follows: 2e x is 2*e*x)
             sm = re.compile(r"[eE]([+-]?\d+)(?![a-zA-Z\d])").match(s, i)
-            if sm and ("." in lit or sm.group(1)[0] in "+-"):
+            if sm:
                 lit = f"{lit}e{sm.group(1)}"
                 i = sm.end()
             rep = None
@@ -310,7 +310,8 @@ def _text_group(content, name, s, i, toks, push, prev_is_value, thousands) -> in
         push("OP", "°")
         return i
     unit_words = low.replace("^", " ^").split()
-    if unit_words and all(w in _UNITS or re.fullmatch(r"\^?\{?\d\}?", w) or w in ("per", "/") for w in unit_words):
+    if (any(w in _UNITS for w in unit_words)
+            and all(w in _UNITS or re.fullmatch(r"\^\{?\d\}?", w) or w in ("per", "/") for w in unit_words)):
         if prev_is_value() or not toks:
             return _skip_unit_power(s, i)
     if name == "operatorname":

@@ -133,6 +133,24 @@ UNITS_TEXT_CHOICE = [
     ("204_5", "54", 0), ("204_5", "204_6", 0), ("4210_{5}", "4210_5", 1), ("2516_8", "1358", 0),
 ]
 
+# More ways of writing the same answer, and near misses.
+OTHER_FORMS = [
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)", 1), ("\\frac{270}7\\text{ degrees}", "\\frac{270}{7}^\\circ", 1),
+    ("y = -2x", "-2x", 1), ("y = -2x", "y=-2 x", 1), ("3, 5, 7", "\\{3,5,7\\}", 1), ("-2 + 7i", "7i - 2", 1),
+    ("\\text{(C)}", "\\text{C}", 1), ("\\text{(C)}", "\\mathrm{(C)}", 1), ("\\text{(C)}", "C or D", 0), ("\\text{(C)}", "(C), (D)", 0),
+    ("\\frac{\\sqrt{3}}{3}", "3^{-1/2}", 1), ("\\frac{\\sqrt{3}}{3}", "\\sqrt{\\frac{1}{3}}", 1), ("2\\sqrt{5}", "2\\times\\sqrt5", 1),
+    ("2\\sqrt{5}", "4.472135955", 0), ("(2,12) \\cup (12,102)", "(2,102) \\setminus \\{12\\}", 1), ("[-2,7]", "-2\\leq x\\leq 7", 1),
+    ("\\frac{1}{2}", "50\\%", 1), ("50\\%", "\\frac{1}{2}", 1), ("\\$36", "36 \\text{ dollars}", 1), ("\\$36", "\\$36.00", 1),
+    ("12", "12 \\mathrm{~cm}", 1), ("12", "12~\\text{cm}^2", 1), ("5", "\\textbf{5}", 1), ("\\frac{1}{4}", "1:4", 0), ("2:1", "2:1", 1),
+    ("\\text{no solution}", "\\text{No solution}", 1), ("(1, 2]", "1 < x \\leq 2", 1), ("(-1,6)", "x=-1, y=6", 1),
+    ("\\begin{pmatrix} -7 \\\\ 16 \\\\ 5 \\end{pmatrix}", "\\langle -7, 16, 5 \\rangle", 1), ("\\sqrt{2}", "\\sqrt{2.0}", 1),
+    ("6", "6.0\\%", 1), ("e^{i\\pi}", "-1", 1), ("\\dfrac{\\pi}{4}", "45^\\circ", 1), ("45^\\circ", "\\frac{\\pi}{4}", 1),
+    ("45^\\circ", "0.785398163397", 0), ("\\ln 2", "\\log 2", 1), ("3", "\\lfloor \\pi \\rfloor", 1), ("10", "{5 \\choose 2}", 1),
+    ("\\frac{x+1}{x-1}", "\\frac{x-1}{x+1}", 0), ("x = 2, y = 3", "y = 3, x = 2", 1), ("x = 2, y = 3", "(2, 3)", 1),
+    ("x = 2, y = 3", "(3, 2)", 0), ("1000000", "10^6", 1), ("1000000", "1e6", 1), ("0.001", "1e-3", 1), ("0.001", "1e-4", 0),
+    ("\\frac{1}{3}", "0.3333333333333333", 1), ("3", "3.0000000000000001", 0), ("\\pi", "3.141592653589793", 1),
+]
+
 # Full responses (not wrapped): extraction from prose, thinking, fall-backs.
 RESPONSES = [
     ("18", "Janet sells 9 eggs at $2 each, so she makes $\\boxed{18}$ dollars.", 1),
@@ -168,6 +186,8 @@ ADVERSARIAL = [
     ("e^{-100}", "0", 0), ("\\pi + 10^{-30}", "\\pi", 0), ("0", "10^{-30}", 0), ("0", "e^{-100}", 0), ("1", "0.999999999", 0),
     ("\\frac{1}{7}", "0.142857", 0), ("2^{64}", "1.8446744073709552 \\times 10^{19}", 0), ("120", "\\text{120 or 121}", 0),
     ("\\begin{pmatrix} 1 & 0 \\\\ 0 & 1 \\end{pmatrix}", "1", 0), ("204_5", "54", 0), ("10\\%", "1", 0), ("90^\\circ", "\\frac{\\pi}{2} + 1", 0),
+    ("\\text{(B)}", "B or C", 0), ("\\text{(B)}", "B, C", 0), ("x = 5", "0 = 0", 0), ("y = 2x + 3", "y = y", 0), ("0", "0 \\cdot \\infty", 0),
+    ("1", "1^{\\infty}", 0), ("\\infty", "\\frac{1}{0}", 0), ("2", "\\sqrt{4}, -\\sqrt{4}", 0), ("3", "3.0000000000000001", 0),
 ]
 
 # A gold that does not parse as math is compared as text: it must not accept arbitrary answers.
@@ -181,7 +201,7 @@ BOXED_CATEGORIES = {
     "integers_decimals": INTEGERS_DECIMALS, "fractions": FRACTIONS, "radicals_constants": RADICALS_CONSTANTS,
     "big_numbers": BIG_NUMBERS, "expressions": EXPRESSIONS, "equations": EQUATIONS, "intervals": INTERVALS,
     "sets_tuples": SETS_TUPLES, "matrices": MATRICES, "units_text_choice": UNITS_TEXT_CHOICE,
-    "adversarial": ADVERSARIAL, "unparsable_gold": UNPARSABLE_GOLD,
+    "other_forms": OTHER_FORMS, "adversarial": ADVERSARIAL, "unparsable_gold": UNPARSABLE_GOLD,
 }
 
 

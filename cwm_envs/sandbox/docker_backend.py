@@ -827,7 +827,8 @@ def docker_figures(n: int = 50, image: str | None = None) -> dict:
             "reset_median_ms": r50, "reset_p90_ms": r90,
             "first_exec_after_reset_median_ms": round(c50, 1),
             "docker_run_median_ms": round(b50, 1),
-            "exec_speedup_vs_docker_run": round(b50 / e50, 1)}
+            "exec_speedup_vs_docker_run": round(b50 / e50, 1),
+            "load_avg_1m_after": round(os.getloadavg()[0], 2)}   # other work on the machine slows every figure
 
 
 def _cmd_gc(args) -> int:

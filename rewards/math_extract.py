@@ -71,8 +71,8 @@ def count_boxed(text: str) -> int:
     return len(find_boxed(text))
 
 
-_BOX_GAP_RE = re.compile(r"(?:\s|[,;.&$]|\\[()\[\]]|\\quad|\\qquad|\\,|\\;|\b(?:and|or)\b"
-                         r"|\\text\s*\{\s*(?:and|or|,)?\s*\}|[A-Za-z](?:_\{?\w+\}?)?\s*=)*")
+_BOX_GAP_RE = re.compile(r"(?:\s|[,;.&$\\]|\\[()\[\]]|\\quad|\\qquad|\\,|\\;|\b(?:and|or)\b"
+                         r"|\\text\s*\{\s*(?:and|or|,)?\s*\}|[A-Za-z](?:_\{?\w+\}?)?\s*=|([+\-=*|~_#])\1{2,})*")
 # "\boxed{(3, 3)} for part (a) and \boxed{(1, 1)}", "\boxed{1} papers and \boxed{2} bins": short words around "and"
 _BOX_WORD_GAP_RE = re.compile(r"[^\d=\\{}]{0,30}\band\b[^\d=\\{}]{0,30}|\\text\s*\{[^{}]{0,40}\band\b[^{}]{0,40}\}\s*")
 

@@ -79,7 +79,7 @@ def measure(resets: int = 20, episodes: int = 16, progress: bool = False) -> dic
         for _ in range(max(3, resets // 2)):         # baseline: a fresh container per episode, no pool
             t = time.perf_counter()
             with DockerSandbox(image, pool_size=0, workdir="/testbed", limits=env.limits) as sb:
-                ToolBox(sb).prepare()
+                ToolBox(sb).prepare(light=True)
                 cold.append(time.perf_counter() - t)
             bar.update(1)
 

@@ -348,3 +348,22 @@ def test_hidden_tests_stay_hidden_and_still_grade(tmp_path, docker_engine):
         assert reward == -1.0 and info["outcomes"]["tests_status"]["FAIL_TO_PASS"]["failure"] == row["FAIL_TO_PASS"]
     finally:
         e.close()
+
+
+def test_prepare_removes_later_commits_branches_remotes_and_reflog(env):
+    """Containers of images made elsewhere may carry the future: preparation must strip it."""
+    from cwm_envs.swe.tools import ToolBox
+
+    env.reset(options={"task": 0})
+    sb = env._sandbox
+    setup = sb.run("cd /testbed && git tag v0 && git -c user.email=a@b -c user.name=a commit -q --allow-empty -m future"
+                   " && git rev-parse HEAD && git tag v9 && git branch future && git reset -q --hard HEAD~1"
+                   " && git remote add origin https://example.com/x.git", timeout=60)
+    future = setup.stdout.strip()
+    assert setup.exit_code == 0 and len(future) == 40
+    assert ToolBox(sb).prepare() == "full"
+    res = sb.run(f"git tag; echo ==; git branch --format='%(refname)'; echo ==; git remote; echo ==; git reflog | wc -l;"
+                 f" echo ==; git cat-file -t {future} 2>&1", timeout=60)
+    tags, branches, remotes, reflog, future_kind = [p.strip() for p in res.stdout.split("==")]
+    assert (tags, branches, remotes, reflog) == ("v0", "refs/heads/main", "", "0")   # the ancestor tag stays
+    assert "commit" not in future_kind                                                # pruned, not just unlisted

@@ -27,6 +27,7 @@ MAX_ACTION_CHARS = 1 << 18
 MAX_ISSUE_CHARS = 65_536
 REPO_ROOT = "/testbed"
 STOP_SUFFIXES = (chat.EOT, chat.EOS)
+_light_images: set[str] = set()         # images whose containers need only the quick git clean-up (ToolBox.prepare)
 
 
 def approx_tokens(text: str) -> int:
@@ -132,9 +133,13 @@ class SWEEnv(gym.Env):
         super().reset(seed=seed)
         self.task = self._pick_task((options or {}).get("task"))
         t0 = time.perf_counter()
-        self._container_for(self.image_for(self.task))
+        image = self.image_for(self.task)
+        self._container_for(image)
         self._toolbox = tools.ToolBox(self._sandbox, REPO_ROOT, self.command_timeout_s, self.max_output_chars)
-        self._toolbox.prepare()
+        if image in _light_images:            # a container is a copy of its image: inspect each image once
+            self._toolbox.prepare(light=True)
+        elif self._toolbox.prepare() == "light":
+            _light_images.add(image)
         self._fresh = False
         self._turn, self._timeouts, self._submission = 0, 0, None
         self._start = time.monotonic()

@@ -192,27 +192,34 @@ eval "$cmd"
 """
 
 # Run before the agent starts: keep only the current branch and the tags it contains, no remotes, no reflog.
+# Prints "prepared light" when removing the reflog files was all it took (the case for images built by
+# cwm_envs.swe.images: their setup commit leaves a reflog), so `_LIGHT` does for other containers of the image.
 _PREPARE = r"""
 set -u
-mkdir -p %(dir)s && rm -f %(dir)s/env && echo %(root)s > %(dir)s/cwd
-cd %(root)s 2>/dev/null || exit 0
-git rev-parse --git-dir >/dev/null 2>&1 || exit 0
+rm -rf %(dir)s
+cd %(root)s 2>/dev/null && git rev-parse --git-dir >/dev/null 2>&1 || { echo prepared light; exit 0; }
+gd=$(git rev-parse --git-dir)
 changed=0
 for r in $(git remote); do git remote remove "$r"; changed=1; done
 cur=$(git symbolic-ref -q HEAD || true)
-for ref in $(git for-each-ref --format='%%(refname)' | grep -v '^refs/tags/' | grep -vxF "${cur:-none}"); do
+refs=$(git for-each-ref --format='%%(refname)')
+for ref in $(printf '%%s\n' $refs | grep -v '^refs/tags/' | grep -vxF "${cur:-none}"); do
   git update-ref -d "$ref"; changed=1
 done
-keep=$(git tag --merged HEAD)
-for tag in $(git for-each-ref --format='%%(refname:strip=2)' refs/tags); do
-  printf '%%s\n' $keep | grep -qxF "$tag" || { git update-ref -d "refs/tags/$tag"; changed=1; }
-done
-[ -n "$(git reflog 2>/dev/null | head -1)" ] && changed=1
-git reflog expire --expire=now --all
-rm -rf "$(git rev-parse --git-dir)"/{FETCH_HEAD,ORIG_HEAD,logs}
-if [ $changed = 1 ]; then git gc -q --prune=now; fi
-echo prepared
+if printf '%%s\n' $refs | grep -q '^refs/tags/'; then
+  keep=$(git tag --merged HEAD)
+  for tag in $(git for-each-ref --format='%%(refname:strip=2)' refs/tags); do
+    printf '%%s\n' $keep | grep -qxF "$tag" || { git update-ref -d "refs/tags/$tag"; changed=1; }
+  done
+fi
+if [ -e "$gd/logs" ] && [ "$(git rev-list --all --reflog | wc -l)" != "$(git rev-list --all | wc -l)" ]; then
+  changed=1                       # the reflog holds commits nothing else reaches
+fi
+rm -rf "$gd/logs" "$gd/FETCH_HEAD" "$gd/ORIG_HEAD"
+if [ $changed = 1 ]; then git gc -q --prune=now; echo prepared full; else echo prepared light; fi
 """
+_LIGHT = r"""rm -rf %(dir)s; cd %(root)s 2>/dev/null && gd=$(git rev-parse --git-dir 2>/dev/null) && \
+rm -rf "$gd/logs" "$gd/FETCH_HEAD" "$gd/ORIG_HEAD"; echo prepared light"""
 
 _EDIT = r'''
 import os, re, sys
@@ -301,14 +308,19 @@ class ToolBox:
         self.command_timeout_s, self.max_output_chars = float(command_timeout_s), int(max_output_chars)
         self._vars = {"dir": SESSION_DIR, "root": repo_root}
 
-    def prepare(self) -> None:
-        """Strip git of what could leak the fix (remotes, other branches, later tags, reflog), reset the session."""
+    def prepare(self, light: bool = False) -> str:
+        """Strip git of what could leak the fix (remotes, other branches, later tags, reflog) and start a new
+        session. Returns "light" when deleting the reflog files was enough: then `prepare(light=True)` (one
+        quick command) readies any other container of the same image; else "full"."""
         from cwm_envs.errors import SandboxError
 
-        res = self.sandbox.run(["bash", "-c", _PREPARE % self._vars], timeout=300, limits=COMMAND_OUTPUT)
-        if "prepared" not in res.stdout:
+        script = (_LIGHT if light else _PREPARE) % self._vars
+        res = self.sandbox.run(["bash", "-c", script], timeout=300, limits=COMMAND_OUTPUT)
+        m = re.search(r"^prepared (light|full)$", res.stdout, re.M)
+        if not m:
             raise SandboxError(f"preparing the repository failed (exit {res.exit_code}): "
                                f"{(res.stdout + res.stderr)[-500:]}")
+        return m.group(1)
 
     def call(self, call: ToolCall) -> ToolResult:
         return getattr(self, f"_{call.name}")(call.arg)

@@ -20,9 +20,6 @@ import cwm_envs  # noqa: F401  (registers the ids)
 from agents.swe_agents import DoNothingSWEAgent, OracleSWEAgent, run_episode, tool
 from cwm_envs import chat
 
-pytestmark = [pytest.mark.docker]
-
-
 def output_of(obs: str) -> str:
     m = re.search(r"<output>\n(.*)\n</output>\n\n<budget>\n\* Remaining turns: \d+\n\* Remaining tokens: -?\d+\n</budget>",
                   obs, re.S)
@@ -32,6 +29,28 @@ def output_of(obs: str) -> str:
 
 def make(**kwargs):
     return gymnasium.make("cwm/SWE-v0", **kwargs).unwrapped
+
+
+def test_tool_calls_are_parsed_as_cwm_does():
+    from cwm_envs.swe.tools import ToolCall, parse_tool_call
+
+    assert parse_tool_call("thinking...\n<tool: bash>\nls\npwd\n</tool>") == ToolCall("bash", "ls\npwd")
+    assert parse_tool_call("<tool: edit>\na.py\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n</tool>").name == "edit"
+    for bad, expected in (("", "No tool call"), ("<tool:bash>\nls\n</tool>", "Malformed"),
+                          ("<tool: bash>\nls</tool>", "Malformed"), ("<tool: bash>\n \n</tool>", "non-empty"),
+                          ("<tool: bash>\nls\n</tool><tool: submit>\np\n</tool>", "found 2"),
+                          ("<tool: browse>\nx\n</tool>", "Unknown tool 'browse'")):
+        got = parse_tool_call(bad)
+        assert isinstance(got, str) and expected in got, (bad, got)
+
+
+@pytest.mark.parametrize("module", ["cwm_envs.swe.tools", "cwm_envs.swe.mutate", "cwm_envs.swe.default_repo",
+                                    "cwm_envs.envs.swe_env", "rewards.swe", "agents.swe_agents"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    assert doctest.testmod(importlib.import_module(module)).failed == 0
 
 
 @pytest.fixture
@@ -52,6 +71,7 @@ def own_containers() -> list:
         client.close()
 
 
+@pytest.mark.docker
 def test_first_observation_is_the_issue_in_cwm_chat_format(env):
     obs, info = env.reset(seed=0)
     task = env.task
@@ -68,12 +88,14 @@ def test_first_observation_is_the_issue_in_cwm_chat_format(env):
     assert env.observation_space.contains(obs)
 
 
+@pytest.mark.docker
 def test_gymnasium_checker_passes(env):
     from gymnasium.utils.env_checker import check_env
 
     check_env(env, skip_render_check=True)
 
 
+@pytest.mark.docker
 @pytest.mark.slow
 def test_oracle_resolves_every_embedded_task(env):
     agent = OracleSWEAgent()
@@ -86,6 +108,7 @@ def test_oracle_resolves_every_embedded_task(env):
         assert len(status["PASS_TO_PASS"]["success"]) == len(task.PASS_TO_PASS) and not status["PASS_TO_PASS"]["failure"]
 
 
+@pytest.mark.docker
 def test_do_nothing_gets_minus_one_when_the_turns_run_out(docker_engine):
     e = make(max_turns=2)
     try:
@@ -96,6 +119,7 @@ def test_do_nothing_gets_minus_one_when_the_turns_run_out(docker_engine):
     assert ep.info["resolved"] is False and "no turns left" in ep.info["reason"]
 
 
+@pytest.mark.docker
 def test_tools_behave_like_cwms(env):
     env.reset(options={"task": 0})
     target = env.task.patch.split("\n")[0].split(" b/")[1]     # the file the gold patch changes
@@ -150,6 +174,7 @@ def test_tools_behave_like_cwms(env):
     assert info["remaining_turns"] == 128 - info["turn"]
 
 
+@pytest.mark.docker
 def test_strict_format_ends_the_episode_on_a_malformed_call(docker_engine):
     e = make(strict_format=True)
     try:
@@ -160,6 +185,7 @@ def test_strict_format_ends_the_episode_on_a_malformed_call(docker_engine):
     assert reward == -1.0 and terminated and not truncated and "No tool call" in info["format_error"]
 
 
+@pytest.mark.docker
 def test_a_command_that_keeps_timing_out_ends_the_episode(docker_engine):
     e = make(command_timeout_s=1.5, max_timeouts=2)
     try:
@@ -176,6 +202,7 @@ def test_a_command_that_keeps_timing_out_ends_the_episode(docker_engine):
     assert terminated and reward == -1.0 and "2 commands timed out" in info["reason"]
 
 
+@pytest.mark.docker
 def test_the_token_budget_ends_the_episode(docker_engine):
     e = make(context_tokens=3000)
     try:
@@ -187,6 +214,7 @@ def test_the_token_budget_ends_the_episode(docker_engine):
     assert truncated and not terminated and reward == -1.0 and "context exceeded" in info["reason"]
 
 
+@pytest.mark.docker
 def test_git_history_remotes_and_network_are_out_of_reach(env):
     env.reset(options={"task": 1})
     path = env.task.patch.split("\n")[0].split(" b/")[1]
@@ -212,6 +240,7 @@ def _submit_diff(env, commands: str):
     return env.step(tool("submit", "/tmp/cheat.patch"))
 
 
+@pytest.mark.docker
 def test_editing_or_adding_tests_does_not_count(env):
     env.reset(options={"task": 0})
     failing = env.task.FAIL_TO_PASS[0].split("::")
@@ -227,6 +256,7 @@ def test_editing_or_adding_tests_does_not_count(env):
     assert env.task.FAIL_TO_PASS[0] in info["outcomes"]["tests_status"]["FAIL_TO_PASS"]["failure"]
 
 
+@pytest.mark.docker
 def test_review_turn_then_final_reply(docker_engine):
     e = make(review_turn=True)
     try:
@@ -243,6 +273,7 @@ def test_review_turn_then_final_reply(docker_engine):
         e.close()
 
 
+@pytest.mark.docker
 def test_similarity_shaping_rewards_near_misses_below_zero(docker_engine):
     e = make(similarity_weight=0.5)
     try:
@@ -261,6 +292,7 @@ def test_similarity_shaping_rewards_near_misses_below_zero(docker_engine):
     assert 0 < info["outcomes"]["similarity"] < 1
 
 
+@pytest.mark.docker
 def test_three_envs_side_by_side_leave_no_container(docker_engine):
     results, errors = {}, []
 
@@ -283,6 +315,7 @@ def test_three_envs_side_by_side_leave_no_container(docker_engine):
     assert own_containers() == []         # `docker ps -a --filter label=cwm-envs.owner-pid=<this pid>`
 
 
+@pytest.mark.docker
 def test_no_container_outlives_a_closed_env(docker_engine):
     before = {c.id for c in own_containers()}
     e = make()
@@ -318,6 +351,7 @@ def _diff(repo, edits: dict) -> str:
     return out
 
 
+@pytest.mark.docker
 def test_hidden_tests_stay_hidden_and_still_grade(tmp_path, docker_engine):
     """A SWE-bench-shaped row: the failing test arrives only with the test patch, at grading time."""
     repo = tmp_path / "own" / "hid"
@@ -350,6 +384,7 @@ def test_hidden_tests_stay_hidden_and_still_grade(tmp_path, docker_engine):
         e.close()
 
 
+@pytest.mark.docker
 def test_prepare_removes_later_commits_branches_remotes_and_reflog(env):
     """Containers of images made elsewhere may carry the future: preparation must strip it."""
     from cwm_envs.swe.tools import ToolBox

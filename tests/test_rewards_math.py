@@ -179,3 +179,27 @@ def test_docstring_examples():
     for module in (rm, __import__("rewards.math_extract", fromlist=["x"])):
         failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failures == 0, module.__name__
+
+
+@pytest.mark.ray
+def test_time_limit_inside_a_threaded_ray_actor(ray_session):
+    """Where math-verify's signal.alarm fails (a Ray actor's worker threads), the limit still holds."""
+    ray = ray_session
+
+    @ray.remote(max_concurrency=2)
+    class Grader:
+        def grade(self, gold, response, timeout):
+            import threading
+
+            from rewards.math import verify as v
+
+            r = v(gold, response, timeout=timeout)
+            return r.value, r.outcomes["timed_out"], threading.current_thread() is threading.main_thread()
+
+    grader = Grader.remote()
+    slow = grader.grade.remote("5", r"\boxed{\sum_{k=1}^{10^{9}} k^{k}}", 1.0)
+    fast = grader.grade.remote(r"\frac{1}{3}", r"\boxed{\frac{2}{6}}", 5.0)
+    (slow_value, slow_timed_out, _), (fast_value, _, in_main) = ray.get([slow, fast], timeout=120)
+    assert (slow_value, slow_timed_out) == (0.0, True)
+    assert fast_value == 1.0 and in_main is False
+    ray.kill(grader)

@@ -132,7 +132,7 @@ def evaluate(model, tokenizer, env_id: str, episodes: int, seed: int, env_kwargs
             "mean_reward": sum(rewards) / max(1, episodes), "samples": samples}
 
 
-def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 200, env_kwargs: dict | None = None,
+def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 1000, env_kwargs: dict | None = None,
         eval_episodes: int = 20) -> dict:
     out = Path(args.out)
     kept, counts = collect_episodes(env_id, episodes, seed=args.seed, env_kwargs=env_kwargs)

@@ -100,3 +100,21 @@ def test_describe_counts_like_the_real_model():
     info = describe(make_config("cwm-micro"))
     assert info["parameters"] == count_parameters(build_model("cwm-micro"))
     assert info["local/global layers"] == "3/1"
+
+
+def test_cwm_model_info_cli(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "cwm_envs.cli", "model", "info"]
+    proc = subprocess.run([*run, "cwm-32b", "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["parameters"] == count_parameters(build_model("cwm-32b", device="meta"))
+    assert info["local/global layers"] == "48/16" and info["context"] == 131072
+    build_model("cwm-micro").save_pretrained(tmp_path)
+    proc = subprocess.run([*run, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "local/global layers  3/1" in proc.stdout
+    bad = subprocess.run([*run, "cwm-70b"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown preset" in bad.stderr

@@ -252,7 +252,8 @@ def build_env_image(spec: EnvSpec, *, client=None, log: Callable[[str], None] = 
     from cwm_envs.sandbox.images import ensure_base_image
 
     client = client or _client()
-    base = ensure_base_image(suite=spec.suite, client=client, log=log)
+    # the offline Debian base by name (not CWM_BASE_IMAGE): the release decides the Python version
+    base = ensure_base_image(f"cwm-envs/base:{spec.suite}", client=client, log=log)
     base_id = client.images.get(base).id
     key = _hash("env", base_id, spec.python, sorted(spec.requirements), list(spec.pip_packages), ACTIVATE_SHIM)
     tag = f"{ENV_REPO}:{key}"

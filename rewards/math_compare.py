@@ -398,7 +398,7 @@ def _constant_ratio(G, A, ctx):
             av = A.subs(point)
             if av == 0 or not av.is_number:
                 continue
-            c = sympy.nsimplify(G.subs(point) / av) if False else G.subs(point) / av
+            c = G.subs(point) / av
         except Exception:  # noqa: BLE001
             continue
         if c.has(sympy.nan, sympy.zoo) or c == 0:
@@ -648,7 +648,7 @@ def _set_eq(gs, as_, ctx) -> bool:
         if gs == as_:
             ctx["how"] = "same set"
             return True
-        diff = sympy.SymmetricDifference(gs, as_).simplify() if False else gs.symmetric_difference(as_)
+        diff = gs.symmetric_difference(as_)
         if diff is sympy.S.EmptySet or diff == sympy.S.EmptySet:
             ctx["how"] = "same set"
             return True

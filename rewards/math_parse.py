@@ -12,7 +12,7 @@ This module imports sympy, so it runs inside the verifier worker, not in the cal
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sympy
@@ -678,7 +678,6 @@ class _Parser:
     def parse_subscript_text(self) -> str:
         self.expect("OP", "_")
         if self.at("OP", "{"):
-            start = self.i
             depth = 0
             parts = []
             while True:
@@ -694,7 +693,6 @@ class _Parser:
                     if depth == 0:
                         break
                 parts.append(t.value)
-            del start
             return "".join(parts)
         t = self.next()
         if t.kind == "END":
@@ -727,8 +725,7 @@ class _Parser:
                 if open_ == "(" and close == ")":
                     return Seq("pair", items)
                 return Interval(items[0], items[1], open_ == "(", close == ")")
-            if open_ == close.translate(str.maketrans(")]", "([")) or True:
-                return Seq("tuple", items)
+            return Seq("tuple", items)
         if open_ == "(" and close == "]" or open_ == "[" and close == ")":
             raise ParseError("half-open bracket around one value")
         return v
@@ -754,8 +751,8 @@ class _Parser:
             return Num(sympy.sqrt(x) if index is None else sympy.root(x, _scalar(index)))
         if name == "binom":
             a, b = _scalar(self.parse_arg()), _scalar(self.parse_arg())
-            if a.is_Integer and b.is_Integer and 0 <= int(a) <= 100_000:
-                return Num(sympy.binomial(a, b))
+            if a.is_Integer and int(a) > 100_000:
+                return Num(sympy.binomial(a, b, evaluate=False))
             return Num(sympy.binomial(a, b))
         if name == "pi":
             return Num(sympy.pi)
@@ -1000,4 +997,3 @@ def _expand_pm(v):
 
 __all__ = ["parse", "parse_choice", "normalize", "normalize_text", "strip_math_delimiters", "Num", "Text",
            "Seq", "Interval", "SetOp", "Rel", "BaseNum", "PM"]
-_ = field  # dataclasses.field kept for subclasses

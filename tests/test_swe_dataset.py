@@ -171,4 +171,4 @@ def test_guard_a_fake_passed_line_cannot_override_the_runners_failed_line(tmp_pa
 
 def test_guard_nonzero_exit_with_no_failure_is_not_trusted(tmp_path):
     rep = _grade(tmp_path, _log("PASSED t.py::test_add\nPASSED t.py::test_sub", code=1))
-    assert not rep["resolved"] and not rep["patch_successfully_applied"]
+    assert not rep["resolved"] and not rep["patch_successfully_applied"] and "exited 1" in rep["guard"]

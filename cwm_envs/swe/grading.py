@@ -91,6 +91,7 @@ def grade_log(instance, model_patch: str | None, log_path: str | Path) -> dict:
         return {iid: rep}
     status_map, found = get_logs_eval(instance.test_spec(), str(log_path))
     if not found:
+        rep["guard"] = _why_not_found(log)
         classification = classify_logs(log_path)
         if classification:
             rep["infra_failure"] = classification[1] == TIER_ENVIRONMENT
@@ -107,3 +108,17 @@ def grade_log(instance, model_patch: str | None, log_path: str | Path) -> dict:
     rep["resolved"] = get_resolution_status(tests) == ResolvedStatus.FULL.value
     rep["tests_status"] = tests
     return {iid: rep}
+
+
+def _why_not_found(log: str) -> str:
+    """Say why swebench's `get_logs_eval` did not accept a log (it only answers True/False)."""
+    from swebench.harness.grading import parse_test_exit_code
+
+    if START not in log or END not in log:
+        return "no test output between the start and end markers (the eval script stopped early?)"
+    code = parse_test_exit_code(log)
+    if code not in (None, 0):
+        return (f"the test command exited {code} while the log reports no failing test "
+                "(swebench's exit-code cross-check: a crash, or output that hides failures)")
+    return "no test results could be parsed from the log"
+

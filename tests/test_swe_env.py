@@ -203,6 +203,17 @@ def test_a_command_that_keeps_timing_out_ends_the_episode(docker_engine):
 
 
 @pytest.mark.docker
+def test_stopping_the_container_ends_the_episode_with_minus_one(env):
+    env.reset(options={"task": 0})
+    env.step(tool("bash", "kill 1; sleep 5"))             # SIGTERM to the container's init stops the container
+    obs, reward, terminated, truncated, info = env.step(tool("bash", "echo still here?"))
+    assert terminated and reward == -1.0 and "container stopped" in info["reason"]
+    env.reset(options={"task": 0})                         # the next episode gets a fresh container
+    obs, *_ = env.step(tool("bash", "echo fine"))
+    assert output_of(obs) == "fine"
+
+
+@pytest.mark.docker
 def test_the_token_budget_ends_the_episode(docker_engine):
     e = make(context_tokens=3000)
     try:

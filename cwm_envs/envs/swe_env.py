@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import gymnasium as gym
 
 from cwm_envs import chat
-from cwm_envs.errors import InfraError, UsageError
+from cwm_envs.errors import InfraError, SandboxError, UsageError
 from cwm_envs.sandbox.base import Limits
 from cwm_envs.spaces import AnyText
 from cwm_envs.swe import tools
@@ -175,7 +175,12 @@ class SWEEnv(gym.Env):
             if self.strict_format:
                 return self._end(f"format error: {call}", info)
             return self._continue(chat.format_message("user", f"Format error: {call}"), info)
-        result = self._toolbox.call(call)
+        try:
+            result = self._toolbox.call(call)
+        except SandboxError:
+            if self._container_stopped():     # e.g. `kill 1`: the agent ended its own container
+                return self._end("the container stopped (a command ended its init process)", info)
+            raise
         info.update(tool=call.name, tool_success=result.success)
         if result.timed_out:
             self._timeouts += 1
@@ -255,6 +260,14 @@ class SWEEnv(gym.Env):
         self._sandbox = DockerSandbox(image, pool_size=self.pool_size, workdir=REPO_ROOT, limits=self.limits,
                                       cpus=self.cpus)
         self._fresh = True
+
+    def _container_stopped(self) -> bool:
+        """Whether the episode's container has exited (then the agent stopped it; else Docker is at fault)."""
+        try:
+            sb = self._sandbox
+            return sb.client.containers.get(sb.container_id).status != "running"
+        except Exception:                     # cannot tell: leave it to the caller's infrastructure error
+            return False
 
     # -- turns ------------------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ TOOL_CALL_RE = re.compile(r"<tool:\s([a-zA-Z_]+)>\n(.*?)\n</tool>", re.DOTALL)
 TOOLS = ("bash", "edit", "create", "submit")
 SESSION_DIR = "/tmp/.cwm_session"          # the bash session's saved state (cwd, exported variables)
 DEFAULT_OUTPUT_CHARS = 32_768              # longest tool feedback shown; the middle of longer output is cut
-COMMAND_OUTPUT = Limits(output_bytes=1 << 20)
+COMMAND_OUTPUT = Limits(output_bytes=1 << 20, file_size_mb=2048)   # no single file may eat the host's disk
 PATCH_OUTPUT = Limits(output_bytes=16 << 20)
 
 
@@ -338,6 +338,8 @@ class ToolBox:
             out = clip(out, self.max_output_chars) + "\n[output truncated: the command printed more than 1 MiB]"
         elif res.limit_hit == "memory":
             out += "\n[the command was killed: it ran out of memory]"
+        elif res.limit_hit == "file_size":
+            out += "\n[the command was stopped: it wrote a file larger than 2 GiB]"
         return ToolResult(clip(out, self.max_output_chars), res.exit_code == 0)
 
     def _plugin(self, script: str, arg: str) -> ToolResult:

@@ -10,6 +10,7 @@ executions/s with 2 workers.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,24 @@ def _ms(xs: list[float]) -> dict:
             "min": round(1000 * xs[0], 3)}
 
 
+def _server_cpu_s(sb) -> float:
+    """CPU seconds of the sandbox's fork-server and of the children it reaped (read from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    todo, total = [sb.server_pid], 0.0
+    while todo:  # outer bwrap -> bwrap's init -> the python server (whose cutime/cstime hold its children)
+        pid = todo.pop()
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == pid:
+                    todo.append(int(name))
+                    total += sum(int(x) for x in fields[11:15]) / tick
+    return total
+
+
 def local_figures(n: int = 500, n_baseline: int = 40, throughput_s: float = 3.0, workers: int = 2,
                   progress: bool = False) -> dict:
     """Median latency per isolated execution, the subprocess baseline, and throughput with `workers`."""
@@ -44,12 +63,14 @@ def local_figures(n: int = 500, n_baseline: int = 40, throughput_s: float = 3.0,
             raise SandboxError(f"the snippet gave {res!r}")
         for _ in range(20):  # warm up page cache and branch predictors
             sb.run(SNIPPET)
+        cpu0, host0 = _server_cpu_s(sb), time.process_time()
         for _ in tqdm(range(n), desc="local sandbox", disable=not progress, leave=False):
             t = time.perf_counter()
             res = sb.run(SNIPPET)
             lat.append(time.perf_counter() - t)
             if not res.ok:
                 raise SandboxError(f"the snippet failed: {res!r}")
+        cpu_per_exec = (_server_cpu_s(sb) - cpu0 + time.process_time() - host0) / n
     base = []
     for _ in tqdm(range(n_baseline), desc="subprocess baseline", disable=not progress, leave=False):
         t = time.perf_counter()
@@ -83,6 +104,7 @@ def local_figures(n: int = 500, n_baseline: int = 40, throughput_s: float = 3.0,
             "local_median_ms": local["median"], "local_p90_ms": local["p90"], "local_min_ms": local["min"],
             "subprocess_median_ms": subproc["median"], "subprocess_p90_ms": subproc["p90"],
             "speedup_vs_subprocess": round(subproc["median"] / local["median"], 1),
+            "cpu_ms_per_exec": round(1000 * cpu_per_exec, 3),
             f"execs_per_s_{workers}_workers": round(sum(counts) / elapsed, 1)}
 
 
@@ -90,7 +112,7 @@ def run_bench(args) -> int:
     from benchmarks.report import write_report
 
     progress = sys.stderr.isatty()
-    summary: dict = {}
+    summary: dict = {"load_avg_1min_at_start": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
     details: dict = {"snippet": SNIPPET, "baseline": f"subprocess.run([{sys.executable!r}, '-c', snippet])",
                      "targets": TARGETS}
     if args.backend in ("local", "all"):
@@ -99,14 +121,16 @@ def run_bench(args) -> int:
         details["local"] = fig
         summary.update(local_median_ms=fig["local_median_ms"], subprocess_median_ms=fig["subprocess_median_ms"],
                        speedup_vs_subprocess=fig["speedup_vs_subprocess"],
-                       execs_per_s_2_workers=fig["execs_per_s_2_workers"])
+                       execs_per_s_2_workers=fig["execs_per_s_2_workers"], cpu_ms_per_exec=fig["cpu_ms_per_exec"])
         summary["local_targets_met"] = (fig["local_median_ms"] <= TARGETS["local_median_ms"]
                                         and fig["speedup_vs_subprocess"] >= TARGETS["speedup_vs_subprocess"]
                                         and fig["execs_per_s_2_workers"] >= TARGETS["execs_per_s_2_workers"])
         print(f"local sandbox: median {fig['local_median_ms']:.2f} ms per isolated execution "
-              f"(p90 {fig['local_p90_ms']:.2f} ms), {fig['execs_per_s_2_workers']:.0f} execs/s with 2 workers")
+              f"(p90 {fig['local_p90_ms']:.2f} ms), {fig['execs_per_s_2_workers']:.0f} execs/s with 2 workers, "
+              f"{fig['cpu_ms_per_exec']:.2f} ms of CPU per execution (host + server + child)")
         print(f"baseline subprocess.run([python, '-c', ...]): median {fig['subprocess_median_ms']:.1f} ms "
-              f"-> {fig['speedup_vs_subprocess']:.1f}x faster")
+              f"-> {fig['speedup_vs_subprocess']:.1f}x faster (load average {summary['load_avg_1min_at_start']} "
+              f"on {summary['cpus']} CPUs at the start)")
     if args.backend in ("docker", "all"):
         docker = _docker(args)
         details["docker"] = docker

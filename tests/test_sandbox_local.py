@@ -131,7 +131,7 @@ def test_limits_are_reported(sb):
     big = sb.run("open('big', 'wb').write(b'x' * (3 << 20))", limits=Limits(file_size_mb=1))
     assert big.limit_hit == "file_size"
     files = sb.run("fs = [open('/dev/null') for _ in range(100)]", limits=Limits(open_files=20))
-    assert files.exit_code == 1 and "Too many open files" in files.stderr
+    assert files.exit_code == 1 and "Too many open files" in files.stderr and files.limit_hit == "open_files"
     assert sb.run("print('still fine')").stdout == "still fine\n"
 
 

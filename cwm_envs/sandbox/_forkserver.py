@@ -254,6 +254,8 @@ def _classify(limits, status, cpu_used, err_tail, others):
         return "memory"
     if b"[Errno 27]" in last:  # EFBIG: RLIMIT_FSIZE (Python ignores SIGXFSZ and raises instead)
         return "file_size"
+    if b"[Errno 24]" in last:  # EMFILE: RLIMIT_NOFILE
+        return "open_files"
     if last.startswith(b"BlockingIOError: [Errno 11]") or b"can't start new thread" in last:
         return "processes"
     return None

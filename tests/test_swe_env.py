@@ -66,7 +66,8 @@ def own_containers() -> list:
 
     client = docker.from_env()
     try:
-        return client.containers.list(all=True, filters={"label": f"cwm-envs.owner-pid={os.getpid()}"})
+        return client.containers.list(all=True, filters={"label": f"cwm-envs.owner-pid={os.getpid()}"},
+                                      ignore_removed=True)
     finally:
         client.close()
 

@@ -732,6 +732,12 @@ def _matrix_eq(g: Num, a, ctx) -> bool:
         if ok:
             ctx["how"] = "same matrix"
         return ok
+    rows = _nested_rows(a)
+    if rows is not None and len(rows) == m.shape[0] and all(len(r) == m.shape[1] for r in rows) and m.shape[0] > 1:
+        ok = all(_eq(Num(m[i, j]), rows[i][j], ctx) for i in range(m.shape[0]) for j in range(m.shape[1]))
+        if ok:
+            ctx["how"] = "matrix as nested lists"
+        return ok
     if 1 in m.shape and isinstance(a, Seq) and a.kind in ("tuple", "pair", "list"):
         if len(a.items) != len(m):
             return False
@@ -740,6 +746,21 @@ def _matrix_eq(g: Num, a, ctx) -> bool:
             ctx["how"] = "vector as tuple"
         return ok
     return False
+
+
+def _nested_rows(a):
+    """[[1, 2], [3, 4]] (read as a tuple of closed intervals or of tuples) as rows of values, else None."""
+    if not (isinstance(a, Seq) and a.kind in ("tuple", "list") and len(a.items) > 1):
+        return None
+    rows = []
+    for row in a.items:
+        if isinstance(row, Interval) and not row.lopen and not row.ropen:
+            rows.append([row.lo, row.hi])
+        elif isinstance(row, Seq) and row.kind in ("tuple", "pair"):
+            rows.append(list(row.items))
+        else:
+            return None
+    return rows
 
 
 def _base_eq(g, a) -> bool:

@@ -211,6 +211,11 @@ def tokenize(s: str, thousands: bool = True) -> list[Tok]:
             word = s[i:j]
             low = word.lower()
             i = j
+            if low in ("square", "sq", "cubic") and prev_is_value():
+                m2 = re.compile(r"\.?\s*([A-Za-z]+)").match(s, i)
+                if m2 and m2.group(1).lower() in _UNITS:  # "5 square units", "2 cubic feet"
+                    i = m2.end()
+                    continue
             if len(word) >= 2 and low in _BARE_UNITS and prev_is_value() and not s[i:i + 1] == "(":
                 i = _skip_unit_power(s, i)
             elif len(word) >= 2 and low in _FUNCS or low in ("sqrt", "pi"):
@@ -297,6 +302,9 @@ def _text_group(content, name, s, i, toks, push, prev_is_value, thousands) -> in
     low = re.sub(r"\s+", " ", stripped.lower()).strip(" .")
     if not low:
         return i
+    if (name == "mathbb" and stripped == "R") or low in ("all real numbers", "all reals", "the real numbers"):
+        push("OP", "ℝ")
+        return i
     if name in ("mathbf", "boldsymbol", "bm", "vec", "mathbb", "mathcal") and re.fullmatch(r"[A-Za-z]", stripped):
         push("ID", stripped)
         return i
@@ -312,7 +320,7 @@ def _text_group(content, name, s, i, toks, push, prev_is_value, thousands) -> in
     unit_words = low.replace("^", " ^").split()
     if (any(w in _UNITS for w in unit_words)
             and all(w in _UNITS or re.fullmatch(r"\^\{?\d\}?", w) or w in ("per", "/") for w in unit_words)):
-        if prev_is_value() or not toks:
+        if prev_is_value():
             return _skip_unit_power(s, i)
     if name == "operatorname":
         push("CMD", low.replace(" ", ""))
@@ -513,6 +521,13 @@ class _Parser:
                     if frac is not None:       # mixed number 2\frac{1}{2}
                         left = Num(Integer(left.literal) + frac)
                         continue
+                if (isinstance(left, Num) and left.literal is not None and self.tok.kind == "NUM" and self.tok.space
+                        and self.peek().kind == "OP" and self.peek().value == "/" and self.peek(2).kind == "NUM"
+                        and re.fullmatch(r"\d+", self.tok.value) and re.fullmatch(r"\d+", self.peek(2).value)
+                        and int(self.peek(2).value) > int(self.tok.value) > 0):
+                    num, den = int(self.next().value), (self.next(), int(self.next().value))[1]
+                    left = Num(Integer(left.literal) + Rational(num, den))   # mixed number 2 1/2
+                    continue
                 right = self.parse_signed_factor(implicit=True)
                 left = _arith(left, right, "*")
             else:
@@ -669,6 +684,9 @@ class _Parser:
             if t.value == "∅":
                 self.next()
                 return Seq("set", ())
+            if t.value == "ℝ":
+                self.next()
+                return Interval(Num(-sympy.oo), Num(sympy.oo), True, True)
         if t.kind == "CMD":
             return self.parse_command()
         if t.kind == "WORD":

@@ -149,6 +149,12 @@ OTHER_FORMS = [
     ("\\frac{x+1}{x-1}", "\\frac{x-1}{x+1}", 0), ("x = 2, y = 3", "y = 3, x = 2", 1), ("x = 2, y = 3", "(2, 3)", 1),
     ("x = 2, y = 3", "(3, 2)", 0), ("1000000", "10^6", 1), ("1000000", "1e6", 1), ("0.001", "1e-3", 1), ("0.001", "1e-4", 0),
     ("\\frac{1}{3}", "0.3333333333333333", 1), ("3", "3.0000000000000001", 0), ("\\pi", "3.141592653589793", 1),
+    ("\\frac52", "2 1/2", 1), ("2", "2 1/2", 0), ("(-\\infty,\\infty)", "\\mathbb{R}", 1),
+    ("(-\\infty,\\infty)", "\\text{all real numbers}", 1), ("(-\\infty,\\infty)", "[0, \\infty)", 0),
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "[[1,2],[3,4]]", 1), ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "[[1,2],[4,3]]", 0),
+    ("25", "25 square units", 1), ("\\text{square}", "square", 1), ("\\text{square}", "circle", 0), ("12", "12 sq. ft", 1),
+    ("\\sin 2x", "2\\sin x\\cos x", 1), ("\\log_2 x", "\\frac{\\ln x}{\\ln 2}", 1), ("\\frac{\\pi}{4}", "\\arctan 1", 1),
+    ("2^{x+1}", "2 \\cdot 2^x", 1), ("x + y = 5", "y = 5 - x", 1), ("1,234,567", "1 234 567", 1), ("+5", "5", 1),
 ]
 
 # Full responses (not wrapped): extraction from prose, thinking, fall-backs.

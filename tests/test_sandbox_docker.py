@@ -109,6 +109,19 @@ def test_shell_argv_python_and_stdin(sb):
         sb.run("true", timeout=0)
 
 
+def test_threads_and_asyncio_share_one_sandbox(sb):
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: sb.run_python(f"print({i} * {i})").stdout, range(8)))
+    assert outs == [f"{i * i}\n" for i in range(8)]
+
+    async def both():
+        return await asyncio.gather(sb.arun("echo a"), sb.arun(["echo", "b"]))
+    assert [r.stdout for r in asyncio.run(both())] == ["a\n", "b\n"]
+
+
 def test_files_roundtrip(sb):
     sb.write_file("pkg/mod.py", "VALUE = 41\n")
     sb.write_file("/tmp/abs.bin", b"\x00\xff")

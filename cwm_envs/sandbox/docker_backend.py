@@ -19,6 +19,7 @@ Why these choices:
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import dataclasses
 import io
@@ -544,6 +545,10 @@ class DockerSandbox(Sandbox):
         return ExecResult(stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
                           exit_code=code, timed_out=stop == "timeout", limit_hit=limit_hit,
                           duration_s=duration, truncated=truncated)
+
+    async def arun(self, code_or_cmd, stdin=None, timeout: float = 10.0, limits: Limits | None = None, **kwargs):
+        """`run` for asyncio: executes in a worker thread so the event loop keeps going."""
+        return await asyncio.to_thread(self.run, code_or_cmd, stdin, timeout, limits, **kwargs)
 
     def run_python(self, code: str, **kwargs) -> ExecResult:
         """Python source, run by the image's python3 (`python3 -c CODE`), as on every backend."""

@@ -169,7 +169,8 @@ class SWEEnv(gym.Env):
             return self._end(f"context exceeded ({self._tokens} > {self.context_tokens} tokens)", info, truncated=True)
         answer, call = self._read(action)
         if isinstance(call, str):                              # a format error, or the final reply after a review
-            if self._submission is not None and (not self.strict_format or "##" in answer):
+            reasoned = not self.think or action.count("</think>") == 1
+            if self._submission is not None and reasoned and (not self.strict_format or "##" in answer):
                 return self._end("final reply after submission", info, patch=self._submission)
             info["format_error"] = call
             if self.strict_format:

@@ -23,7 +23,7 @@ DEFAULT_EXTRACTORS: tuple[str, ...] = ("boxed", "final_answer", "answer_is", "bo
 TIERS: tuple[tuple[str, ...], ...] = (("boxed", "final_answer"), ("answer_is",), ("bold",),
                                       ("latex", "last_number", "bare"))
 MAX_RESPONSE = 200_000   # characters searched from the end of a very long response
-MAX_ANSWER = 2_000       # an extracted answer longer than this is cut (it is not a final answer)
+MAX_ANSWER = 2_000       # an extracted answer longer than this matches nothing (it is not a final answer)
 
 
 @dataclass(frozen=True)
@@ -37,41 +37,51 @@ class Extraction:
 
 
 # ---------------------------------------------------------------------------------------- boxed
-_BOX_RE = re.compile(r"\\(?:boxed|fbox|framebox)\s*")
+_BOX_TOKEN_RE = re.compile(r"\\(?:boxed|fbox|framebox)\s*\{|\\(?:boxed|fbox|framebox)\s+(?=[^\s{$])|\\[{}]|[{}]")
+_TOO_LONG = "\\text{(answer too long)}"   # stands for a box's content beyond MAX_ANSWER: it matches nothing
 
 
 def find_boxed(text: str) -> list[tuple[int, int, str]]:
-    """Every `\\boxed{...}` as (start, end, content); an unclosed box runs to the end of the text."""
-    out = []
-    for m in _BOX_RE.finditer(text):
-        i = m.end()
-        if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                ch = text[j]
-                if ch == "\\" and j + 1 < len(text) and text[j + 1] in "{}":
-                    j += 2
-                    continue
-                if ch == "{":
-                    depth += 1
-                elif ch == "}":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            out.append((m.start(), min(j + 1, len(text)), text[i + 1:j]))
-        else:  # \boxed 5
-            mm = re.compile(r"[^\s$]+").match(text, i)
-            if mm and mm.start() == i and i > m.start() + len("\\boxed"):
+    """Every `\\boxed{...}` as (start, end, content), in order of start; one pass over the text.
+
+    An unclosed box runs to the end of the text (boxes opened inside it are not listed again); a box whose
+    content is longer than MAX_ANSWER characters gets a content that matches no gold answer.
+    """
+    out, stack, depth = [], [], 0
+    for m in _BOX_TOKEN_RE.finditer(text):
+        tok = m.group(0)
+        if tok[0] == "\\" and tok[1] in "{}":
+            continue                                   # an escaped brace
+        if tok.endswith("{") and tok != "{":
+            stack.append((m.start(), m.end(), depth))  # \boxed{ opens a box
+            depth += 1
+        elif tok == "{":
+            depth += 1
+        elif tok == "}":
+            depth -= 1
+            if stack and stack[-1][2] == depth:
+                start, content_start, _ = stack.pop()
+                out.append((start, m.end(), _content(text, content_start, m.start())))
+        else:                                          # \boxed 5
+            mm = re.compile(r"[^\s$]+").match(text, m.end())
+            if mm:
                 out.append((m.start(), mm.end(), mm.group(0)))
+    if stack:  # unclosed: the outermost open box takes the rest of the text
+        start, content_start, _ = stack[0]
+        out.append((start, len(text), _content(text, content_start, len(text))))
+    out.sort()
     return out
+
+
+def _content(text: str, start: int, end: int) -> str:
+    return text[start:end] if end - start <= MAX_ANSWER else _TOO_LONG
 
 
 def count_boxed(text: str) -> int:
     return len(find_boxed(text))
 
 
-_BOX_GAP_RE = re.compile(r"(?:\s|[,;.&$\\]|\\[()\[\]]|\\quad|\\qquad|\\,|\\;|\b(?:and|or)\b"
+_BOX_GAP_RE = re.compile(r"(?:\s|[,;.&$\\()\[\]]|\\quad|\\qquad|\b(?:and|or)\b"
                          r"|\\text\s*\{\s*(?:and|or|,)?\s*\}|[A-Za-z](?:_\{?\w+\}?)?\s*=|([+\-=*|~_#])\1{2,})*")
 # "\boxed{(3, 3)} for part (a) and \boxed{(1, 1)}", "\boxed{1} papers and \boxed{2} bins": short words around "and"
 _BOX_WORD_GAP_RE = re.compile(r"[^\d=\\{}]{0,30}\band\b[^\d=\\{}]{0,30}|\\text\s*\{[^{}]{0,40}\band\b[^{}]{0,40}\}\s*")
@@ -86,6 +96,8 @@ def last_boxed_group(text: str) -> list[tuple[int, int, str]]:
     group = [boxes[-1]]
     for prev in reversed(boxes[:-1]):
         gap = text[prev[1]:group[0][0]]
+        if prev[1] > group[0][0] or len(gap) > 80:   # nested, or too far apart to be one answer
+            break
         if _BOX_GAP_RE.fullmatch(gap) or _BOX_WORD_GAP_RE.fullmatch(gap.strip(" $")):
             group.insert(0, prev)
         else:
@@ -96,9 +108,34 @@ def last_boxed_group(text: str) -> list[tuple[int, int, str]]:
 # ------------------------------------------------------------------------------- answer phrases
 _FINAL_RE = re.compile(r"final\s+answer\s*(?:is\s*[:：]?|[:：=])\s*(?:is\s*[:：]?\s*)?", re.I)
 _ANSWER_RE = re.compile(r"\b(?:the\s+)?answer\s*(?:is|:|=|：)\s*(?:is\s*)?[:：]?\s*", re.I)
-_ENV_RE = re.compile(
-    r"\$\$(?P<dd>.+?)\$\$|\\\[(?P<sb>.+?)\\\]|\\\((?P<rb>[^\n]+?)\\\)|(?<![\\$])\$(?P<d>(?:\\\$|[^$\n])+?)(?<!\\)\$",
-    re.S)
+_DELIM_RE = re.compile(r"\\\$|\$\$|\$|\\\[|\\\]|\\\(|\\\)|\n")
+_CLOSER = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
+
+
+def latex_envs(text: str, pos: int = 0, limit: int | None = None) -> list[tuple[int, int, str]]:
+    """`$...$`, `$$...$$`, `\\(...\\)`, `\\[...\\]` spans as (start, end, content), in one pass; inline math
+    does not cross a line break, an escaped `\\$` is a dollar sign."""
+    out, open_ = [], None
+    for m in _DELIM_RE.finditer(text, pos):
+        tok = m.group(0)
+        if tok == "\\$":
+            continue
+        if open_ is None:
+            if tok in _CLOSER:
+                open_ = (tok, m.start(), m.end())
+            continue
+        kind, start, content_start = open_
+        if tok == "\n" and kind in ("$", "\\("):
+            open_ = None
+        elif tok == _CLOSER[kind] or (kind == "$" and tok == "$$"):
+            if text[content_start:m.start()].strip():
+                out.append((start, m.start() + len(_CLOSER[kind]), _content(text, content_start, m.start())))
+            open_ = ("$", m.start() + 1, m.end()) if (kind == "$" and tok == "$$") else None
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
 _NUMBER_RE = re.compile(
     r"(?<![A-Za-z0-9_.])(?:[-−])?[$€£]?(?:[1-9]\d{0,2}(?: \d{3})+(?![\d,])(?:\.\d+)?|\d+(?:,\d+)+(?:\.\d+)?"
     r"|\d+(?:\.\d+)?(?:\s*/\s*\d+)?|\.\d+)(?:\s*(?:%|percent\b))?")
@@ -137,10 +174,10 @@ def _phrase_answer(text: str, start: int) -> tuple[int, int, str] | None:
     i = start
     if i >= n:
         return None
-    m = _ENV_RE.match(text, i)
-    if m:
-        content = next(g for g in m.groups() if g is not None)
-        return (m.start(), m.end(), content)
+    if text.startswith(("$", "\\[", "\\("), i):
+        envs = latex_envs(text, i, limit=1)
+        if envs and envs[0][0] == i:
+            return envs[0]
     if text.startswith("\\boxed", i) or text.startswith("\\fbox", i):
         boxes = find_boxed(text[i:])
         if boxes:
@@ -170,11 +207,8 @@ def _phrase_answer(text: str, start: int) -> tuple[int, int, str] | None:
 
 
 def _last_env_or_number(text: str) -> tuple[int, int, str] | None:
-    best = None
-    for m in _ENV_RE.finditer(text):
-        content = next(g for g in m.groups() if g is not None)
-        if content.strip():
-            best = (m.start(), m.end(), content)
+    envs = latex_envs(text)
+    best = envs[-1] if envs else None
     for m in _NUMBER_RE.finditer(text):
         if best is None or m.end() > best[1]:
             best = (m.start(), m.end(), m.group(0))
@@ -196,7 +230,7 @@ def _candidates(text: str, method: str) -> list[tuple[int, int, str]]:
     if method in ("final_answer", "answer_is"):
         rx = _FINAL_RE if method == "final_answer" else _ANSWER_RE
         out = []
-        for m in rx.finditer(text):
+        for m in list(rx.finditer(text))[-3:]:   # the last few anchors are enough: the rightmost answer wins
             got = _phrase_answer(text, m.end())
             if got and got[2].strip():
                 out.append(got)
@@ -205,8 +239,7 @@ def _candidates(text: str, method: str) -> list[tuple[int, int, str]]:
         return [(m.start(), m.end(), m.group(1)) for m in _BOLD_RE.finditer(text)
                 if re.search(r"\d|\\[a-z]+", m.group(1))]
     if method == "latex":
-        return [(m.start(), m.end(), c) for m in _ENV_RE.finditer(text)
-                if (c := next(g for g in m.groups() if g is not None)).strip()]
+        return latex_envs(text)
     if method == "last_number":
         return [(m.start(), m.end(), m.group(0)) for m in _NUMBER_RE.finditer(text)]
     raise ValueError(f"unknown extractor {method!r}; choose from {DEFAULT_EXTRACTORS}")
@@ -244,7 +277,8 @@ def extract_answer(response: str, extractors: tuple[str, ...] | list[str] = DEFA
                         best = (s, e, c, name)
             if best is not None:
                 s, e, c, name = best
-                return Extraction(c.strip()[:MAX_ANSWER], name, offset + base + s, offset + base + e)
+                c = c.strip()  # never cut an answer short: a cut could hide its wrong part
+                return Extraction(c if len(c) <= MAX_ANSWER else _TOO_LONG, name, offset + base + s, offset + base + e)
     return None
 
 

@@ -85,7 +85,9 @@ def test_is_equivalent_on_bare_answers():
 
 @pytest.mark.parametrize("bad", [None, b"\\boxed{1}", 12, "", "}" * 5000, "{" * 20000, "\\frac" * 3000,
                                  "\\boxed{" + "(" * 3000 + "}", "\\boxed{" + "x^" * 2000 + "2}", "\x00\\boxed{\x00}",
-                                 "\\boxed{\\begin{pmatrix}1&2\\\\3\\end{pmatrix}}", "\\boxed{1/0}", "\\boxed{0^{-1}}"])
+                                 "\\boxed{\\begin{pmatrix}1&2\\\\3\\end{pmatrix}}", "\\boxed{1/0}", "\\boxed{0^{-1}}",
+                                 "\\boxed{" * 30000, "final answer is " * 10000, "\\[" * 40000, "$$ x " * 20000,
+                                 "1," * 1500 + "2", "\\boxed{" + "1," * 1500 + "2}"])
 def test_bad_input_never_raises(bad):
     r = verify("1", bad)
     assert r.value == 0.0 and isinstance(r.details, str)

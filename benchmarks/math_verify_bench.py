@@ -1,11 +1,12 @@
 """`cwm bench verifier`: our math verifier against math-verify 0.9.0, per answer pair, in the same process.
 
 Pairs come from MATH-500's gold answers rewritten in several forms by string rules that keep the meaning
-(verbatim in a box, an unboxed "final answer is" sentence, `\\dfrac` for `\\frac`, spaces removed, `a/b`
-and terminating decimals for integer fractions, thousands separators, an `x = ...` assignment, reversed
-order for unordered lists, `\\left( \\right)` around pairs) and wrong answers made the same way
-(integer + 1, a fraction's numerator + 1, a flipped sign, a tuple's two entries swapped, the integer
-answer of another problem). Labels follow from the rule, never from either verifier.
+(verbatim in a box, an unboxed "final answer is" sentence, `\\dfrac` for `\\frac`, spaces removed, `a/b`,
+`2a/2b` and terminating decimals for integer fractions, thousands separators, an `x = ...` assignment,
+reversed order for unordered lists, `\\left( \\right)` around pairs, an inequality for a ray, both values of
+`a \\pm b`, a tuple for a column vector) and wrong answers made the same way (integer + 1, integer + 10^-9,
+a fraction's numerator + 1, a flipped sign, a tuple's two entries swapped, one of the two values of `a \\pm b`,
+the integer answer of another problem). Labels follow from the rule, never from either verifier.
 
 Both verifiers see the same (gold, whole response) pair: ours is `rewards.math.verify(gold, response)`;
 math-verify is `verify(parse("$gold$"), parse(response))`, its documented use. The calls alternate pair by
@@ -28,6 +29,9 @@ from cwm_envs.sources.math import load_math
 _INT = re.compile(r"-?\d+")
 _FRAC = re.compile(r"(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}")
 _PAIR = re.compile(r"\((-?\d+),\s*(-?\d+)\)")
+_RAY = re.compile(r"([(\[])([^,]+),([^,]+)([)\]])")
+_PM = re.compile(r"([^\\]*?\S)\s*\\pm\s*([^,]+)")
+_COLUMN = re.compile(r"\\begin\{pmatrix\}((?:[^&\\]|\\(?!\\))+(?:\\\\(?:[^&\\]|\\(?!\\))+)+)\\end\{pmatrix\}")
 
 
 def _strip_spaces(s: str) -> str:
@@ -91,6 +95,26 @@ def rewrites(gold: str) -> list[tuple[str, str, int]]:
         out.append(("left_right", f"\\left( {m.group(1)}, {m.group(2)} \\right)", 1))
         out.append(("swapped", f"({m.group(2)}, {m.group(1)})", 0))
     listed = not g.startswith(("(", "[", "\\left")) and not re.search(r"\d,(?:\\!)?\s*\d{3}", g)
+    m = _RAY.fullmatch(g.replace("\\left", "").replace("\\right", "").replace(" ", ""))
+    if m:  # (a, \infty) -> x > a and friends
+        lo, a, b, hi = m.groups()
+        if a.endswith("\\infty") and not b.endswith("\\infty") and a.startswith("-"):
+            out.append(("inequality", "x " + ("<" if hi == ")" else "\\le") + f" {b}", 1))
+        elif b.endswith("\\infty") and not a.endswith("\\infty"):
+            out.append(("inequality", "x " + (">" if lo == "(" else "\\ge") + f" {a}", 1))
+    m = _PM.fullmatch(g)
+    if m:  # a \pm b -> both values; one of them alone is not the answer
+        a, b = m.group(1).strip(), m.group(2).strip()
+        out.append(("pm_split", f"{a} + {b}, {a} - {b}", 1))
+        out.append(("pm_half", f"{a} + {b}", 0))
+    m = _COLUMN.fullmatch(g)
+    if m:
+        out.append(("vector_tuple", "(" + ", ".join(x.strip() for x in m.group(1).split("\\\\")) + ")", 1))
+    if _INT.fullmatch(g):
+        out.append(("near_miss", f"{g} + 10^{{-9}}", 0))
+    m = _FRAC.fullmatch(g)
+    if m:
+        out.append(("frac_scaled", f"{m.group(1)}\\frac{{{2 * int(m.group(2))}}}{{{2 * int(m.group(3))}}}", 1))
     parts = _top_level_split(g.strip("\\{}").strip()) if listed else None
     if parts and len(set(parts)) == len(parts) and "=" not in g:
         inner = ", ".join(reversed(parts))

@@ -619,6 +619,9 @@ def _to_set(v):
         if isinstance(v, Rel):
             if v.ops == ("in",):
                 return _to_set(v.items[1])
+            simple = _simple_ray(v)
+            if simple is not None:
+                return simple
             rels = []
             for op, x, y in zip(v.ops, v.items, v.items[1:]):
                 if not (isinstance(x, Num) and isinstance(y, Num)):
@@ -639,6 +642,26 @@ def _to_set(v):
     except Exception:  # noqa: BLE001
         return None
     return None
+
+
+def _simple_ray(v: Rel):
+    """`x > 2`, `-1 <= x < 3`: a variable compared with constants, read as an interval without solving."""
+    var, lo, hi, lopen, ropen = None, -sympy.oo, sympy.oo, True, True
+    for op, x, y in zip(v.ops, v.items, v.items[1:]):
+        if op not in ("<", "<=", ">", ">="):
+            return None
+        if isinstance(y.expr, sympy.Symbol) and x.expr.is_number:    # c < x: flip to x > c
+            x, y, op = y, x, _FLIP[op]
+        if not (isinstance(x.expr, sympy.Symbol) and y.expr.is_number and y.expr.is_real is not False):
+            return None
+        if var is not None and x.expr != var:
+            return None
+        var = x.expr
+        if op in ("<", "<="):
+            hi, ropen = y.expr, op == "<"
+        else:
+            lo, lopen = y.expr, op == ">"
+    return sympy.Interval(lo, hi, lopen, ropen)
 
 
 def _set_eq(gs, as_, ctx) -> bool:

@@ -170,8 +170,9 @@ def build_wheelhouse(requirements: list[str] | tuple[str, ...], python: str, sui
 
 def add_to_wheelhouse(wheels: Path, requirement: str, python: str, suite: str,
                       log: Callable[[str], None] = lambda _m: None) -> None:
-    """Fetch one more requirement (and its dependencies) into an existing wheelhouse."""
-    _download(wheels, [requirement.split(";")[0].strip()], python, suite, log)
+    """Fetch one more requirement (and its dependencies) into an existing wheelhouse (one writer at a time)."""
+    with _lock(f"wheels:{wheels}"):
+        _download(wheels, [requirement.split(";")[0].strip()], python, suite, log)
 
 
 def _download(dest: Path, what: list[str], python: str, suite: str, log: Callable[[str], None]) -> None:

@@ -157,30 +157,30 @@ def test_code_printing_fake_passed_lines_does_not_resolve(tiny, image, name):
     assert rep.get("conflicting_tests") or rep.get("guard")
 
 
-def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path):
+def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path, capsys):
+    from cwm_envs.cli import main
+
     row, repo, patches = tiny
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps(row) + "\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cwm_envs.cli", "swe", "eval", "--dataset", str(data), "--repos",
-           str(repo.parent.parent), "--gold", "--out", str(out)]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
-    assert "resolved 1/1" in first.stdout
+    args = ["swe", "eval", "--dataset", str(data), "--repos", str(repo.parent.parent)]
+    assert main(args + ["--gold", "--out", str(out)]) == 0
+    assert "resolved 1/1" in capsys.readouterr().out
     summary = json.loads((out / "gold.cwm.json").read_text())
     assert summary["resolved_ids"] == ["own__calc-1"] and summary["schema_version"] == 2
     logs = out / "logs" / "own__calc-1"
     assert {"report.json", "test_output.txt", "patch.diff", "eval.sh"} <= {p.name for p in logs.iterdir()}
     mtime = (logs / "report.json").stat().st_mtime
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)     # resumable: nothing re-run
-    assert again.returncode == 0 and "resolved 1/1" in again.stdout
+    assert main(args + ["--gold", "--out", str(out)]) == 0              # resumable: nothing is run again
+    assert "resolved 1/1" in capsys.readouterr().out
     assert (logs / "report.json").stat().st_mtime == mtime
     preds = tmp_path / "preds.jsonl"
     preds.write_text(json.dumps({"instance_id": "own__calc-1", "model_patch": "", "model_name_or_path": "m"}) + "\n")
-    empty = subprocess.run(cmd[:-3] + ["--predictions", str(preds), "--out", str(tmp_path / "o2")],
-                           capture_output=True, text=True, timeout=300)
-    assert empty.returncode == 0 and "resolved 0/1" in empty.stdout and "empty 1" in empty.stdout
-    bad = subprocess.run(cmd[:-3] + ["--out", str(tmp_path / "o3")], capture_output=True, text=True, timeout=60)
+    assert main(args + ["--predictions", str(preds), "--out", str(tmp_path / "o2")]) == 0
+    assert "resolved 0/1" in capsys.readouterr().out and (tmp_path / "o2" / "m.cwm.json").exists()
+    bad = subprocess.run([sys.executable, "-m", "cwm_envs.cli", *args, "--out", str(tmp_path / "o3")],
+                         capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "either --predictions FILE or --gold" in bad.stderr
 
 
@@ -192,7 +192,7 @@ def test_infra_failures_are_retried_once_and_never_scored(tiny, image, tmp_path)
     broken = instance_from_row({**row, "instance_id": "own__calc-2", "install": ["exit 3"]})   # image cannot build
     preds = {"own__calc-1": {"instance_id": "own__calc-1", "model_patch": patches["hang"], "model_name_or_path": "m"},
              "own__calc-2": {"instance_id": "own__calc-2", "model_patch": patches["gold"], "model_name_or_path": "m"}}
-    out = run_evaluation([hang, broken], preds, repos_dir=repo.parent.parent, out_dir=tmp_path, timeout=4)
+    out = run_evaluation([hang, broken], preds, repos_dir=repo.parent.parent, out_dir=tmp_path, timeout=2)
     s, res = out["summary"], out["results"]
     assert s["error_ids"] == ["own__calc-1", "own__calc-2"] and s["unresolved_ids"] == [] and s["resolved_ids"] == []
     assert res["own__calc-1"].attempts == 2 and "EvalTimeout" in res["own__calc-1"].error

@@ -80,18 +80,17 @@ def run_speed(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, tags, rebuilt = [], {}, set()
-    # 1. build: the instance layer from scratch (the environment layer too with --rebuild-env)
+    # 1. build: the instance layer from scratch (with --rebuild-env, both layers without Docker's cache)
     for inst in instances:
         timings: dict = {}
         tag = build_instance_image(inst, args.repos, timings=timings, log=_log)
         env = (client.images.get(tag).labels or {}).get("cwm-envs.swe.env")
-        client.images.remove(tag, force=True)
-        if args.rebuild_env and env and env not in rebuilt:
-            _log(f"rebuilding the environment layer {env}")
-            client.images.remove(env, force=True)
-            rebuilt.add(env)
+        fresh_env = bool(args.rebuild_env and env not in rebuilt)
+        if not fresh_env:
+            client.images.remove(tag, force=True)          # the instance layer is built again below
+        rebuilt.add(env)
         timings = {}
-        tag = build_instance_image(inst, args.repos, timings=timings, log=_log)
+        tag = build_instance_image(inst, args.repos, timings=timings, log=_log, rebuild=fresh_env)
         tags[inst.instance_id] = tag
         rows.append({"instance": inst.instance_id, "env_build_s": timings["env_s"],
                      "instance_build_s": timings["instance_s"], "python": timings["python"]})
@@ -188,6 +187,6 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per eval script")
     p.add_argument("--official-python", default=sys.executable,
                    help="a Python with swebench 5.x installed (default: this one)")
-    p.add_argument("--rebuild-env", action="store_true", help="also rebuild the environment layers (wheels cached)")
+    p.add_argument("--rebuild-env", action="store_true", help="also build the environment layers anew (no Docker cache; wheels stay cached)")
     p.add_argument("--out", required=True, help="report directory")
     p.set_defaults(func=run_speed)

@@ -202,14 +202,15 @@ def _download(dest: Path, what: list[str], python: str, suite: str, log: Callabl
 
 # --- docker build ------------------------------------------------------------------------------------------
 
-def docker_build(client, context: Path, tag: str, labels: dict[str, str], timeout: float = 3600) -> list[str]:
+def docker_build(client, context: Path, tag: str, labels: dict[str, str], timeout: float = 3600,
+                 nocache: bool = False) -> list[str]:
     """`docker build` of a generated context with the network off; returns the build log, raises InfraError."""
     import docker.errors
 
     lines: list[str] = []
     try:
         for chunk in client.api.build(path=str(context), tag=tag, network_mode="none", labels={**LABELS, **labels},
-                                      rm=True, forcerm=True, decode=True, timeout=int(timeout)):
+                                      rm=True, forcerm=True, decode=True, timeout=int(timeout), nocache=nocache):
             if "stream" in chunk:
                 lines.append(chunk["stream"].rstrip("\n"))
             if "error" in chunk:
@@ -221,14 +222,15 @@ def docker_build(client, context: Path, tag: str, labels: dict[str, str], timeou
     return lines
 
 
-def _build_with_wheels(client, ctx: Path, tag: str, labels: dict, wheels: Path, spec: EnvSpec, log) -> None:
+def _build_with_wheels(client, ctx: Path, tag: str, labels: dict, wheels: Path, spec: EnvSpec, log,
+                       nocache: bool = False) -> None:
     """docker_build with `wheels` copied in as ctx/wheels; a requirement the image's pip cannot find (a
     marker-only dependency the host's pip skipped) is fetched into the wheelhouse and the build retried."""
     for _ in range(8):
         shutil.rmtree(ctx / "wheels", ignore_errors=True)
         shutil.copytree(wheels, ctx / "wheels", ignore=shutil.ignore_patterns("requirements.txt", ".complete"))
         try:
-            docker_build(client, ctx, tag, labels)
+            docker_build(client, ctx, tag, labels, nocache=nocache)
             return
         except InfraError as exc:
             missing = re.search(r"No matching distribution found for ([^\s;]+)", str(exc))
@@ -248,8 +250,9 @@ def _lock(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def build_env_image(spec: EnvSpec, *, client=None, log: Callable[[str], None] = lambda _m: None) -> str:
-    """The environment layer for `spec` (built when missing) -> its tag."""
+def build_env_image(spec: EnvSpec, *, client=None, log: Callable[[str], None] = lambda _m: None,
+                    rebuild: bool = False) -> str:
+    """The environment layer for `spec` (built when missing, or anew without Docker's cache) -> its tag."""
     from cwm_envs.sandbox.images import ensure_base_image
 
     client = client or _client()
@@ -259,7 +262,7 @@ def build_env_image(spec: EnvSpec, *, client=None, log: Callable[[str], None] = 
     key = _hash("env", base_id, spec.python, sorted(spec.requirements), list(spec.pip_packages), ACTIVATE_SHIM)
     tag = f"{ENV_REPO}:{key}"
     with _lock(tag):
-        if image_exists(client, tag):
+        if image_exists(client, tag) and not rebuild:
             return tag
         wheels = build_wheelhouse(spec.requirements, spec.python, spec.suite, log=log, then=spec.pip_packages)
         n = len(spec.requirements) + len(spec.pip_packages)
@@ -281,7 +284,7 @@ RUN python3 -c 'import sys; v = "%d.%d" % sys.version_info[:2]; assert v == "{sp
  && if grep -q . /opt/pip_packages.txt; then {VENV}/bin/python -m pip install -q -r /opt/pip_packages.txt; fi
 """)
             _build_with_wheels(client, ctx, tag, {"cwm-envs.swe.layer": "env", "cwm-envs.swe.key": key}, wheels,
-                               spec, log)
+                               spec, log, nocache=rebuild)
     return tag
 
 
@@ -323,23 +326,25 @@ def instance_tag(instance: SWEInstance, key: str) -> str:
 
 
 def build_instance_image(instance: SWEInstance, repos_dir: str | Path | None = None, *, client=None,
-                         log: Callable[[str], None] = lambda _m: None, timings: dict | None = None) -> str:
+                         log: Callable[[str], None] = lambda _m: None, timings: dict | None = None,
+                         rebuild: bool = False) -> str:
     """The instance image (environment + repo at base_commit in /testbed, installed) -> its tag.
 
-    Cached by content hash; `timings` (if given) receives the seconds spent on each layer that was built.
+    Cached by content hash; `rebuild` builds both layers anew without Docker's cache (wheels stay cached);
+    `timings` (if given) receives the seconds spent on each layer.
     """
     client = client or _client()
     repo_dir = find_repo(instance, repos_dir)
     spec = env_spec(instance, repo_dir)
     t0 = time.perf_counter()
-    env_tag = build_env_image(spec, client=client, log=log)
+    env_tag = build_env_image(spec, client=client, log=log, rebuild=rebuild)
     t1 = time.perf_counter()
     build_reqs = build_requirements(repo_dir, instance.base_commit)
     key = _hash("instance", client.images.get(env_tag).id, instance.repo, instance.base_commit,
                 spec.pre_install, spec.install, sorted(build_reqs))
     tag = instance_tag(instance, key)
     with _lock(tag):
-        if not image_exists(client, tag):
+        if rebuild or not image_exists(client, tag):
             log(f"building {tag}")
             with tempfile.TemporaryDirectory(prefix="cwm-swe-inst-") as tmp:
                 ctx = Path(tmp)
@@ -361,7 +366,8 @@ WORKDIR /testbed
 """)
                 _build_with_wheels(client, ctx, tag, {"cwm-envs.swe.layer": "instance", "cwm-envs.swe.key": key,
                                                       "cwm-envs.swe.instance": instance.instance_id,
-                                                      "cwm-envs.swe.env": env_tag}, wheels, spec, log)
+                                                      "cwm-envs.swe.env": env_tag}, wheels, spec, log,
+                                   nocache=rebuild)
     if timings is not None:
         timings.update(env_s=round(t1 - t0, 2), instance_s=round(time.perf_counter() - t1, 2),
                        notes=list(spec.notes), python=spec.python, suite=spec.suite)

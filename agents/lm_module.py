@@ -41,21 +41,27 @@ class LMModule(TorchRLModule):
         raise NotImplementedError("LMModule samples through agents.policy.LMPolicy, not RLlib EnvRunners")
 
     def _forward_train(self, batch: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
-        """Log-probs of tokens 1..T-1 under `softmax(logits / T)`, their entropy, and values (if a head).
+        """Log-probs of the policy's tokens under `softmax(logits / T)`, their entropy, and values (if a head).
 
-        Rows are right-padded; the pass is trimmed to the longest real row of this minibatch.
+        Outputs are (B, T-1), position t scoring token t+1, zero where `token_mask` is 0. Rows are right-padded;
+        the pass is trimmed to the longest real row of this minibatch, and the LM head runs only where the
+        policy sampled (prompt and env positions cost the trunk, not the vocabulary projection). This assumes
+        logits = lm_head(last hidden state), true of CWM and the Llama family.
         """
         T = int(batch["attention_mask"].sum(1).max())
         ids, attn = batch["input_ids"][:, :T], batch["attention_mask"][:, :T]
-        out = self.lm(input_ids=ids, attention_mask=attn, output_hidden_states=self.value_head is not None)
-        logits = out.logits[:, :-1].float() / self.temperature  # (B, T-1, V): position t predicts token t+1
+        hidden = self.lm.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]  # (B, T-1, H)
+        sel = batch["token_mask"][:, 1:T] > 0
+        logits = self.lm.get_output_embeddings()(hidden[sel]).float() / self.temperature  # (N, V)
         logp_all = torch.log_softmax(logits, dim=-1)
-        logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        logp = torch.zeros(sel.shape, dtype=logp_all.dtype, device=logp_all.device)
+        logp[sel] = logp_all.gather(-1, ids[:, 1:][sel].unsqueeze(-1)).squeeze(-1)
+        entropy = torch.zeros_like(logp, requires_grad=False)
         with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+            entropy[sel] = -(logp_all.exp() * logp_all).sum(-1)
         fwd = {"logp": logp, "entropy": entropy, "T": T}
         if self.value_head is not None:
-            fwd["values"] = self.value_head(out.hidden_states[-1][:, :-1].float()).squeeze(-1)  # V(state before t+1)
+            fwd["values"] = self.value_head(hidden.float()).squeeze(-1)  # V(state before token t+1)
         return fwd
 
     def lm_weights(self) -> dict[str, torch.Tensor]:

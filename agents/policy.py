@@ -109,8 +109,9 @@ class LMPolicy:
         # always covers it (every token decodes to at least one byte).
         self._tail = max((len(s.encode()) for s in self.stop_strings), default=0)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._decoder, self._head = model.get_decoder(), model.get_output_embeddings()
         # transformers 5 renamed `past_key_values` to `cache` (the old name warns until 5.40).
-        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_kw = "cache" if "cache" in inspect.signature(self._decoder.forward).parameters else "past_key_values"
 
     # -- construction and weights ------------------------------------------------------------------------
 
@@ -196,36 +197,48 @@ class LMPolicy:
         return out
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
-        need_hidden = self.value_head is not None
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=True, logits_to_keep=1, output_hidden_states=need_hidden,
-                         **{self._cache_kw: cache})
-        value = self.value_head(out.hidden_states[-1][:, -1]).squeeze(-1) if need_hidden else None
-        return out.logits[:, -1], value, getattr(out, self._cache_kw)
+        """Logits (and value) at each row's last position. Runs the decoder, then the LM head on that position
+        only, as the learner does (logits = lm_head(last hidden state))."""
+        out = self._decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=True, **{self._cache_kw: cache})
+        h = out.last_hidden_state[:, -1]
+        value = self.value_head(h).squeeze(-1) if self.value_head is not None else None
+        return self._head(h), value, getattr(out, self._cache_kw)
 
     def _generate(self, contexts, greedy, generator, max_new) -> list[Completion]:
+        """Left-padded batch decoding with a KV cache.
+
+        Identical contexts (a GRPO group) are prefilled once and their cache rows copied; rows that stopped
+        leave the batch (their cache rows are dropped), so late steps cost only what is still running.
+        """
         B = len(contexts)
         if B == 0:
             return []
         if any(len(c) == 0 for c in contexts):
             raise ValueError("every context needs at least one token")
-        L = max(len(c) for c in contexts)
-        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        for i, c in enumerate(contexts):  # left padding: every row's next token lands in the last column
-            ids[i, L - len(c):] = torch.as_tensor(list(c), dtype=torch.long)
+        unique: dict[tuple, int] = {}
+        of_row = torch.tensor([unique.setdefault(tuple(c), len(unique)) for c in contexts])
+        prompts = list(unique)
+        L = max(len(c) for c in prompts)
+        ids = torch.full((len(prompts), L), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(prompts), L), dtype=torch.long)
+        for i, c in enumerate(prompts):  # left padding: every row's next token lands in the last column
+            ids[i, L - len(c):] = torch.tensor(c, dtype=torch.long)
             attn[i, L - len(c):] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         logits, value, cache = self._forward(ids, attn, pos, None)
+        if len(prompts) < B:  # copy each prompt's cache rows to its samples
+            cache.batch_select_indices(of_row)
+        logits, attn, next_pos = logits[of_row], attn[of_row], pos[of_row, -1:] + 1
+        value = value[of_row] if value is not None else None
 
         new_ids = torch.zeros((B, max_new), dtype=torch.long)
         new_lp = torch.zeros((B, max_new))
         new_v = torch.zeros((B, max_new)) if value is not None else None
         lengths = torch.zeros(B, dtype=torch.long)
-        done = torch.zeros(B, dtype=torch.bool)
         finish = ["length"] * B
         stop_ids = torch.tensor(sorted(self.stop_ids), dtype=torch.long)
-        next_pos = pos[:, -1:] + 1
+        rows = torch.arange(B)  # the original row of each row still in the batch
         for step in range(max_new):
             logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
             if greedy:
@@ -235,21 +248,23 @@ class LMPolicy:
                 if self.top_p < 1.0:
                     probs = _top_p_filter(probs, self.top_p)
                 tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            live = ~done
-            new_ids[live, step] = tok[live]
-            new_lp[live, step] = logp.gather(-1, tok[:, None]).squeeze(-1)[live]
+            new_ids[rows, step] = tok
+            new_lp[rows, step] = logp.gather(-1, tok[:, None]).squeeze(-1)
             if new_v is not None:
-                new_v[live, step] = value[live]
-            lengths[live] += 1
-            stopped = live & torch.isin(tok, stop_ids)
+                new_v[rows, step] = value
+            lengths[rows] += 1
+            stopped = torch.isin(tok, stop_ids)
             if self.stop_strings:
-                stopped |= live & self._ends_with_stop_string(new_ids[:, : step + 1], live)
-            for i in stopped.nonzero().flatten().tolist():
+                stopped |= self._ends_with_stop_string(new_ids[rows, : step + 1])
+            for i in rows[stopped].tolist():
                 finish[i] = "stop"
-            done |= stopped
-            if bool(done.all()) or step == max_new - 1:
+            if bool(stopped.all()) or step == max_new - 1:
                 break
-            attn = torch.cat([attn, torch.ones((B, 1), dtype=torch.long)], dim=1)
+            if bool(stopped.any()):  # drop finished rows from the batch and the cache
+                keep = (~stopped).nonzero().flatten()
+                cache.batch_select_indices(keep)
+                rows, tok, attn, next_pos = rows[keep], tok[keep], attn[keep], next_pos[keep]
+            attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
             logits, value, cache = self._forward(tok[:, None], attn, next_pos, cache)
             next_pos = next_pos + 1
 
@@ -261,13 +276,9 @@ class LMPolicy:
                                   finish=finish[i], values=new_v[i, :n].tolist() if new_v is not None else None))
         return out
 
-    def _ends_with_stop_string(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-        rows = live.nonzero().flatten().tolist()
-        tails = self.tokenizer.batch_decode(ids[rows, -self._tail:].tolist(), skip_special_tokens=False)
-        hit = torch.zeros(ids.shape[0], dtype=torch.bool)
-        for i, tail in zip(rows, tails):
-            hit[i] = any(tail.endswith(s) for s in self.stop_strings)
-        return hit
+    def _ends_with_stop_string(self, ids: torch.Tensor) -> torch.Tensor:
+        tails = self.tokenizer.batch_decode(ids[:, -self._tail:].tolist(), skip_special_tokens=False)
+        return torch.tensor([any(t.endswith(s) for s in self.stop_strings) for t in tails], dtype=torch.bool)
 
 
 class OraclePolicy:

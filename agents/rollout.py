@@ -91,6 +91,12 @@ def draw_requests(rng: np.random.Generator, env_probs: Sequence[float], num_task
     return reqs
 
 
+def chunk_seed(pool_seed: int, first_group: int) -> int:
+    """The sampler seed of a worker's share of a batch: fixed by the pool's seed and the share's first group,
+    so a run repeats whichever worker process serves it."""
+    return pool_seed * 1_000_003 + first_group
+
+
 class _Episode:
     __slots__ = ("req", "index", "env", "ids", "mask", "logprobs", "values", "rewards", "turn_ends", "obs",
                  "info", "prompt_len", "text", "error", "done")
@@ -384,7 +390,7 @@ class RolloutPool:
                 if len(share) == 0:
                     continue
                 chunk = [reqs[i] for i in share]
-                c = _Chunk(None, workers[k], res, k, chunk, self._seed * 1_000_003 + chunk[0].group, greedy, attempt)
+                c = _Chunk(None, workers[k], res, k, chunk, chunk_seed(self._seed, chunk[0].group), greedy, attempt)
                 self._launch(c)
 
     def _launch(self, c: "_Chunk") -> None:

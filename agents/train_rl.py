@@ -81,6 +81,8 @@ class RLArgs:
     resume: bool = True
     progress: bool | None = None
     """progress bar (default: when stderr is a terminal)"""
+    torch_threads: int | None = None
+    """torch threads of the learner in this process (default: torch's); rollout workers use one each"""
 
 
 # --- model ------------------------------------------------------------------------------------------------
@@ -141,6 +143,8 @@ class RLRun:
         self.out.mkdir(parents=True, exist_ok=True)
         _check_env(args.env, args.env_kwargs)
         self.ckpt = resume_point(self.out) if args.resume else None
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
         torch.manual_seed(args.seed)
         self.policy = load_policy(str(self.ckpt or args.model), seed=args.seed, value_head=args.algo == "ppo",
                                   temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
@@ -441,7 +445,7 @@ def cmd_rl(ns) -> int:
         num_cpus=ns.num_cpus, max_new_tokens=ns.max_new_tokens, temperature=ns.temperature, top_p=ns.top_p,
         lr=ns.lr, minibatches=ns.minibatches, epochs=ns.epochs, kl_coef=ns.kl_coef,
         std_normalise=ns.std_normalise, eval_tasks=ns.eval_tasks, eval_every=ns.eval_every,
-        save_every=ns.save_every, resume=not ns.no_resume)
+        save_every=ns.save_every, resume=not ns.no_resume, torch_threads=ns.torch_threads)
     s = run(args)
     line = (f"rl: {s['steps']} updates in {s['elapsed_s']} s, train reward {s['first_reward']} -> {s['last_reward']}")
     if "eval_end" in s:
@@ -485,4 +489,5 @@ def add_parser(train_group) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N updates")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N updates (default: at the end)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out has checkpoints")
+    p.add_argument("--torch-threads", type=int, help="learner threads (tiny models on a busy CPU: 1 is fastest)")
     p.set_defaults(func=cmd_rl)

@@ -2,8 +2,10 @@
 
 RLlib cannot carry `spaces.Text`. `TokenLevelWrapper` turns one text turn into many token steps:
 
-- Observation: `Box(0, vocab_size - 1, (max_tokens,), int64)`, the episode's token ids so far (prompt,
-  tokens chosen, env replies), right-padded with `pad_id`; when longer, the last `max_tokens` ids.
+- Observation: `Box(0, vocab_size - 1, (max_tokens,), float32)`, the episode's token ids so far (prompt,
+  tokens chosen, env replies), right-padded with `pad_id`; when longer, the last `max_tokens` ids. Float32
+  because RLlib's stock encoders feed observations straight into a Linear layer (ids stay exact below 2**24);
+  `dtype=np.int64` gives integer ids for a model of your own with an embedding.
 - Action: `Discrete(vocab_size)`, the next token.
 - A turn ends when the agent picks `end_id` or has emitted `max_new_tokens` tokens; its decoded text then
   goes to the wrapped env's `step`, and the env's reward is the reward of that token step (0 before).
@@ -56,20 +58,22 @@ class TokenLevelWrapper(gymnasium.Wrapper):
         tokenizer: see the module docstring (default `ByteTokenizer`).
         max_tokens: observation length.
         max_new_tokens: tokens per turn before the turn is sent as is.
+        dtype: observation dtype (float32 for stock RLlib models, int64 for an embedding).
     """
 
-    def __init__(self, env: gymnasium.Env, tokenizer=None, max_tokens: int = 512, max_new_tokens: int = 64):
+    def __init__(self, env: gymnasium.Env, tokenizer=None, max_tokens: int = 512, max_new_tokens: int = 64,
+                 dtype=np.float32):
         super().__init__(env)
         self.tok = tokenizer or ByteTokenizer()
         self.max_tokens, self.max_new_tokens = max_tokens, max_new_tokens
-        self.observation_space = spaces.Box(0, self.tok.vocab_size - 1, shape=(max_tokens,), dtype=np.int64)
+        self.observation_space = spaces.Box(0, self.tok.vocab_size - 1, shape=(max_tokens,), dtype=dtype)
         self.action_space = spaces.Discrete(self.tok.vocab_size)
         self._ids: list[int] = []
         self._turn: list[int] = []
 
     def _obs(self) -> np.ndarray:
         ids = self._ids[-self.max_tokens:]
-        out = np.full(self.max_tokens, self.tok.pad_id, dtype=np.int64)
+        out = np.full(self.max_tokens, self.tok.pad_id, dtype=self.observation_space.dtype)
         out[: len(ids)] = ids
         return out
 

@@ -13,6 +13,15 @@ from agents.trajectory import Trajectory
 from cwm_envs.chat import format_chat
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread (and far faster when other processes share the cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     from model.config import build_model

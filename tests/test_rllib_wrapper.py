@@ -16,7 +16,7 @@ def test_one_turn_is_many_token_steps_and_the_env_reward_lands_on_the_last():
     assert env.observation_space.contains(obs) and env.action_space == gymnasium.spaces.Discrete(258)
     prompt = env.unwrapped.task.prompt if hasattr(env.unwrapped, "task") else None
     answer = str(env.unwrapped.task.answer)
-    text = ByteTokenizer().decode(obs[obs != ByteTokenizer.pad_id])
+    text = ByteTokenizer().decode(obs[obs != ByteTokenizer.pad_id].astype(int))
     assert text.startswith("<|begin_of_text|>") and (prompt is None or prompt in text)
     reply = f"Easy.\n</think>\n\\boxed{{{answer}}}".encode()
     rewards = []

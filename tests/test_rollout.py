@@ -11,7 +11,7 @@ import ray
 import torch
 
 from agents.policy import LMPolicy, OraclePolicy, RandomPolicy
-from agents.rollout import EnvSpec, Request, RolloutPool, RolloutWorker, draw_requests
+from agents.rollout import EnvSpec, Request, RolloutPool, RolloutWorker, chunk_seed, draw_requests
 from cwm_envs.chat import format_chat, tool_message
 from cwm_envs.spaces import AnyText
 from cwm_envs.tasks import Task
@@ -54,6 +54,15 @@ class TwoTurnAdd(gymnasium.Env):
 
 ENV = EnvSpec("test/TwoTurnAdd-v0", entry_point=TwoTurnAdd)
 CPU = 0.25  # Ray CPUs per worker: the test session's Ray has 2, and several pools are alive at once
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread (and far faster when other processes share the cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +112,14 @@ def test_sampler_logprobs_are_the_models(pool, tiny):
     assert torch.allclose(lp[mask], torch.tensor(t.logprobs[1:])[mask], atol=1e-4)
 
 
-def test_runs_repeat_for_a_seed_and_new_weights_carry_their_version(pool, tiny, ray_session):
-    twin = RolloutPool([ENV], tiny.spec(), tiny.get_weights(), num_workers=2, seed=7, cpus_per_worker=CPU)
-    try:
-        a = pool.sample(2, 3, seeds=[11, 12])[0]
-        twin._group = pool._group - 2  # same group ids -> same sampler seeds
-        b = twin.sample(2, 3, seeds=[11, 12])[0]
-        assert [t.ids for t in a] == [t.ids for t in b]
-    finally:
-        twin.close()
+def test_runs_repeat_for_a_seed_and_new_weights_carry_their_version(pool, tiny):
+    a = pool.sample(2, 3, seeds=[11, 12])[0]  # two workers, one task each
+    worker = RolloutWorker([ENV], tiny.spec(), tiny.get_weights())  # the same code, in this process
+    b = []
+    for seed, group in zip((11, 12), sorted({t.group for t in a})):
+        b += worker.run([Request(env=0, seed=seed, group=group, n=3)], sample_seed=chunk_seed(7, group))[0]
+    worker.close()
+    assert [t.ids for t in a] == [t.ids for t in b] and [t.logprobs for t in a] == [t.logprobs for t in b]
     greedy0 = pool.sample(2, 1, seeds=[11, 12], greedy=True)[0]
     torch.manual_seed(1)
     other = {k: torch.randn_like(v) * 0.1 for k, v in tiny.get_weights().items()}
@@ -197,3 +205,24 @@ def test_env_mix_follows_the_weights(tiny):
     reqs = draw_requests(np.random.default_rng(0), [0.75, 0.25], 4000, 2, first_group=10)
     share = np.mean([r.env == 0 for r in reqs])
     assert 0.72 < share < 0.78 and all(r.n == 2 for r in reqs) and reqs[0].group == 10
+
+
+def test_generation_stops_at_the_end_of_a_tool_call(tiny):
+    """A model taught one reply that goes on after `</tool>` stops right there, and says why."""
+    import copy
+
+    policy = LMPolicy(copy.deepcopy(tiny.model).train(), tiny.tokenizer, max_new_tokens=40)
+    prompt = policy.encode(format_chat([{"role": "user", "content": "List the files."}]))
+    reply = policy.encode("<tool: bash>\nls\n</tool>\nand more text after the call<|eot_id|>")
+    ids = torch.tensor([prompt + reply])
+    opt = torch.optim.Adam(policy.model.parameters(), lr=3e-3)
+    for _ in range(150):  # memorise the reply
+        logits = policy.model(ids).logits[0, len(prompt) - 1:-1]
+        loss = torch.nn.functional.cross_entropy(logits, ids[0, len(prompt):])
+        opt.zero_grad(), loss.backward(), opt.step()
+    policy.model.eval()
+    full = LMPolicy(policy.model, policy.tokenizer, max_new_tokens=len(reply) + 5, stop=("<|eot_id|>",))
+    assert full.generate([prompt], greedy=True)[0].text.endswith("after the call")  # it did learn the rest
+    c = policy.generate([prompt], greedy=True)[0]
+    assert c.finish == "stop" and c.text == "<tool: bash>\nls\n</tool>"
+    assert c.ids == reply[: len(c.ids)] and len(c.logprobs) == len(c.ids)

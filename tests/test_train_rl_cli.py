@@ -1,0 +1,84 @@
+"""`cwm train rl` through a subprocess with a tiny budget: outputs, resume, PPO, and user errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+CWM = [sys.executable, "-m", "cwm_envs.cli"]
+EASY = '{"source": "generated", "kinds": ["add_sub"], "difficulty": 0}'
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A one-layer cwm-micro with a tokenizer trained on the env's text, saved as a model directory."""
+    import gymnasium
+    import torch
+
+    import cwm_envs  # noqa: F401
+    from model.config import build_model
+    from model.tokenizer import train_tokenizer
+
+    env = gymnasium.make("cwm/Math-v0", **json.loads(EASY))
+    texts = [env.reset(seed=i)[0] for i in range(20)] + ["The answer is 7.\n</think>\n\\boxed{7}"] * 5
+    env.close()
+    tok = train_tokenizer(texts, vocab_size=400)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model")
+    build_model("cwm-micro", vocab_size=len(tok), num_hidden_layers=1).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def rl(out, model_dir, *extra):
+    cmd = CWM + ["train", "rl", "--env", "cwm/Math-v0", "--env-kwargs", EASY, "--model", str(model_dir),
+                 "--tasks", "2", "--group", "2", "--workers", "1", "--max-new-tokens", "8", "--num-cpus", "2", "--torch-threads", "1",
+                 "--out", str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grpo_run_writes_metrics_plot_checkpoints_and_resumes(tmp_path, model_dir):
+    out = tmp_path / "run"
+    done = rl(out, model_dir, "--steps", "2", "--eval-tasks", "4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    train = [r for r in rows(out) if "reward_mean" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    for key in ("reward_mean", "reward_std", "pass_rate", "tokens_per_s", "staleness_mean", "episodes"):
+        assert key in train[0]
+    assert all(r["episodes"] == 4 for r in train)
+    evals = [r for r in rows(out) if "eval_greedy" in r]
+    assert [r["step"] for r in evals] == [0, 2] and all(0 <= r["eval_sampled"] <= 1 for r in evals)
+    assert (out / "reward.png").stat().st_size > 0 and (out / "config.json").is_file()
+    assert (out / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
+    assert "held-out pass rate" in done.stdout
+
+    again = rl(out, model_dir, "--steps", "3")
+    assert again.returncode == 0, again.stderr[-2000:]
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["resumed_from"].endswith("step-000002") and stage["steps"] == 3 and stage["updates_this_run"] == 1
+    assert [r["step"] for r in rows(out) if "reward_mean" in r] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_ppo_run_trains_the_value_head(tmp_path, model_dir):
+    out = tmp_path / "ppo"
+    done = rl(out, model_dir, "--algo", "ppo", "--steps", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    train = [r for r in rows(out) if "reward_mean" in r]
+    assert len(train) == 2 and all("vf_loss" in r for r in train)
+    assert (out / "value_head.pt").is_file()
+
+
+def test_user_errors_are_one_line(tmp_path, model_dir, capsys):
+    from cwm_envs.cli import main
+
+    base = ["train", "rl", "--env-kwargs", EASY, "--model", str(model_dir), "--out", str(tmp_path / "bad")]
+    for extra, needle in ((["--env", "cwm/Nope-v0"], "cwm/Nope-v0"), (["--model", str(tmp_path / "none")], "preset"),
+                          (["--env-kwargs", "{oops"], "--env-kwargs"), (["--group", "1"], "group")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err

@@ -99,7 +99,11 @@ def image(tiny, docker_engine):
     from cwm_envs.swe.images import build_instance_image
 
     row, repo, _ = tiny
-    return build_instance_image(instance_from_row(row), repo.parent.parent)
+    tag = build_instance_image(instance_from_row(row), repo.parent.parent)
+    yield tag
+    import docker                      # the repo is new each run (a new base commit): drop its image
+
+    docker.from_env().images.remove(tag, force=True)
 
 
 def _grade(tiny, image, patch_name: str, timeout: float = 120.0) -> dict:

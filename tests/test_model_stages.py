@@ -171,7 +171,8 @@ def test_midtrain_on_traces_extends_the_context(pretrained, traces, corpus, tmp_
     summary = json.loads((report / "report.json").read_text())["summary"]
     assert summary["held_out_traces"] == extra["heldout_traces"] and summary["window_tokens"] == 512
     for role in ("model", "baseline"):
-        assert 0.0 <= summary[f"{role}_next_line_acc"] <= 1.0 and summary[f"{role}_trace_loss"] > 0
+        assert 0.0 <= summary[f"{role}_next_line_acc"] <= 1.0 and 0.0 <= summary[f"{role}_next_line_token_acc"] <= 1.0
+        assert summary[f"{role}_trace_loss"] > 0
     assert summary["line_frames"] > 0 and "next-line" in proc.stdout
     assert (report / "report.md").read_text().startswith("# Trace prediction")
 

@@ -431,7 +431,7 @@ class CodeEnv(gym.Env):
     def _run_stdin(self, program: str, cases) -> list[TestOutcome]:
         tests = []
         for k, (stdin, expected, public) in enumerate(cases):
-            res = self.sandbox().run(program, stdin=stdin, timeout=self.timeout_s, limits=self.limits)
+            res = self.sandbox().run_python(program, stdin=stdin, timeout=self.timeout_s, limits=self.limits)
             status = _status(res)
             if status == "pass" and not outputs_match(res.stdout, expected):
                 status = "wrong answer"
@@ -445,7 +445,7 @@ class CodeEnv(gym.Env):
         nonce = secrets.token_hex(16)  # only this process and the judge learn it, never the candidate
         payload = {"nonce": nonce, "solution": program, "tests": spec.public_module if public_only else spec.test_module,
                    "entry": list(spec.entry), "call_timeout_s": self.timeout_s, "deadline_s": self.timeout_s}
-        res = self.sandbox().run(HARNESS_SOURCE, stdin=json.dumps(payload), timeout=self.timeout_s + 5.0,
+        res = self.sandbox().run_python(HARNESS_SOURCE, stdin=json.dumps(payload), timeout=self.timeout_s + 5.0,
                                  limits=self.limits)
         verdict = _verdict(res, nonce)
         selected = [(k, src, public) for k, (src, public) in enumerate(spec.units) if public or not public_only]

@@ -280,4 +280,4 @@ class MathToolEnv(MathEnv):
         if self._sandbox is None:
             self._sandbox = make_sandbox(self._sandbox_arg, preload=DEFAULT_PRELOAD + ("sympy", "numpy")) \
                 if self._sandbox_arg == "local" else make_sandbox(self._sandbox_arg)
-        return format_tool_result(self._sandbox.run(code, timeout=self.tool_timeout_s, limits=self.limits))
+        return format_tool_result(self._sandbox.run_python(code, timeout=self.tool_timeout_s, limits=self.limits))

@@ -186,7 +186,7 @@ class PredictionEnv(gym.Env):
 
     def _run_assertion(self, code: str, entry: str, args: str, output: str) -> tuple[bool, bool, str]:
         nonce = f"cwm-ok-{secrets.token_hex(8)}"
-        res = self.sandbox.run(judge_program(code, entry, args, output, nonce), timeout=self.timeout_s,
+        res = self.sandbox.run_python(judge_program(code, entry, args, output, nonce), timeout=self.timeout_s,
                                limits=self.limits)
         passed = res.exit_code == 0 and not res.timed_out and res.stdout.rstrip("\n").endswith(nonce)
         detail = "" if passed else (res.stderr.strip().splitlines() or [res.limit_hit or ""])[-1][:300]
@@ -224,7 +224,7 @@ class PredictionEnv(gym.Env):
             seed = int(self.np_random.integers(2**31))
             prog = generate_program(random.Random(seed), n_inputs=1)
             marker = f"cwm-out-{secrets.token_hex(8)}"
-            res = self.sandbox.run(f"{prog.code}\n\nprint({marker!r} + repr({prog.entry}({prog.inputs[0]})))\n",
+            res = self.sandbox.run_python(f"{prog.code}\n\nprint({marker!r} + repr({prog.entry}({prog.inputs[0]})))\n",
                                    timeout=self.timeout_s, limits=self.limits)
             lines = [ln for ln in res.stdout.splitlines() if ln.startswith(marker)]
             if res.ok and lines:

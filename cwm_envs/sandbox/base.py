@@ -50,6 +50,10 @@ class Sandbox(abc.ABC):
         """Run Python code (a string) or a command (a list of args, or a shell string for docker)."""
 
     @abc.abstractmethod
+    def run_python(self, code: str, **kwargs) -> ExecResult:
+        """Run Python source on any backend (a `str` given to `run` is Python locally but shell in docker)."""
+
+    @abc.abstractmethod
     def write_file(self, path: str, content: str | bytes) -> None: ...
 
     @abc.abstractmethod

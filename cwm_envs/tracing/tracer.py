@@ -191,7 +191,7 @@ class Tracer:
         lim = self.limits
         out_cap = len(jobs) * (3 * lim.max_bytes + lim.max_events * 64) + (1 << 20)
         total_timeout = self.timeout * len(jobs) + (5.0 if batch else 0.0)
-        res = self.sandbox.run(self._source, stdin=json.dumps(stdin), timeout=total_timeout,
+        res = self.sandbox.run_python(self._source, stdin=json.dumps(stdin), timeout=total_timeout,
                                limits=Limits(memory_mb=self.memory_mb, output_bytes=out_cap))
         messages: dict[int, dict] = {}
         for line in res.stdout.splitlines():

@@ -40,6 +40,8 @@ class GRPOArgs:
     """divide advantages by the group's reward std (the original GRPO; CWM does not)"""
     kl_coef: float = 0.0
     """weight of a k3 KL penalty to the starting policy (CWM uses none)"""
+    warmup_updates: int = 10
+    """the learning rate ramps up over this many updates (RLlib lr schedule; see lm_module.lr_schedule)"""
     minibatches: int = 2
     """optimizer steps per update; with more than one, later minibatches are off-policy and clipping acts"""
     epochs: int = 1
@@ -133,7 +135,7 @@ class GRPOLearner(ReferenceMixin, TorchLearner):
     def configure_optimizers_for_module(self, module_id, config=None):
         module = self._module[module_id]
         params = self.get_parameters(module)
-        optimizer = torch.optim.Adam(params, lr=config.lr)
+        optimizer = torch.optim.Adam(params, lr=1e-3)  # the registered schedule sets the rate
         self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):

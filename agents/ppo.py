@@ -44,6 +44,8 @@ class PPOArgs:
     """clip of the value change per update (0: off)"""
     whiten: bool = True
     """normalise advantages to mean 0, std 1 over the batch's policy tokens"""
+    warmup_updates: int = 10
+    """the learning rate ramps up over this many updates (RLlib lr schedule; see lm_module.lr_schedule)"""
     minibatches: int = 2
     """optimizer steps per epoch"""
     epochs: int = 2
@@ -121,7 +123,7 @@ class PPOLearner(ReferenceMixin, TorchLearner):
     def configure_optimizers_for_module(self, module_id, config=None):
         module = self._module[module_id]
         params = self.get_parameters(module)
-        optimizer = torch.optim.Adam(params, lr=config.lr)
+        optimizer = torch.optim.Adam(params, lr=1e-3)  # the registered schedule sets the rate
         self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):

@@ -310,7 +310,6 @@ class RolloutPool:
         self.version = version
         self.rng = np.random.default_rng(seed)
         self._seed = seed
-        self._calls = 0
         self._group = 0
         self._worker_args = dict(env_specs=self.env_specs, policy=policy, encode=encode, max_turns=max_turns,
                                  max_context=max_context, num_threads=max(1, int(cpus_per_worker)))
@@ -318,16 +317,18 @@ class RolloutPool:
         self._actor_cls = ray.remote(RolloutWorker)
         self._cpus = cpus_per_worker
         self.classes: dict[tuple, list] = {}  # resource class -> actors
-        have = ray.cluster_resources()
+        free = ray.available_resources()
         classes = sorted({tuple(sorted(s.resources.items())) for s in self.env_specs})
-        for res in classes:  # check every class before starting any worker
-            need = {"CPU": cpus_per_worker * num_workers, **{k: v * num_workers for k, v in res}}
-            short = {k: v for k, v in need.items() if have.get(k, 0) < v}
-            if short:
-                raise InfraError(f"the Ray cluster cannot place {num_workers} rollout worker(s) needing "
-                                 f"{dict(res) or 'CPU only'}: it offers {({k: have.get(k, 0) for k in short})} of "
-                                 f"{short} (declare custom resources on the nodes, e.g. "
-                                 "`ray start --resources='{\"docker\": 4}'`)")
+        need = {"CPU": cpus_per_worker * num_workers * len(classes)}
+        for res in classes:
+            for k, v in res:
+                need[k] = need.get(k, 0) + v * num_workers
+        short = {k: v for k, v in need.items() if free.get(k, 0) < v}
+        if short:  # checked before starting any worker: an actor that cannot be placed would wait forever
+            raise InfraError(f"the Ray cluster cannot place the rollout workers: they need {short}, it has "
+                             f"{({k: free.get(k, 0) for k in short})} free (give a local Ray more CPUs with "
+                             "--num-cpus; declare custom resources on the nodes, e.g. "
+                             "`ray start --resources='{\"docker\": 4}'`)")
         for res in classes:
             self.classes[res] = [self._new_worker(res) for _ in range(num_workers)]
         try:  # every worker up (model built, weights loaded) before the first request
@@ -437,7 +438,6 @@ class RolloutPool:
         last update ran (and queues the next one), minus trajectories older than `max_staleness` versions.
         """
         t0 = time.perf_counter()
-        self._calls += 1
         if self.mode == "sync" or seeds is not None or greedy:
             if self._inflight and self.mode == "async":  # an eval call must not eat queued train groups
                 pending, self._inflight = self._inflight, []

@@ -67,6 +67,8 @@ class RLArgs:
     top_p: float = 1.0
     max_turns: int = 16
     lr: float = 5e-4
+    warmup_updates: int = 10
+    """learning-rate warm-up, in updates (Adam's first full-size steps wreck an SFT'd policy)"""
     minibatches: int = 2
     epochs: int = 1
     kl_coef: float = 0.0
@@ -132,7 +134,7 @@ class RLRun:
 
     def __init__(self, args: RLArgs):
         from agents import grpo, ppo
-        from agents.lm_module import build_learner_group, set_lm_weights
+        from agents.lm_module import build_learner_group, lr_schedule, set_lm_weights
         from agents.rollout import EnvSpec, RolloutPool, init_ray
         from model.train_loop import resume_point
 
@@ -150,7 +152,7 @@ class RLRun:
                                   temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
         common = dict(lr=args.lr, minibatches=args.minibatches, epochs=args.epochs, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, kl_coef=args.kl_coef,
-                      loss_rows=max(1, args.tasks * args.group // args.minibatches))
+                      loss_rows=max(1, args.tasks * args.group // args.minibatches), warmup_updates=args.warmup_updates)
         if args.algo == "grpo":
             self.algo, self.algo_args = grpo, grpo.GRPOArgs(std_normalise=args.std_normalise, **common)
             learner_cls, settings = grpo.GRPOLearner, grpo.grpo_settings(self.algo_args)
@@ -160,7 +162,8 @@ class RLRun:
 
         self.started_ray = init_ray(args.address, args.num_cpus)
         self.learners = build_learner_group(
-            learner_cls, self.policy.model.config, lr=args.lr, learner_settings=settings,
+            learner_cls, self.policy.model.config, lr=lr_schedule(args.lr, self.algo_args.warmup_updates),
+            learner_settings=settings,
             num_learners=args.num_learners, value_head=args.algo == "ppo", temperature=args.temperature,
             grad_clip=self.algo_args.grad_clip, seed=args.seed)
         self.step, self.version, self.elapsed = 0, 0, 0.0
@@ -198,7 +201,8 @@ class RLRun:
         arrays, info = self.algo.prepare_batch(trajs, a, multiple)
         learner: dict[str, float] = {}
         if arrays is not None:
-            learner = update_learners(self.learners, arrays, minibatches=a.minibatches, epochs=a.epochs)
+            learner = update_learners(self.learners, arrays, minibatches=a.minibatches, epochs=a.epochs,
+                                      updates_done=self.version)
             self.version += 1
         t2 = time.perf_counter()
         if arrays is not None:
@@ -443,7 +447,7 @@ def cmd_rl(ns) -> int:
         workers=ns.workers, group=ns.group, tasks=ns.tasks, steps=ns.steps, minutes=ns.minutes, seed=ns.seed,
         mode=ns.mode, max_staleness=ns.max_staleness, num_learners=ns.num_learners, address=ns.address,
         num_cpus=ns.num_cpus, max_new_tokens=ns.max_new_tokens, temperature=ns.temperature, top_p=ns.top_p,
-        lr=ns.lr, minibatches=ns.minibatches, epochs=ns.epochs, kl_coef=ns.kl_coef,
+        lr=ns.lr, warmup_updates=ns.warmup_updates, minibatches=ns.minibatches, epochs=ns.epochs, kl_coef=ns.kl_coef,
         std_normalise=ns.std_normalise, eval_tasks=ns.eval_tasks, eval_every=ns.eval_every,
         save_every=ns.save_every, resume=not ns.no_resume, torch_threads=ns.torch_threads)
     s = run(args)
@@ -481,6 +485,7 @@ def add_parser(train_group) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-updates", type=int, default=10, help="learning-rate warm-up in updates")
     p.add_argument("--minibatches", type=int, default=2, help="optimizer steps per epoch")
     p.add_argument("--epochs", type=int, default=1, help="passes over each batch")
     p.add_argument("--kl-coef", type=float, default=0.0, help="KL penalty to the start (default none, as CWM)")

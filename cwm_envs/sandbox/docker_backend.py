@@ -536,6 +536,9 @@ class DockerSandbox(Sandbox):
             sock.close()
         duration = time.monotonic() - start
         code = None if stop else self._exit_code(exec_id)
+        if code == 126 and not self._running(box):
+            # The runtime could not exec because a command stopped the container (e.g. `kill 1`).
+            raise SandboxError(f"container {box.container.short_id} has stopped: {out.decode(errors='replace').strip()}")
         if stop is None:
             after = box.counters()
             if not self.background and (after is None or after["pids"] > before["pids"]):
@@ -548,6 +551,21 @@ class DockerSandbox(Sandbox):
         return ExecResult(stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
                           exit_code=code, timed_out=stop == "timeout", limit_hit=limit_hit,
                           duration_s=duration, truncated=truncated)
+
+    @staticmethod
+    def _running(box, settle_s: float = 2.0) -> bool:
+        """Whether the container still runs; a container being stopped can read "running" for a moment."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            try:
+                box.container.reload()
+                if box.container.status != "running" or box.container.attrs["State"].get("Restarting"):
+                    return False
+            except Exception:  # gone altogether
+                return False
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.1)
 
     async def arun(self, code_or_cmd, stdin=None, timeout: float = 10.0, limits: Limits | None = None, **kwargs):
         """`run` for asyncio: executes in a worker thread so the event loop keeps going."""

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.report import pass_at_k, write_report
+from benchmarks.report import mean_pass_at_k, write_report
 from cwm_envs.envs.prediction import PredictionEnv
 from cwm_envs.errors import UsageError
 from cwm_envs.tasks import Task
@@ -118,10 +118,6 @@ def evaluate_policy(tasks: list[Task], mode: str, policy: str, samples: int = 1,
             "time_s": time.perf_counter() - start}
 
 
-def pass_rates(passed: list[int], samples: int, ks: list[int]) -> dict[str, float]:
-    """Mean unbiased pass@k over rows, for each k not above the number of samples."""
-    return {f"pass@{k}": sum(pass_at_k(samples, c, k) for c in passed) / len(passed) for k in ks if k <= samples}
-
 
 def run_bench(args) -> int:
     from cwm_envs.sources.code import load_cruxeval
@@ -139,13 +135,13 @@ def run_bench(args) -> int:
     main = evaluate_policy(tasks, args.mode, args.policy, args.samples, args.workers, args.timeout_s, args.seed,
                            args.p_correct, progress, traced)
     summary = {"mode": args.mode, "policy": args.policy, "rows": len(tasks), "samples_per_row": args.samples,
-               **pass_rates(main["passed"], args.samples, ks), "time_s": round(main["time_s"], 2),
+               **mean_pass_at_k(main["passed"], args.samples, ks), "time_s": round(main["time_s"], 2),
                "samples_per_s": round(len(tasks) * args.samples / main["time_s"], 1), "workers": args.workers}
     if args.baseline != "none":
         base = evaluate_policy(tasks, args.mode, args.baseline, 1, args.workers, args.timeout_s, args.seed,
                                args.p_correct, progress, traced)
         summary.update({"baseline_policy": args.baseline,
-                        "baseline_pass@1": pass_rates(base["passed"], 1, [1])["pass@1"],
+                        "baseline_pass@1": mean_pass_at_k(base["passed"], 1, [1])["pass@1"],
                         "baseline_time_s": round(base["time_s"], 2)})
     if tracer_info:
         summary.update({"tracer_return_equals_output": tracer_info["return_equals_output"],

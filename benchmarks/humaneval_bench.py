@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from benchmarks.report import pass_at_k, write_report
+from benchmarks.report import mean_pass_at_k, write_report
 from cwm_envs.envs.code_env import CodeEnv, reference_response
 from cwm_envs.errors import UsageError
 from cwm_envs.tasks import Task
@@ -91,10 +91,6 @@ def evaluate_policy(tasks: list[Task], policy: str, samples: int = 1, workers: i
             "statuses": dict(statuses), "failing": failing, "time_s": time.perf_counter() - start}
 
 
-def pass_rates(passed: list[int], samples: int, ks: list[int]) -> dict[str, float]:
-    """Mean unbiased pass@k over tasks, for each k not above the number of samples."""
-    return {f"pass@{k}": sum(pass_at_k(samples, c, k) for c in passed) / len(passed) for k in ks if k <= samples}
-
 
 def run_bench(args) -> int:
     from cwm_envs.sources.code import load_humaneval
@@ -109,13 +105,13 @@ def run_bench(args) -> int:
     main = evaluate_policy(tasks, args.policy, args.samples, args.workers, args.timeout_s, args.seed,
                            args.p_correct, progress)
     summary = {"policy": args.policy, "tasks": len(tasks), "samples_per_task": args.samples,
-               **pass_rates(main["passed"], args.samples, ks),
+               **mean_pass_at_k(main["passed"], args.samples, ks),
                "time_s": round(main["time_s"], 2), "samples_per_s": round(len(tasks) * args.samples / main["time_s"], 1),
                "workers": args.workers}
     if args.baseline != "none":
         base = evaluate_policy(tasks, args.baseline, 1, args.workers, args.timeout_s, args.seed, args.p_correct,
                                progress)
-        summary.update({"baseline_policy": args.baseline, "baseline_pass@1": pass_rates(base["passed"], 1, [1])["pass@1"],
+        summary.update({"baseline_policy": args.baseline, "baseline_pass@1": mean_pass_at_k(base["passed"], 1, [1])["pass@1"],
                         "baseline_time_s": round(base["time_s"], 2)})
     rows = [{"task": t.id, "passed": c, "samples": args.samples} for t, c in zip(tasks, main["passed"])]
     status_rows = [{"status": k, "samples": v} for k, v in sorted(main["statuses"].items(), key=lambda kv: -kv[1])]

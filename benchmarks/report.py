@@ -20,6 +20,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+def mean_pass_at_k(passed: list[int], samples: int, ks: list[int]) -> dict[str, float]:
+    """Mean unbiased pass@k over tasks (`passed[i]` of `samples` passed), for each k not above `samples`."""
+    return {f"pass@{k}": sum(pass_at_k(samples, c, k) for c in passed) / len(passed) for k in ks if k <= samples}
+
+
 def _md_value(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 

@@ -5,7 +5,7 @@ import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from cwm_envs.errors import UsageError
 
@@ -24,6 +24,26 @@ class Task:
     tests: Any = None
     patch: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_task(tasks: Sequence, choice, rng, id_of: Callable[[Any], str] = lambda t: t.id):
+    """The task that `reset(options={"task": choice})` asks for, from a list.
+
+    None draws one with the env's seeded RNG; an int is an index; a str is a task id. Anything else, an
+    index out of range or an unknown id is a UsageError naming it.
+    """
+    if choice is None:
+        return tasks[int(rng.integers(len(tasks)))]
+    if isinstance(choice, int) and not isinstance(choice, bool):
+        if not 0 <= choice < len(tasks):
+            raise UsageError(f"task index {choice} out of range (0..{len(tasks) - 1})")
+        return tasks[choice]
+    if isinstance(choice, str):
+        for task in tasks:
+            if id_of(task) == choice:
+                return task
+        raise UsageError(f"no task with id {choice!r}")
+    raise UsageError(f"options['task'] must be a task, an index or an id, got {type(choice).__name__}")
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:

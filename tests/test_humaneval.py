@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from benchmarks.humaneval_bench import evaluate_policy, pass_rates, respond
+from benchmarks.humaneval_bench import evaluate_policy, respond
+from benchmarks.report import mean_pass_at_k
 from benchmarks.report import pass_at_k
 from cwm_envs.envs.code_env import reference_response
 from cwm_envs.sources.code import load_humaneval
@@ -39,7 +40,7 @@ def test_noisy_policy_scores_exactly_its_correct_samples(tasks):
                 for i, t in enumerate(subset)]
     assert result["passed"] == expected
     assert 0 < sum(expected) < len(subset) * samples  # the seed gives a mix, so pass@k is exercised
-    rates = pass_rates(result["passed"], samples, [1, 2, 4, 8])
+    rates = mean_pass_at_k(result["passed"], samples, [1, 2, 4, 8])
     assert set(rates) == {"pass@1", "pass@2", "pass@4"}  # k above the sample count is left out
     assert rates["pass@1"] == pytest.approx(sum(expected) / (len(subset) * samples))
     assert rates["pass@2"] == pytest.approx(sum(pass_at_k(samples, c, 2) for c in expected) / len(subset))

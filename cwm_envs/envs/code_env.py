@@ -24,7 +24,7 @@ import gymnasium as gym
 from cwm_envs.errors import UsageError
 from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
 from cwm_envs.spaces import AnyText
-from cwm_envs.tasks import Task, read_jsonl
+from cwm_envs.tasks import Task, pick_task, read_jsonl
 from rewards.base import RewardResult
 from rewards.code import SCHEMES, TestOutcome, code_reward, extract_code, outputs_match
 
@@ -478,14 +478,7 @@ class CodeEnv(gym.Env):
             if choice is not None:
                 raise UsageError("the embedded generator takes no task choice; pass tasks=[...] or a Task")
             return generate_task(int(self.np_random.integers(0, 2**31 - 1)))
-        if choice is None:
-            return self.tasks[int(self.np_random.integers(len(self.tasks)))]
-        if isinstance(choice, int):
-            return self.tasks[choice]
-        for task in self.tasks:
-            if task.id == choice:
-                return task
-        raise UsageError(f"no task with id {choice!r}")
+        return pick_task(self.tasks, choice, self.np_random)
 
     def _feedback(self, result: RewardResult) -> str:
         o = result.outcomes

@@ -21,7 +21,7 @@ from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
 from cwm_envs.sandbox.local import DEFAULT_PRELOAD
 from cwm_envs.sources.math import MathGenerator, load_math
 from cwm_envs.spaces import AnyText
-from cwm_envs.tasks import Task
+from cwm_envs.tasks import Task, pick_task
 from rewards.base import RewardResult
 from rewards.math import VerifierUnavailable, cwm_reward
 
@@ -80,7 +80,6 @@ class MathEnv(gym.Env):
         if render_mode not in (None, "ansi"):
             raise UsageError(f"unsupported render_mode {render_mode!r}")
         self.source = load_math(source, kinds=kinds, difficulty=difficulty, limit=limit)
-        self._by_id = {} if isinstance(self.source, MathGenerator) else {t.id: t for t in self.source}
         self.reward_scheme, self.think, self.prompt_style = reward_scheme, bool(think), prompt_style
         self.timeout_s, self.render_mode = float(timeout_s), render_mode
         self.observation_space = AnyText(MAX_PROMPT_CHARS)
@@ -144,15 +143,7 @@ class MathEnv(gym.Env):
             if isinstance(choice, int):
                 return self.source.task(choice)
             raise UsageError("with the generator, options['task'] is a Task or an integer seed")
-        if choice is None:
-            return self.source[int(self.np_random.integers(len(self.source)))]
-        if isinstance(choice, int):
-            if not 0 <= choice < len(self.source):
-                raise UsageError(f"task index {choice} out of range (0..{len(self.source) - 1})")
-            return self.source[choice]
-        if isinstance(choice, str) and choice in self._by_id:
-            return self._by_id[choice]
-        raise UsageError(f"unknown task {choice!r}")
+        return pick_task(self.source, choice, self.np_random)
 
     def _info(self) -> dict:
         return {"task_id": self.task.id, "answer": self.task.answer, "metadata": dict(self.task.metadata)}

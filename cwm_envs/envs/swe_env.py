@@ -20,6 +20,7 @@ from cwm_envs.sandbox.base import Limits
 from cwm_envs.spaces import AnyText
 from cwm_envs.swe import tools
 from cwm_envs.swe.dataset import SWEInstance, instance_from_row, load_instances
+from cwm_envs.tasks import pick_task
 from rewards.swe import swe_reward
 
 MAX_OBS_CHARS = 1 << 18
@@ -227,14 +228,7 @@ class SWEEnv(gym.Env):
     def _pick_task(self, choice) -> SWEInstance:
         if isinstance(choice, SWEInstance):
             return choice
-        if choice is None:
-            return self.tasks[int(self.np_random.integers(len(self.tasks)))]
-        if isinstance(choice, int):
-            return self.tasks[choice]
-        for task in self.tasks:
-            if task.instance_id == choice:
-                return task
-        raise UsageError(f"no task with id {choice!r}")
+        return pick_task(self.tasks, choice, self.np_random, id_of=lambda t: t.instance_id)
 
     def image_for(self, task: SWEInstance) -> str:
         """The task's instance image, built (offline, cached by content hash) the first time it is needed."""

@@ -10,7 +10,7 @@ import gymnasium as gym
 from cwm_envs.errors import UsageError
 from cwm_envs.sandbox import Sandbox
 from cwm_envs.spaces import AnyText
-from cwm_envs.tasks import Task
+from cwm_envs.tasks import Task, pick_task
 from cwm_envs.tracing import format as fmt
 from cwm_envs.tracing.format import TraceFormatError
 from cwm_envs.tracing.tracer import TraceLimits, TraceResult, Tracer
@@ -186,14 +186,7 @@ class TraceEnv(gym.Env):
         if isinstance(choice, Task):
             return load_trace_tasks([choice])[0]
         if self.tasks is not None:
-            if choice is None:
-                return self.tasks[int(self.np_random.integers(len(self.tasks)))]
-            if isinstance(choice, int):
-                return self.tasks[choice % len(self.tasks)]
-            found = next((t for t in self.tasks if t.id == choice), None)
-            if found is None:
-                raise UsageError(f"no task with id {choice!r}")
-            return found
+            return pick_task(self.tasks, choice, self.np_random)
         if choice is not None:
             raise UsageError("with the generated source, options['task'] must be a Task")
         from cwm_envs.tracing.generate import generate_program

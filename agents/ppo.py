@@ -28,8 +28,8 @@ from agents.trajectory import Trajectory
 class PPOArgs:
     """Settings of the PPO update (what `cwm train rl --algo ppo` exposes)."""
 
-    lr: float = 5e-4
-    """Adam learning rate (trunk, LM head and value head)"""
+    lr: float = 1e-4
+    """Adam learning rate (trunk, LM head and value head), after warm-up"""
     gamma: float = 1.0
     """discount per sampled token (1: the episode's reward counts fully at every token)"""
     gae_lambda: float = 0.95

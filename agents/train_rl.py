@@ -66,7 +66,7 @@ class RLArgs:
     temperature: float = 1.0
     top_p: float = 1.0
     max_turns: int = 16
-    lr: float = 5e-4
+    lr: float = 1e-4
     warmup_updates: int = 10
     """learning-rate warm-up, in updates (Adam's first full-size steps wreck an SFT'd policy)"""
     minibatches: int = 2
@@ -484,7 +484,7 @@ def add_parser(train_group) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per turn")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate after the warm-up")
     p.add_argument("--warmup-updates", type=int, default=10, help="learning-rate warm-up in updates")
     p.add_argument("--minibatches", type=int, default=2, help="optimizer steps per epoch")
     p.add_argument("--epochs", type=int, default=1, help="passes over each batch")

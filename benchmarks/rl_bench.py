@@ -6,8 +6,8 @@
   in training) is measured before and after: sampled (8 samples per problem), greedy, and pass@8. If pass@8
   does not rise while sampled accuracy does, the gain is sharpening: RL made the model pick, more often, an
   answer it could already produce.
-- trl: the same warm model, env, reward and batch (32 prompts x 8 samples, 2 minibatches, lr 5e-4, clip
-  0.2/0.25, no KL) trained by TRL's GRPOTrainer on the CPU, and by ours (Ray rollouts included), for the same
+- trl: the same warm model, env, reward and batch (32 prompts x 8 samples, 2 minibatches, lr 1e-4 after a 10-update warm-up,
+  clip 0.2/0.25, no KL) trained by TRL's GRPOTrainer on the CPU, and by ours (Ray rollouts included), for the same
   number of updates: wall time per update and held-out accuracy side by side.
 - scaling: rollout throughput (env steps/s, tokens/s) with 1 and 2 Ray workers, and Ray's overhead against
   the same rollouts run in one process.
@@ -150,16 +150,20 @@ def heldout(pool, problems: int, samples: int = 8) -> dict[str, float]:
 
 # --- learn ----------------------------------------------------------------------------------------------------
 
-def rl_args(out: Path, model: Path, seed: int, minutes: float, steps: int, workers: int, threads: int = 1):
+LR = 1e-4  # 5e-4 (the probe's) and 2e-4 rise, then fall within 60 updates here; 1e-4 keeps rising (see notes)
+
+
+def rl_args(out: Path, model: Path, seed: int, minutes: float, steps: int, workers: int, threads: int = 1,
+            lr: float = LR):
     from agents.train_rl import RLArgs
 
     return RLArgs(out=out, env=MATH, env_kwargs=dict(EASY), model=str(model), algo="grpo", workers=workers,
-                  group=8, tasks=32, steps=steps, minutes=minutes, seed=seed, lr=5e-4, minibatches=2,
+                  group=8, tasks=32, steps=steps, minutes=minutes, seed=seed, lr=lr, minibatches=2,
                   max_new_tokens=32, resume=False, num_cpus=2, torch_threads=threads)
 
 
 def learn_one(out: Path, seed: int, minutes: float, workers: int, problems: int, sft_target: float,
-              max_steps: int = 10**6) -> dict[str, Any]:
+              max_steps: int = 10**6, lr: float = LR) -> dict[str, Any]:
     """Warm start + GRPO (Ray path) on one seed; held-out accuracy before and after."""
     from agents.train_rl import RLRun
 
@@ -167,7 +171,7 @@ def learn_one(out: Path, seed: int, minutes: float, workers: int, problems: int,
     model_dir = warm_start(out / "warm", seed, target=sft_target)
     t_sft = time.perf_counter() - t0
     sft_steps = json.loads((model_dir / "warm_start.json").read_text())["steps"]
-    rl = RLRun(rl_args(out / "rl", model_dir, seed, minutes, max_steps, workers))
+    rl = RLRun(rl_args(out / "rl", model_dir, seed, minutes, max_steps, workers, lr=lr))
     try:
         before = heldout(rl.pool, problems)
         curve = []
@@ -204,7 +208,7 @@ def cmd_learn(args) -> int:
         print(f"seed {seed}: warm start (SFT to ~{args.sft_target} sampled accuracy), then GRPO for "
               f"{args.minutes} min", flush=True)
         runs.append(learn_one(out / f"seed{seed}", seed, args.minutes, args.workers, args.problems, args.sft_target,
-                              args.max_steps))
+                              args.max_steps, args.lr))
         r = runs[-1]
         print(f"seed {seed}: held-out sampled {r['before_sampled']:.3f} -> {r['after_sampled']:.3f}, greedy "
               f"{r['before_greedy']:.3f} -> {r['after_greedy']:.3f}, pass@8 {r['before_pass@8']:.3f} -> "
@@ -230,7 +234,8 @@ def cmd_learn(args) -> int:
     table = [{k: v for k, v in r.items() if k != "curve"} for r in runs]
     write_report(out, "GRPO learning on single-digit add/sub (cwm-micro, Ray rollouts)", summary,
                  details={"runs": runs, "setup": {"env": MATH, "env_kwargs": EASY, "tasks": 32, "group": 8,
-                                                 "minibatches": 2, "lr": 5e-4, "workers": args.workers}},
+                                                 "minibatches": 2, "lr": args.lr, "warmup_updates": 10,
+                                                 "workers": args.workers}},
                  tables={"per seed": table})
     _plot_curves(runs, out / "reward.png")
     print(f"report: {out / 'report.md'}")
@@ -273,7 +278,7 @@ def _reward_fn():
     return math_reward
 
 
-def trl_run(model_dir: Path, out: Path, updates: int, seed: int) -> dict[str, Any]:
+def trl_run(model_dir: Path, out: Path, updates: int, seed: int, lr: float = LR) -> dict[str, Any]:
     """TRL GRPOTrainer on CPU with our setting; seconds per update (generation + 2 optimizer steps)."""
     import gymnasium
     from datasets import Dataset
@@ -294,7 +299,7 @@ def trl_run(model_dir: Path, out: Path, updates: int, seed: int) -> dict[str, An
     config = GRPOConfig(
         output_dir=str(out), use_cpu=True, beta=0.0, loss_type="dapo", scale_rewards="none", num_generations=8,
         per_device_train_batch_size=128, steps_per_generation=2, num_iterations=1, max_completion_length=32,
-        max_steps=2 * updates, temperature=1.0, top_p=1.0, learning_rate=5e-4,
+        max_steps=2 * updates, temperature=1.0, top_p=1.0, learning_rate=lr,
         # the same warm-up as ours (10 updates = 20 optimizer steps): without it both wreck the SFT policy
         lr_scheduler_type="constant_with_warmup", warmup_steps=20,
         epsilon=0.2, epsilon_high=0.25, max_grad_norm=1.0, logging_steps=1, report_to="none", save_strategy="no",
@@ -325,10 +330,10 @@ def trl_run(model_dir: Path, out: Path, updates: int, seed: int) -> dict[str, An
             "train_reward_last": rewards[-1] if rewards else None, "model": str(out / "model")}
 
 
-def ours_run(model_dir: Path, out: Path, updates: int, seed: int, workers: int) -> dict[str, Any]:
+def ours_run(model_dir: Path, out: Path, updates: int, seed: int, workers: int, lr: float = LR) -> dict[str, Any]:
     from agents.train_rl import RLRun
 
-    rl = RLRun(rl_args(out, model_dir, seed, None, updates, workers))
+    rl = RLRun(rl_args(out, model_dir, seed, None, updates, workers, lr=lr))
     try:
         rows = []
         t0 = time.perf_counter()
@@ -370,10 +375,10 @@ def cmd_trl(args) -> int:
     out = Path(args.out)
     model_dir = Path(args.model) if args.model else warm_start(out / "warm", args.seed, target=args.sft_target)
     print(f"TRL GRPOTrainer: {args.updates} updates of 32 prompts x 8 samples on the CPU", flush=True)
-    trl = trl_run(model_dir, out / "trl", args.updates, args.seed)
+    trl = trl_run(model_dir, out / "trl", args.updates, args.seed, args.lr)
     print(f"  {trl['s_per_update']:.2f} s per update (median)", flush=True)
     print(f"ours (Ray rollouts, {args.workers} worker(s), RLlib learner): {args.updates} updates", flush=True)
-    ours = ours_run(model_dir, out / "ours", args.updates, args.seed, args.workers)
+    ours = ours_run(model_dir, out / "ours", args.updates, args.seed, args.workers, args.lr)
     print(f"  {ours['s_per_update']:.2f} s per update (median)", flush=True)
     start = eval_model(str(model_dir), args.problems, args.seed)
     trl_acc = eval_model(trl["model"], args.problems, args.seed)
@@ -475,7 +480,7 @@ def learner_overhead(model_dir: Path, trajs, repeats: int = 5) -> list[dict]:
     from agents.policy import LMPolicy
 
     policy = LMPolicy.from_pretrained(model_dir)
-    args = GRPOArgs(lr=5e-4, minibatches=2, max_new_tokens=32, loss_rows=128)
+    args = GRPOArgs(lr=LR, minibatches=2, max_new_tokens=32, loss_rows=128)
     arrays, _ = prepare_batch(trajs, args, multiple=2)
     lg = build_learner_group(GRPOLearner, policy.model.config, lr=args.lr, learner_settings=grpo_settings(args))
     set_lm_weights(lg, policy.get_weights())
@@ -527,7 +532,8 @@ def register(sub) -> None:
 
     p = g.add_parser("learn", help="GRPO lifts an SFT-warmed cwm-micro on add/sub, per seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--minutes", type=float, default=10.0, help="GRPO wall-clock budget per seed")
+    p.add_argument("--minutes", type=float, default=8.0, help="GRPO wall-clock budget per seed")
+    p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--max-steps", type=int, default=10**6, help="also stop after this many updates")
     p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")
     p.add_argument("--workers", type=int, default=2)
@@ -537,7 +543,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_learn)
 
     p = g.add_parser("trl", help="ours vs TRL GRPOTrainer: seconds per update and accuracy after N updates")
-    p.add_argument("--updates", type=int, default=10)
+    p.add_argument("--updates", type=int, default=30)
+    p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--model", help="warm model directory (default: build one as `learn` does)")
     p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")
     p.add_argument("--seed", type=int, default=0)

@@ -317,13 +317,18 @@ class RolloutPool:
         self._actor_cls = ray.remote(RolloutWorker)
         self._cpus = cpus_per_worker
         self.classes: dict[tuple, list] = {}  # resource class -> actors
-        free = ray.available_resources()
         classes = sorted({tuple(sorted(s.resources.items())) for s in self.env_specs})
         need = {"CPU": cpus_per_worker * num_workers * len(classes)}
         for res in classes:
             for k, v in res:
                 need[k] = need.get(k, 0) + v * num_workers
-        short = {k: v for k, v in need.items() if free.get(k, 0) < v}
+        deadline = time.monotonic() + 15  # actors just killed release their resources a moment later
+        while True:
+            free = ray.available_resources()
+            short = {k: v for k, v in need.items() if free.get(k, 0) < v}
+            if not short or time.monotonic() > deadline or any(k not in ray.cluster_resources() for k in short):
+                break
+            time.sleep(0.5)
         if short:  # checked before starting any worker: an actor that cannot be placed would wait forever
             raise InfraError(f"the Ray cluster cannot place the rollout workers: they need {short}, it has "
                              f"{({k: free.get(k, 0) for k in short})} free (give a local Ray more CPUs with "

@@ -64,12 +64,13 @@ def test_grpo_run_writes_metrics_plot_checkpoints_and_resumes(tmp_path, model_di
 
 
 @pytest.mark.slow
-def test_ppo_run_trains_the_value_head(tmp_path, model_dir):
+def test_async_ppo_run_trains_the_value_head_within_the_staleness_bound(tmp_path, model_dir):
     out = tmp_path / "ppo"
-    done = rl(out, model_dir, "--algo", "ppo", "--steps", "2")
+    done = rl(out, model_dir, "--algo", "ppo", "--steps", "3", "--mode", "async", "--max-staleness", "1")
     assert done.returncode == 0, done.stderr[-2000:]
     train = [r for r in rows(out) if "reward_mean" in r]
-    assert len(train) == 2 and all("vf_loss" in r for r in train)
+    assert len(train) == 3 and all("vf_loss" in r for r in train)
+    assert all(r["staleness_max"] <= 1 for r in train) and any(r["staleness_max"] == 1 for r in train)
     assert (out / "value_head.pt").is_file()
 
 

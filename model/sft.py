@@ -15,6 +15,7 @@ Episodes whose final reward is not positive are dropped, so the oracle is verifi
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -153,11 +154,12 @@ def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 1000, env_kwa
     rows = pack(endless(epoch_docs), args.seq_len)
     # eval loss on episodes of unseen seeds (the training seeds are seed .. seed + episodes - 1)
     held, _ = collect_episodes(env_id, max(4, args.eval_rows), seed=args.seed + 10**6, env_kwargs=env_kwargs)
+    # (repeated so that short episodes still fill whole packed rows)
     evals = list(pack(iter([episode_document(tokenizer, t) for t in held] * 8), args.seq_len))[:args.eval_rows]
     args.extra.update({"parent": str(parent), "env": env_id, "env_kwargs": env_kwargs, "oracle": counts,
                        "episodes_longer_than_context": too_long})
     summary = train(model, tokenizer, rows, evals, args, resume_from=ckpt, title="sft")
-    if eval_episodes:
+    if eval_episodes and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 evaluates
         result = evaluate(model, tokenizer, env_id, eval_episodes, seed=args.seed + 2 * 10**6, env_kwargs=env_kwargs)
         summary["greedy_eval"] = result
         (out / "stage.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

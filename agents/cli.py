@@ -87,7 +87,7 @@ def register(sub) -> None:
     p.add_argument("--env-kwargs", help='JSON keyword arguments for gymnasium.make, e.g. {"source": "generated"}')
     p.add_argument("--episodes", type=int, default=1000, help="oracle episodes to collect (default 1000)")
     p.add_argument("--eval-episodes", type=int, default=20, help="greedy episodes on unseen seeds after training")
-    add_train_args(p, max_steps=100, batch_size=8, seq_len=512, lr=3e-4, warmup_steps=10, eval_rows=8)
+    add_train_args(p, max_steps=100, batch_size=4, seq_len=512, lr=1e-3, warmup_steps=10, eval_rows=8)
     p.set_defaults(func=cmd_sft)
 
     # --- the RL stage (`cwm train rl`) registers here, below this line -----------------------------------

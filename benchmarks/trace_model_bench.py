@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-
-import torch
 
 
 def frame_spans(ids: list[int], special: dict[str, int]) -> list[tuple[str, int, int]]:
@@ -46,9 +43,15 @@ def frame_spans(ids: list[int], special: dict[str, int]) -> list[tuple[str, int,
     return spans
 
 
-@torch.no_grad()
 def score(model, tokenizer, traces: list[str], window: int) -> dict:
     """Exact-match rates per span kind, and the mean loss on trace tokens after the context."""
+    import torch  # here, so that `cwm --help` does not pay for importing torch
+
+    with torch.no_grad():
+        return _score(torch, model, tokenizer, traces, window)
+
+
+def _score(torch, model, tokenizer, traces: list[str], window: int) -> dict:
     from model.tokenizer import special_token_ids
 
     special = special_token_ids(tokenizer)

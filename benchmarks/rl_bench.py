@@ -576,7 +576,7 @@ def demo_section(args) -> None:
         t0 = time.perf_counter()
         model_dir = warm_start(tmp / "warm", 0, target=None, first=10 if quick else 150)
         print(f"warm start: cwm-micro + own tokenizer, SFT on oracle answers ({time.perf_counter() - t0:.0f} s)")
-        a = rl_args(tmp / "rl", model_dir, 0, 0.15 if quick else 1.5, 2 if quick else 40, 1 if quick else 2)
+        a = rl_args(tmp / "rl", model_dir, 0, 0.15 if quick else 1.0, 2 if quick else 200, 1 if quick else 2)
         if quick:
             a.tasks, a.group = 4, 4
         rl = RLRun(a)

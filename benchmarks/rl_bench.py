@@ -281,9 +281,15 @@ def _reward_fn():
 def trl_run(model_dir: Path, out: Path, updates: int, seed: int, lr: float = LR) -> dict[str, Any]:
     """TRL GRPOTrainer on CPU with our setting; seconds per update (generation + 2 optimizer steps)."""
     import gymnasium
-    from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+
+    try:
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer
+    except ImportError:
+        from cwm_envs.errors import UsageError
+
+        raise UsageError("TRL is not installed: pip install -e '.[bench]'") from None
 
     import cwm_envs  # noqa: F401
     from model.config import load_model

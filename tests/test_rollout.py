@@ -2,7 +2,6 @@
 import functools
 import os
 import sys
-from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -41,9 +40,12 @@ class TwoTurnAdd(gymnasium.Env):
     def step(self, action):
         if self.fail_every and self.seed % self.fail_every == 0:
             raise RuntimeError("the env broke")
-        if self.crash_marker and not Path(self.crash_marker).exists():
-            Path(self.crash_marker).touch()
-            os._exit(1)
+        if self.crash_marker:
+            try:  # O_EXCL: exactly one process, across workers, creates the marker and dies
+                os.close(os.open(self.crash_marker, os.O_CREAT | os.O_EXCL))
+                os._exit(1)
+            except FileExistsError:
+                pass
         self.turn += 1
         info = {"task_id": self.task.id}
         if self.turn == 1:

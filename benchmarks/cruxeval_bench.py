@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.report import mean_pass_at_k, write_report
+from benchmarks.report import add_sampling_args, mean_pass_at_k, sampling_ks, write_report
 from cwm_envs.envs.prediction import PredictionEnv
 from cwm_envs.errors import UsageError
 from cwm_envs.tasks import Task
@@ -122,9 +122,7 @@ def evaluate_policy(tasks: list[Task], mode: str, policy: str, samples: int = 1,
 def run_bench(args) -> int:
     from cwm_envs.sources.code import load_cruxeval
 
-    ks = sorted({int(k) for k in str(args.k).split(",") if k.strip()})
-    if args.samples < 1 or not ks or min(ks) < 1:
-        raise UsageError("--samples and every --k must be at least 1")
+    ks = sampling_ks(args)
     tasks = load_cruxeval(args.data, limit=args.limit)
     if not tasks:
         raise UsageError("no CRUXEval rows to run")
@@ -162,11 +160,9 @@ def register(sub) -> None:
     from benchmarks.cli import bench_group
 
     p = bench_group(sub).add_parser("cruxeval", help="pass@1 / pass@k of a scripted policy on CRUXEval-O/-I")
-    p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--mode", choices=("output", "input"), default="output", help="CRUXEval-O or -I (output)")
     p.add_argument("--policy", choices=POLICIES, default="oracle", help="scripted policy (default oracle)")
-    p.add_argument("--samples", type=int, default=1, help="samples per row (default 1)")
-    p.add_argument("--k", default="1,5,10", help="comma-separated k values for pass@k (those <= samples)")
+    add_sampling_args(p, "row")
     p.add_argument("--baseline", choices=POLICIES + ("none",), default="wrong",
                    help="policy measured in the same run, one sample per row (default wrong)")
     p.add_argument("--p-correct", type=float, default=0.5, help="noisy policy: chance of the right answer")

@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from benchmarks.report import mean_pass_at_k, write_report
+from benchmarks.report import add_sampling_args, mean_pass_at_k, sampling_ks, write_report
 from cwm_envs.envs.code_env import CodeEnv, reference_response
 from cwm_envs.errors import UsageError
 from cwm_envs.tasks import Task
@@ -95,9 +95,7 @@ def evaluate_policy(tasks: list[Task], policy: str, samples: int = 1, workers: i
 def run_bench(args) -> int:
     from cwm_envs.sources.code import load_humaneval
 
-    ks = sorted({int(k) for k in str(args.k).split(",") if k.strip()})
-    if args.samples < 1 or not ks or min(ks) < 1:
-        raise UsageError("--samples and every --k must be at least 1")
+    ks = sampling_ks(args)
     tasks = load_humaneval(args.data, limit=args.limit)
     if not tasks:
         raise UsageError("no HumanEval tasks to run")
@@ -142,10 +140,8 @@ def register(sub) -> None:
     from benchmarks.cli import bench_group
 
     p = bench_group(sub).add_parser("humaneval", help="pass@1 / pass@k of a scripted policy on HumanEval (cwm/Code-v0)")
-    p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--policy", choices=POLICIES, default="oracle", help="scripted policy (default oracle)")
-    p.add_argument("--samples", type=int, default=1, help="samples per task (default 1)")
-    p.add_argument("--k", default="1,5,10", help="comma-separated k values for pass@k (those <= samples)")
+    add_sampling_args(p, "task")
     p.add_argument("--baseline", choices=POLICIES + ("none",), default="wrong",
                    help="policy measured in the same run, one sample per task (default wrong)")
     p.add_argument("--p-correct", type=float, default=0.5, help="noisy policy: chance of the right answer")

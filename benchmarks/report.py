@@ -25,6 +25,26 @@ def mean_pass_at_k(passed: list[int], samples: int, ks: list[int]) -> dict[str, 
     return {f"pass@{k}": sum(pass_at_k(samples, c, k) for c in passed) / len(passed) for k in ks if k <= samples}
 
 
+def add_sampling_args(parser, unit: str) -> None:
+    """The flags every pass@k runner shares: --out, --samples, --k (read back with `sampling_ks`)."""
+    parser.add_argument("--out", required=True, help="report directory")
+    parser.add_argument("--samples", type=int, default=1, help=f"samples per {unit} (default 1)")
+    parser.add_argument("--k", default="1,5,10", help="comma-separated k values for pass@k (those <= samples)")
+
+
+def sampling_ks(args) -> list[int]:
+    """The sorted k values of `--k`; a UsageError when --samples or a k is below 1 or --k is not integers."""
+    from cwm_envs.errors import UsageError
+
+    try:
+        ks = sorted({int(k) for k in str(args.k).split(",") if k.strip()})
+    except ValueError:
+        raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
+    if args.samples < 1 or not ks or min(ks) < 1:
+        raise UsageError("--samples and every --k must be at least 1")
+    return ks
+
+
 def _md_value(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 

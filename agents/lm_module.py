@@ -126,8 +126,10 @@ def update_learners(learner_group, arrays: dict[str, np.ndarray], *, minibatches
     """One update on packed arrays: each learner takes its shard in `minibatches` steps per epoch.
 
     Returns the learner metrics averaged over learners. `arrays` rows must divide by learners x minibatches
-    (`pack(..., multiple=...)`), or RLlib's cyclic iterator would repeat rows. `updates_done` is the clock of
-    RLlib's learning-rate schedule (see `lr_schedule`).
+    (`pack(..., multiple=...)`), or RLlib's cyclic iterator would repeat rows. `updates_done` counts the updates
+    before this one: the learning-rate schedule (see `lr_schedule`) runs update k at its value for k. RLlib sets
+    the rate for the next update after this one from the clock it is given, so it gets `updates_done + 1`
+    (given `updates_done`, every update would run one step behind the schedule).
     """
     from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
     from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
@@ -138,7 +140,7 @@ def update_learners(learner_group, arrays: dict[str, np.ndarray], *, minibatches
         raise ValueError(f"{rows} rows do not split into {shards} learners x {minibatches} minibatches")
     results = learner_group.update(batch=train_batch(arrays), minibatch_size=rows // shards // minibatches,
                                    num_epochs=epochs, shuffle_batch_per_epoch=False,
-                                   timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: updates_done})
+                                   timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: updates_done + 1})
     per_learner = [r.get(MODULE_ID, {}) for r in MetricsLogger.peek_results(results)]
     keys = {k for r in per_learner for k, v in r.items() if isinstance(v, (int, float, np.number))}
     return {k: float(np.mean([r[k] for r in per_learner if k in r])) for k in keys}

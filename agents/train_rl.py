@@ -219,7 +219,7 @@ class RLRun:
             "pass_rate": float((rewards > 0).mean()) if len(rewards) else None,
             "kl_to_start": learner.get("kl_to_start"), "entropy": learner.get("entropy"),
             "policy_loss": learner.get("policy_loss"), "clip_frac": learner.get("clip_frac"),
-            "vf_loss": learner.get("vf_loss"),
+            "vf_loss": learner.get("vf_loss"), "grad_norm": learner.get("gradients_default_optimizer_global_norm"),
             "tokens_per_s": st.policy_tokens / max(st.wall_s, 1e-9),
             "env_steps_per_s": st.env_steps / max(st.wall_s, 1e-9),
             "staleness_mean": float(np.mean(stale)) if stale else 0.0, "staleness_max": int(max(stale, default=0)),

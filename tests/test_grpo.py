@@ -5,7 +5,8 @@ import torch
 
 from agents.grpo import (GRPOArgs, GRPOLearner, group_advantages, grpo_settings, grpo_token_loss, prepare_batch,
                          select_informative)
-from agents.lm_module import build_learner_group, get_lm_weights, pack, set_lm_weights, update_learners
+from agents.lm_module import (MODULE_ID, build_learner_group, get_lm_weights, lr_schedule, pack, set_lm_weights,
+                              update_learners)
 from agents.policy import LMPolicy
 from agents.ppo import PPOArgs, PPOLearner, gae, ppo_settings, token_rewards
 from agents.ppo import prepare_batch as ppo_prepare
@@ -146,6 +147,26 @@ def test_sampler_logprobs_match_the_learner_at_a_temperature(tiny):
     lg = learners(model, args)
     arrays, _ = prepare_batch(trajs, args, multiple=1)
     assert update(lg, arrays)["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    lg.shutdown()
+
+
+def test_warmup_runs_update_k_at_the_schedule_value_for_k(tiny):
+    """lr_schedule(lr, 4): update k runs at lr * (1/4 + 3/4 * k/4) until k = 4, then at lr (RLlib would lag by
+    one update if handed the count of updates before this one)."""
+    model, tok = tiny
+    ids = tok.encode("What is 3 + 4? \\boxed{7}", add_special_tokens=False)
+    trajs = [traj(ids, [0] * 5 + [1] * (len(ids) - 5), r, 0) for r in (1.0, -1.0)]
+    args = GRPOArgs(minibatches=1, max_new_tokens=8)
+    lg = build_learner_group(GRPOLearner, model.config, lr=lr_schedule(1e-3, 4), learner_settings=grpo_settings(args))
+    set_lm_weights(lg, {f"lm.{k}": v for k, v in model.state_dict().items()})
+    arrays, _ = prepare_batch(trajs, args, multiple=1)
+    used = []
+    for k in range(6):
+        res = lg.foreach_learner(lambda lr: lr.get_optimizers_for_module(MODULE_ID)[0][1].param_groups[0]["lr"])
+        used += [float(r.get()) for r in res]
+        metrics = update_learners(lg, arrays, minibatches=1, epochs=1, updates_done=k)
+    assert used == pytest.approx([1e-3 * (0.25 + 0.75 * k / 4) for k in range(4)] + [1e-3, 1e-3])
+    assert metrics["gradients_default_optimizer_global_norm"] > 0  # the pre-clip norm (train_rl logs it)
     lg.shutdown()
 
 

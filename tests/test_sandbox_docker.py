@@ -218,6 +218,21 @@ def test_without_a_host_view_the_in_container_helper_does_the_work(docker_engine
         assert box.run("echo fine").stdout == "fine\n"
 
 
+def test_a_dead_exec_server_is_reported_and_replaced(docker_engine):
+    """Root may signal the exec server that runs its commands: the run says so, and the next run works."""
+    with make_sandbox("docker", pool_size=0) as box:
+        res = box.run_python("import os\nos.kill(os.getppid(), 9)\nprint('after')")
+        assert not res.timed_out and res.exit_code is None and "exec server" in res.stderr, res
+        assert box.run("echo fine").stdout == "fine\n"
+        server = box._box.server                     # killed between two runs, from outside: replaced unseen
+        subprocess.run(["docker", "exec", box.container_id, "python3", "-c", f"import os; os.kill({server.pid}, 9)"],
+                       check=True)
+        res = box.run("echo still fine")             # on the classic path; the next run starts a new server
+        assert res.ok and res.stdout == "still fine\n", res
+        assert box.run("echo again").stdout == "again\n"
+        assert box._box.server is not None and box._box.server is not server
+
+
 # ------------------------------------------------------------------------------------------------ lifetime
 
 CHILD = textwrap.dedent("""

@@ -18,14 +18,15 @@ from cwm_envs.sandbox import Limits, make_sandbox
 
 HOSTILE_BACKENDS = [
     pytest.param("local", id="local"),
-    pytest.param("docker", id="docker", marks=pytest.mark.docker),
+    pytest.param("docker", id="docker", marks=pytest.mark.docker),             # through the exec server
+    pytest.param("docker-exec", id="docker-exec", marks=pytest.mark.docker),   # one `docker exec` per run
 ]
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module", params=HOSTILE_BACKENDS)
 def backend(request):
-    if request.param == "docker":
+    if request.param.startswith("docker"):
         request.getfixturevalue("docker_engine")
     return request.param
 
@@ -38,8 +39,8 @@ def tmp_root(tmp_path_factory):
 def _open(backend: str, tmp_root: Path):
     if backend == "local":
         return make_sandbox("local", tmp_root=tmp_root)
-    if backend == "docker":  # an unprivileged user, as in the local jail (root could read the image's /etc/shadow)
-        return make_sandbox("docker", user="1000:1000")
+    if backend.startswith("docker"):  # an unprivileged user, as in the local jail (root could read /etc/shadow)
+        return make_sandbox("docker", user="1000:1000", exec_server=backend == "docker")
     return make_sandbox(backend)
 
 

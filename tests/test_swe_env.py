@@ -206,8 +206,10 @@ def test_a_command_that_keeps_timing_out_ends_the_episode(docker_engine):
 @pytest.mark.docker
 def test_stopping_the_container_ends_the_episode_with_minus_one(env):
     env.reset(options={"task": 0})
-    env.step(tool("bash", "kill 1; sleep 5"))             # SIGTERM to the container's init stops the container
-    obs, reward, terminated, truncated, info = env.step(tool("bash", "echo still here?"))
+    # SIGTERM to the container's init stops the container: seen by that command, or at the latest by the next
+    obs, reward, terminated, truncated, info = env.step(tool("bash", "kill 1; sleep 5"))
+    if not terminated:
+        obs, reward, terminated, truncated, info = env.step(tool("bash", "echo still here?"))
     assert terminated and reward == -1.0 and "container stopped" in info["reason"]
     env.reset(options={"task": 0})                         # the next episode gets a fresh container
     obs, *_ = env.step(tool("bash", "echo fine"))

@@ -1,14 +1,28 @@
-"""A helper that the docker sandbox runs inside its containers (`python3 -c SOURCE ...`), one process, no fork:
-it must start even when a fork bomb holds every pid the container may have.
+"""A helper that the docker sandbox runs inside its containers (`python3 -c SOURCE MODE ...`), standard library only.
 
 `kill TOKEN`: stop, then SIGKILL, every process whose `CWM_EXEC` marker is TOKEN or missing (children forked
-meanwhile carry the marker too). `probe`: kill nothing. Both print the container's cgroup counters as one JSON
-line. Where the host sees the container's cgroup and may signal its processes, the sandbox calls the same
-functions from the host instead (faster, and not starved by the container's CPU quota).
+meanwhile carry the marker too). `probe`: kill nothing. Both run as one process that never forks (they must
+start even when a fork bomb holds every pid the container may have) and print the container's cgroup counters
+as one JSON line. Where the host sees the container's cgroup and may signal its processes, the sandbox calls
+the same functions from the host instead (faster, and not starved by the container's CPU quota).
+
+`serve`: the exec server. One long-lived `docker exec` per container runs it as the sandbox's user (the same
+uid as the commands, so it may read their markers: root in a container lacks CAP_SYS_PTRACE and may not);
+each command is then a fork and exec in the container instead of a new `docker exec` (the engine alone
+spends ~50 ms on one). It does what the engine did per command: the marker, the workdir, the environment,
+the rlimits, the wall-clock deadline, the output cap, and the kill of the command's processes (its session
+at once, then every process with its marker). What it cannot reach it reports (`held`), and the host kills. Protocol on stdin (requests) and stdout (replies): a 4-byte big-endian
+length, a JSON header, then the raw payloads whose lengths the header names (stdin in a request; stdout and
+stderr in a reply). The server acknowledges each request with one byte before it forks, so a host that
+sees no acknowledgement knows the command never started.
 """
 import json
 import os
+import select
+import signal
+import struct
 import sys
+import time
 
 MARKER = "CWM_EXEC"
 IN_CONTAINER = {"pids": ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"],        # cgroup v1, then v2
@@ -105,7 +119,208 @@ def kill_marked(token, pids=all_pids, skip=(), rounds=1000):
     return False
 
 
+# ------------------------------------------------------------------------------------------------ serve
+
+_LEN = struct.Struct(">I")
+DRAIN_FACTOR = 16       # past the cap, output is read and dropped up to 16x the cap, then the command is killed
+_RLIMITS = {"cpu_s": 0, "file_size_mb": 1 << 20, "open_files": 1}   # request field -> scale to the kernel's unit
+
+
+def _read_exact(fd, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _write_frame(header, *payloads):
+    data = json.dumps(header).encode()
+    view = memoryview(b"".join([_LEN.pack(len(data)), data] + list(payloads)))
+    while view:
+        view = view[os.write(1, view):]
+
+
+def _stdin_fd(data):
+    """A readable fd holding `data` (the whole of it, so the command cannot block us), or /dev/null."""
+    if data is None:
+        return os.open("/dev/null", os.O_RDONLY)
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("stdin")
+    else:
+        import tempfile
+        fd = os.dup(tempfile.TemporaryFile().fileno())
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _child(req, stdin_fd, out_w, err_w):
+    """In the forked child: become the command (never returns)."""
+    try:
+        os.setsid()                                # its own session: one killpg ends it and what it forks
+        os.dup2(stdin_fd, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.closerange(3, 1 << 16)
+        try:                                       # under memory pressure the OOM killer picks the command,
+            with open("/proc/self/oom_score_adj", "w") as f:      # not the server
+                f.write("1000")
+        except OSError:
+            pass
+        env = dict(os.environ)
+        env.update(req["env"])
+        env[MARKER] = req["token"]
+        os.chdir(req["workdir"])
+        import resource
+        for field, scale in _RLIMITS.items():
+            value = req["limits"].get(field)
+            if value:
+                rl = {"cpu_s": resource.RLIMIT_CPU, "file_size_mb": resource.RLIMIT_FSIZE,
+                      "open_files": resource.RLIMIT_NOFILE}[field]
+                soft = max(1, int(round(value))) if field == "cpu_s" else int(value * scale)
+                hard = soft + 1 if field == "cpu_s" else soft   # SIGXCPU at the soft limit, SIGKILL a second later
+                resource.setrlimit(rl, (soft, hard))
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):   # the defaults, not Python's dispositions
+            signal.signal(sig, signal.SIG_DFL)
+        argv = req["argv"]
+        try:
+            os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            os.write(2, ("sandbox: cannot run %r: %s\n" % (argv[0], exc.strerror)).encode())
+            os._exit(127)
+    except BaseException as exc:
+        try:
+            os.write(2, ("sandbox: cannot start the command: %r\n" % (exc,)).encode())
+        finally:
+            os._exit(126)
+    os._exit(126)
+
+
+def _end(pid, token):
+    """SIGKILL the command's session at once (atomic against forks), then every process with its marker."""
+    try:
+        os.killpg(pid, 9)
+    except OSError:
+        pass
+    kill_marked(token, skip={1})
+
+
+def _execute(req, stdin):
+    cap = req["cap"]
+    counters = req.get("counters")
+    before = read_counters(IN_CONTAINER) if counters else None
+    stdin_fd = _stdin_fd(stdin)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _child(req, stdin_fd, out_w, err_w)
+    start = time.monotonic()
+    for fd in (stdin_fd, out_w, err_w):
+        os.close(fd)
+    bufs = {out_r: bytearray(), err_r: bytearray()}
+    seen, truncated, stop, status = 0, False, None, None
+    poller = select.poll()
+    for fd in bufs:
+        poller.register(fd, select.POLLIN)
+    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
+    open_pipes = set(bufs)
+    deadline = start + req["timeout"]
+    exit_deadline = None                           # set when the command has exited: how long to wait for EOF
+
+    def take(fd):
+        nonlocal seen, truncated
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            poller.unregister(fd)
+            open_pipes.discard(fd)
+            return
+        room = cap - len(bufs[fd])
+        if len(chunk) > room:
+            truncated = True
+        bufs[fd] += chunk[:max(0, room)]
+        seen += len(chunk)
+
+    while True:
+        if status is None:
+            got, st = os.waitpid(pid, os.WNOHANG)
+            if got:
+                status = st
+                if not req["background"] and _marked(req["token"], all_pids, {1, os.getpid()}):
+                    _end(pid, req["token"])        # processes left behind: a daemon, a fork bomb's children
+                exit_deadline = time.monotonic() + 2.0     # for EOF: as Docker's grace for a held stream
+        if status is not None and (not open_pipes or time.monotonic() > exit_deadline):
+            break
+        now = time.monotonic()
+        if status is None and now >= deadline:
+            stop = "timeout"
+            break
+        wait = (exit_deadline if status is not None else deadline) - now
+        if pidfd is None and status is None:
+            wait = min(wait, 0.002)
+        for fd, _ev in poller.poll(max(0.0, wait) * 1000):
+            if fd in open_pipes:
+                take(fd)
+            elif fd == pidfd:
+                poller.unregister(pidfd)
+        if seen > DRAIN_FACTOR * cap + 2 * cap:
+            stop = "output"
+            break
+    if stop is not None:
+        _end(pid, req["token"])
+        _, status = os.waitpid(pid, 0)
+        end = time.monotonic() + 5.0
+        while open_pipes and time.monotonic() < end:   # every writer is dead now: take what is left
+            for fd, _ev in poller.poll(100):
+                if fd in open_pipes:
+                    take(fd)
+    duration = time.monotonic() - start
+    for fd in [out_r, err_r] + ([pidfd] if pidfd is not None else []):
+        os.close(fd)
+    if stop is not None:
+        code = None
+    elif os.WIFSIGNALED(status):
+        code = 128 + os.WTERMSIG(status)           # as a shell (and `docker exec`) reports a signal
+    else:
+        code = os.WEXITSTATUS(status)
+    header = {"exit_code": code, "stop": stop, "truncated": truncated, "duration_s": duration,
+              "held": bool(open_pipes),            # something we could not see still holds its output
+              "before": before, "after": read_counters(IN_CONTAINER) if counters else None,
+              "stdout_len": len(bufs[out_r]), "stderr_len": len(bufs[err_r])}
+    return header, bytes(bufs[out_r]), bytes(bufs[err_r])
+
+
+def serve():
+    """Answer requests until stdin closes; a fault of ours is reported, never fatal."""
+    devnull = os.open("/dev/null", os.O_WRONLY)
+    os.dup2(devnull, 2)                            # stray messages must not mix into the reply stream
+    _write_frame({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]})
+    while True:
+        raw = _read_exact(0, _LEN.size)
+        if raw is None:
+            return
+        req = json.loads(_read_exact(0, _LEN.unpack(raw)[0]).decode())
+        stdin = _read_exact(0, req["stdin_len"]) if req["stdin_len"] >= 0 else None
+        os.write(1, b"\x06")
+        try:
+            reply = _execute(req, stdin)
+        except Exception as exc:                   # fork refused (pids full), a bad workdir...: tell the host
+            kill_marked(req["token"], skip={1})
+            reply = ({"error": "%s: %s" % (type(exc).__name__, exc), "stdout_len": 0, "stderr_len": 0},)
+        _write_frame(*reply)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve()
+        sys.exit(0)
     ok = kill_marked(sys.argv[2], skip={1}) if sys.argv[1] == "kill" else True
     print(json.dumps(read_counters(IN_CONTAINER)))
     sys.exit(0 if ok else 1)

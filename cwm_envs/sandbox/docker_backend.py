@@ -3,6 +3,11 @@
 Why these choices:
 - The container's PID 1 is Docker's init (tini) with `sleep infinity` beside it, so orphans of killed
   commands are reaped and the container lives until we remove it.
+- Commands go through an exec server in the container (`_docker_tool.py serve`, started by one long-lived
+  `docker exec` when the container starts): a command is then a fork and exec in the container, not a new
+  `docker exec`, on which the engine alone spends ~50 ms. The server applies the marker, user, workdir,
+  rlimits, deadline and output cap itself. A run that finds the server busy (another thread) or gone takes
+  the classic path, one `docker exec` per command; a server that a command killed is restarted.
 - Each execution carries its own marker in its environment (`CWM_EXEC=<token>`). After a timeout, and after
   a run that left processes behind, a one-process helper inside the container (`_docker_tool.py`) SIGKILLs
   every process with that marker (or with none): children that called setsid are caught, background jobs
@@ -47,7 +52,8 @@ LABEL = "cwm-envs"
 PID_LABEL, START_LABEL, HOST_LABEL = "cwm-envs.owner-pid", "cwm-envs.owner-start", "cwm-envs.owner-host"
 MARKER = _docker_tool.MARKER
 DEFAULT_LIMITS = Limits(memory_mb=1024, processes=256, output_bytes=1 << 20)
-DRAIN_FACTOR = 16     # past the cap, output is read and dropped up to 16x the cap, then the run is killed
+DRAIN_FACTOR = _docker_tool.DRAIN_FACTOR   # past the cap, output is read and dropped up to 16x the cap
+SERVER_GRACE_S = 30.0  # how long past a run's timeout the host waits for the server's reply
 _TOOL_SOURCE = Path(_docker_tool.__file__).read_text()
 
 # ----------------------------------------------------------------------------------------------- process level
@@ -252,6 +258,89 @@ def _pump(sock, stdin: bytes | None, deadline: float, cap: int) -> tuple[bytes, 
         poller.unregister(raw)
 
 
+class _ServerGone(Exception):
+    """The exec server's stream ended; `started` says whether the command may have begun."""
+
+    def __init__(self, started: bool, why: str):
+        super().__init__(why)
+        self.started = started
+
+
+class _ExecServer:
+    """The host's end of one container's exec server: a `docker exec` of `_docker_tool serve`, as the
+    sandbox's user, that lives as long as the container and takes one request at a time (`lock`)."""
+
+    def __init__(self, api, container_id: str, user: str | None, ready_s: float = 60.0):
+        exec_id = api.exec_create(container_id, ["python3", "-c", _TOOL_SOURCE, "serve"], stdin=True,
+                                  user=user or "", workdir="/", environment={MARKER: "server"})["Id"]
+        self.sock = api.exec_start(exec_id, socket=True)
+        self.raw = getattr(self.sock, "_sock", self.sock)
+        self.raw.setblocking(False)
+        self.lock = threading.Lock()
+        self._frames = bytearray()           # Docker's multiplexed stream, not yet split
+        self._out = bytearray()              # the server's stdout, not yet consumed
+        try:
+            ready = self._frame(time.monotonic() + ready_s)[0]
+        except (_ServerGone, TimeoutError):
+            self.close()
+            raise
+        self.pid = ready["pid"]              # in the container's pid namespace
+
+    def _fill(self, deadline: float, started: bool) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([self.raw], [], [], left)[0]:
+            raise TimeoutError("the exec server did not answer in time")
+        try:
+            data = self.raw.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            raise _ServerGone(started, f"its stream failed: {exc}") from exc
+        if not data:
+            raise _ServerGone(started, "its stream ended")
+        self._frames += data
+        while len(self._frames) >= 8:
+            stream, size = struct.unpack(">BxxxL", self._frames[:8])
+            if len(self._frames) < 8 + size:
+                break
+            if stream == 1:                  # stderr (2) is the server's own, sent to /dev/null anyway
+                self._out += self._frames[8:8 + size]
+            del self._frames[:8 + size]
+
+    def _take(self, n: int, deadline: float, started: bool = True) -> bytes:
+        while len(self._out) < n:
+            self._fill(deadline, started)
+        data = bytes(self._out[:n])
+        del self._out[:n]
+        return data
+
+    def _frame(self, deadline: float) -> tuple[dict, list[bytes]]:
+        head = json.loads(self._take(struct.unpack(">I", self._take(4, deadline))[0], deadline))
+        payloads = [self._take(head[k], deadline) for k in ("stdout_len", "stderr_len") if k in head]
+        return head, payloads
+
+    def call(self, request: dict, stdin: bytes | None, deadline: float) -> tuple[dict, bytes, bytes]:
+        """Send one request and wait for its reply; _ServerGone when the server is gone, TimeoutError when it
+        has not answered by the deadline."""
+        body = json.dumps({**request, "stdin_len": -1 if stdin is None else len(stdin)}).encode()
+        try:
+            self.raw.settimeout(max(1.0, deadline - time.monotonic()))
+            self.raw.sendall(struct.pack(">I", len(body)) + body + (stdin or b""))
+        except OSError as exc:               # includes a send timeout: the server is not reading
+            raise _ServerGone(False, f"it does not take requests: {exc}") from exc
+        finally:
+            self.raw.setblocking(False)
+        self._take(1, deadline, started=False)    # the acknowledgement: from here on the command may run
+        head, (out, err) = self._frame(deadline)
+        return head, out, err
+
+    def close(self) -> None:
+        try:
+            self.sock.close()                # the server reads EOF and exits
+        except OSError:
+            pass
+
+
 # ----------------------------------------------------------------------------------------------- the sandbox
 
 def _cgroup_dirs(host_pid: int, cid: str) -> dict[str, list[str]]:
@@ -282,6 +371,9 @@ class _Box:
         self.init_pid = container.attrs["State"]["Pid"]
         self.cgroup = _cgroup_dirs(self.init_pid, container.id)
         self.seen = {"pids": 0, "pids_max": 0, "oom": 0}    # last counters the helper reported
+        self.server: _ExecServer | None = None
+        self.server_starts_failed = 0
+        self.server_lock = threading.Lock()
         try:                                 # may this process signal the container's processes itself?
             os.kill(self.init_pid, 0)
             self.host_kill = bool(self.cgroup)
@@ -290,6 +382,27 @@ class _Box:
 
     def counters(self) -> dict | None:
         return _docker_tool.read_counters(self.cgroup) if self.cgroup else None
+
+    def exec_server(self, user: str | None) -> _ExecServer | None:
+        """The container's exec server, started (again) when missing; None where it cannot start (an image
+        whose python3 is missing or too old), after which the classic path serves."""
+        with self.server_lock:
+            if self.server is None and self.server_starts_failed < 2:
+                try:
+                    self.server = _ExecServer(self.container.client.api, self.container.id, user)
+                except Exception:
+                    self.server_starts_failed += 1
+            return self.server
+
+    def drop_server(self) -> None:
+        with self.server_lock:
+            server, self.server = self.server, None
+        if server is not None:
+            server.close()
+
+    def remove(self) -> None:
+        self.drop_server()
+        _remove_quietly(self.container)
 
     def cgroup_pids(self) -> list[int]:
         for d in self.cgroup["pids"]:
@@ -316,14 +429,17 @@ class DockerSandbox(Sandbox):
         user: "UID[:GID]" to run commands as (the workdir is given to it); default the image's user (root).
             A non-root user cannot write outside the workdir and /tmp, nor read root-only files.
         background: keep processes a run leaves behind (default False: they are killed when it returns).
+        exec_server: run commands through the container's exec server (default); False: one `docker exec`
+            per command (~50 ms more each).
         shell: how a string command runs (`bash -c` by default).
         env: extra environment variables for every command.
 
     `run(str)` runs a shell command, `run(list)` an argv, `run_python(code)` Python code. Outcomes
-    (timeout, limit hit, truncated output) come back in the ExecResult (`exit_code` is None after a timeout
-    or the output limit, 128+N after signal N); only a fault of Docker itself raises SandboxError
-    (DockerUnavailable when no engine answers). A job left running in the background that still holds the
-    command's stdout delays its return by Docker's 2 s stream grace: redirect it (`cmd > log 2>&1 &`).
+    (timeout, limit hit, truncated output) come back in the ExecResult (`exit_code` is None after a timeout,
+    the output limit, or a command that killed the exec server running it; 128+N after signal N); only a
+    fault of Docker itself raises SandboxError (DockerUnavailable when no engine answers). A job left
+    running in the background that still holds the command's stdout delays its return by a 2 s grace, as
+    Docker's stream does: redirect it (`cmd > log 2>&1 &`).
     Close the sandbox (or use `with`); one never closed is removed when the process exits.
     """
 
@@ -332,7 +448,7 @@ class DockerSandbox(Sandbox):
     def __init__(self, image: str | None = None, *, limits: Limits | None = None, pool_size: int = 1,
                  network: bool = False, cpus: float = 1.0, workdir: str = WORKDIR, user: str | None = None,
                  background: bool = False, shell: tuple[str, ...] = ("bash", "-c"),
-                 env: dict[str, str] | None = None, client=None):
+                 env: dict[str, str] | None = None, exec_server: bool = True, client=None):
         if pool_size < 0 or cpus <= 0:
             raise UsageError("pool_size must be >= 0 and cpus > 0")
         if user is not None and not all(part.isdigit() for part in str(user).split(":", 1)):
@@ -343,6 +459,7 @@ class DockerSandbox(Sandbox):
         self.limits = _merge(DEFAULT_LIMITS, limits)
         self.pool_size, self.network, self.cpus, self.background = pool_size, network, cpus, background
         self.workdir, self.shell, self.env = workdir, tuple(shell), dict(env or {})
+        self.use_exec_server = exec_server
         self.user = str(user) if user is not None else None
         self._ids = tuple(int(x) for x in (self.user.split(":") * 2)[:2]) if self.user else None
         self._cv = threading.Condition(threading.RLock())
@@ -384,7 +501,10 @@ class DockerSandbox(Sandbox):
             container.start()
             if self._ids:                    # hand the workdir to the user (an entry for a dir chowns it)
                 self._put(container, [_tar_dir(self.workdir, self._ids)])
-            return _Box(container, (lim.memory_mb, lim.processes))
+            box = _Box(container, (lim.memory_mb, lim.processes))
+            if self.use_exec_server:
+                box.exec_server(self.user)   # now, off the clock of the first run
+            return box
         except BaseException as exc:
             _remove_quietly(container)
             if isinstance(exc, docker.errors.DockerException):
@@ -402,7 +522,7 @@ class DockerSandbox(Sandbox):
                     return
                 victim = None if len(self._pool) < self.pool_size else self._retire.pop()
             if victim is not None:
-                _remove_quietly(victim.container)
+                victim.remove()
                 continue
             try:
                 fresh = self._create()
@@ -416,7 +536,7 @@ class DockerSandbox(Sandbox):
             failures = 0
             with self._cv:
                 if self._closed:
-                    _remove_quietly(fresh.container)
+                    fresh.remove()
                     return
                 self._pool.append(fresh)
                 self._pool_error = None
@@ -460,12 +580,12 @@ class DockerSandbox(Sandbox):
                 return
             self._closed = True
             self._cv.notify_all()
-            doomed = [b.container for b in (self._box, *self._pool, *self._retire) if b is not None]
+            doomed = [b for b in (self._box, *self._pool, *self._retire) if b is not None]
             self._pool, self._retire, self._box = [], [], None
         worker = getattr(self, "_worker", None)
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=60)          # it removes what it was creating when it sees `closed`
-        threads = [threading.Thread(target=_remove_quietly, args=(c,)) for c in doomed]
+        threads = [threading.Thread(target=b.remove) for b in doomed]
         for t in threads:
             t.start()
         for t in threads:
@@ -493,6 +613,72 @@ class DockerSandbox(Sandbox):
         if not timeout or timeout <= 0:
             raise UsageError(f"timeout must be positive, got {timeout!r}")
         lim = _merge(self.limits, limits)
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        box = self._box
+        self._apply_limits(box, lim)
+        token = uuid.uuid4().hex
+        server = box.exec_server(self.user) if self.use_exec_server else None
+        if server is not None and server.lock.acquire(blocking=False):   # busy: another thread's run
+            try:
+                res = self._run_served(box, server, argv, data, timeout, lim, workdir or self.workdir,
+                                       {**self.env, **(env or {})}, token)
+            finally:
+                server.lock.release()
+            if res is not None:
+                return res
+        return self._run_exec(box, argv, data, timeout, lim, workdir or self.workdir, env, token)
+
+    def _run_served(self, box: _Box, server: _ExecServer, argv: list[str], data: bytes | None, timeout: float,
+                    lim: Limits, workdir: str, env: dict[str, str], token: str) -> ExecResult | None:
+        """One command through the container's exec server; None when it never started there."""
+        before = box.counters()
+        request = {"argv": argv, "env": env, "workdir": workdir, "token": token, "timeout": timeout,
+                   "limits": {"cpu_s": lim.cpu_s, "file_size_mb": lim.file_size_mb, "open_files": lim.open_files},
+                   "cap": lim.output_bytes or DEFAULT_LIMITS.output_bytes, "background": self.background,
+                   "counters": before is None}
+        start = time.monotonic()
+        try:
+            head, out, err = server.call(request, data, start + timeout + SERVER_GRACE_S)
+        except _ServerGone as gone:
+            box.drop_server()
+            if not gone.started:
+                return None
+            if not self._running(box):
+                raise SandboxError(f"container {box.container.short_id} has stopped (a command ended its init)")
+            # The command ended the server that ran it (root may signal it): its outcome is lost.
+            after = self._kill(box, token)
+            return ExecResult(stdout="", stderr="sandbox: the command killed the sandbox's exec server; its output "
+                              "and exit status are lost\n", exit_code=None, duration_s=time.monotonic() - start,
+                              limit_hit=_classify(None, None, b"", False, before, after))
+        except TimeoutError:                 # the server hangs (stopped by a command?): end it and the command
+            self._end_server(box, server)
+            after = self._kill(box, token)
+            return ExecResult(stdout="", stderr="sandbox: the exec server stopped answering\n", exit_code=None,
+                              timed_out=True, duration_s=time.monotonic() - start,
+                              limit_hit=_classify("timeout", None, b"", False, before, after))
+        if "error" in head:                  # it could not start the command (e.g. no pid left to fork)
+            return None
+        after = box.counters() if before is not None else head["after"]
+        before = before or head["before"]
+        left = before and after and after["pids"] > before["pids"] and not self.background
+        if head["stop"] or head["held"] or left:    # the host (or root helper) kills what the server could not
+            after = self._kill(box, token)
+        limit_hit = _classify(head["stop"], head["exit_code"], err, head["truncated"], before, after)
+        return ExecResult(stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
+                          exit_code=head["exit_code"], timed_out=head["stop"] == "timeout", limit_hit=limit_hit,
+                          duration_s=time.monotonic() - start, truncated=head["truncated"])
+
+    def _end_server(self, box: _Box, server: _ExecServer) -> None:
+        box.drop_server()
+        try:
+            box.container.exec_run(["python3", "-c", f"import os; os.kill({server.pid}, 9)"], user="0",
+                                   environment={MARKER: "helper"})
+        except Exception:                    # the container is gone: so is the server
+            pass
+
+    def _run_exec(self, box: _Box, argv: list[str], data: bytes | None, timeout: float, lim: Limits, workdir: str,
+                  env: dict[str, str] | None, token: str) -> ExecResult:
+        """One command as its own `docker exec` (the classic path): rlimits through `prlimit`."""
         rl = []
         if lim.cpu_s:
             cpu = max(1, round(lim.cpu_s))      # SIGXCPU at the soft limit, SIGKILL a second later
@@ -503,16 +689,12 @@ class DockerSandbox(Sandbox):
             rl.append(f"--nofile={int(lim.open_files)}")
         if rl:
             argv = ["prlimit", *rl, "--", *argv]
-        data = stdin.encode() if isinstance(stdin, str) else stdin
-        box = self._box
-        self._apply_limits(box, lim)
-        token = uuid.uuid4().hex
         api = self.client.api
         before = box.counters()
         start = time.monotonic()
         try:
             exec_id = api.exec_create(box.container.id, argv, stdin=data is not None, user=self.user or "",
-                                      workdir=workdir or self.workdir,
+                                      workdir=workdir,
                                       environment={**self.env, **(env or {}), MARKER: token})["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except Exception as exc:
@@ -807,8 +989,9 @@ SNIPPET = "print(sum(i*i for i in range(1000)))"
 
 
 def docker_figures(n: int = 50, image: str | None = None) -> dict:
-    """Exec latency in a warm container, reset() from the warm pool, and `docker run --rm` as the baseline,
-    all measured in this call on `SNIPPET`. Also the cold start that the pool hides (create + start)."""
+    """Exec latency in a warm container (through the exec server), reset() from the warm pool, and two
+    baselines, all measured in this call on `SNIPPET`: one `docker exec` per command (the classic path) and
+    `docker run --rm`. Also the first exec after a reset."""
     def ms(xs):
         xs = sorted(xs)
         return round(1000 * statistics.median(xs), 3), round(1000 * xs[min(len(xs) - 1, int(0.9 * len(xs)))], 3)
@@ -840,6 +1023,15 @@ def docker_figures(n: int = 50, image: str | None = None) -> dict:
             check(sb.run_python(SNIPPET))     # the fresh container works at once
             colds.append(time.perf_counter() - t)
         image = sb.image
+    classic = []
+    with DockerSandbox(image, pool_size=0, exec_server=False) as sb:
+        for _ in range(3):
+            check(sb.run_python(SNIPPET))
+        for _ in range(n):
+            t = time.perf_counter()
+            res = sb.run_python(SNIPPET)
+            classic.append(time.perf_counter() - t)
+            check(res)
     runs = []
     labels = [f"--label={k}={v}" for k, v in _owner_labels().items()]   # reaped by gc if we are killed
     for _ in range(max(5, n // 10)):
@@ -849,12 +1041,14 @@ def docker_figures(n: int = 50, image: str | None = None) -> dict:
         runs.append(time.perf_counter() - t)
         if proc.stdout.strip() != "332833500":
             raise SandboxError(f"docker run baseline failed: {proc.stderr.strip()[-300:]}")
-    (e50, e90), (r50, r90), (c50, _), (b50, _) = ms(execs), ms(resets), ms(colds), ms(runs)
+    (e50, e90), (r50, r90), (c50, _), (b50, _), (x50, _) = ms(execs), ms(resets), ms(colds), ms(runs), ms(classic)
     return {"image": image, "snippet": SNIPPET, "n_exec": n, "n_reset": len(resets), "n_docker_run": len(runs),
             "exec_median_ms": round(e50, 1), "exec_p90_ms": round(e90, 1),
             "reset_median_ms": r50, "reset_p90_ms": r90,
             "first_exec_after_reset_median_ms": round(c50, 1),
+            "docker_exec_per_command_median_ms": round(x50, 1),
             "docker_run_median_ms": round(b50, 1),
+            "exec_speedup_vs_docker_exec": round(x50 / e50, 1),
             "exec_speedup_vs_docker_run": round(b50 / e50, 1),
             "cpu_ms_per_exec": round(1000 * (cpu1 - cpu0) / n, 1) if cpu0 is not None and cpu1 is not None else None,
             "load_avg_1m_after": round(os.getloadavg()[0], 2)}   # other work on the machine slows every figure

@@ -24,7 +24,8 @@ from model.train_loop import Row, endless, pack, resume_point, setup_distributed
 def encode_documents(tokenizer, texts: list[str]) -> list[tuple[list[int], list[int]]]:
     """BOS + text + EOS per document, loss on every token. Raw text never yields control tokens:
     a literal `<|eot_id|>` in a source file is spelt out, not read as the special token."""
-    enc = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    # verbose=False: a document longer than the model's context is fine here (rows are packed afterwards)
+    enc = tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     return [([bos, *ids, eos], [1] * (len(ids) + 2)) for ids in enc]
 

@@ -1,6 +1,7 @@
 """Ray rollouts: groups, token-in/token-out with env tokens masked, versions, failures, retries, staleness."""
 import functools
 import os
+import re
 import sys
 
 import gymnasium
@@ -228,3 +229,34 @@ def test_generation_stops_at_the_end_of_a_tool_call(tiny):
     c = policy.generate([prompt], greedy=True)[0]
     assert c.finish == "stop" and c.text == "<tool: bash>\nls\n</tool>"
     assert c.ids == reply[: len(c.ids)] and len(c.logprobs) == len(c.ids)
+
+
+def _compute_with_the_tool_then_box(turn) -> str:
+    """A scripted two-turn solver: print the answer from the python tool, then box what the tool printed."""
+    if "tool: python<|end_header_id|>" not in turn.observation:
+        return f"Let me compute it.\n<tool: python>\nprint({turn.task.answer})\n</tool>"
+    printed = re.search(r"\[stdout\]\s*(-?\d+)", turn.observation).group(1)   # CWM's tool output format
+    return f"The tool printed {printed}.\n</think>\n\\boxed{{{printed}}}"
+
+
+def test_a_tool_using_episode_in_math_tool_keeps_every_token_in_order(tiny):
+    """cwm/MathTool-v0 (the local sandbox runs the call): the tool message comes back as env tokens, masked,
+    between the two policy turns, and the final answer is paid."""
+    env = EnvSpec("cwm/MathTool-v0", kwargs={"kinds": ["add_sub"], "difficulty": 0})
+    policy = functools.partial(OraclePolicy, tiny.tokenizer.encode, _compute_with_the_tool_then_box)
+    worker = RolloutWorker([env], policy, encode=tiny.tokenizer.encode)
+    try:
+        trajs, stats = worker.run([Request(env=0, seed=s, group=s, n=1) for s in range(3)], sample_seed=0)
+    finally:
+        worker.close()
+    assert stats.episodes == 3 and not any(t.error for t in trajs)
+    for t in trajs:
+        assert t.rewards == [0.0, 1.0] and len(t.turn_ends) == 2, t.info
+        decode = tiny.tokenizer.decode
+        reply = [i for i, m in zip(t.ids[t.turn_ends[0] + 1:], t.policy_mask[t.turn_ends[0] + 1:]) if m == 0]
+        env_text = decode(reply)
+        assert "tool: python" in env_text and env_text.count("<|eot_id|>") == 1, env_text
+        policy_text = decode([i for i, m in zip(t.ids, t.policy_mask) if m])
+        answer = t.info.get("answer") or policy_text.rsplit("\\boxed{", 1)[1].split("}")[0]
+        assert "<tool: python>" in policy_text and f"\\boxed{{{answer}}}" in policy_text
+        assert f"[stdout]\n{answer}" in env_text or f"[stdout]{answer}" in env_text, env_text   # what the sandbox printed

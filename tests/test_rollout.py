@@ -257,6 +257,6 @@ def test_a_tool_using_episode_in_math_tool_keeps_every_token_in_order(tiny):
         env_text = decode(reply)
         assert "tool: python" in env_text and env_text.count("<|eot_id|>") == 1, env_text
         policy_text = decode([i for i, m in zip(t.ids, t.policy_mask) if m])
-        answer = t.info.get("answer") or policy_text.rsplit("\\boxed{", 1)[1].split("}")[0]
+        answer = t.info["answer"]
         assert "<tool: python>" in policy_text and f"\\boxed{{{answer}}}" in policy_text
         assert f"[stdout]\n{answer}" in env_text or f"[stdout]{answer}" in env_text, env_text   # what the sandbox printed

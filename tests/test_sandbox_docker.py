@@ -233,6 +233,18 @@ def test_a_dead_exec_server_is_reported_and_replaced(docker_engine):
         assert box._box.server is not None and box._box.server is not server
 
 
+def test_commands_cannot_reach_the_exec_servers_pipes_or_memory(docker_engine):
+    """The server that runs a command (its parent) is closed to it through /proc, for root too: no forged
+    replies in its stream, no reading its memory."""
+    code = ("import os\nfor what in ('fd/0', 'fd/1', 'mem', 'environ'):\n    try:\n"
+            "        open(f'/proc/{os.getppid()}/{what}', 'rb').close()\n        print('opened', what)\n"
+            "    except PermissionError:\n        print('denied', what)\n")
+    with make_sandbox("docker", pool_size=0) as box:
+        res = box.run_python(code)
+        assert res.ok and res.stdout.split().count("denied") == 4, res
+        assert box.run("cat /proc/self/oom_score_adj").stdout == "1000\n"   # the OOM killer picks commands first
+
+
 # ------------------------------------------------------------------------------------------------ lifetime
 
 CHILD = textwrap.dedent("""

@@ -11,7 +11,8 @@ uid as the commands, so it may read their markers: root in a container lacks CAP
 each command is then a fork and exec in the container instead of a new `docker exec` (the engine alone
 spends ~50 ms on one). It does what the engine did per command: the marker, the workdir, the environment,
 the rlimits, the wall-clock deadline, the output cap, and the kill of the command's processes (its session
-at once, then every process with its marker). What it cannot reach it reports (`held`), and the host kills. Protocol on stdin (requests) and stdout (replies): a 4-byte big-endian
+at once, then every process with its marker). What it cannot reach it reports (`held`), and the host kills.
+It makes itself non-dumpable, so its commands cannot open its stdin or stdout through /proc to forge replies. Protocol on stdin (requests) and stdout (replies): a 4-byte big-endian
 length, a JSON header, then the raw payloads whose lengths the header names (stdin in a request; stdout and
 stderr in a reply). The server acknowledges each request with one byte before it forks, so a host that
 sees no acknowledgement knows the command never started.
@@ -159,9 +160,27 @@ def _stdin_fd(data):
     return fd
 
 
+_LIBC = None
+
+
+def _set_dumpable(flag):
+    """prctl(PR_SET_DUMPABLE): a process that is not dumpable keeps its /proc entries (fds, memory,
+    environment) from processes of its own uid that lack CAP_SYS_PTRACE, as root in a container does.
+    False where ctypes is missing (best effort)."""
+    global _LIBC
+    try:
+        if _LIBC is None:                          # once in the server; forked children inherit it
+            import ctypes
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        return _LIBC.prctl(4, int(flag), 0, 0, 0) == 0
+    except Exception:
+        return False
+
+
 def _child(req, stdin_fd, out_w, err_w):
     """In the forked child: become the command (never returns)."""
     try:
+        _set_dumpable(True)                        # our own /proc entries again (exec would do it too)
         os.setsid()                                # its own session: one killpg ends it and what it forks
         os.dup2(stdin_fd, 0)
         os.dup2(out_w, 1)
@@ -301,7 +320,8 @@ def serve():
     """Answer requests until stdin closes; a fault of ours is reported, never fatal."""
     devnull = os.open("/dev/null", os.O_WRONLY)
     os.dup2(devnull, 2)                            # stray messages must not mix into the reply stream
-    _write_frame({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]})
+    sealed = _set_dumpable(False)                  # commands must not write forged replies into our fd 1
+    _write_frame({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0], "sealed": sealed})
     while True:
         raw = _read_exact(0, _LEN.size)
         if raw is None:

@@ -21,9 +21,11 @@ import json
 import os
 import select
 import signal
-import struct
 import sys
 import time
+
+if "write_frame" not in globals():  # imported on the host; in a container `_frames`' source comes first
+    from cwm_envs.sandbox._frames import LEN, read_exact, write_frame
 
 MARKER = "CWM_EXEC"
 IN_CONTAINER = {"pids": ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"],        # cgroup v1, then v2
@@ -122,26 +124,8 @@ def kill_marked(token, pids=all_pids, skip=(), rounds=1000):
 
 # ------------------------------------------------------------------------------------------------ serve
 
-_LEN = struct.Struct(">I")
 DRAIN_FACTOR = 16       # past the cap, output is read and dropped up to 16x the cap, then the command is killed
 _RLIMITS = {"cpu_s": 0, "file_size_mb": 1 << 20, "open_files": 1}   # request field -> scale to the kernel's unit
-
-
-def _read_exact(fd, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def _write_frame(header, *payloads):
-    data = json.dumps(header).encode()
-    view = memoryview(b"".join([_LEN.pack(len(data)), data] + list(payloads)))
-    while view:
-        view = view[os.write(1, view):]
 
 
 def _stdin_fd(data):
@@ -321,20 +305,20 @@ def serve():
     devnull = os.open("/dev/null", os.O_WRONLY)
     os.dup2(devnull, 2)                            # stray messages must not mix into the reply stream
     sealed = _set_dumpable(False)                  # commands must not write forged replies into our fd 1
-    _write_frame({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0], "sealed": sealed})
+    write_frame({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0], "sealed": sealed})
     while True:
-        raw = _read_exact(0, _LEN.size)
+        raw = read_exact(0, LEN.size)
         if raw is None:
             return
-        req = json.loads(_read_exact(0, _LEN.unpack(raw)[0]).decode())
-        stdin = _read_exact(0, req["stdin_len"]) if req["stdin_len"] >= 0 else None
+        req = json.loads(read_exact(0, LEN.unpack(raw)[0]).decode())
+        stdin = read_exact(0, req["stdin_len"]) if req["stdin_len"] >= 0 else None
         os.write(1, b"\x06")
         try:
             reply = _execute(req, stdin)
         except Exception as exc:                   # fork refused (pids full), a bad workdir...: tell the host
             kill_marked(req["token"], skip={1})
             reply = ({"error": "%s: %s" % (type(exc).__name__, exc), "stdout_len": 0, "stderr_len": 0},)
-        _write_frame(*reply)
+        write_frame(*reply)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,14 @@ import os
 import resource
 import select
 import signal
-import struct
 import sys
 import time
 import traceback
 import types
 
-_LEN = struct.Struct(">I")
+if "write_frame" not in globals():  # imported on the host; in the jail `_frames`' source comes first
+    from cwm_envs.sandbox._frames import LEN, read_exact, write_frame
+
 _RLIMITS = {  # request field -> (rlimit, scale to the kernel's unit)
     "cpu_s": (resource.RLIMIT_CPU, 1),
     "memory_mb": (resource.RLIMIT_AS, 1 << 20),
@@ -42,24 +43,6 @@ _RLIMITS = {  # request field -> (rlimit, scale to the kernel's unit)
     "file_size_mb": (resource.RLIMIT_FSIZE, 1 << 20),
     "open_files": (resource.RLIMIT_NOFILE, 1),
 }
-
-
-def _read_exact(fd, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def _write_frame(header, *payloads):
-    data = json.dumps(header).encode()
-    blob = b"".join([_LEN.pack(len(data)), data, *payloads])
-    view = memoryview(blob)
-    while view:
-        view = view[os.write(1, view):]
 
 
 def _kill_all(wait_s=5.0):
@@ -159,11 +142,11 @@ def _spare(cfg, ctl_r, out_w, err_w):
         # Copy now (copy-on-write) pages that any run writes anyway, while no one waits for us.
         json.loads(json.dumps({"warm": [1, "x"]}))
         exec(compile("sum(i * i for i in range(64))", "<warm>", "exec"), {})
-        raw = _read_exact(ctl_r, _LEN.size)
+        raw = read_exact(ctl_r, LEN.size)
         if raw is None:  # the server is done with us
             os._exit(0)
-        req = json.loads(_read_exact(ctl_r, _LEN.unpack(raw)[0]))
-        stdin = _read_exact(ctl_r, req["stdin_len"]) if req["stdin_len"] >= 0 else None
+        req = json.loads(read_exact(ctl_r, LEN.unpack(raw)[0]))
+        stdin = read_exact(ctl_r, req["stdin_len"]) if req["stdin_len"] >= 0 else None
         os.close(ctl_r)
         if stdin:
             fd = os.memfd_create("stdin")
@@ -265,7 +248,7 @@ def _execute(cfg, spare, req, stdin):
     limits = req["limits"]
     cap = limits["output_bytes"]
     head = json.dumps(req).encode()
-    message = b"".join([_LEN.pack(len(head)), head, stdin or b""])
+    message = b"".join([LEN.pack(len(head)), head, stdin or b""])
     view = memoryview(message)
     while view:
         view = view[os.write(spare.ctl_w, view):]  # raises BrokenPipeError if the spare died meanwhile
@@ -359,19 +342,19 @@ def main(cfg):
     gc.collect()
     gc.freeze()  # children then do not touch (copy) the pages of these objects when they collect
     devnull = os.open("/dev/null", os.O_WRONLY)
-    _write_frame({"ready": True, "version": sys.version.split()[0]})
+    write_frame({"ready": True, "version": sys.version.split()[0]})
     os.dup2(devnull, 2)  # nothing of ours writes there; keep stray messages off the host's log
     spare = None
     while True:
         if spare is None:  # fork the next child now, off the clock of the next execution
             spare = Spare(cfg)
-        raw = _read_exact(0, _LEN.size)
+        raw = read_exact(0, LEN.size)
         if raw is None:
             break
-        req = json.loads(_read_exact(0, _LEN.unpack(raw)[0]))
+        req = json.loads(read_exact(0, LEN.unpack(raw)[0]))
         if req.get("op") == "exit":
             break
-        stdin = _read_exact(0, req["stdin_len"]) if req.get("stdin_len", -1) >= 0 else None
+        stdin = read_exact(0, req["stdin_len"]) if req.get("stdin_len", -1) >= 0 else None
         os.write(1, b"\x06")  # received: a host that sees no ack knows the code never started
         try:
             try:
@@ -385,7 +368,7 @@ def main(cfg):
             reply = ({"error": f"{type(exc).__name__}: {exc}", "stdout_len": 0, "stderr_len": 0},)
         spare.discard()
         spare = None
-        _write_frame(*reply)
+        write_frame(*reply)
     _kill_all()
 
 

@@ -45,6 +45,7 @@ from pathlib import Path, PurePosixPath
 
 from cwm_envs.errors import DockerUnavailable, SandboxError, UsageError
 from cwm_envs.sandbox import _docker_tool
+from cwm_envs.sandbox._frames import program_source
 from cwm_envs.sandbox.base import ExecResult, Limits, Sandbox
 from cwm_envs.sandbox.images import WORKDIR, ensure_base_image
 
@@ -54,7 +55,7 @@ MARKER = _docker_tool.MARKER
 DEFAULT_LIMITS = Limits(memory_mb=1024, processes=256, output_bytes=1 << 20)
 DRAIN_FACTOR = _docker_tool.DRAIN_FACTOR   # past the cap, output is read and dropped up to 16x the cap
 SERVER_GRACE_S = 30.0  # how long past a run's timeout the host waits for the server's reply
-_TOOL_SOURCE = Path(_docker_tool.__file__).read_text()
+_TOOL_SOURCE = program_source("_docker_tool.py")
 
 # ----------------------------------------------------------------------------------------------- process level
 

@@ -32,7 +32,6 @@ import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import weakref
 from pathlib import Path, PurePosixPath
 
 from cwm_envs.errors import SandboxError, UsageError
+from cwm_envs.sandbox._frames import LEN, program_source
 from cwm_envs.sandbox.base import ExecResult, Limits, Sandbox
 
 JAIL_WORKDIR = "/sandbox"
@@ -55,8 +55,7 @@ UID_BASE = 1_500_000_000   # far above any real account: sandbox uids own nothin
 UID_SLOTS = 1 << 16
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "nsswitch.conf", "hosts",
         "mime.types", f"python3.{sys.version_info.minor}")
-_LEN = struct.Struct(">I")
-_SERVER_SOURCE = (Path(__file__).with_name("_forkserver.py")).read_text()
+_SERVER_SOURCE = program_source("_forkserver.py")
 _HOST_GRACE_S = 15.0       # beyond the timeout, before the host gives up on a silent server
 
 
@@ -151,7 +150,7 @@ class _Server:
 
     def send(self, header: dict, payload: bytes = b"") -> None:
         data = json.dumps(header).encode()
-        view = memoryview(b"".join((_LEN.pack(len(data)), data, payload)))
+        view = memoryview(b"".join((LEN.pack(len(data)), data, payload)))
         while view:
             view = view[os.write(self.wfd, view):]
 
@@ -170,7 +169,7 @@ class _Server:
         return out
 
     def read_frame(self, deadline: float) -> tuple[dict, bytes]:
-        (size,) = _LEN.unpack(self.read_exact(_LEN.size, deadline))
+        (size,) = LEN.unpack(self.read_exact(LEN.size, deadline))
         header = json.loads(self.read_exact(size, deadline))
         body = self.read_exact(header.get("stdout_len", 0) + header.get("stderr_len", 0), deadline)
         return header, body

@@ -155,6 +155,18 @@ def test_leftover_processes_are_killed_unless_background(sb):
     assert _host_procs_with(marker) == []
 
 
+@pytest.mark.parametrize("exec_server", [True, False], ids=["exec-server", "docker-exec"])
+def test_a_forged_marker_does_not_keep_a_process_alive(docker_engine, exec_server):
+    """The marker that ties processes to a run is an environment variable: borrowing the container's own
+    ("keep"), the server's or a made-up run's must not let a daemon outlive its run."""
+    with make_sandbox("docker", pool_size=0, exec_server=exec_server) as box:
+        for forged in ("keep", "server", "0" * 32):
+            marker = f"{3000 + uuid.uuid4().int % 1000}.5"
+            res = box.run(f"CWM_EXEC={forged} setsid sleep {marker} > /dev/null 2>&1 < /dev/null & echo started")
+            assert res.stdout == "started\n" and _host_procs_with(marker) == [], forged
+        assert box.run("echo fine").stdout == "fine\n"
+
+
 def test_per_run_limits(sb):
     res = sb.run_python("x = bytearray(700 * 2**20); print('ok')", limits=Limits(memory_mb=256))
     assert res.limit_hit == "memory" and "ok" not in res.stdout, res

@@ -71,9 +71,11 @@ def all_pids():
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
 
 
-def _marked(token, pids, skip):
-    """(pid, state) of every live process of one execution, and of every process without a marker."""
-    mine = (MARKER + "=" + token).encode()
+def _marked(token, pids, skip, spare=None):
+    """(pid, state) of every live process of one execution, and of every process without a marker; with
+    `spare` (marker values), of every process whose marker is not one of them."""
+    mine = (MARKER + "=" + (token or "")).encode()
+    kept = None if spare is None else {(MARKER + "=" + m).encode() for m in spare}
     key = (MARKER + "=").encode()
     found = []
     for pid in pids():
@@ -89,7 +91,8 @@ def _marked(token, pids, skip):
         except (OSError, IndexError):
             continue
         mark = [e for e in env if e.startswith(key)]
-        if state != "Z" and (not mark or mark[0] == mine):   # zombies are dead already
+        doomed = not mark or (mark[0] == mine if kept is None else mark[0] not in kept)
+        if state != "Z" and doomed:                # zombies are dead already
             found.append((pid, state))
     return found
 
@@ -102,20 +105,20 @@ def _signal(pids, sig):
             pass
 
 
-def kill_marked(token, pids=all_pids, skip=(), rounds=1000):
-    """Stop, then SIGKILL, the processes of one execution; True once none is left.
+def kill_marked(token, pids=all_pids, skip=(), rounds=1000, spare=None):
+    """Stop, then SIGKILL, the processes of one execution (see `_marked` for `spare`); True once none is left.
 
     `pids` lists the candidates (inside the container: all of /proc; on the host: the container's
     cgroup.procs), `skip` the init and the caller. Stopping first wins against a fork bomb: a stopped
     process forks no more, so the set only shrinks."""
     skip = set(skip) | {os.getpid()}
     for _ in range(rounds):
-        running = [pid for pid, state in _marked(token, pids, skip) if state not in "Tt"]
+        running = [pid for pid, state in _marked(token, pids, skip, spare) if state not in "Tt"]
         if not running:
             break
         _signal(running, 19)                       # SIGSTOP
     for _ in range(rounds):
-        left = [pid for pid, _state in _marked(token, pids, skip)]
+        left = [pid for pid, _state in _marked(token, pids, skip, spare)]
         if not left:
             return True
         _signal(left, 9)

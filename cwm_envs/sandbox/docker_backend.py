@@ -271,9 +271,10 @@ class _ExecServer:
     """The host's end of one container's exec server: a `docker exec` of `_docker_tool serve`, as the
     sandbox's user, that lives as long as the container and takes one request at a time (`lock`)."""
 
-    def __init__(self, api, container_id: str, user: str | None, ready_s: float = 60.0):
+    def __init__(self, api, container_id: str, user: str | None, marker: str, ready_s: float = 60.0):
+        self.marker = marker
         exec_id = api.exec_create(container_id, ["python3", "-c", _TOOL_SOURCE, "serve"], stdin=True,
-                                  user=user or "", workdir="/", environment={MARKER: "server"})["Id"]
+                                  user=user or "", workdir="/", environment={MARKER: marker})["Id"]
         self.sock = api.exec_start(exec_id, socket=True)
         self.raw = getattr(self.sock, "_sock", self.sock)
         self.raw.setblocking(False)
@@ -375,6 +376,8 @@ class _Box:
         self.server: _ExecServer | None = None
         self.server_starts_failed = 0
         self.server_lock = threading.Lock()
+        self.live: set[str] = set()          # markers of the runs, helpers and server alive now (see _sweep)
+        self.live_lock = threading.Lock()
         try:                                 # may this process signal the container's processes itself?
             os.kill(self.init_pid, 0)
             self.host_kill = bool(self.cgroup)
@@ -389,17 +392,29 @@ class _Box:
         whose python3 is missing or too old), after which the classic path serves."""
         with self.server_lock:
             if self.server is None and self.server_starts_failed < 2:
+                marker = f"server-{uuid.uuid4().hex}"
+                self.add_live(marker)
                 try:
-                    self.server = _ExecServer(self.container.client.api, self.container.id, user)
+                    self.server = _ExecServer(self.container.client.api, self.container.id, user, marker)
                 except Exception:
                     self.server_starts_failed += 1
+                    self.drop_live(marker)
             return self.server
+
+    def add_live(self, marker: str) -> None:
+        with self.live_lock:
+            self.live.add(marker)
+
+    def drop_live(self, marker: str) -> None:
+        with self.live_lock:
+            self.live.discard(marker)
 
     def drop_server(self) -> None:
         with self.server_lock:
             server, self.server = self.server, None
         if server is not None:
             server.close()
+            self.drop_live(server.marker)
 
     def remove(self) -> None:
         self.drop_server()
@@ -619,15 +634,38 @@ class DockerSandbox(Sandbox):
         self._apply_limits(box, lim)
         token = uuid.uuid4().hex
         server = box.exec_server(self.user) if self.use_exec_server else None
-        if server is not None and server.lock.acquire(blocking=False):   # busy: another thread's run
-            try:
-                res = self._run_served(box, server, argv, data, timeout, lim, workdir or self.workdir,
-                                       {**self.env, **(env or {})}, token)
-            finally:
-                server.lock.release()
-            if res is not None:
-                return res
-        return self._run_exec(box, argv, data, timeout, lim, workdir or self.workdir, env, token)
+        sweep = box.host_kill and not self.background
+        before = set(box.cgroup_pids()) if sweep else None
+        box.add_live(token)
+        try:
+            res = None
+            if server is not None and server.lock.acquire(blocking=False):   # busy: another thread's run
+                try:
+                    res = self._run_served(box, server, argv, data, timeout, lim, workdir or self.workdir,
+                                           {**self.env, **(env or {})}, token)
+                finally:
+                    server.lock.release()
+            if res is None:
+                res = self._run_exec(box, argv, data, timeout, lim, workdir or self.workdir, env, token)
+        finally:
+            box.drop_live(token)
+        if sweep:
+            self._sweep(box, before)
+        return res
+
+    @staticmethod
+    def _sweep(box: _Box, before: set[int]) -> None:
+        """Kill what appeared in the container during a run unless its marker is that of a run, helper or
+        server alive now. The marker is an environment variable: a command may set it to anything (the
+        container's own "keep", another run's), so only a marker we know to be live spares a process.
+        Processes started meanwhile by other means (a `docker exec` from outside) count as the run's."""
+        def new() -> list[int]:
+            return [pid for pid in box.cgroup_pids() if pid not in before]
+
+        if new():
+            with box.live_lock:
+                live = set(box.live)
+            _docker_tool.kill_marked(None, new, {box.init_pid}, spare=live)
 
     def _run_served(self, box: _Box, server: _ExecServer, argv: list[str], data: bytes | None, timeout: float,
                     lim: Limits, workdir: str, env: dict[str, str], token: str) -> ExecResult | None:
@@ -673,7 +711,7 @@ class DockerSandbox(Sandbox):
         box.drop_server()
         try:
             box.container.exec_run(["python3", "-c", f"import os; os.kill({server.pid}, 9)"], user="0",
-                                   environment={MARKER: "helper"})
+                                   environment={MARKER: server.marker})
         except Exception:                    # the container is gone: so is the server
             pass
 
@@ -790,8 +828,13 @@ class DockerSandbox(Sandbox):
 
     def _tool(self, box: _Box, *args: str) -> dict | None:
         """Run the in-container helper as root; its counters, or None when it could not start or finish."""
-        res = box.container.exec_run(["python3", "-c", _TOOL_SOURCE, *args], user="0",
-                                     environment={MARKER: "helper"})
+        marker = f"helper-{uuid.uuid4().hex}"
+        box.add_live(marker)
+        try:
+            res = box.container.exec_run(["python3", "-c", _TOOL_SOURCE, *args], user="0",
+                                         environment={MARKER: marker})
+        finally:
+            box.drop_live(marker)
         lines = res.output.decode("utf-8", "replace").strip().splitlines()
         if res.exit_code != 0 or not lines:
             return None

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cwm_envs.errors import UsageError
 
@@ -91,6 +90,8 @@ class RLArgs:
 
 def load_policy(spec: str, *, seed: int, value_head: bool, **sampling):
     """An LMPolicy from a model directory, or a fresh preset with a tokenizer trained on the env's text."""
+    import torch
+
     from agents.policy import LMPolicy
 
     path = Path(spec)
@@ -121,7 +122,9 @@ def load_policy(spec: str, *, seed: int, value_head: bool, **sampling):
     return LMPolicy(model, tok, value_head=head, **sampling)
 
 
-def _value_head(hidden: int) -> torch.nn.Linear:
+def _value_head(hidden: int):
+    import torch
+
     head = torch.nn.Linear(hidden, 1)
     torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)  # values start at 0
     return head
@@ -133,6 +136,8 @@ class RLRun:
     """Driver of one run: rollout pool + learner group + metrics and checkpoints."""
 
     def __init__(self, args: RLArgs):
+        import torch
+
         from agents import grpo, ppo
         from agents.lm_module import build_learner_group, lr_schedule, set_lm_weights
         from agents.rollout import EnvSpec, RolloutPool, init_ray
@@ -259,6 +264,8 @@ class RLRun:
         return self.policy
 
     def save_model(self, path: Path) -> None:
+        import torch
+
         policy = self.current_policy()
         policy.model.save_pretrained(path)
         policy.tokenizer.save_pretrained(path)
@@ -266,6 +273,8 @@ class RLRun:
             torch.save(policy.value_head.state_dict(), path / "value_head.pt")
 
     def save_checkpoint(self) -> Path:
+        import torch
+
         from model.train_loop import checkpoints
 
         root = self.out / "checkpoints"
@@ -284,12 +293,16 @@ class RLRun:
         return final
 
     def _restore(self, ckpt: Path) -> None:
+        import torch
+
         state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
         self.learners.set_state(state["learner"])
         self.step, self.version, self.elapsed = state["step"], state["version"], state["elapsed"]
         self._pool_state = state["pool"]
 
     def _save_start(self) -> None:
+        import torch
+
         start = self.out / "start"
         if not (start / "config.json").is_file():
             self.policy.model.save_pretrained(start)
@@ -307,6 +320,8 @@ class RLRun:
 
 
 def _load_start(path: Path, policy) -> dict:
+    import torch
+
     from model.config import load_model
 
     lm = load_model(path)

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from benchmarks.report import pass_at_k, write_report
+
+# torch, Ray, transformers and TRL are imported inside the functions that use them: `cwm` imports this module
+# to build its parsers, and `cwm --help` should not wait for them.
 
 MATH = "cwm/Math-v0"
 # Single-digit addition/subtraction. Thinking off and the short prompt ("Wrap your answer in $\boxed{}$.") keep
@@ -67,6 +67,8 @@ def warm_start(out: Path, seed: int, target: float | None = 0.3, sft_lr: float =
     The SFT learning rate is constant after warm-up so that the run can be extended chunk by chunk; how many
     steps a seed needs varies (the accuracy rises steeply once the model starts to add).
     """
+    import torch
+
     from model import sft
     from model.config import TOKENIZER_VOCAB, build_model
     from model.tokenizer import train_tokenizer
@@ -213,6 +215,8 @@ def learn_one(out: Path, seed: int, minutes: float, workers: int, problems: int,
 
 
 def cmd_learn(args) -> int:
+    import torch
+
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)
     runs = []
@@ -492,6 +496,8 @@ def trl_one(out: Path, model_dir: Path, args, seed: int) -> dict[str, Any]:
 
 
 def cmd_trl(args) -> int:
+    import torch
+
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)
     runs = []
@@ -561,6 +567,7 @@ def _plot_trl(runs: list[dict], png: Path) -> None:
 
 def cmd_scaling(args) -> int:
     import ray
+    import torch
 
     from agents.policy import LMPolicy
     from agents.rollout import EnvSpec, RolloutPool, RolloutWorker, draw_requests, init_ray
@@ -629,6 +636,8 @@ def cmd_scaling(args) -> int:
 def learner_overhead(model_dir: Path, trajs, repeats: int = 5) -> list[dict]:
     """Seconds per GRPO update on one batch: RLlib LearnerGroup (local learner) vs the same module and loss in a
     plain PyTorch loop (what RLlib's Learner API costs on top)."""
+    import torch
+
     from agents.grpo import GRPOArgs, GRPOLearner, grpo_settings, grpo_token_loss, prepare_batch
     from agents.lm_module import LMModule, build_learner_group, set_lm_weights, update_learners
     from agents.policy import LMPolicy

@@ -83,3 +83,14 @@ def test_user_errors_are_one_line(tmp_path, model_dir, capsys):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_the_rl_commands_register_without_importing_torch_or_ray():
+    """`cwm` imports these modules to build its parsers; `cwm --help` should not wait for torch or Ray."""
+    code = ("import sys, argparse; import agents.train_rl, benchmarks.rl_bench as b; from cwm_envs.cli import group; "
+            "sub = argparse.ArgumentParser().add_subparsers(); b.register(sub); "
+            "agents.train_rl.add_parser(group(sub, 'train', 'x')); "
+            "print(sorted(m for m in ('torch', 'ray', 'transformers', 'trl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -2,7 +2,7 @@
 
 - learn: per seed, a ~1M-parameter CWM (`cwm-micro`) with its own tokenizer is warmed up by a short SFT on
   oracle answers to single-digit addition/subtraction (`cwm/Math-v0`, generated, add_sub, difficulty 0), then
-  trained with GRPO through the Ray path until a wall-clock budget. Held-out accuracy (reset seeds never drawn
+  trained with GRPO (`--algo ppo`: PPO with a value head and GAE) through the Ray path until a wall-clock budget. Held-out accuracy (reset seeds never drawn
   in training) is measured before and after: sampled (8 samples per problem), greedy, and pass@8. If pass@8
   does not rise while sampled accuracy does, the gain is sharpening: RL made the model pick, more often, an
   answer it could already produce.
@@ -168,24 +168,24 @@ LR = 1e-4  # 5e-4 (the probe's) and 2e-4 rise, then fall within 60 updates here;
 
 
 def rl_args(out: Path, model: Path, seed: int, minutes: float, steps: int, workers: int, threads: int = 1,
-            lr: float = LR):
+            lr: float = LR, algo: str = "grpo"):
     from agents.train_rl import RLArgs
 
-    return RLArgs(out=out, env=MATH, env_kwargs=dict(EASY), model=str(model), algo="grpo", workers=workers,
+    return RLArgs(out=out, env=MATH, env_kwargs=dict(EASY), model=str(model), algo=algo, workers=workers,
                   group=8, tasks=32, steps=steps, minutes=minutes, seed=seed, lr=lr, minibatches=2,
                   max_new_tokens=32, resume=False, num_cpus=2, torch_threads=threads)
 
 
 def learn_one(out: Path, seed: int, minutes: float, workers: int, problems: int, sft_target: float,
-              max_steps: int = 10**6, lr: float = LR) -> dict[str, Any]:
-    """Warm start + GRPO (Ray path) on one seed; held-out accuracy before and after."""
+              max_steps: int = 10**6, lr: float = LR, algo: str = "grpo") -> dict[str, Any]:
+    """Warm start + GRPO or PPO (Ray path) on one seed; held-out accuracy before and after."""
     from agents.train_rl import RLRun
 
     t0 = time.perf_counter()
     model_dir = warm_start(out / "warm", seed, target=sft_target)
     t_sft = time.perf_counter() - t0
     sft_steps = json.loads((model_dir / "warm_start.json").read_text())["steps"]
-    rl = RLRun(rl_args(out / "rl", model_dir, seed, minutes, max_steps, workers, lr=lr))
+    rl = RLRun(rl_args(out / "rl", model_dir, seed, minutes, max_steps, workers, lr=lr, algo=algo))
     try:
         before = heldout(rl.pool, problems)
         curve = []
@@ -221,10 +221,10 @@ def cmd_learn(args) -> int:
     out = Path(args.out)
     runs = []
     for seed in args.seeds:
-        print(f"seed {seed}: warm start (SFT to ~{args.sft_target} sampled accuracy), then GRPO for "
+        print(f"seed {seed}: warm start (SFT to ~{args.sft_target} sampled accuracy), then {args.algo.upper()} for "
               f"{args.minutes} min", flush=True)
         runs.append(learn_one(out / f"seed{seed}", seed, args.minutes, args.workers, args.problems, args.sft_target,
-                              args.max_steps, args.lr))
+                              args.max_steps, args.lr, args.algo))
         r = runs[-1]
         print(f"seed {seed}: held-out sampled {r['before_sampled']:.3f} -> {r['after_sampled']:.3f}, greedy "
               f"{r['before_greedy']:.3f} -> {r['after_greedy']:.3f}, pass@8 {r['before_pass@8']:.3f} -> "
@@ -248,9 +248,9 @@ def cmd_learn(args) -> int:
         "minutes_budget_rl": args.minutes, "max_wall_s_per_seed": max(r["total_s"] for r in runs),
     }
     table = [{k: v for k, v in r.items() if k != "curve"} for r in runs]
-    write_report(out, "GRPO learning on single-digit add/sub (cwm-micro, Ray rollouts)", summary,
+    write_report(out, f"{args.algo.upper()} learning on single-digit add/sub (cwm-micro, Ray rollouts)", summary,
                  details={"runs": runs, "setup": {"env": MATH, "env_kwargs": EASY, "tasks": 32, "group": 8,
-                                                 "minibatches": 2, "lr": args.lr, "warmup_updates": 10,
+                                                 "minibatches": 2, "lr": args.lr, "warmup_updates": 10, "algo": args.algo,
                                                  "workers": args.workers}},
                  tables={"per seed": table})
     _plot_curves(runs, out / "reward.png")
@@ -693,9 +693,10 @@ def register(sub) -> None:
     g = rl.add_subparsers(dest="rl_command", metavar="COMMAND")
     rl.set_defaults(func=lambda _a, _p=rl: _p.print_help() or 2)
 
-    p = g.add_parser("learn", help="GRPO lifts an SFT-warmed cwm-micro on add/sub, per seed")
+    p = g.add_parser("learn", help="GRPO (or PPO) lifts an SFT-warmed cwm-micro on add/sub, per seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--minutes", type=float, default=8.0, help="GRPO wall-clock budget per seed")
+    p.add_argument("--algo", choices=["grpo", "ppo"], default="grpo", help="the learner (PPO: value head + GAE)")
+    p.add_argument("--minutes", type=float, default=8.0, help="RL wall-clock budget per seed")
     p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--max-steps", type=int, default=10**6, help="also stop after this many updates")
     p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")

@@ -13,50 +13,22 @@ minibatches, so a batch thinned by skipped groups takes a proportionally smaller
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ray.rllib.core.learner.torch.torch_learner import TorchLearner
-
-from agents.lm_module import pack
+from agents.lm_module import LMLearner, UpdateArgs, pack
 from agents.trajectory import Trajectory
 
 
 @dataclass
-class GRPOArgs:
-    """Settings of the GRPO update (what `cwm train rl --algo grpo` exposes)."""
+class GRPOArgs(UpdateArgs):
+    """Settings of the GRPO update (what `cwm train rl --algo grpo` exposes); the shared ones are UpdateArgs'."""
 
-    lr: float = 1e-4
-    """Adam learning rate (after warm-up); on the SFT'd ~1M-parameter preset 2e-4 and 5e-4 first rise, then fall"""
-    eps_low: float = 0.2
-    """lower clip: the ratio of a token with negative advantage is not pushed below 1 - eps_low"""
-    eps_high: float = 0.25
-    """upper clip (clip-higher): a token with positive advantage may grow up to 1 + eps_high"""
     std_normalise: bool = False
     """divide advantages by the group's reward std (the original GRPO; CWM does not)"""
-    kl_coef: float = 0.0
-    """weight of a k3 KL penalty to the starting policy (CWM uses none)"""
-    warmup_updates: int = 10
-    """the learning rate ramps up over this many updates (RLlib lr schedule; see lm_module.lr_schedule)"""
-    minibatches: int = 2
-    """optimizer steps per update; with more than one, later minibatches are off-policy and clipping acts"""
-    epochs: int = 1
-    """passes over the batch per update"""
-    loss_rows: int = 0
-    """rows in the constant loss normaliser (loss_rows x max_new_tokens) of each optimizer step; 0: the
-    minibatch's rows. The trainer sets samples per update / minibatches, so skipped groups shrink the step."""
-    max_new_tokens: int = 64
-    """tokens per turn; also the per-row token count in the constant loss normaliser"""
-    temperature: float = 1.0
-    """sampling temperature (the learner's log-probs use the same one)"""
-    grad_clip: float = 1.0
-    """global-norm gradient clip"""
-    kl_rows: int = 16
-    """rows per minibatch on which the KL-to-start metric is measured (all rows when kl_coef > 0)"""
 
 
 def group_advantages(rewards: Sequence[float], groups: Sequence[int], std_normalise: bool = False) -> np.ndarray:
@@ -102,57 +74,18 @@ def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tenso
     return -surr * mask, clipped & (mask > 0)
 
 
-class ReferenceMixin:
-    """Keeps a frozen copy of the starting LM for KL-to-start (metric, and the loss when kl_coef > 0)."""
-
-    _ref = None
-
-    def snapshot_reference(self) -> None:
-        self._ref = copy.deepcopy(self.module[self._module_id].unwrapped().lm).eval().requires_grad_(False)
-
-    @property
-    def _module_id(self) -> str:
-        return next(iter(self.module.keys()))
-
-    def _ref_logp(self, batch, T: int, rows: int, temperature: float) -> torch.Tensor | None:
-        if self._ref is None or rows <= 0:
-            return None
-        ids, attn = batch["input_ids"][:rows, :T], batch["attention_mask"][:rows, :T]
-        with torch.no_grad():
-            logits = self._ref(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / temperature
-            return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-
-
-def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(pi || ref) per sampled token: exp(ref - logp) - (ref - logp) - 1 >= 0."""
-    d = ref_logp - logp
-    return torch.exp(d) - d - 1
-
-
-class GRPOLearner(ReferenceMixin, TorchLearner):
+class GRPOLearner(LMLearner):
     """RLlib Learner computing the GRPO loss above on batches from `agents.lm_module.pack`."""
-
-    def configure_optimizers_for_module(self, module_id, config=None):
-        module = self._module[module_id]
-        params = self.get_parameters(module)
-        optimizer = torch.optim.Adam(params, lr=1e-3)  # the registered schedule sets the rate
-        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         s = config.learner_config_dict
-        T = fwd_out["T"]
-        logp = fwd_out["logp"]
+        T, logp = fwd_out["T"], fwd_out["logp"]
         mask = batch["token_mask"][:, 1:T]
         old_logp = batch["old_logp"][:, 1:T]
         adv = batch["advantages"][:, None]
-        rows = mask.shape[0]
-        # Each data-parallel learner sees 1/N of the rows; DDP averages gradients, so scale the normaliser.
-        normaliser = (s["loss_rows"] or rows) * s["max_new_tokens"] / max(1, config.num_learners)
+        normaliser = self.normaliser(s, mask.shape[0], config)
         token_loss, clipped = grpo_token_loss(logp, old_logp, adv, mask, s["eps_low"], s["eps_high"])
         loss = token_loss.sum() / normaliser
-
-        kl_rows = rows if s["kl_coef"] > 0 else min(rows, s["kl_rows"])
-        ref_logp = self._ref_logp(batch, T, kl_rows, s["temperature"])
         n_tok = mask.sum().clamp(min=1)
         metrics = {
             "policy_loss": loss.detach(),
@@ -161,14 +94,8 @@ class GRPOLearner(ReferenceMixin, TorchLearner):
             "entropy": (fwd_out["entropy"] * mask).sum() / n_tok,
             "tokens": mask.sum(),
         }
-        if ref_logp is not None:
-            m = mask[:kl_rows]
-            kl = k3(logp[:kl_rows], ref_logp) * m
-            metrics["kl_to_start"] = kl.detach().sum() / m.sum().clamp(min=1)
-            if s["kl_coef"] > 0:
-                loss = loss + s["kl_coef"] * kl.sum() / normaliser
-        for key, value in metrics.items():
-            self.metrics.log_value((module_id, key), value.item() if torch.is_tensor(value) else value, window=1)
+        loss = loss + self.kl_to_start(batch, fwd_out, mask, s, normaliser, metrics)
+        self.log_metrics(module_id, metrics)
         return loss
 
 

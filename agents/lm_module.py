@@ -8,18 +8,105 @@ the padded arrays the learner reads.
 """
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import gymnasium
 import numpy as np
 import torch
 
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
 from agents.trajectory import Trajectory
 
 MODULE_ID = "default_policy"  # RLlib's DEFAULT_MODULE_ID (single-agent)
+
+
+@dataclass
+class UpdateArgs:
+    """Settings both learners share (GRPOArgs and PPOArgs add their own; `cwm train rl` exposes them)."""
+
+    lr: float = 1e-4
+    """Adam learning rate (after warm-up); on the SFT'd ~1M-parameter preset 2e-4 and 5e-4 first rise, then fall"""
+    eps_low: float = 0.2
+    """lower clip: the ratio of a token with negative advantage is not pushed below 1 - eps_low"""
+    eps_high: float = 0.25
+    """upper clip (clip-higher): a token with positive advantage may grow up to 1 + eps_high"""
+    kl_coef: float = 0.0
+    """weight of a k3 KL penalty to the starting policy (CWM uses none)"""
+    warmup_updates: int = 10
+    """the learning rate ramps up over this many updates (RLlib lr schedule; see lr_schedule)"""
+    minibatches: int = 2
+    """optimizer steps per epoch; with more than one, later minibatches are off-policy and clipping acts"""
+    epochs: int = 1
+    """passes over the batch per update"""
+    loss_rows: int = 0
+    """rows in the constant loss normaliser (loss_rows x max_new_tokens) of each optimizer step; 0: the
+    minibatch's rows. The trainer sets samples per update / minibatches, so skipped groups shrink the step."""
+    max_new_tokens: int = 64
+    """tokens per turn; also the per-row token count in the constant loss normaliser"""
+    temperature: float = 1.0
+    """sampling temperature (the learner's log-probs use the same one)"""
+    grad_clip: float = 1.0
+    """global-norm gradient clip"""
+    kl_rows: int = 16
+    """rows per minibatch on which the KL-to-start metric is measured (all rows when kl_coef > 0)"""
+
+
+def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per sampled token: exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+class LMLearner(TorchLearner):
+    """What the GRPO and PPO learners share: Adam under the registered lr schedule, the loss normaliser, a
+    frozen copy of the starting LM for KL-to-start (a metric, and a loss term when kl_coef > 0), metrics."""
+
+    _ref = None
+
+    def configure_optimizers_for_module(self, module_id, config=None):
+        module = self._module[module_id]
+        params = self.get_parameters(module)
+        optimizer = torch.optim.Adam(params, lr=1e-3)  # the registered schedule sets the rate
+        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
+
+    def snapshot_reference(self) -> None:
+        self._ref = copy.deepcopy(self.module[self._module_id].unwrapped().lm).eval().requires_grad_(False)
+
+    @property
+    def _module_id(self) -> str:
+        return next(iter(self.module.keys()))
+
+    @staticmethod
+    def normaliser(settings: dict, rows: int, config) -> float:
+        """loss_rows x max_new_tokens per optimizer step; each of N data-parallel learners sees 1/N of the rows
+        and DDP averages gradients, so each divides by 1/N of it."""
+        return (settings["loss_rows"] or rows) * settings["max_new_tokens"] / max(1, config.num_learners)
+
+    def kl_to_start(self, batch, fwd_out, mask: torch.Tensor, settings: dict, normaliser: float,
+                    metrics: dict) -> torch.Tensor | float:
+        """Put KL-to-start (k3, on `kl_rows` rows; all with kl_coef > 0) in `metrics`; return its loss term."""
+        rows = mask.shape[0]
+        kl_rows = rows if settings["kl_coef"] > 0 else min(rows, settings["kl_rows"])
+        if self._ref is None or kl_rows <= 0:
+            return 0.0
+        T = fwd_out["T"]
+        ids, attn = batch["input_ids"][:kl_rows, :T], batch["attention_mask"][:kl_rows, :T]
+        with torch.no_grad():
+            logits = self._ref(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / settings["temperature"]
+            ref_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        m = mask[:kl_rows]
+        kl = k3(fwd_out["logp"][:kl_rows], ref_logp) * m
+        metrics["kl_to_start"] = kl.detach().sum() / m.sum().clamp(min=1)
+        return settings["kl_coef"] * kl.sum() / normaliser if settings["kl_coef"] > 0 else 0.0
+
+    def log_metrics(self, module_id, metrics: dict) -> None:
+        for key, value in metrics.items():
+            self.metrics.log_value((module_id, key), float(value), window=1)
 
 
 class LMModule(TorchRLModule):

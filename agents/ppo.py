@@ -17,52 +17,29 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ray.rllib.core.learner.torch.torch_learner import TorchLearner
-
-from agents.grpo import ReferenceMixin, grpo_token_loss, k3
-from agents.lm_module import pack
+from agents.grpo import grpo_token_loss
+from agents.lm_module import LMLearner, UpdateArgs, pack
 from agents.trajectory import Trajectory
 
 
 @dataclass
-class PPOArgs:
-    """Settings of the PPO update (what `cwm train rl --algo ppo` exposes)."""
+class PPOArgs(UpdateArgs):
+    """Settings of the PPO update (what `cwm train rl --algo ppo` exposes); the shared ones are UpdateArgs'."""
 
-    lr: float = 1e-4
-    """Adam learning rate (trunk, LM head and value head), after warm-up"""
+    eps_high: float = 0.2
+    """policy ratio clip above 1 (symmetric clipping, as in PPO)"""
+    epochs: int = 2
+    """passes over the batch per update"""
     gamma: float = 1.0
     """discount per sampled token (1: the episode's reward counts fully at every token)"""
     gae_lambda: float = 0.95
     """GAE's bias/variance trade-off"""
-    eps_low: float = 0.2
-    """policy ratio clip below 1"""
-    eps_high: float = 0.2
-    """policy ratio clip above 1"""
     vf_coef: float = 0.5
     """weight of the value loss"""
     vf_clip: float = 0.2
     """clip of the value change per update (0: off)"""
     whiten: bool = True
     """normalise advantages to mean 0, std 1 over the batch's policy tokens"""
-    warmup_updates: int = 10
-    """the learning rate ramps up over this many updates (RLlib lr schedule; see lm_module.lr_schedule)"""
-    minibatches: int = 2
-    """optimizer steps per epoch"""
-    epochs: int = 2
-    """passes over the batch per update"""
-    loss_rows: int = 0
-    """rows in the constant loss normaliser (loss_rows x max_new_tokens) of each optimizer step; 0: the
-    minibatch's rows. The trainer sets samples per update / minibatches, so skipped groups shrink the step."""
-    max_new_tokens: int = 64
-    """tokens per turn; the per-row token count in the constant loss normaliser"""
-    temperature: float = 1.0
-    """sampling temperature (the learner's log-probs use the same one)"""
-    grad_clip: float = 1.0
-    """global-norm gradient clip"""
-    kl_coef: float = 0.0
-    """weight of a k3 KL penalty to the starting policy"""
-    kl_rows: int = 16
-    """rows per minibatch on which the KL-to-start metric is measured"""
 
 
 def gae(rewards: Sequence[float], values: Sequence[float], gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
@@ -117,14 +94,8 @@ def prepare_batch(trajs: Sequence[Trajectory], args: PPOArgs, multiple: int) -> 
     return arrays, {"rows": len(ok)}
 
 
-class PPOLearner(ReferenceMixin, TorchLearner):
+class PPOLearner(LMLearner):
     """RLlib Learner for clipped PPO with a clipped value loss on `LMModule(value_head=True)`."""
-
-    def configure_optimizers_for_module(self, module_id, config=None):
-        module = self._module[module_id]
-        params = self.get_parameters(module)
-        optimizer = torch.optim.Adam(params, lr=1e-3)  # the registered schedule sets the rate
-        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         s = config.learner_config_dict
@@ -134,8 +105,7 @@ class PPOLearner(ReferenceMixin, TorchLearner):
         mask = batch["token_mask"][:, 1:T]
         old_logp, adv = batch["old_logp"][:, 1:T], batch["advantages"][:, 1:T]
         returns, old_v = batch["returns"][:, 1:T], batch["old_values"][:, 1:T]
-        rows = mask.shape[0]
-        normaliser = (s["loss_rows"] or rows) * s["max_new_tokens"] / max(1, config.num_learners)
+        normaliser = self.normaliser(s, mask.shape[0], config)
 
         pg, clipped = grpo_token_loss(logp, old_logp, adv, mask, s["eps_low"], s["eps_high"])
         v_loss = (values - returns) ** 2
@@ -153,16 +123,8 @@ class PPOLearner(ReferenceMixin, TorchLearner):
             "value_mean": (values.detach() * mask).sum() / n_tok,
             "tokens": mask.sum(),
         }
-        kl_rows = rows if s["kl_coef"] > 0 else min(rows, s["kl_rows"])
-        ref_logp = self._ref_logp(batch, T, kl_rows, s["temperature"])
-        if ref_logp is not None:
-            m = mask[:kl_rows]
-            kl = k3(logp[:kl_rows], ref_logp) * m
-            metrics["kl_to_start"] = kl.detach().sum() / m.sum().clamp(min=1)
-            if s["kl_coef"] > 0:
-                loss = loss + s["kl_coef"] * kl.sum() / normaliser
-        for key, value in metrics.items():
-            self.metrics.log_value((module_id, key), float(value), window=1)
+        loss = loss + self.kl_to_start(batch, fwd_out, mask, s, normaliser, metrics)
+        self.log_metrics(module_id, metrics)
         return loss
 
 

@@ -200,6 +200,18 @@ def _install_process_hooks(client) -> None:
 
 # ----------------------------------------------------------------------------------------------- exec streams
 
+def _split_frames(buf: bytearray):
+    """The complete frames of Docker's multiplexed exec stream in `buf`, as (stream, payload), removed from it
+    (stream 1 is stdout, 2 stderr); a partial frame stays for the next read."""
+    while len(buf) >= 8:
+        stream, size = struct.unpack(">BxxxL", buf[:8])
+        if len(buf) < 8 + size:
+            return
+        payload = bytes(buf[8:8 + size])
+        del buf[:8 + size]
+        yield stream, payload
+
+
 def _pump(sock, stdin: bytes | None, deadline: float, cap: int) -> tuple[bytes, bytes, bool, str | None]:
     """Read Docker's multiplexed exec stream until EOF, the deadline, or too much output.
 
@@ -243,17 +255,13 @@ def _pump(sock, stdin: bytes | None, deadline: float, cap: int) -> tuple[bytes, 
                 if not data:
                     return bytes(outs[1]), bytes(outs[2]), truncated, None
                 buf += data
-                while len(buf) >= 8:
-                    stream, size = struct.unpack(">BxxxL", buf[:8])
-                    if len(buf) < 8 + size:
-                        break
+                for stream, payload in _split_frames(buf):
                     out = outs.get(stream, outs[1])
                     room = cap - len(out)
-                    if size > room:
+                    if len(payload) > room:
                         truncated = True
-                    out += buf[8:8 + max(0, min(size, room))]
-                    seen += size
-                    del buf[:8 + size]
+                    out += payload[:max(0, room)]
+                    seen += len(payload)
                 if seen > DRAIN_FACTOR * cap + 2 * cap:
                     return bytes(outs[1]), bytes(outs[2]), True, "output"
         poller.unregister(raw)
@@ -301,13 +309,9 @@ class _ExecServer:
         if not data:
             raise _ServerGone(started, "its stream ended")
         self._frames += data
-        while len(self._frames) >= 8:
-            stream, size = struct.unpack(">BxxxL", self._frames[:8])
-            if len(self._frames) < 8 + size:
-                break
+        for stream, payload in _split_frames(self._frames):
             if stream == 1:                  # stderr (2) is the server's own, sent to /dev/null anyway
-                self._out += self._frames[8:8 + size]
-            del self._frames[:8 + size]
+                self._out += payload
 
     def _take(self, n: int, deadline: float, started: bool = True) -> bytes:
         while len(self._out) < n:
@@ -1044,16 +1048,20 @@ def docker_figures(n: int = 50, image: str | None = None) -> dict:
         if res.stdout.strip() != "332833500":
             raise SandboxError(f"the snippet gave {res!r}")
 
-    with DockerSandbox(image, pool_size=1) as sb:
-        for _ in range(3):
-            check(sb.run_python(SNIPPET))     # warm up
-        execs = []
-        cpu0 = _exec_cpu_s(sb._box)
-        for _ in range(n):
+    def timed(sb, k: int) -> list[float]:
+        """Seconds of each of k runs of the snippet, each checked."""
+        secs = []
+        for _ in range(k):
             t = time.perf_counter()
             res = sb.run_python(SNIPPET)
-            execs.append(time.perf_counter() - t)
+            secs.append(time.perf_counter() - t)
             check(res)
+        return secs
+
+    with DockerSandbox(image, pool_size=1) as sb:
+        timed(sb, 3)                          # warm up
+        cpu0 = _exec_cpu_s(sb._box)
+        execs = timed(sb, n)
         cpu1 = _exec_cpu_s(sb._box)
         resets, colds = [], []
         for _ in range(max(5, n // 5)):
@@ -1063,19 +1071,11 @@ def docker_figures(n: int = 50, image: str | None = None) -> dict:
             t = time.perf_counter()
             sb.reset()
             resets.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            check(sb.run_python(SNIPPET))     # the fresh container works at once
-            colds.append(time.perf_counter() - t)
+            colds += timed(sb, 1)             # the fresh container works at once
         image = sb.image
-    classic = []
     with DockerSandbox(image, pool_size=0, exec_server=False) as sb:
-        for _ in range(3):
-            check(sb.run_python(SNIPPET))
-        for _ in range(n):
-            t = time.perf_counter()
-            res = sb.run_python(SNIPPET)
-            classic.append(time.perf_counter() - t)
-            check(res)
+        timed(sb, 3)                          # warm up
+        classic = timed(sb, n)
     runs = []
     labels = [f"--label={k}={v}" for k, v in _owner_labels().items()]   # reaped by gc if we are killed
     for _ in range(max(5, n // 10)):

@@ -13,14 +13,7 @@ from agents.ppo import prepare_batch as ppo_prepare
 from agents.trajectory import Trajectory
 from cwm_envs.chat import format_chat
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run faster on one thread (and far faster when other processes share the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from cwm_envs.chat import format_chat, tool_message
 from cwm_envs.spaces import AnyText
 from cwm_envs.tasks import Task
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("one_torch_thread")]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get the toy envs below by value
 
 
@@ -57,15 +57,6 @@ class TwoTurnAdd(gymnasium.Env):
 
 ENV = EnvSpec("test/TwoTurnAdd-v0", entry_point=TwoTurnAdd)
 CPU = 0.25  # Ray CPUs per worker: the test session's Ray has 2, and several pools are alive at once
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run faster on one thread (and far faster when other processes share the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -57,34 +58,36 @@ def extract_code(response: str, require_think: bool = False) -> Extraction:
 
 
 _INT = re.compile(r"[+-]?\d+\Z")
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
 
 
-def _tokens_match(got: str, want: str, rel_tol: float, abs_tol: float) -> bool:
+def _tokens_match(got: str, want: str, float_tol: float | None) -> bool:
     if got == want:
         return True
-    if _INT.match(got) and _INT.match(want):  # integers compare exactly, however long
-        return int(got) == int(want)
-    try:
-        g, w = float(got), float(want)
-    except ValueError:
+    if _INT.match(want):                 # an integer is answered by an integer, exactly, however long
+        return bool(_INT.match(got)) and int(got) == int(want)
+    if not (_DECIMAL.match(got) and _DECIMAL.match(want)):
         return False
-    if math.isnan(g) or math.isnan(w):
-        return math.isnan(g) and math.isnan(w)
-    return math.isclose(g, w, rel_tol=rel_tol, abs_tol=abs_tol)
+    if float_tol is None:                # the same number, written differently (`0.50` for `0.5`)
+        return Decimal(got) == Decimal(want)
+    return math.isclose(float(got), float(want), rel_tol=float_tol, abs_tol=float_tol)
 
 
-def outputs_match(got: str, expected: str, rel_tol: float = 1e-6, abs_tol: float = 1e-6) -> bool:
+def outputs_match(got: str, expected: str, float_tol: float | None = None) -> bool:
     """Whether a program's stdout answers `expected`, as competitive-programming judges compare.
 
     Line ends, trailing spaces and trailing blank lines are ignored; otherwise lines are compared token by
-    token, where integers must be equal and other numbers equal within the tolerances.
+    token. An expected integer needs an integer equal to it; other numbers must have the same exact value,
+    or, only where the task gives a `float_tol`, be within that relative or absolute tolerance.
 
     >>> outputs_match("3 4\\r\\n5  \\n\\n", "3 4\\n5")
     True
-    >>> outputs_match("0.3333333", "0.333333333"), outputs_match("1.5", "1.6")
+    >>> outputs_match("0.50", "0.5"), outputs_match("0.3333333", "0.333333333")
     (True, False)
-    >>> outputs_match("12345678901234567891", "12345678901234567890")
-    False
+    >>> outputs_match("0.3333333", "0.333333333", float_tol=1e-6), outputs_match("1.5", "1.6", float_tol=1e-6)
+    (True, False)
+    >>> outputs_match("3.0000001", "3", float_tol=1e-6), outputs_match("12345678901234567891", "12345678901234567890")
+    (False, False)
     >>> outputs_match("1\\n2", "1 2")
     False
     """
@@ -97,7 +100,7 @@ def outputs_match(got: str, expected: str, rel_tol: float = 1e-6, abs_tol: float
     g, w = lines(got), lines(expected)
     if len(g) != len(w):
         return False
-    return all(len(a) == len(b) and all(_tokens_match(x, y, rel_tol, abs_tol) for x, y in zip(a, b))
+    return all(len(a) == len(b) and all(_tokens_match(x, y, float_tol) for x, y in zip(a, b))
                for a, b in zip(g, w))
 
 

@@ -5,12 +5,13 @@ Format rule (CWM style): after `</think>` (exactly one when `require_think`), ex
 block. It holds either the completed assertion `assert f(INPUT) == OUTPUT` or just the predicted part
 (OUTPUT for output prediction; the argument text INPUT for input prediction).
 
-Why the expression check: the env runs `assert f(INPUT) == OUTPUT` for real, so the predicted text must
-not be able to skip or fake that check. It is re-emitted from its syntax tree (no comments, no trailing
-statements) and may use only literals, containers, operators, comprehensions, lambdas, a few pure
-builtins, attribute access without underscores (`'a'.upper()`), and, for input prediction, the names the
-task's code defines. No `f(...)` as a predicted output (that would compare the function with itself), no
-`__import__`, `exit`, `open`, `eval`, `globals`.
+Why the expression check: the env evaluates the predicted text for real (in a sandbox process that holds
+nothing of the judge's, see `cwm_envs.envs.prediction`), so it must stay an expression that computes a
+value. It is re-emitted from its syntax tree (no comments, no trailing statements) and may use only
+literals, containers, operators, comprehensions, lambdas, a few pure builtins, the public methods of the
+built-in types (`'a'.upper()`, not `gi_frame` or `format`), and, for input prediction, the functions,
+classes and variables the task's code defines (not its imports). No `f(...)` as a predicted output (that
+would compare the function with itself), no `__import__`, `exit`, `open`, `eval`, `globals`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ SAFE_BUILTINS = frozenset({
     "bool", "bytes", "complex", "len", "sorted", "reversed", "zip", "enumerate", "map", "filter", "abs", "min",
     "max", "sum", "chr", "ord", "round", "any", "all", "divmod", "pow", "repr", "hex", "oct", "bin",
 })
+# Attributes a predicted value may use: the public methods and fields of the plain built-in types. An
+# allowlist, because a denylist misses something: generator and frame attributes (`gi_frame`, `f_globals`,
+# `f_builtins`, `tb_frame`) need no underscore and lead to the interpreter. `format` reads attributes too.
+SAFE_ATTRIBUTES = frozenset(
+    name for kind in (str, bytes, list, tuple, dict, set, frozenset, int, float, complex, bool, range, slice)
+    for name in dir(kind) if not name.startswith("_")) - {"format", "format_map"}
 _ALLOWED_NODES = (
     ast.Expression, ast.Constant, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp, ast.BoolOp,
     ast.Compare, ast.IfExp, ast.Subscript, ast.Slice, ast.Name, ast.Load, ast.Store, ast.Call, ast.keyword,
@@ -52,6 +59,8 @@ def unsafe_reason(tree: ast.AST, allowed_names: frozenset[str]) -> str | None:
     "name '__import__' is not allowed"
     >>> unsafe_reason(ast.parse("().__class__", mode="eval"), SAFE_BUILTINS)
     "attribute '__class__' is not allowed"
+    >>> unsafe_reason(ast.parse("[g.gi_frame for g in [(x for x in [])]]", mode="eval"), SAFE_BUILTINS)
+    "attribute 'gi_frame' is not allowed"
     """
     bound = {a.arg for n in ast.walk(tree) if isinstance(n, ast.Lambda) for a in
              n.args.posonlyargs + n.args.args + n.args.kwonlyargs}
@@ -62,7 +71,7 @@ def unsafe_reason(tree: ast.AST, allowed_names: frozenset[str]) -> str | None:
             return f"{type(node).__name__} is not allowed in a predicted value"
         if isinstance(node, ast.Name) and node.id not in allowed_names and node.id not in bound:
             return f"name {node.id!r} is not allowed"
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+        if isinstance(node, ast.Attribute) and node.attr not in SAFE_ATTRIBUTES:
             return f"attribute {node.attr!r} is not allowed"
     return None
 
@@ -136,6 +145,19 @@ def parse_prediction(response: str, mode: str, entry: str = "f", code_names: fro
     return Prediction(ast.unparse(node.body))
 
 
+def values_equal(got, want) -> bool:
+    """Python equality of two plain-data values (decoded by `rewards.plain_data`, so no user `__eq__` runs),
+    as CRUXEval's `assert f(x) == y` decides it; too deep to compare is unequal.
+
+    >>> values_equal([1, (2, 3)], [1.0, (2, 3)]), values_equal({1, 2}, [1, 2]), values_equal(float("nan"), float("nan"))
+    (True, False, False)
+    """
+    try:
+        return bool(got == want)
+    except RecursionError:
+        return False
+
+
 def prediction_reward(prediction: Prediction, passed: bool, scheme: str = "cwm",
                       timed_out: bool = False, detail: str = "") -> RewardResult:
     """+1 when the prediction parsed and the sandbox's assertion held, else -1 ("binary": 1 / 0).
@@ -158,4 +180,5 @@ def prediction_reward(prediction: Prediction, passed: bool, scheme: str = "cwm",
     return RewardResult(value, outcomes, details)
 
 
-__all__ = ["Prediction", "SAFE_BUILTINS", "SCHEMES", "parse_prediction", "prediction_reward", "unsafe_reason"]
+__all__ = ["Prediction", "SAFE_ATTRIBUTES", "SAFE_BUILTINS", "SCHEMES", "parse_prediction", "prediction_reward", "unsafe_reason",
+           "values_equal"]

@@ -90,11 +90,27 @@ def test_fraction_scheme_counts_tests(sandbox):
 
 
 def test_whitespace_and_number_tolerant_stdout(sandbox):
-    task = Task(id="t/float", prompt="print 1/3 and 2 on two lines",
+    task = Task(id="t/float", prompt="print 1/3 and 2 on two lines", metadata={"float_tolerance": 1e-6},
                 tests=[{"input": "", "output": "0.333333333\n2\n", "testtype": "stdin"}])
     env = CodeEnv(tasks=[task], sandbox=sandbox)
     assert judge(env, task, "print('0.3333333  ')\nprint(2)\nprint()\n")[0] == 1.0
     assert judge(env, task, "print(0.34)\nprint(2)\n")[0] == -1.0
+    assert judge(env, task, "print(1/3)\nprint(2.0000001)\n")[0] == -1.0   # the integer needs an integer
+
+
+def test_integers_are_exact_and_floats_need_the_tasks_tolerance(sandbox):
+    """A float near (or far from, when the number is large) the expected integer is never a pass."""
+    big = Task(id="t/big", prompt="print 10**12", tests=[{"input": "", "output": "1000000000000\n", "testtype": "stdin"}])
+    env = CodeEnv(tasks=[big], sandbox=sandbox)
+    for printed in ("1000000000000.4", "1000000000500", "1e12", "1000000000000.0"):
+        assert judge(env, big, f"print({printed!r})\n")[0] == -1.0, printed
+    assert judge(env, big, "print(10**12)\n")[0] == 1.0
+    third = Task(id="t/third", prompt="print 1/3", tests=[{"input": "", "output": "0.3333333333\n", "testtype": "stdin"}])
+    env = CodeEnv(tasks=[third], sandbox=sandbox)
+    assert judge(env, third, "print('0.3333333')\n")[0] == -1.0    # no tolerance unless the task gives one
+    assert judge(env, third, "print('0.33333333330')\n")[0] == 1.0  # the same exact value
+    with pytest.raises(UsageError, match="float_tolerance"):
+        CodeEnv(tasks=[Task(id="t/bad", prompt="", metadata={"float_tolerance": "1e-6"}, tests=third.tests)]).reset()
 
 
 def test_multi_turn_feedback_then_retry(sandbox):

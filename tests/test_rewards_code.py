@@ -40,21 +40,27 @@ def test_think_rules():
     assert extract_code("<think>\nhm\n</think>\n```python\na\n```", require_think=True).code == "a\n"
 
 
-@pytest.mark.parametrize("got, expected, ok", [
-    ("1 2 3\n", "1 2 3", True),
-    ("1  2\t3   \r\n\n\n", "1 2 3\n", True),
-    ("1.0000001\n", "1", True),
-    ("1e-7\n", "0", True),          # within the absolute tolerance
-    ("100000001", "100000000", False),  # integers compare exactly
-    ("1.5", "1.50001", False),
-    ("YES", "yes", False),
-    ("", "0", False),
-    ("0\n\n1", "0\n1", False),      # a blank line inside the output matters
-    ("nan", "nan", True),
-    ("inf", "1e308", False),
+@pytest.mark.parametrize("got, expected, tol, ok", [
+    ("1 2 3\n", "1 2 3", None, True),
+    ("1  2\t3   \r\n\n\n", "1 2 3\n", None, True),
+    ("1.0000001\n", "1", None, False),      # an expected integer needs an integer token ...
+    ("1.0000001\n", "1", 1e-6, False),      # ... even where the task allows a float tolerance
+    ("3.0", "3", None, False),
+    ("1e-7\n", "0", 1e-6, False),
+    ("007", "7", None, True),                # the same integer
+    ("100000001", "100000000", None, False),  # integers compare exactly
+    ("0.50", "0.5", None, True),             # the same exact value
+    ("0.3333333", "0.333333333", None, False),  # no tolerance unless the task gives one
+    ("0.3333333", "0.333333333", 1e-6, True),
+    ("1.5", "1.50001", 1e-6, False),
+    ("YES", "yes", None, False),
+    ("", "0", None, False),
+    ("0\n\n1", "0\n1", None, False),      # a blank line inside the output matters
+    ("nan", "nan", None, True),
+    ("inf", "1e308", 1e-6, False),
 ])
-def test_outputs_match(got, expected, ok):
-    assert outputs_match(got, expected) is ok
+def test_outputs_match(got, expected, tol, ok):
+    assert outputs_match(got, expected, tol) is ok
 
 
 def test_code_reward_schemes_and_evidence():

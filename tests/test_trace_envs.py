@@ -172,3 +172,96 @@ def test_generated_prediction_tasks_are_seeded():
         assert reward == 1.0
     finally:
         env.close()
+
+
+# -- prediction judging holds no secret in the candidate's process ------------------------------------------
+# Fixed strings that read the judge's frame or builtins through introspection (no underscore needed).
+INTROSPECTION = [
+    "[g.gi_frame.f_globals for g in [(x for x in [0])]][0]",
+    "[g.gi_frame.f_back.f_locals for g in [(x for x in [0])]][0]",
+    "[g.gi_frame.f_builtins['eval']('__cwm_want') for g in [(x for x in [0])]][0]",
+    "[c.cr_frame.f_globals for c in [(lambda: (yield))()]][0]",
+    "'{0.gi_frame.f_globals}'.format((x for x in [0]))",
+]
+# With the expression check switched off, what a fixed string could still try: find the judge's secret or
+# reference in its own process, or hand back something that is not plain data.
+ESCAPES = [
+    "[g.gi_frame.f_builtins['__import__']('gc').get_objects() for g in [(x for x in [0])]][0][-1]",
+    "[g.gi_frame.f_globals.get('__cwm_want', g.gi_frame.f_globals.get('__cwm_got')) for g in [(x for x in [0])]][0]",
+    "[type('A', (), {'__eq__': lambda s, o: True})() for _ in [0]][0]",
+    "[g.gi_frame.f_builtins['__import__']('os').environ.copy() for g in [(x for x in [0])]][0]",
+]
+
+
+@pytest.fixture(scope="module")
+def crux_tasks(data_dir):
+    from cwm_envs.sources.code import load_cruxeval
+
+    return load_cruxeval(None)[:25]
+
+
+@pytest.mark.parametrize("mode", ["output", "input"])
+def test_introspection_strings_are_refused_and_never_paid(crux_tasks, mode):
+    env = OutputPredictionEnv(tasks=crux_tasks) if mode == "output" else InputPredictionEnv(tasks=crux_tasks)
+    try:
+        for attack in INTROSPECTION:
+            text = attack if mode == "output" else f"*{attack}"
+            results = [env.evaluate(t, _block(text)) for t in crux_tasks]
+            assert all(r.value == -1.0 for r in results), attack
+            assert "not allowed" in results[0].details, results[0].details
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("mode", ["output", "input"])
+def test_with_the_expression_check_off_no_fixed_string_is_paid(crux_tasks, mode, monkeypatch):
+    """The process boundary alone holds: the candidate's process has nothing of the judge's to read."""
+    import rewards.prediction as rp
+
+    monkeypatch.setattr(rp, "unsafe_reason", lambda tree, allowed: None)
+    env = OutputPredictionEnv(tasks=crux_tasks) if mode == "output" else InputPredictionEnv(tasks=crux_tasks)
+    try:
+        for attack in ESCAPES + INTROSPECTION:
+            text = attack if mode == "output" else f"*{attack}"
+            paid = [t.id for t in crux_tasks if env.evaluate(t, _block(text)).value > 0]
+            assert not paid, (attack, paid)
+        assert all(env.evaluate(t, env.reference_response(t)).value == 1.0 for t in crux_tasks)
+    finally:
+        env.close()
+
+
+def test_a_value_that_is_not_plain_data_is_minus_one_with_evidence(out_env):
+    out_env.reset(options={"task": TASK})
+    _, reward, _, _, info = out_env.step(_block("lambda: [3, 4]"))
+    assert reward == -1.0 and "not plain data: function" in info["details"]
+
+
+def test_imports_of_the_task_code_are_not_usable_in_a_predicted_input():
+    task = Task(id="t/os", prompt="", metadata={"code": "import os\ndef f(x):\n    return x + 1\n",
+                                                "input": "1", "output": "2"})
+    env = InputPredictionEnv(tasks=[task])
+    try:
+        for answer, why in (("(os, 1)[1]", "name 'os' is not allowed"), ("1", "")):
+            r = env.evaluate(task, _block(answer))
+            assert (r.value == 1.0) == (not why) and why in r.details
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+def test_a_file_planted_in_the_sandbox_cannot_take_over_the_judge(backend, request):
+    from cwm_envs.sandbox import make_sandbox
+
+    if backend == "docker":
+        request.getfixturevalue("docker_engine")
+    sandbox = make_sandbox(backend)
+    try:
+        forged = "import sys\nsys.stdout.write('forged')\ndef dumps(*a, **k):\n    return '[\"l\", []]'\n"
+        for name in ("json.py", "encodings.py", "sitecustomize.py"):
+            sandbox.write_file(name, forged)
+        env = OutputPredictionEnv(tasks=[TASK], sandbox=sandbox)
+        assert env.evaluate(TASK, _block("[]")).value == -1.0
+        assert env.evaluate(TASK, _block("[3, 4]")).value == 1.0
+        env.close()
+    finally:
+        sandbox.close()

@@ -6,8 +6,9 @@ Two task kinds share one environment:
   `code_harness.py`, which keeps the tests and the candidate in separate processes and reports through a
   per-run nonce, so that no code the candidate runs can forge a pass (see that module);
 - competitive programming (LiveCodeBench style, "stdin"): each test feeds an input on stdin and compares
-  stdout with the expected output (whitespace and number tolerant, `rewards.code.outputs_match`). The
-  expected output never enters the sandbox.
+  stdout with the expected output (whitespace tolerant; integers exact, other numbers by exact value or
+  within the task's own `float_tolerance`, `rewards.code.outputs_match`). The expected output never
+  enters the sandbox.
 """
 from __future__ import annotations
 
@@ -58,9 +59,14 @@ class CallSpec:
 
 @dataclass(frozen=True)
 class StdinSpec:
-    """Tests that feed stdin and compare stdout: (input, expected output, public) triples."""
+    """Tests that feed stdin and compare stdout: (input, expected output, public) triples.
+
+    `float_tol`: the tolerance for non-integer numbers, only when the task gives one
+    (`metadata["float_tolerance"]`); otherwise numbers must have the same exact value.
+    """
 
     cases: tuple[tuple[str, str, bool], ...]
+    float_tol: float | None = None
 
 
 def _wrap_check(test_code: str, where: str, public_units: int = 0) -> tuple[tuple, str, str]:
@@ -129,7 +135,11 @@ def spec_for(task: Task) -> CallSpec | StdinSpec:
             raise UsageError(f"{where}: each test needs string 'input' and 'output'")
         kinds = {t.get("testtype", "stdin") for t in task.tests}
         if kinds == {"stdin"}:
-            return StdinSpec(tuple((t["input"], t["output"], bool(t.get("public"))) for t in task.tests))
+            tol = meta.get("float_tolerance")
+            if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1):
+                raise UsageError(f"{where}: float_tolerance must be a number in [0, 1), got {tol!r}")
+            return StdinSpec(tuple((t["input"], t["output"], bool(t.get("public"))) for t in task.tests),
+                             None if tol is None else float(tol))
         if kinds == {"functional"} and meta.get("func_name"):
             try:
                 code = _functional_check(task.tests)
@@ -416,7 +426,7 @@ class CodeEnv(gym.Env):
             return code_reward(True, False, [], self.reward_scheme, reason=error)
         if isinstance(spec, StdinSpec):
             cases = [c for c in spec.cases if c[2] or not public_only]
-            tests = self._run_stdin(program, cases)
+            tests = self._run_stdin(program, cases, spec.float_tol)
             total = len(cases)
         else:
             tests = self._run_call(spec, program, public_only)
@@ -428,12 +438,12 @@ class CodeEnv(gym.Env):
             self._sandbox = make_sandbox(self._sandbox_arg)
         return self._sandbox
 
-    def _run_stdin(self, program: str, cases) -> list[TestOutcome]:
+    def _run_stdin(self, program: str, cases, float_tol: float | None) -> list[TestOutcome]:
         tests = []
         for k, (stdin, expected, public) in enumerate(cases):
             res = self.sandbox().run_python(program, stdin=stdin, timeout=self.timeout_s, limits=self.limits)
             status = _status(res)
-            if status == "pass" and not outputs_match(res.stdout, expected):
+            if status == "pass" and not outputs_match(res.stdout, expected, float_tol):
                 status = "wrong answer"
             detail = "" if status == "pass" else _evidence(res, stdin if public else None, expected if public else None)
             tests.append(TestOutcome(f"test {k}", status == "pass", public, status, detail))

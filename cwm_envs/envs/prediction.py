@@ -1,23 +1,28 @@
 """`cwm/OutputPrediction-v0` and `cwm/InputPrediction-v0`: CRUXEval-O / -I style execution prediction.
 
-The reward comes from running `assert f(INPUT) == OUTPUT` in the sandbox with the predicted part filled in,
-never from comparing strings, so any equal value counts (`[1,2]` for `[1, 2]`, any input that works).
+The reward comes from running code, never from comparing strings, so any equal value counts (`[1,2]` for
+`[1, 2]`, any input that works): the predicted output is evaluated in the sandbox, or the task's function is
+called there on the predicted input. The judge's side stays out of that process: only plain data
+(`rewards.plain_data`) comes back, and the comparison with the reference value happens in the env's own
+process, so no object, printout or introspection trick in the prediction can make it pass.
 """
 from __future__ import annotations
 
 import ast
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import gymnasium as gym
 
-from cwm_envs.errors import UsageError
+from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
 from cwm_envs.spaces import AnyText
 from cwm_envs.tasks import Task, pick_task
+from rewards import plain_data
 from rewards.base import RewardResult
-from rewards.prediction import SCHEMES, parse_prediction, prediction_reward
+from rewards.prediction import SCHEMES, parse_prediction, prediction_reward, values_equal
 
 MAX_PROMPT_CHARS = 32_768
 MAX_ACTION_CHARS = 32_768
@@ -34,7 +39,8 @@ PROMPTS = {
 
 
 def defined_names(code: str) -> frozenset[str]:
-    """Names the module level of `code` binds (functions, classes, assignments, imports)."""
+    """Names the module level of `code` binds with def, class or assignment (not imports: a module such as
+    `os` or `sys` in a predicted input would hand the candidate the interpreter)."""
     try:
         tree = ast.parse(code)
     except SyntaxError:
@@ -46,15 +52,38 @@ def defined_names(code: str) -> frozenset[str]:
         elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
     return frozenset(names)
 
 
-def judge_program(code: str, entry: str, args: str, output: str, nonce: str) -> str:
-    """The program that decides a prediction: the code, then the assertion, then the nonce (only if it held)."""
-    return (f"{code}\n\n__cwm_got = {entry}({args})\n__cwm_want = ({output})\n"
-            f"assert __cwm_got == __cwm_want, 'not equal'\nprint({nonce!r})\n")
+# Trusted programs import only from the Python installation: an earlier run in the same sandbox may have
+# left a `json.py` in the working dir to take them over.
+_ISOLATE = """import os as _o, sys as _s
+_h = tuple(_o.path.join(_o.path.realpath(p), "") for p in {_s.prefix, _s.base_prefix, _s.exec_prefix})
+_s.path[:] = [p for p in _s.path if p and _o.path.join(_o.path.realpath(p), "").startswith(_h)]
+del _o, _s, _h
+"""
+
+
+def value_program(setup: str, expression: str, marker: str) -> str:
+    """A program that runs `setup`, evaluates `expression` and prints `marker` + its plain-data encoding
+    (or `marker` + ENCODE_ERROR + why, when the value is not plain data) as its last line."""
+    return (f"{_ISOLATE}{plain_data.sandbox_source()}\n\n{setup}\n\n__cwm_value = ({expression}\n)\n"
+            f"try:\n    __cwm_text = encode(__cwm_value)\nexcept (TypeError, RecursionError, ValueError) as __e:\n"
+            f"    __cwm_text = ENCODE_ERROR + str(__e)\nprint('\\n' + {marker!r} + __cwm_text)\n")
+
+
+@dataclass(frozen=True)
+class _Value:
+    """A value decoded from the sandbox, or why there is none."""
+
+    value: object
+    error: str = ""
+    timed_out: bool = False
+
+
+def _short_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def load_prediction_tasks(source: str | Path | Sequence[Task]) -> list[Task]:
@@ -130,6 +159,7 @@ class PredictionEnv(gym.Env):
         self.action_space = AnyText(MAX_ACTION_CHARS)
         self.task: Task | None = None
         self._done, self._last = True, ""
+        self._references: dict[tuple, object] = {}
 
     # -- gymnasium API ----------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -174,23 +204,62 @@ class PredictionEnv(gym.Env):
         return f"```python\nassert {m.get('entry', 'f')}({m['input']}) == {m['output']}\n```"
 
     def evaluate(self, task: Task, response: str) -> RewardResult:
-        """Judge one response to `task`; usable without reset() (benchmarks call it directly)."""
+        """Judge one response to `task`; usable without reset() (benchmarks call it directly).
+
+        Output mode: the predicted value is evaluated alone in the sandbox (no task code, nothing of the
+        judge's), input mode: the task's code is called on the predicted arguments there. Either way only
+        plain data comes back, and it is compared here, in the judge's process, with the reference value
+        (the function's real output, or the expected output), itself computed once per task by a trusted run.
+        """
         m = task.metadata
         entry = m.get("entry", "f")
         prediction = parse_prediction(response, self.mode, entry, defined_names(m["code"]), self.require_think)
         if prediction.text is None:
             return prediction_reward(prediction, False, self.reward_scheme)
-        args, output = (m["input"], prediction.text) if self.mode == "output" else (prediction.text, m["output"])
-        passed, timed_out, detail = self._run_assertion(m["code"], entry, args, output)
-        return prediction_reward(prediction, passed, self.reward_scheme, timed_out, detail)
+        want = self._reference_value(task)
+        if self.mode == "output":
+            got = self._value("", prediction.text)
+        else:
+            got = self._value(m["code"], f"{entry}({prediction.text})")
+        if got.timed_out or got.error:
+            return prediction_reward(prediction, False, self.reward_scheme, got.timed_out, got.error)
+        passed = values_equal(got.value, want)
+        return prediction_reward(prediction, passed, self.reward_scheme,
+                                 detail="" if passed else f"got {_short_repr(got.value)}")
 
-    def _run_assertion(self, code: str, entry: str, args: str, output: str) -> tuple[bool, bool, str]:
-        nonce = f"cwm-ok-{secrets.token_hex(8)}"
-        res = self.sandbox.run_python(judge_program(code, entry, args, output, nonce), timeout=self.timeout_s,
-                               limits=self.limits)
-        passed = res.exit_code == 0 and not res.timed_out and res.stdout.rstrip("\n").endswith(nonce)
-        detail = "" if passed else (res.stderr.strip().splitlines() or [res.limit_hit or ""])[-1][:300]
-        return passed, res.timed_out, detail
+    def _reference_value(self, task: Task):
+        """The value a prediction must equal, from a trusted run of the task's own code (cached per task)."""
+        m = task.metadata
+        key = (self.mode, m["code"], m["input"], m["output"], m.get("entry", "f"))
+        if key not in self._references:
+            expression = f"{m.get('entry', 'f')}({m['input']})" if self.mode == "output" else m["output"]
+            ref = self._value(m["code"], expression)
+            if ref.error or ref.timed_out:
+                why = "timed out" if ref.timed_out else ref.error
+                raise (InfraError if ref.timed_out else UsageError)(
+                    f"task {task.id}: the reference {self.mode} could not be computed: {why}")
+            if len(self._references) > 4096:
+                self._references.clear()
+            self._references[key] = ref.value
+        return self._references[key]
+
+    def _value(self, setup: str, expression: str) -> _Value:
+        """Run `setup` then evaluate `expression` in the sandbox; the decoded plain-data value, or why not."""
+        marker = f"cwm-value-{secrets.token_hex(8)}:"
+        res = self.sandbox.run_python(value_program(setup, expression, marker), timeout=self.timeout_s,
+                                      limits=self.limits)
+        if res.timed_out:
+            return _Value(None, "timed out", timed_out=True)
+        lines = [ln[len(marker):] for ln in res.stdout.splitlines() if ln.startswith(marker)]
+        if res.exit_code != 0 or not lines:
+            tail = (res.stderr.strip().splitlines() or [res.limit_hit or f"exit code {res.exit_code}"])[-1]
+            return _Value(None, tail[:300] or "no value printed")
+        if lines[-1].startswith(plain_data.ENCODE_ERROR):
+            return _Value(None, f"the value is {lines[-1][len(plain_data.ENCODE_ERROR):][:200]}")
+        try:
+            return _Value(plain_data.decode(lines[-1]))
+        except ValueError as exc:
+            return _Value(None, f"unreadable value: {exc}")
 
     @property
     def sandbox(self) -> Sandbox:

@@ -30,12 +30,12 @@ DEFAULT_STOP = (EOT, TOOL_END)
 
 @dataclass
 class Turn:
-    """What a policy sees at one step of one episode."""
+    """What a policy sees at one step of one episode: never the gold answer or the tests (the rollout worker
+    passes only the budget part of the env's info, `agents.rollout.POLICY_INFO_KEYS`)."""
 
     context: list[int]  # every token id of the episode so far (prompt, earlier turns, env replies)
     observation: str  # the env's latest observation text
     info: dict[str, Any] = field(default_factory=dict)
-    task: Any = None  # the env's current Task when it exposes one (`env.unwrapped.task`), for the oracle
 
 
 @dataclass
@@ -282,26 +282,32 @@ class LMPolicy:
 
 
 class OraclePolicy:
-    """Answers from the task: `respond(turn) -> text`, tokenised by `encode` (log-probs are 0).
+    """Answers from the task: `respond(turn, task) -> text`, tokenised by `encode` (log-probs are 0).
 
-    The default answers a task with an `answer` field in CWM's reasoning format (`...</think>` then
-    `\\boxed{answer}`), which is what the math env pays for.
+    The task reaches it on its own channel: the rollout worker passes `tasks=` (each episode's
+    `env.unwrapped.task`) only to a policy that sets `needs_task`, never inside a `Turn`. The default answers
+    a task with an `answer` field in CWM's reasoning format (`...</think>` then `\\boxed{answer}`), which is
+    what the math env pays for.
     """
 
-    def __init__(self, encode: Callable[[str], list[int]], respond: Callable[[Turn], str] | None = None):
+    needs_task = True
+
+    def __init__(self, encode: Callable[[str], list[int]], respond: Callable[[Turn, Any], str] | None = None):
         self.encode, self.respond, self.version = encode, respond or self.boxed_answer, 0
 
     @staticmethod
-    def boxed_answer(turn: Turn) -> str:
-        answer = getattr(turn.task, "answer", None) if turn.task is not None else turn.info.get("answer")
+    def boxed_answer(turn: Turn, task: Any) -> str:
+        answer = getattr(task, "answer", None)
         if answer is None:
-            raise ValueError("the oracle needs the env to expose its task (env.unwrapped.task) or info['answer']")
+            raise ValueError("the oracle needs the env to expose its task (env.unwrapped.task) with an answer")
         return f"The answer is {answer}.\n</think>\n\\boxed{{{answer}}}"
 
-    def act(self, turns: Sequence[Turn], **_ignored) -> list[Completion]:
+    def act(self, turns: Sequence[Turn], *, tasks: Sequence[Any] | None = None, **_ignored) -> list[Completion]:
+        if tasks is None or len(tasks) != len(turns):
+            raise ValueError("the oracle needs each episode's task (tasks=...)")
         out = []
-        for turn in turns:
-            text = self.respond(turn)
+        for turn, task in zip(turns, tasks):
+            text = self.respond(turn, task)
             ids = self.encode(text + EOT)
             out.append(Completion(ids=ids, logprobs=[0.0] * len(ids), text=text, finish="stop"))
         return out

@@ -24,6 +24,17 @@ from agents.trajectory import Trajectory
 from cwm_envs.errors import InfraError
 
 
+# The part of an env's info a policy may see: budgets and counters. Everything else (outcomes, details,
+# expected values, submissions) can carry the gold answer or the tests, and stays on the trajectory for logs.
+POLICY_INFO_KEYS = frozenset({"task_id", "turn", "max_turns", "remaining_turns", "remaining_tokens",
+                              "tool_calls_used", "remaining_tool_calls", "cut", "final"})
+
+
+def policy_info(info: dict) -> dict:
+    """What of `info` a policy is handed (see POLICY_INFO_KEYS)."""
+    return {k: v for k, v in info.items() if k in POLICY_INFO_KEYS}
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """An env the pool samples from: registered `id`, mixing `weight`, `kwargs` for `gymnasium.make`.
@@ -164,9 +175,11 @@ class RolloutWorker:
             live = [ep for ep in episodes if not ep.done]
             if not live:
                 break
-            turns = [Turn(ep.ids, ep.obs, ep.info, getattr(ep.env.unwrapped, "task", None)) for ep in live]
+            turns = [Turn(ep.ids, ep.obs, policy_info(ep.info)) for ep in live]
             g0 = time.perf_counter()
-            completions = self.policy.act(turns, greedy=greedy, generator=generator)
+            extra = {"tasks": [getattr(ep.env.unwrapped, "task", None) for ep in live]} \
+                if getattr(self.policy, "needs_task", False) else {}
+            completions = self.policy.act(turns, greedy=greedy, generator=generator, **extra)
             stats.generate_s += time.perf_counter() - g0
             turn += 1
             for ep, c in zip(live, completions):

@@ -222,10 +222,10 @@ def test_generation_stops_at_the_end_of_a_tool_call(tiny):
     assert c.ids == reply[: len(c.ids)] and len(c.logprobs) == len(c.ids)
 
 
-def _compute_with_the_tool_then_box(turn) -> str:
+def _compute_with_the_tool_then_box(turn, task) -> str:
     """A scripted two-turn solver: print the answer from the python tool, then box what the tool printed."""
     if "tool: python<|end_header_id|>" not in turn.observation:
-        return f"Let me compute it.\n<tool: python>\nprint({turn.task.answer})\n</tool>"
+        return f"Let me compute it.\n<tool: python>\nprint({task.answer})\n</tool>"
     printed = re.search(r"\[stdout\]\s*(-?\d+)", turn.observation).group(1)   # CWM's tool output format
     return f"The tool printed {printed}.\n</think>\n\\boxed{{{printed}}}"
 
@@ -251,3 +251,40 @@ def test_a_tool_using_episode_in_math_tool_keeps_every_token_in_order(tiny):
         answer = t.info["answer"]
         assert "<tool: python>" in policy_text and f"\\boxed{{{answer}}}" in policy_text
         assert f"[stdout]\n{answer}" in env_text or f"[stdout]{answer}" in env_text, env_text   # what the sandbox printed
+
+
+class _Recorder:
+    """A model-like policy (no `needs_task`) that records every Turn it is handed and answers wrongly."""
+
+    def __init__(self, encode):
+        self.encode, self.version, self.seen = encode, 0, []
+
+    def act(self, turns, **kwargs):
+        self.seen.append((list(turns), sorted(kwargs)))
+        from agents.policy import Completion
+        text = "<tool: python>\nprint(1)\n</tool>" if len(self.seen) == 1 else "</think>\n\\boxed{nope}"
+        return [Completion(ids=self.encode(text), logprobs=[0.0] * len(self.encode(text)), text=text, finish="stop")
+                for _ in turns]
+
+    def set_weights(self, weights, version):
+        self.version = version
+
+
+def test_a_model_policy_never_sees_the_gold_answer(tiny):
+    """Only budgets reach a policy's Turn; the task and the evidence stay on the trajectory (for logs)."""
+    from agents.rollout import POLICY_INFO_KEYS
+
+    env = EnvSpec("cwm/MathTool-v0", kwargs={"kinds": ["add_sub"], "difficulty": 0})
+    recorder = _Recorder(tiny.tokenizer.encode)
+    worker = RolloutWorker([env], lambda: recorder, encode=tiny.tokenizer.encode)
+    try:
+        trajs, _ = worker.run([Request(env=0, seed=s, group=s, n=1) for s in range(2)], sample_seed=0)
+    finally:
+        worker.close()
+    assert len(recorder.seen) == 2 and all("tasks" not in kwargs for _, kwargs in recorder.seen)
+    assert all(t.info.get("remaining_tool_calls") is not None for t in recorder.seen[1][0])  # budgets do pass
+    for turns, _ in recorder.seen:
+        for turn in turns:
+            assert set(turn.info) <= POLICY_INFO_KEYS and not hasattr(turn, "task")
+    # the env's own info does carry the gold and the evidence: it stays on the trajectory, for logs
+    assert all(t.rewards[-1] == -1.0 and "answer" in t.info and "outcomes" in t.info for t in trajs)

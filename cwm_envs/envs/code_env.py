@@ -280,8 +280,9 @@ def generate_task(seed: int) -> Task:
     examples = "".join(f"\n\nExample {k + 1}\nInput:\n{t['input'].rstrip()}\nOutput:\n{t['output'].rstrip()}"
                        for k, t in enumerate(tests[:N_PUBLIC_TESTS]))
     program = f"import sys\n\n{solve_src}\nprint(solve(sys.stdin.read()))\n"
+    tolerance = {"float_tolerance": 1e-6} if "error of 1e-6 is accepted" in statement else {}
     return Task(id=f"gen/{name}/{seed}", prompt=statement + examples, answer=program, tests=tests,
-                metadata={"source": "generated"})
+                metadata={"source": "generated", **tolerance})
 
 
 def load_tasks(source: str | Path) -> list[Task]:

@@ -281,33 +281,40 @@ class LMPolicy:
         return torch.tensor([any(t.endswith(s) for s in self.stop_strings) for t in tails], dtype=torch.bool)
 
 
-class OraclePolicy:
-    """Answers from the task: `respond(turn, task) -> text`, tokenised by `encode` (log-probs are 0).
+@dataclass(frozen=True)
+class OracleHint:
+    """What only an oracle policy is handed, on its own channel (never inside a `Turn`): the episode's task
+    and the env's reference action for this turn (`env.unwrapped.reference_episode(task)`, None past its end
+    or when the env has no oracle)."""
 
-    The task reaches it on its own channel: the rollout worker passes `tasks=` (each episode's
-    `env.unwrapped.task`) only to a policy that sets `needs_task`, never inside a `Turn`. The default answers
-    a task with an `answer` field in CWM's reasoning format (`...</think>` then `\\boxed{answer}`), which is
-    what the math env pays for.
+    task: Any
+    action: str | None
+
+
+class OraclePolicy:
+    """Answers as the env's own oracle does: `respond(turn, hint) -> text`, tokenised by `encode` (log-probs 0).
+
+    The rollout worker passes `oracle=[OracleHint, ...]` only to a policy that sets `needs_oracle`. The default
+    `respond` plays the env's reference action; a custom one may use the task (e.g. to script tool use).
     """
 
-    needs_task = True
+    needs_oracle = True
 
-    def __init__(self, encode: Callable[[str], list[int]], respond: Callable[[Turn, Any], str] | None = None):
-        self.encode, self.respond, self.version = encode, respond or self.boxed_answer, 0
+    def __init__(self, encode: Callable[[str], list[int]], respond: Callable[[Turn, OracleHint], str] | None = None):
+        self.encode, self.respond, self.version = encode, respond or self.reference_action, 0
 
     @staticmethod
-    def boxed_answer(turn: Turn, task: Any) -> str:
-        answer = getattr(task, "answer", None)
-        if answer is None:
-            raise ValueError("the oracle needs the env to expose its task (env.unwrapped.task) with an answer")
-        return f"The answer is {answer}.\n</think>\n\\boxed{{{answer}}}"
+    def reference_action(turn: Turn, hint: OracleHint) -> str:
+        if hint.action is None:
+            raise ValueError("the env offers no reference action for this turn (reference_episode(task))")
+        return hint.action
 
-    def act(self, turns: Sequence[Turn], *, tasks: Sequence[Any] | None = None, **_ignored) -> list[Completion]:
-        if tasks is None or len(tasks) != len(turns):
-            raise ValueError("the oracle needs each episode's task (tasks=...)")
+    def act(self, turns: Sequence[Turn], *, oracle: Sequence[OracleHint] | None = None, **_ignored) -> list[Completion]:
+        if oracle is None or len(oracle) != len(turns):
+            raise ValueError("the oracle policy needs each episode's hint (oracle=...)")
         out = []
-        for turn, task in zip(turns, tasks):
-            text = self.respond(turn, task)
+        for turn, hint in zip(turns, oracle):
+            text = self.respond(turn, hint)
             ids = self.encode(text + EOT)
             out.append(Completion(ids=ids, logprobs=[0.0] * len(ids), text=text, finish="stop"))
         return out

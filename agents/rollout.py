@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from agents.policy import LMPolicy, Turn
+from agents.policy import LMPolicy, OracleHint, Turn
 from agents.trajectory import Trajectory
 from cwm_envs.errors import InfraError
 
@@ -177,8 +177,7 @@ class RolloutWorker:
                 break
             turns = [Turn(ep.ids, ep.obs, policy_info(ep.info)) for ep in live]
             g0 = time.perf_counter()
-            extra = {"tasks": [getattr(ep.env.unwrapped, "task", None) for ep in live]} \
-                if getattr(self.policy, "needs_task", False) else {}
+            extra = {"oracle": [self._hint(ep) for ep in live]} if getattr(self.policy, "needs_oracle", False) else {}
             completions = self.policy.act(turns, greedy=greedy, generator=generator, **extra)
             stats.generate_s += time.perf_counter() - g0
             turn += 1
@@ -229,6 +228,18 @@ class RolloutWorker:
         stats.env_s += time.perf_counter() - e0
         if ep.done and ep.error is None:
             self._release(ep)
+
+    @staticmethod
+    def _hint(ep: _Episode) -> OracleHint:
+        """The oracle channel: the task and the env's reference action for the episode's next turn."""
+        inner = ep.env.unwrapped
+        task = getattr(inner, "task", None)
+        try:
+            actions = list(inner.reference_episode(task))
+        except Exception:                # no oracle, or none for this task: the hint says so
+            actions = []
+        k = len(ep.turn_ends)
+        return OracleHint(task, actions[k] if k < len(actions) else None)
 
     def _fail(self, ep: _Episode, exc: BaseException) -> None:
         ep.error, ep.done = f"{type(exc).__name__}: {exc}", True

@@ -1,7 +1,7 @@
 """`cwm bench cruxeval --mode output|input`: pass@1 and pass@k (unbiased) on CRUXEval through
 cwm/OutputPrediction-v0 / cwm/InputPrediction-v0.
 
-Every sample is a response text judged by `PredictionEnv.evaluate` (the completed assertion run in the
+Every sample is a response text judged by `PredictionEnv.judge` (the completed assertion run in the
 sandbox). The policies are scripted, to check the benchmark, the env and the tracer:
   oracle   the dataset's own assertion (must score 100%)
   tracer   output mode: the repr of the value the tracer saw the function return (CRUXEval's 800 rows
@@ -39,14 +39,14 @@ def _answer(task: Task, mode: str, value: str) -> str:
     return f"```python\nassert f({value}) == {m['output']}\n```"
 
 
-def respond(policy: str, mode: str, tasks: list[Task], index: int, sample: int, *, seed: int = 0,
+def respond(policy: str, env: PredictionEnv, tasks: list[Task], index: int, sample: int, *, seed: int = 0,
             p_correct: float = 0.5, traced: dict[str, str] | None = None) -> str:
     """The scripted policy's response for sample `sample` of row `index`."""
-    task = tasks[index]
+    task, mode = tasks[index], env.mode
     key = "output" if mode == "output" else "input"
     wrong = _answer(task, mode, tasks[(index + 1) % len(tasks)].metadata[key])
     if policy == "oracle" or (policy == "tracer" and mode == "input"):
-        return PredictionEnv.reference_response(task)
+        return env.reference_response(task)
     if policy == "tracer":
         value = (traced or {}).get(task.id)
         return _answer(task, mode, value) if value is not None else "the tracer saw no return value"
@@ -56,7 +56,7 @@ def respond(policy: str, mode: str, tasks: list[Task], index: int, sample: int, 
         return "I cannot tell."
     if policy == "noisy":
         correct = random.Random(f"{seed}/{task.id}/{sample}").random() < p_correct
-        return PredictionEnv.reference_response(task) if correct else wrong
+        return env.reference_response(task) if correct else wrong
     raise UsageError(f"unknown policy {policy!r}; choose one of {POLICIES}")
 
 
@@ -93,8 +93,8 @@ def evaluate_policy(tasks: list[Task], mode: str, policy: str, samples: int = 1,
             with lock:
                 envs.append(env)
         i, s = job
-        text = respond(policy, mode, tasks, i, s, seed=seed, p_correct=p_correct, traced=traced)
-        return i, env.evaluate(tasks[i], text)
+        text = respond(policy, env, tasks, i, s, seed=seed, p_correct=p_correct, traced=traced)
+        return i, env.judge(tasks[i], text)
 
     passed, statuses, failing = collections.Counter(), collections.Counter(), {}
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """`cwm bench humaneval`: pass@1 and pass@k (unbiased) of a scripted policy on HumanEval through cwm/Code-v0.
 
-Every sample goes the way an RL rollout's would: a response text, judged by `CodeEnv.evaluate` (the
+Every sample goes the way an RL rollout's would: a response text, judged by `CodeEnv.judge` (the
 sandboxed two-process judge). The policies are scripted, to check the benchmark and the environment
 themselves: `oracle` answers with the canonical solution (must score 100%), `wrong` with the prompt and
 `return None` (must score 0%), `other` with the canonical solution of the next task, `empty` with no
@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.report import add_sampling_args, mean_pass_at_k, sampling_ks, write_report
-from cwm_envs.envs.code_env import CodeEnv, reference_response
+from cwm_envs.envs.code_env import CodeEnv
 from cwm_envs.errors import UsageError
 from cwm_envs.tasks import Task
 
@@ -27,11 +27,12 @@ def _wrong(task: Task) -> str:
     return f"```python\n{task.prompt}    return None\n```"
 
 
-def respond(policy: str, tasks: list[Task], index: int, sample: int, seed: int = 0, p_correct: float = 0.5) -> str:
-    """The scripted policy's response for sample `sample` of task `index`."""
+def respond(policy: str, env: CodeEnv, tasks: list[Task], index: int, sample: int, seed: int = 0,
+            p_correct: float = 0.5) -> str:
+    """The scripted policy's response for sample `sample` of task `index` (the oracle is `env`'s)."""
     task = tasks[index]
     if policy == "oracle":
-        return reference_response(task)
+        return env.reference_response(task)
     if policy == "wrong":
         return _wrong(task)
     if policy == "other":
@@ -41,7 +42,7 @@ def respond(policy: str, tasks: list[Task], index: int, sample: int, seed: int =
         return "I would rather not write code today."
     if policy == "noisy":
         correct = random.Random(f"{seed}/{task.id}/{sample}").random() < p_correct
-        return reference_response(task) if correct else _wrong(task)
+        return env.reference_response(task) if correct else _wrong(task)
     raise UsageError(f"unknown policy {policy!r}; choose one of {POLICIES}")
 
 
@@ -63,7 +64,7 @@ def evaluate_policy(tasks: list[Task], policy: str, samples: int = 1, workers: i
             with lock:
                 envs.append(env)
         i, s = job
-        return i, env.evaluate(tasks[i], respond(policy, tasks, i, s, seed, p_correct))
+        return i, env.judge(tasks[i], respond(policy, env, tasks, i, s, seed, p_correct))
 
     passed = collections.Counter()
     statuses = collections.Counter()
@@ -127,7 +128,7 @@ def demo_section(args) -> None:
     try:
         for label, answer in (("reference solution", None), ("wrong solution", "```python\nprint(42)\n```")):
             obs, info = env.reset(seed=3)
-            _, reward, _, _, info = env.step(answer or reference_response(env.task))
+            _, reward, _, _, info = env.step(answer or env.reference_response(env.task))
             o = info["outcomes"]
             print(f"[{label}] {info['task_id']}: reward {reward:+.0f}  parse={o['parse']} compile={o['compile']} "
                   f"pass={o['pass']} public_pass={o['public_pass']}  ({info['details']})")

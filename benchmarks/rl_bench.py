@@ -44,13 +44,11 @@ def env_texts(n: int, seed: int = 0) -> list[str]:
     import gymnasium
 
     import cwm_envs  # noqa: F401
-    from model.sft import boxed_answer
-
     env = gymnasium.make(MATH, **EASY)
     texts = []
     for i in range(n):
         obs, _ = env.reset(seed=seed + i)
-        texts += [obs, boxed_answer(env.unwrapped.task.answer)]
+        texts += [obs, env.unwrapped.reference_response(env.unwrapped.task)]
     env.close()
     return texts
 
@@ -317,7 +315,7 @@ def _reward_fn(tokenizer):
         return t
 
     def math_reward(prompts, completions, completion_ids, answer, **_):
-        return [float(env.score(Task(id="t", prompt="", answer=a), text(ids)).value)
+        return [float(env.judge(Task(id="t", prompt="", answer=a), text(ids)).value)
                 for ids, a in zip(completion_ids, answer)]
 
     return math_reward

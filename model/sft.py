@@ -7,10 +7,11 @@ An episode is laid out exactly as the RL rollout lays it out (token in, token ou
 text is encoded as is (the env decides the prompt format), the action follows as `encode(action +
 <|eot_id|>)`, then the next observation, and so on. Only action tokens carry loss.
 
-What an env offers for SFT (looked up on `env.unwrapped`, in this order):
-1. `oracle_action()` -> str: the action that solves the current state (multi-turn envs);
-2. `task.answer`: a single-turn answer, written as CWM's reasoning format ending in `\\boxed{answer}`.
-Episodes whose final reward is not positive are dropped, so the oracle is verified by the env's own reward.
+The oracle is the env's own (looked up on `env.unwrapped`, as `cwm_envs.envs.base.TextEnv` defines it):
+`reference_episode(task)` -> the actions of a whole episode, else `reference_response(task)` -> the one action
+of a single-turn episode, where `task` is `env.unwrapped.task` after `reset()`. Every env of the suite has
+both; a third-party env adds one of them. Episodes whose final reward is not positive are dropped, so the
+oracle is verified by the env's own reward.
 """
 from __future__ import annotations
 
@@ -29,25 +30,17 @@ from model.train_args import TrainArgs
 from model.train_loop import endless, pack, resume_point, train
 
 
-def boxed_answer(answer) -> str:
-    """The oracle's reply to a task with an answer, in the format CWM's math reward pays for.
-
-    >>> boxed_answer(42)
-    'The answer is 42.\\n</think>\\n\\\\boxed{42}'
-    """
-    return f"The answer is {answer}.\n</think>\n\\boxed{{{answer}}}"
-
-
-def oracle_action(env) -> str:
-    """The env's own oracle, else its task's answer; a UsageError when the env offers neither."""
+def oracle_actions(env) -> list[str]:
+    """The env's oracle for the episode just reset: `reference_episode(task)`, else `[reference_response(task)]`."""
     inner = env.unwrapped
-    if callable(getattr(inner, "oracle_action", None)):
-        return inner.oracle_action()
-    answer = getattr(getattr(inner, "task", None), "answer", None)
-    if answer is None:
-        raise UsageError(f"{env.spec.id if env.spec else type(inner).__name__} offers no oracle: it needs "
-                         "`oracle_action()` or a `task` with an `answer` on env.unwrapped")
-    return boxed_answer(answer)
+    task = getattr(inner, "task", None)
+    if callable(getattr(inner, "reference_episode", None)):
+        return list(inner.reference_episode(task))
+    if callable(getattr(inner, "reference_response", None)):
+        return [inner.reference_response(task)]
+    raise UsageError(f"{env.spec.id if env.spec else type(inner).__name__} offers no oracle: it needs "
+                     "`reference_response(task)` or `reference_episode(task)` on env.unwrapped "
+                     "(see cwm_envs.envs.base.TextEnv)")
 
 
 def make_env(env_id: str, env_kwargs: dict | None = None):
@@ -73,8 +66,7 @@ def collect_episodes(env_id: str, episodes: int, seed: int = 0, env_kwargs: dict
         for i in range(episodes):
             obs, _info = env.reset(seed=seed + i)
             turns, total = [], 0.0
-            for _ in range(max_turns):
-                action = oracle_action(env)
+            for action in oracle_actions(env)[:max_turns]:
                 turns.append((obs, action))
                 obs, reward, terminated, truncated, _info = env.step(action)
                 total += float(reward)

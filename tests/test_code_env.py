@@ -7,7 +7,7 @@ import gymnasium
 import pytest
 
 import cwm_envs  # noqa: F401  (registers the ids)
-from cwm_envs.envs.code_env import HARNESS_SOURCE, CodeEnv, generate_task, reference_response
+from cwm_envs.envs.code_env import HARNESS_SOURCE, CodeEnv, generate_task
 from cwm_envs.errors import UsageError
 from cwm_envs.sandbox import make_sandbox
 from cwm_envs.tasks import Task
@@ -43,7 +43,7 @@ def env(sandbox):
 
 
 def judge(env, task, code, **kw):
-    result = env.evaluate(task, block(code) if isinstance(code, str) else code, **kw)
+    result = env.judge(task, block(code) if isinstance(code, str) else code, **kw)
     return result.value, result.outcomes
 
 
@@ -145,8 +145,8 @@ def test_generated_tasks_are_seeded_and_solvable(sandbox):
     for seed in range(12):
         task = generate_task(seed)
         kinds.add("stdin" if isinstance(task.tests, list) else "call")
-        assert env.evaluate(task, reference_response(task)).value == 1.0, task.id
-        assert env.evaluate(task, block("def nothing():\n    pass\nprint('?')\n")).value == -1.0
+        assert env.judge(task, env.reference_response(task)).value == 1.0, task.id
+        assert env.judge(task, block("def nothing():\n    pass\nprint('?')\n")).value == -1.0
     assert kinds == {"stdin", "call"}
     env.close()
 
@@ -320,7 +320,7 @@ def test_candidate_cannot_find_the_nonce(sandbox):
     assert nonce not in res.stderr
     verdict_lines = [line for line in res.stdout.splitlines() if line.startswith(nonce)]
     assert len(verdict_lines) == 1 and '"units": {"0": [false' in verdict_lines[0]
-    assert env.evaluate(ADD, block(SECRET_HUNT)).value == -1.0
+    assert env.judge(ADD, block(SECRET_HUNT)).value == -1.0
 
 
 PLANT = r'''
@@ -381,7 +381,7 @@ def test_make_vec_judges_each_sub_env():
     try:
         obs, info = envs.reset(seed=5)
         tasks = [e.unwrapped.task for e in envs.envs]
-        actions = [reference_response(tasks[0]), "```python\nprint('nope')\n```"]
+        actions = [envs.envs[0].unwrapped.reference_response(tasks[0]), "```python\nprint('nope')\n```"]
         _, reward, terminated, _, info = envs.step(actions)
         assert list(reward) == [1.0, -1.0] and all(terminated)
         assert list(info["task_id"]) == [t.id for t in tasks]

@@ -9,7 +9,7 @@ import pytest
 from benchmarks.humaneval_bench import evaluate_policy, respond
 from benchmarks.report import mean_pass_at_k
 from benchmarks.report import pass_at_k
-from cwm_envs.envs.code_env import reference_response
+from cwm_envs.envs.code_env import CodeEnv
 from cwm_envs.sources.code import load_humaneval
 
 
@@ -35,8 +35,9 @@ def test_another_tasks_canonical_solution_fails_everywhere(tasks):
 
 def test_noisy_policy_scores_exactly_its_correct_samples(tasks):
     subset, samples = tasks[:6], 4
+    env = CodeEnv(tasks=subset)    # for its oracle: no sandbox starts until something runs
     result = evaluate_policy(subset, "noisy", samples=samples, seed=7, p_correct=0.5)
-    expected = [sum(respond("noisy", subset, i, s, 7, 0.5) == reference_response(t) for s in range(samples))
+    expected = [sum(respond("noisy", env, subset, i, s, 7, 0.5) == env.reference_response(t) for s in range(samples))
                 for i, t in enumerate(subset)]
     assert result["passed"] == expected
     assert 0 < sum(expected) < len(subset) * samples  # the seed gives a mix, so pass@k is exercised

@@ -218,8 +218,8 @@ def test_data_parallel_under_torchrun(tmp_path, corpus):
 
 
 SFT_ENVS = '''
-"""Two small envs for the SFT stage: a one-step addition task (oracle from task.answer) and a two-turn
-echo task (oracle from oracle_action()); both pay +1 only for the right reply."""
+"""Two small third-party envs for the SFT stage: a one-step addition task (oracle: reference_response) and a
+two-turn echo task (oracle: reference_episode); both pay +1 only for the right reply."""
 import gymnasium as gym
 from cwm_envs.chat import format_chat, tool_message, assistant_header
 from cwm_envs.spaces import AnyText
@@ -235,6 +235,9 @@ class Add(gym.Env):
         self.task = Task(id=f"add-{a}-{b}", prompt=f"What is {a}+{b}?", answer=str(a + b))
         return format_chat([{"role": "user", "content": self.task.prompt}]), {"task_id": self.task.id}
 
+    def reference_response(self, task):
+        return "The answer is %s.\\n</think>\\n\\\\boxed{%s}" % (task.answer, task.answer)
+
     def step(self, action):
         ok = action.count("</think>") == 1 and action.endswith("\\\\boxed{%s}" % self.task.answer)
         return "", 1.0 if ok else -1.0, True, False, {"task_id": self.task.id}
@@ -248,8 +251,8 @@ class Echo(gym.Env):
         self.words, self.turn = [str(x) for x in self.np_random.integers(0, 100, 2)], 0
         return format_chat([{"role": "user", "content": "say " + self.words[0]}]), {}
 
-    def oracle_action(self):
-        return self.words[self.turn]
+    def reference_episode(self, task):
+        return list(self.words)
 
     def step(self, action):
         ok = action == self.words[self.turn]
@@ -278,7 +281,7 @@ def test_sft_episodes_put_loss_on_actions_only(pretrained, sft_envs):
     tok = load_tokenizer(pretrained)
     kept, counts = collect_episodes("sft_test_envs:sfttest/Echo-v0", 5, seed=0)
     assert counts == {"episodes": 5, "kept": 5, "mean_oracle_reward": 1.0}
-    assert [len(t) for t in kept] == [2] * 5  # two turns each, from oracle_action()
+    assert [len(t) for t in kept] == [2] * 5  # two turns each, from reference_episode()
     ids, mask = episode_document(tok, kept[0])
     learnt = tok.decode([i for i, m in zip(ids, mask) if m])
     (obs0, a0), (obs1, a1) = kept[0]

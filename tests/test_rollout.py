@@ -38,6 +38,10 @@ class TwoTurnAdd(gymnasium.Env):
         self.task, self.turn, self.seed = Task(id=f"{a}+{b}", prompt=f"{a}+{b}", answer=str(a + b)), 0, seed
         return format_chat([{"role": "user", "content": f"What is {a} + {b}?"}]), {"task_id": self.task.id}
 
+    def reference_episode(self, task):
+        """The oracle (what OraclePolicy plays): any first turn, then the boxed sum."""
+        return ["Let me add.", f"The answer is {task.answer}.\n</think>\n\\boxed{{{task.answer}}}"]
+
     def step(self, action):
         if self.fail_every and self.seed % self.fail_every == 0:
             raise RuntimeError("the env broke")
@@ -222,10 +226,10 @@ def test_generation_stops_at_the_end_of_a_tool_call(tiny):
     assert c.ids == reply[: len(c.ids)] and len(c.logprobs) == len(c.ids)
 
 
-def _compute_with_the_tool_then_box(turn, task) -> str:
+def _compute_with_the_tool_then_box(turn, hint) -> str:
     """A scripted two-turn solver: print the answer from the python tool, then box what the tool printed."""
     if "tool: python<|end_header_id|>" not in turn.observation:
-        return f"Let me compute it.\n<tool: python>\nprint({task.answer})\n</tool>"
+        return f"Let me compute it.\n<tool: python>\nprint({hint.task.answer})\n</tool>"
     printed = re.search(r"\[stdout\]\s*(-?\d+)", turn.observation).group(1)   # CWM's tool output format
     return f"The tool printed {printed}.\n</think>\n\\boxed{{{printed}}}"
 
@@ -281,7 +285,7 @@ def test_a_model_policy_never_sees_the_gold_answer(tiny):
         trajs, _ = worker.run([Request(env=0, seed=s, group=s, n=1) for s in range(2)], sample_seed=0)
     finally:
         worker.close()
-    assert len(recorder.seen) == 2 and all("tasks" not in kwargs for _, kwargs in recorder.seen)
+    assert len(recorder.seen) == 2 and all("oracle" not in kwargs for _, kwargs in recorder.seen)
     assert all(t.info.get("remaining_tool_calls") is not None for t in recorder.seen[1][0])  # budgets do pass
     for turns, _ in recorder.seen:
         for turn in turns:

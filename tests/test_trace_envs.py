@@ -36,7 +36,7 @@ def test_trace_oracle_is_exact_in_both_modes():
             for seed in range(3):
                 obs, info = env.reset(seed=seed)
                 assert obs.startswith(fmt.TRACE_CONTEXT_START) and obs.endswith(fmt.FRAME_SEP)
-                _, reward, terminated, _, info = env.step(env.unwrapped.reference_response())
+                _, reward, terminated, _, info = env.step(env.unwrapped.reference_response(env.unwrapped.task))
                 assert reward == 1.0 and terminated and info["outcomes"]["exact"]
         finally:
             env.close()
@@ -57,7 +57,7 @@ def test_explicit_values_instead_of_dots_are_still_exact(trace_env):
     trace_env.reset(options={"task": TASK, "cut": 3})
     (truth,), _ = trace_env.expected_frames()
     spelled_out = f"<|line_sep|>{json.dumps(truth.locals)}<|action_sep|>{truth.source}<|frame_sep|>\n"
-    assert '".."' in trace_env.reference_response() and '".."' not in spelled_out
+    assert '".."' in trace_env.reference_response(trace_env.task) and '".."' not in spelled_out
     assert trace_env.step(spelled_out)[1] == 1.0
 
 
@@ -65,7 +65,7 @@ def test_the_end_of_the_trace_is_predicted_with_end_of_text(trace_env):
     _, info = trace_env.reset(options={"task": TASK})
     n = info["n_frames"]
     trace_env.reset(options={"task": TASK, "cut": n})
-    assert trace_env.reference_response() == fmt.EOS
+    assert trace_env.reference_response(trace_env.task) == fmt.EOS
     assert trace_env.step(fmt.EOS)[1] == 1.0
     trace_env.reset(options={"task": TASK, "cut": n - 1})
     _, reward, _, _, info = trace_env.step(fmt.EOS)  # stopping one frame early
@@ -206,7 +206,7 @@ def test_introspection_strings_are_refused_and_never_paid(crux_tasks, mode):
     try:
         for attack in INTROSPECTION:
             text = attack if mode == "output" else f"*{attack}"
-            results = [env.evaluate(t, _block(text)) for t in crux_tasks]
+            results = [env.judge(t, _block(text)) for t in crux_tasks]
             assert all(r.value == -1.0 for r in results), attack
             assert "not allowed" in results[0].details, results[0].details
     finally:
@@ -223,9 +223,9 @@ def test_with_the_expression_check_off_no_fixed_string_is_paid(crux_tasks, mode,
     try:
         for attack in ESCAPES + INTROSPECTION:
             text = attack if mode == "output" else f"*{attack}"
-            paid = [t.id for t in crux_tasks if env.evaluate(t, _block(text)).value > 0]
+            paid = [t.id for t in crux_tasks if env.judge(t, _block(text)).value > 0]
             assert not paid, (attack, paid)
-        assert all(env.evaluate(t, env.reference_response(t)).value == 1.0 for t in crux_tasks)
+        assert all(env.judge(t, env.reference_response(t)).value == 1.0 for t in crux_tasks)
     finally:
         env.close()
 
@@ -242,7 +242,7 @@ def test_imports_of_the_task_code_are_not_usable_in_a_predicted_input():
     env = InputPredictionEnv(tasks=[task])
     try:
         for answer, why in (("(os, 1)[1]", "name 'os' is not allowed"), ("1", "")):
-            r = env.evaluate(task, _block(answer))
+            r = env.judge(task, _block(answer))
             assert (r.value == 1.0) == (not why) and why in r.details
     finally:
         env.close()
@@ -260,8 +260,8 @@ def test_a_file_planted_in_the_sandbox_cannot_take_over_the_judge(backend, reque
         for name in ("json.py", "encodings.py", "sitecustomize.py"):
             sandbox.write_file(name, forged)
         env = OutputPredictionEnv(tasks=[TASK], sandbox=sandbox)
-        assert env.evaluate(TASK, _block("[]")).value == -1.0
-        assert env.evaluate(TASK, _block("[3, 4]")).value == 1.0
+        assert env.judge(TASK, _block("[]")).value == -1.0
+        assert env.judge(TASK, _block("[3, 4]")).value == 1.0
         env.close()
     finally:
         sandbox.close()

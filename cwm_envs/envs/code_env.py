@@ -20,17 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import gymnasium as gym
-
 from cwm_envs.errors import UsageError
-from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
-from cwm_envs.spaces import AnyText
-from cwm_envs.tasks import Task, pick_task, read_jsonl
+from cwm_envs.envs.base import TextEnv
+from cwm_envs.sandbox import Limits, Sandbox
+from cwm_envs.tasks import Task, read_jsonl
 from rewards.base import RewardResult
 from rewards.code import SCHEMES, TestOutcome, code_reward, extract_code, outputs_match
 
-MAX_PROMPT_CHARS = 65_536
-MAX_ACTION_CHARS = 65_536
 HARNESS_SOURCE = (Path(__file__).with_name("code_harness.py")).read_text()
 FORMAT_RULE = "Answer with exactly one ```python code block```; nothing in it is run except that code."
 _LCB_PRELUDE = "from typing import *\n"  # LeetCode starter code names List, Optional... without importing them
@@ -152,7 +148,7 @@ def spec_for(task: Task) -> CallSpec | StdinSpec:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Prompts and reference answers.
+# Prompts.
 
 
 def render_prompt(task: Task) -> str:
@@ -166,16 +162,6 @@ def render_prompt(task: Task) -> str:
                 f"```\n{FORMAT_RULE}")
     return ("Complete the following Python function. Give the whole function (with the imports it needs). "
             f"{FORMAT_RULE}\n\n```python\n{task.prompt.rstrip()}\n```")
-
-
-def reference_response(task: Task) -> str | None:
-    """A response that should pass `task` (the canonical solution in a code block), or None if it has none."""
-    meta = task.metadata
-    if "canonical_solution" in meta:  # HumanEval: the canonical solution is the body that follows the prompt
-        return f"```python\n{task.prompt}{meta['canonical_solution'].rstrip()}\n```"
-    if task.answer:
-        return f"```python\n{task.answer.rstrip()}\n```"
-    return None
 
 
 def program_for(spec: CallSpec | StdinSpec, code: str) -> str:
@@ -306,8 +292,15 @@ def load_tasks(source: str | Path) -> list[Task]:
 # The environment.
 
 
-class CodeEnv(gym.Env):
+class CodeEnv(TextEnv):
     """Write a Python solution; tests in the sandbox decide the reward.
+
+    >>> import gymnasium, cwm_envs
+    >>> env = gymnasium.make("cwm/Code-v0")
+    >>> obs, info = env.reset(seed=0)
+    >>> env.step(env.unwrapped.reference_response(env.unwrapped.task))[1]
+    1.0
+    >>> env.close()
 
     ## Observation Space
     `AnyText(65536)`: the problem (a function signature with docstring, or a statement with examples), and
@@ -321,7 +314,8 @@ class CodeEnv(gym.Env):
     `reward_scheme="cwm"`: +1 if the response holds exactly one code block and every test passes within
     the time and memory limits, else -1. `"fraction"`: the share of tests passed (0 on a format or compile
     failure). `info["outcomes"]` holds the evidence: `parse`, `compile`, `pass`, `public_pass`, `passed`,
-    `total`, `failures`.
+    `total`, `failures`. Standard-output tests compare integers exactly and other numbers by exact value,
+    or within the task's own `metadata["float_tolerance"]` where it gives one.
 
     ## Episode End
     Single-turn (`max_turns=1`): every step ends the episode. Multi-turn: a submission that fails a public
@@ -335,88 +329,71 @@ class CodeEnv(gym.Env):
     - `reward_scheme`: "cwm" or "fraction".  `max_turns`: 1, or more for retries with feedback.
     - `timeout_s`: wall-clock seconds per stdin test, and for the whole test run of a call-based task.
     - `memory_mb`: address-space limit of each process. `sandbox`: a backend name or a `Sandbox` to share
-      (a shared one is not closed by the env). `require_think`: demand exactly one `</think>`.
+      (a shared one is neither reset nor closed by the env; an owned one is reset between episodes).
+      `require_think`: demand exactly one `</think>`.
     - `reset(options={"task": Task | task id | index})` poses a given task.
 
     ## Version History
-    - v0: initial version.
+    - v0: initial version; integers on standard output compare exactly, a float tolerance only where the
+      task gives one, and each episode starts with a pristine sandbox.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    reward_schemes = SCHEMES
 
     def __init__(self, tasks: str | Path | Sequence[Task] | None = None, reward_scheme: str = "cwm",
                  max_turns: int = 1, timeout_s: float = 6.0, memory_mb: int = 1024,
                  sandbox: str | Sandbox = "local", require_think: bool = False, render_mode: str | None = None):
-        if reward_scheme not in SCHEMES:
-            raise UsageError(f"unknown reward_scheme {reward_scheme!r}; choose one of {SCHEMES}")
         if max_turns < 1:
             raise UsageError("max_turns must be at least 1")
-        if render_mode not in (None, "ansi"):
-            raise UsageError(f"unsupported render_mode {render_mode!r}")
         if tasks is None or isinstance(tasks, (str, Path)) and str(tasks) == "generated":
-            self.tasks: list[Task] | None = None
+            loaded = None
         elif isinstance(tasks, (str, Path)):
-            self.tasks = load_tasks(tasks)
+            loaded = load_tasks(tasks)
         else:
-            self.tasks = list(tasks)
-            if not self.tasks:
-                raise UsageError("tasks is empty")
-        self.reward_scheme, self.max_turns, self.require_think = reward_scheme, max_turns, require_think
-        self.timeout_s, self.render_mode = float(timeout_s), render_mode
+            loaded = list(tasks)
+        super().__init__(tasks=loaded, reward_scheme=reward_scheme, render_mode=render_mode, sandbox=sandbox)
+        self.max_turns, self.require_think, self.timeout_s = max_turns, require_think, float(timeout_s)
         self.limits = Limits(memory_mb=memory_mb, processes=32, file_size_mb=16, open_files=256,
                              output_bytes=1 << 20)
-        self._sandbox_arg = sandbox
-        self._owns_sandbox = not isinstance(sandbox, Sandbox)
-        self._sandbox: Sandbox | None = None if self._owns_sandbox else sandbox
         self._specs: dict[str, tuple[Task, CallSpec | StdinSpec]] = {}
-        self.observation_space = AnyText(MAX_PROMPT_CHARS)
-        self.action_space = AnyText(MAX_ACTION_CHARS)
-        self.task: Task | None = None
-        self._turn, self._done, self._last = 0, True, ""
 
-    # -- gymnasium API ----------------------------------------------------------------------------------
+    # -- the contract of TextEnv --------------------------------------------------------------------------
+    def pose(self, task: Task) -> str:
+        self._spec(task)  # a task without usable tests fails here, not mid-episode
+        return render_prompt(task)
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self.task = self._pick_task((options or {}).get("task"))
-        self._spec(self.task)  # a task without usable tests fails here, not mid-episode
-        self._turn, self._done = 0, False
-        self._last = render_prompt(self.task)[:MAX_PROMPT_CHARS]
-        return self._last, {"task_id": self.task.id, "turn": 0, "max_turns": self.max_turns}
+    def judge(self, task: Task, response: str) -> RewardResult:
+        """Judge one response to `task` on all its tests; usable without reset()."""
+        return self._judge(task, response, public_only=False)
 
-    def step(self, action: str):
-        if self.task is None or self._done:
-            raise UsageError("step() called before reset() or after the episode ended")
-        if not isinstance(action, str):
-            raise UsageError(f"the action must be a str, got {type(action).__name__}")
-        self._turn += 1
-        final = self._turn >= self.max_turns
-        result = self.evaluate(self.task, action, public_only=not final)
-        public_ok = result.outcomes["public_pass"] is not False and result.outcomes["parse"] and result.outcomes["compile"]
-        if not final and public_ok:  # passed the public tests: this submission is judged on all of them
-            result, final = self.evaluate(self.task, action), True
-        info = {"task_id": self.task.id, "turn": self._turn, "max_turns": self.max_turns,
-                "remaining_turns": self.max_turns - self._turn, "outcomes": result.outcomes,
-                "details": result.details, "final": final}
+    def reference_response(self, task: Task) -> str:
+        """The task's own solution in a code block (HumanEval's canonical one, the generator's reference)."""
+        meta = task.metadata
+        if "canonical_solution" in meta:  # HumanEval: the canonical solution is the body that follows the prompt
+            return f"```python\n{task.prompt}{meta['canonical_solution'].rstrip()}\n```"
+        if task.answer:
+            return f"```python\n{task.answer.rstrip()}\n```"
+        raise UsageError(f"task {task.id} has no reference solution")
+
+    def generate_task(self, rng) -> Task:
+        return generate_task(int(rng.integers(0, 2**31 - 1)))
+
+    def episode_info(self) -> dict:
+        return {**super().episode_info(), "max_turns": self.max_turns, "remaining_turns": self.max_turns - self.turn}
+
+    def respond(self, action: str):
+        final = self.turn >= self.max_turns
+        result = self._judge(self.task, action, public_only=not final)
+        o = result.outcomes
+        if not final and o["public_pass"] is not False and o["parse"] and o["compile"]:
+            result, final = self.judge(self.task, action), True   # passed the public tests: judged on all
+        info = {"outcomes": result.outcomes, "details": result.details, "final": final}
         if final:
-            self._done = True
-            self._last = result.details
             return "", float(result.value), True, False, info
-        self._last = self._feedback(result)[:MAX_PROMPT_CHARS]
-        return self._last, 0.0, False, False, info
-
-    def render(self):
-        return self._last if self.render_mode == "ansi" else None
-
-    def close(self):
-        if self._owns_sandbox and self._sandbox is not None:
-            self._sandbox.close()
-            self._sandbox = None
+        return self._feedback(result), 0.0, False, False, info
 
     # -- judging ------------------------------------------------------------------------------------------
-
-    def evaluate(self, task: Task, response: str, public_only: bool = False) -> RewardResult:
-        """Judge one response to `task` (all tests, or only the public ones); usable without reset()."""
+    def _judge(self, task: Task, response: str, public_only: bool) -> RewardResult:
         spec = self._spec(task)
         extraction = extract_code(response, require_think=self.require_think)
         if extraction.code is None:
@@ -434,15 +411,10 @@ class CodeEnv(gym.Env):
             total = sum(1 for _, public in spec.units if public or not public_only)
         return code_reward(True, True, tests, self.reward_scheme, expected_total=total)
 
-    def sandbox(self) -> Sandbox:
-        if self._sandbox is None:
-            self._sandbox = make_sandbox(self._sandbox_arg)
-        return self._sandbox
-
     def _run_stdin(self, program: str, cases, float_tol: float | None) -> list[TestOutcome]:
         tests = []
         for k, (stdin, expected, public) in enumerate(cases):
-            res = self.sandbox().run_python(program, stdin=stdin, timeout=self.timeout_s, limits=self.limits)
+            res = self.sandbox.run_python(program, stdin=stdin, timeout=self.timeout_s, limits=self.limits)
             status = _status(res)
             if status == "pass" and not outputs_match(res.stdout, expected, float_tol):
                 status = "wrong answer"
@@ -456,8 +428,8 @@ class CodeEnv(gym.Env):
         nonce = secrets.token_hex(16)  # only this process and the judge learn it, never the candidate
         payload = {"nonce": nonce, "solution": program, "tests": spec.public_module if public_only else spec.test_module,
                    "entry": list(spec.entry), "call_timeout_s": self.timeout_s, "deadline_s": self.timeout_s}
-        res = self.sandbox().run_python(HARNESS_SOURCE, stdin=json.dumps(payload), timeout=self.timeout_s + 5.0,
-                                 limits=self.limits)
+        res = self.sandbox.run_python(HARNESS_SOURCE, stdin=json.dumps(payload), timeout=self.timeout_s + 5.0,
+                                      limits=self.limits)
         verdict = _verdict(res, nonce)
         selected = [(k, src, public) for k, (src, public) in enumerate(spec.units) if public or not public_only]
         if isinstance(verdict, str):  # no trustworthy verdict: every test fails, with the run as evidence
@@ -482,21 +454,12 @@ class CodeEnv(gym.Env):
             cached = self._specs[task.id] = (task, spec_for(task))
         return cached[1]
 
-    def _pick_task(self, choice) -> Task:
-        if isinstance(choice, Task):
-            return choice
-        if self.tasks is None:
-            if choice is not None:
-                raise UsageError("the embedded generator takes no task choice; pass tasks=[...] or a Task")
-            return generate_task(int(self.np_random.integers(0, 2**31 - 1)))
-        return pick_task(self.tasks, choice, self.np_random)
-
     def _feedback(self, result: RewardResult) -> str:
         o = result.outcomes
         lines = [f"Your answer did not pass: {result.details}."]
         for f in o["failures"]:
             lines.append(f"- {f['name']}: {f['status']}" + (f"\n{f['detail']}" if f["detail"] else ""))
-        lines.append(f"Turns left: {self.max_turns - self._turn}. {FORMAT_RULE}")
+        lines.append(f"Turns left: {self.max_turns - self.turn}. {FORMAT_RULE}")
         return "\n".join(lines)
 
 

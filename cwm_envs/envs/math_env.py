@@ -13,29 +13,30 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import gymnasium as gym
-
 from cwm_envs.chat import REASONING_SYSTEM_PROMPT, assistant_header, format_chat, tool_message
 from cwm_envs.errors import InfraError, UsageError
+from cwm_envs.envs.base import TextEnv
 from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
 from cwm_envs.sandbox.local import DEFAULT_PRELOAD
 from cwm_envs.sources.math import MathGenerator, load_math
-from cwm_envs.spaces import AnyText
-from cwm_envs.tasks import Task, pick_task
+from cwm_envs.tasks import Task
 from rewards.base import RewardResult
 from rewards.math import VerifierUnavailable, cwm_reward
 
-MAX_PROMPT_CHARS = 65_536
-MAX_ACTION_CHARS = 131_072
 PROMPTS = {
     "cot": "{problem}\nPlease reason step by step, and put your final answer within $\\boxed{{}}$.",
     "direct": "{problem}\n\nWrap your answer in $\\boxed{{}}$.",
 }
-SCHEMES = ("cwm", "binary")
 
 
-class MathEnv(gym.Env):
+class MathEnv(TextEnv):
     """Answer a math problem in one response; the boxed final answer is checked exactly.
+
+    >>> import gymnasium, cwm_envs
+    >>> env = gymnasium.make("cwm/Math-v0", kinds=("add_sub",))
+    >>> obs, info = env.reset(seed=0)
+    >>> env.step(env.unwrapped.reference_response(env.unwrapped.task))[1]
+    1.0
 
     ## Observation Space
     `AnyText(65536)`: the whole prompt in CWM's chat format, ending with the assistant header (and
@@ -48,7 +49,8 @@ class MathEnv(gym.Env):
     `reward_scheme="cwm"`: +1 when the response has exactly one `</think>` (with `think=True`), exactly one
     `\\boxed{}` after it, and that answer is equivalent to the gold answer (`rewards.math`); -1 otherwise.
     `"binary"`: 1 / 0 under the same rules. `info["outcomes"]` holds the evidence (extracted answer, its
-    span in the response, the rule that decided, format checks); `info["details"]` one line.
+    span in the response, the rule that decided, format checks); `info["details"]` one line; the final
+    step's info also carries the gold `answer` (for logs: the rollout worker never hands it to a policy).
 
     ## Episode End
     Every step ends the episode (`terminated=True`).
@@ -62,91 +64,62 @@ class MathEnv(gym.Env):
     - `prompt_style`: "cot" (CWM's step-by-step prompt) or "direct" ("Wrap your answer in $\\boxed{}$.").
     - `timeout_s`: hard limit on checking one answer.  `limit`: use only the first N problems of a file.
     - `reset(seed=..., options={"task": Task | task id | index})`: pose a given task; without one, a
-      file's task is drawn with the env's seeded generator, a generated task from a drawn seed.
+      file's task is drawn with the env's seeded generator, a generated task from a drawn seed (an int
+      choice is a generator seed).
 
     ## Version History
-    - v0: initial version.
+    - v0: initial version; the verifier hardened against constant answers (a failed parse never equals).
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    max_action_chars = 131_072
 
     def __init__(self, source: str | Path | Sequence[Task] = "generated", kinds: Sequence[str] | None = None,
                  difficulty: int = 0, reward_scheme: str = "cwm", think: bool = True, prompt_style: str = "cot",
-                 timeout_s: float = 5.0, limit: int | None = None, render_mode: str | None = None):
-        if reward_scheme not in SCHEMES:
-            raise UsageError(f"unknown reward_scheme {reward_scheme!r}; choose one of {SCHEMES}")
+                 timeout_s: float = 5.0, limit: int | None = None, render_mode: str | None = None,
+                 sandbox: str | Sandbox | None = None):
         if prompt_style not in PROMPTS:
             raise UsageError(f"unknown prompt_style {prompt_style!r}; choose one of {sorted(PROMPTS)}")
-        if render_mode not in (None, "ansi"):
-            raise UsageError(f"unsupported render_mode {render_mode!r}")
-        self.source = load_math(source, kinds=kinds, difficulty=difficulty, limit=limit)
-        self.reward_scheme, self.think, self.prompt_style = reward_scheme, bool(think), prompt_style
-        self.timeout_s, self.render_mode = float(timeout_s), render_mode
-        self.observation_space = AnyText(MAX_PROMPT_CHARS)
-        self.action_space = AnyText(MAX_ACTION_CHARS)
-        self.task: Task | None = None
-        self._done, self._last = True, ""
+        loaded = load_math(source, kinds=kinds, difficulty=difficulty, limit=limit)
+        self.generator = loaded if isinstance(loaded, MathGenerator) else None
+        super().__init__(tasks=None if self.generator else list(loaded), reward_scheme=reward_scheme,
+                         render_mode=render_mode, sandbox=sandbox)
+        self.think, self.prompt_style, self.timeout_s = bool(think), prompt_style, float(timeout_s)
 
-    # -- gymnasium API ------------------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self.task = self._pick_task((options or {}).get("task"))
-        self._done = False
-        self._last = self.render_prompt(self.task)
-        return self._last, self._info()
-
-    def step(self, action: str):
-        if self.task is None or self._done:
-            raise UsageError("step() called before reset() or after the episode ended")
-        result = self.score(self.task, action)
-        self._done = True
-        self._last = result.details
-        info = self._info() | {"outcomes": result.outcomes, "details": result.details}
-        return "", float(result.value), True, False, info
-
-    def render(self):
-        return self._last if self.render_mode == "ansi" else None
-
-    def close(self):
-        pass
-
-    # -- pieces -------------------------------------------------------------------------------------------
+    # -- the contract of TextEnv --------------------------------------------------------------------------
     def messages(self, task: Task) -> list[dict]:
         """The conversation that poses `task` (system prompt only when thinking is on, as in CWM)."""
         user = {"role": "user", "content": PROMPTS[self.prompt_style].format(problem=task.prompt)}
         return ([{"role": "system", "content": REASONING_SYSTEM_PROMPT}] if self.think else []) + [user]
 
-    def render_prompt(self, task: Task) -> str:
-        text = format_chat(self.messages(task), add_generation_prompt=True, think=self.think)
-        if len(text) > MAX_PROMPT_CHARS:
-            raise UsageError(f"task {task.id}: prompt of {len(text)} characters exceeds {MAX_PROMPT_CHARS}")
-        return text
+    def pose(self, task: Task) -> str:
+        return format_chat(self.messages(task), add_generation_prompt=True, think=self.think)
 
-    def score(self, task: Task, response) -> RewardResult:
+    def judge(self, task: Task, response: str) -> RewardResult:
         """The reward of one final response to `task` (usable without reset())."""
-        if not isinstance(response, str):
-            bad = -1.0 if self.reward_scheme == "cwm" else 0.0
-            return RewardResult(bad, {"format_ok": False, "equal": False, "how": "action is not a string"},
-                                f"the action must be a str, got {type(response).__name__}")
         try:
             return cwm_reward(task.answer, response, think=self.think, scheme=self.reward_scheme,
                               timeout=self.timeout_s)
         except VerifierUnavailable as exc:  # the machine failed, not the model: never score it
             raise InfraError(str(exc)) from exc
 
-    def _pick_task(self, choice) -> Task:
-        if isinstance(choice, Task):
-            return choice
-        if isinstance(self.source, MathGenerator):
-            if choice is None:
-                return self.source.sample(self.np_random)
-            if isinstance(choice, int):
-                return self.source.task(choice)
-            raise UsageError("with the generator, options['task'] is a Task or an integer seed")
-        return pick_task(self.source, choice, self.np_random)
+    def reference_response(self, task: Task) -> str:
+        """The gold answer in the format CWM's math reward pays for (reasoning closed, one box)."""
+        return (f"The answer is {task.answer}.\n</think>\n" if self.think else "") + f"\\boxed{{{task.answer}}}"
 
-    def _info(self) -> dict:
-        return {"task_id": self.task.id, "answer": self.task.answer, "metadata": dict(self.task.metadata)}
+    def draw_task(self, choice) -> Task:
+        if self.generator is not None and choice is not None and not isinstance(choice, Task):
+            if isinstance(choice, int) and not isinstance(choice, bool):
+                return self.generator.task(choice)
+            raise UsageError("with the generator, options['task'] is a Task or an integer seed")
+        return super().draw_task(choice)
+
+    def generate_task(self, rng) -> Task:
+        return self.generator.sample(rng)
+
+    def respond(self, action: str):
+        obs, reward, terminated, truncated, info = super().respond(action)
+        return obs, reward, terminated, truncated, {**info, "answer": self.task.answer,
+                                                    "metadata": dict(self.task.metadata)}
 
 
 # --------------------------------------------------------------------------------------------- with tools
@@ -198,10 +171,11 @@ class MathToolEnv(MathEnv):
     ## Arguments
     As `cwm/Math-v0`, plus `max_tool_calls` (4, CWM's limit; later calls answer
     `error: maximum execution count (4) reached`), `tool_timeout_s` (10 s per call, CWM's), `max_turns`
-    (8), and `sandbox`: a backend name or a shared `Sandbox` (a shared one is not closed by the env).
+    (8), and `sandbox`: a backend name or a shared `Sandbox` (a shared one is neither reset nor closed by the
+    env; an owned one is reset between episodes, so no file or process of one episode reaches the next).
 
     ## Version History
-    - v0: initial version.
+    - v0: initial version; each episode now starts with a pristine sandbox.
     """
 
     def __init__(self, source: str | Path | Sequence[Task] = "generated", kinds: Sequence[str] | None = None,
@@ -209,15 +183,13 @@ class MathToolEnv(MathEnv):
                  timeout_s: float = 5.0, limit: int | None = None, render_mode: str | None = None,
                  max_tool_calls: int = 4, tool_timeout_s: float = 10.0, max_turns: int = 8,
                  sandbox: str | Sandbox = "local", memory_mb: int = 1024):
-        super().__init__(source, kinds, difficulty, reward_scheme, think, prompt_style, timeout_s, limit, render_mode)
+        super().__init__(source, kinds, difficulty, reward_scheme, think, prompt_style, timeout_s, limit, render_mode,
+                         sandbox)
         if max_turns < 1 or max_tool_calls < 0:
             raise UsageError("max_turns must be at least 1 and max_tool_calls at least 0")
         self.max_tool_calls, self.tool_timeout_s, self.max_turns = max_tool_calls, float(tool_timeout_s), max_turns
         self.limits = Limits(memory_mb=memory_mb, processes=32, file_size_mb=16, open_files=256, output_bytes=1 << 16)
-        self._sandbox_arg = sandbox
-        self._owns_sandbox = not isinstance(sandbox, Sandbox)
-        self._sandbox: Sandbox | None = None if self._owns_sandbox else sandbox
-        self._turn = self._calls = 0
+        self._calls = 0
 
     def messages(self, task: Task) -> list[dict]:
         msgs = super().messages(task)
@@ -227,40 +199,32 @@ class MathToolEnv(MathEnv):
                    "Call it with <tool: python>\\nCODE</tool>; print what you want to see.")
         return [{"role": "system", "content": system}] + [m for m in msgs if m["role"] != "system"]
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        self._turn = self._calls = 0
-        return super().reset(seed=seed, options=options)
+    def pose(self, task: Task) -> str:
+        self._calls = 0
+        return super().pose(task)
 
-    def step(self, action: str):
-        if self.task is None or self._done:
-            raise UsageError("step() called before reset() or after the episode ended")
-        self._turn += 1
-        calls = TOOL_CALL_RE.findall(action) if isinstance(action, str) else []
-        if not calls:
-            obs, reward, terminated, truncated, info = super().step(action)
-            return obs, reward, terminated, truncated, info | self._budget()
-        feedback = "".join(tool_message(name, self._run_tool(name, code)) for name, code in calls)
-        reopen = self.think and "</think>" in action
-        if self._turn >= self.max_turns:
-            self._done = True
-            bad = -1.0 if self.reward_scheme == "cwm" else 0.0
-            self._last = "turn limit reached without a final answer"
-            info = self._info() | self._budget() | {"outcomes": {"format_ok": False, "equal": False,
-                                                                  "how": "turn limit"}, "details": self._last}
-            return "", bad, False, True, info
-        self._last = feedback + assistant_header() + ("<think>\n" if reopen else "")
-        if len(self._last) > MAX_PROMPT_CHARS:
-            self._last = self._last[-MAX_PROMPT_CHARS:]
-        return self._last, 0.0, False, False, self._info() | self._budget() | {"tool_calls": len(calls)}
+    def make_sandbox(self) -> Sandbox:
+        if self._sandbox_arg == "local":
+            return make_sandbox("local", preload=DEFAULT_PRELOAD + ("sympy", "numpy"))
+        return make_sandbox(self._sandbox_arg)
 
-    def close(self):
-        if self._owns_sandbox and self._sandbox is not None:
-            self._sandbox.close()
-            self._sandbox = None
-
-    def _budget(self) -> dict:
-        return {"turn": self._turn, "remaining_turns": self.max_turns - self._turn,
+    def episode_info(self) -> dict:
+        return {**super().episode_info(), "remaining_turns": self.max_turns - self.turn,
                 "tool_calls_used": self._calls, "remaining_tool_calls": max(0, self.max_tool_calls - self._calls)}
+
+    def respond(self, action: str):
+        calls = TOOL_CALL_RE.findall(action)
+        if not calls:
+            return super().respond(action)
+        feedback = "".join(tool_message(name, self._run_tool(name, code)) for name, code in calls)
+        if self.turn >= self.max_turns:
+            details = "turn limit reached without a final answer"
+            return "", self.failure_reward(), False, True, {
+                "answer": self.task.answer, "details": details,
+                "outcomes": {"format_ok": False, "equal": False, "how": "turn limit"}}
+        reopen = self.think and "</think>" in action
+        obs = feedback + assistant_header() + ("<think>\n" if reopen else "")
+        return obs, 0.0, False, False, {"tool_calls": len(calls)}
 
     def _run_tool(self, name: str, code: str) -> str:
         if name != "python":
@@ -268,7 +232,4 @@ class MathToolEnv(MathEnv):
         if self._calls >= self.max_tool_calls:
             return f"error: maximum execution count ({self.max_tool_calls}) reached"
         self._calls += 1
-        if self._sandbox is None:
-            self._sandbox = make_sandbox(self._sandbox_arg, preload=DEFAULT_PRELOAD + ("sympy", "numpy")) \
-                if self._sandbox_arg == "local" else make_sandbox(self._sandbox_arg)
-        return format_tool_result(self._sandbox.run_python(code, timeout=self.tool_timeout_s, limits=self.limits))
+        return format_tool_result(self.sandbox.run_python(code, timeout=self.tool_timeout_s, limits=self.limits))

@@ -14,18 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import gymnasium as gym
-
 from cwm_envs.errors import InfraError, UsageError
-from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
-from cwm_envs.spaces import AnyText
-from cwm_envs.tasks import Task, pick_task
+from cwm_envs.envs.base import TextEnv
+from cwm_envs.sandbox import Limits, Sandbox
+from cwm_envs.tasks import Task
 from rewards import plain_data
 from rewards.base import RewardResult
 from rewards.prediction import SCHEMES, parse_prediction, prediction_reward, values_equal
 
-MAX_PROMPT_CHARS = 32_768
-MAX_ACTION_CHARS = 32_768
 FORMAT_RULE = "Answer with exactly one ```python code block``` holding the completed assertion."
 PROMPTS = {
     "output": ("You are given a Python function and an assertion containing an input to the function. Complete "
@@ -102,9 +98,16 @@ def load_prediction_tasks(source: str | Path | Sequence[Task]) -> list[Task]:
     return tasks
 
 
-class PredictionEnv(gym.Env):
+class PredictionEnv(TextEnv):
     """Predict what a function returns (`mode="output"`) or an input that makes it return a given value
-    (`mode="input"`); one step, judged by executing the completed assertion in the sandbox.
+    (`mode="input"`); one step, judged by running the prediction in the sandbox.
+
+    >>> import gymnasium, cwm_envs
+    >>> env = gymnasium.make("cwm/OutputPrediction-v0")
+    >>> obs, info = env.reset(seed=0)
+    >>> env.step(env.unwrapped.reference_response(env.unwrapped.task))[1]
+    1.0
+    >>> env.close()
 
     ## Observation Space
     `AnyText(32768)`: CRUXEval's prompt: the code and `assert f(INPUT) == ??` (output mode) or
@@ -113,12 +116,14 @@ class PredictionEnv(gym.Env):
     ## Action Space
     `AnyText(32768)`: the response. After `</think>` (if any), exactly one fenced code block holding
     `assert f(INPUT) == OUTPUT`, or just the missing part. The predicted part must be a safe expression
-    (literals, containers, operators, lambdas, a few pure builtins; input mode may also use names the code
-    defines), see `rewards.prediction`.
+    (literals, containers, operators, lambdas, a few pure builtins, the built-in types' public methods; input
+    mode may also use the functions, classes and variables the code defines), see `rewards.prediction`.
 
     ## Rewards
-    `reward_scheme="cwm"`: +1 when the format holds and the assertion passes in the sandbox, else -1;
-    `"binary"`: 1 / 0. `info["outcomes"]`: `parse`, `pass`, `timed_out`, `prediction`.
+    `reward_scheme="cwm"`: +1 when the format holds and the predicted value (output mode), or the function's
+    result on the predicted input (input mode), equals the reference, else -1; `"binary"`: 1 / 0. Only plain
+    data (`rewards.plain_data`) comes back from the sandbox; the comparison runs in the env's process.
+    `info["outcomes"]`: `parse`, `pass`, `timed_out`, `prediction`; the final info also has `expected`.
 
     ## Episode End
     Every step ends the episode (terminated).
@@ -129,81 +134,52 @@ class PredictionEnv(gym.Env):
       "cruxeval" for the 800 CRUXEval rows in the shared data, a CRUXEval-format JSONL path, or a list of
       Task with metadata code, input, output (and optionally entry, default "f").
     - `reward_scheme`, `require_think` (demand exactly one `</think>`), `timeout_s`, `memory_mb`,
-      `sandbox` (a backend name or a shared `Sandbox`, which the env does not close).
+      `sandbox` (a backend name, or a shared `Sandbox` that the env neither resets nor closes).
     - `reset(options={"task": Task | task id | index})` poses a given task.
 
     ## Version History
-    - v0: initial version.
+    - v0: initial version; judged on plain data outside the candidate's process, with a pristine sandbox per
+      episode.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    max_observation_chars = 32_768
+    max_action_chars = 32_768
+    reward_schemes = SCHEMES
 
     def __init__(self, mode: str = "output", tasks: str | Path | Sequence[Task] | None = None,
                  reward_scheme: str = "cwm", require_think: bool = False, timeout_s: float = 5.0,
                  memory_mb: int = 1024, sandbox: str | Sandbox = "local", render_mode: str | None = None):
         if mode not in PROMPTS:
             raise UsageError(f"mode must be 'output' or 'input', got {mode!r}")
-        if reward_scheme not in SCHEMES:
-            raise UsageError(f"unknown reward_scheme {reward_scheme!r}; choose one of {SCHEMES}")
-        if render_mode not in (None, "ansi"):
-            raise UsageError(f"unsupported render_mode {render_mode!r}")
-        self.mode, self.reward_scheme, self.require_think = mode, reward_scheme, require_think
-        self.timeout_s, self.render_mode = float(timeout_s), render_mode
         generated = tasks is None or isinstance(tasks, str) and tasks == "generated"
-        self.tasks = None if generated else load_prediction_tasks(tasks)
+        super().__init__(tasks=None if generated else load_prediction_tasks(tasks), reward_scheme=reward_scheme,
+                         render_mode=render_mode, sandbox=sandbox)
+        self.mode, self.require_think, self.timeout_s = mode, require_think, float(timeout_s)
         self.limits = Limits(memory_mb=memory_mb, processes=16, file_size_mb=16, output_bytes=1 << 20)
-        self._owns_sandbox = not isinstance(sandbox, Sandbox)
-        self._sandbox_arg = sandbox
-        self._sandbox: Sandbox | None = None if self._owns_sandbox else sandbox
-        self.observation_space = AnyText(MAX_PROMPT_CHARS)
-        self.action_space = AnyText(MAX_ACTION_CHARS)
-        self.task: Task | None = None
-        self._done, self._last = True, ""
         self._references: dict[tuple, object] = {}
 
-    # -- gymnasium API ----------------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self.task = self._pick_task((options or {}).get("task"))
-        self._done = False
-        self._last = self.render_prompt(self.task)
-        return self._last, {"task_id": self.task.id}
-
-    def step(self, action: str):
-        if self.task is None or self._done:
-            raise UsageError("step() called before reset() or after the episode ended")
-        if not isinstance(action, str):
-            raise UsageError(f"the action must be a str, got {type(action).__name__}")
-        result = self.evaluate(self.task, action)
-        self._done = True
-        self._last = result.details
-        m = self.task.metadata
-        info = {"task_id": self.task.id, "outcomes": result.outcomes, "details": result.details,
-                "expected": m["output"] if self.mode == "output" else m["input"]}
-        return "", float(result.value), True, False, info
-
-    def render(self):
-        return self._last if self.render_mode == "ansi" else None
-
-    def close(self):
-        if self._owns_sandbox and self._sandbox is not None:
-            self._sandbox.close()
-        if self._owns_sandbox:
-            self._sandbox = None
-
-    # -- prompts and judging ------------------------------------------------------------------------------
-    def render_prompt(self, task: Task) -> str:
+    # -- the contract of TextEnv --------------------------------------------------------------------------
+    def pose(self, task: Task) -> str:
         m = task.metadata
         return PROMPTS[self.mode].format(code=m["code"].rstrip(), entry=m.get("entry", "f"), input=m["input"],
-                                         output=m["output"])[:MAX_PROMPT_CHARS]
+                                         output=m["output"])
 
-    @staticmethod
-    def reference_response(task: Task) -> str:
-        """A response that passes (the dataset's own assertion in a code block): the oracle's answer."""
+    def reference_response(self, task: Task) -> str:
+        """The dataset's own assertion in a code block."""
         m = task.metadata
         return f"```python\nassert {m.get('entry', 'f')}({m['input']}) == {m['output']}\n```"
 
-    def evaluate(self, task: Task, response: str) -> RewardResult:
+    def draw_task(self, choice) -> Task:
+        if isinstance(choice, Task):
+            return load_prediction_tasks([choice])[0]
+        return super().draw_task(choice)
+
+    def respond(self, action: str):
+        obs, reward, terminated, truncated, info = super().respond(action)
+        m = self.task.metadata
+        return obs, reward, terminated, truncated, {**info, "expected": m[self.mode]}
+
+    def judge(self, task: Task, response: str) -> RewardResult:
         """Judge one response to `task`; usable without reset() (benchmarks call it directly).
 
         Output mode: the predicted value is evaluated alone in the sandbox (no task code, nothing of the
@@ -261,29 +237,14 @@ class PredictionEnv(gym.Env):
         except ValueError as exc:
             return _Value(None, f"unreadable value: {exc}")
 
-    @property
-    def sandbox(self) -> Sandbox:
-        if self._sandbox is None:
-            self._sandbox = make_sandbox(self._sandbox_arg)
-        return self._sandbox
-
-    def _pick_task(self, choice) -> Task:
-        if isinstance(choice, Task):
-            return load_prediction_tasks([choice])[0]
-        if self.tasks is not None:
-            return pick_task(self.tasks, choice, self.np_random)
-        if choice is not None:
-            raise UsageError("with the generated source, options['task'] must be a Task")
-        return self._generated_task()
-
-    def _generated_task(self) -> Task:
+    def generate_task(self, rng) -> Task:
         """A seeded program whose output is found by running it (programs that raise are redrawn)."""
         import random
 
         from cwm_envs.tracing.generate import generate_program
 
         for _ in range(20):
-            seed = int(self.np_random.integers(2**31))
+            seed = int(rng.integers(2**31))
             prog = generate_program(random.Random(seed), n_inputs=1)
             marker = f"cwm-out-{secrets.token_hex(8)}"
             res = self.sandbox.run_python(f"{prog.code}\n\nprint({marker!r} + repr({prog.entry}({prog.inputs[0]})))\n",

@@ -2,23 +2,20 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-import gymnasium as gym
-
 from cwm_envs.errors import UsageError
+from cwm_envs.envs.base import TextEnv
 from cwm_envs.sandbox import Sandbox
-from cwm_envs.spaces import AnyText
-from cwm_envs.tasks import Task, pick_task
+from cwm_envs.tasks import Task
 from cwm_envs.tracing import format as fmt
 from cwm_envs.tracing.format import TraceFormatError
 from cwm_envs.tracing.tracer import TraceLimits, TraceResult, Tracer
 from rewards.base import RewardResult
 from rewards.trace import SCHEMES, trace_reward
 
-MAX_OBS_CHARS = 65_536
-MAX_ACTION_CHARS = 65_536
 MODES = ("next", "rest")
 
 
@@ -38,8 +35,15 @@ def load_trace_tasks(source: str | Path | Sequence[Task]) -> list[Task]:
     return tasks
 
 
-class TraceEnv(gym.Env):
+class TraceEnv(TextEnv):
     """Given code, its input and a trace prefix, predict the next frame or the rest of the trace.
+
+    >>> import gymnasium, cwm_envs
+    >>> env = gymnasium.make("cwm/Trace-v0")
+    >>> obs, info = env.reset(seed=0)
+    >>> env.step(env.unwrapped.reference_response(env.unwrapped.task))[1]
+    1.0
+    >>> env.close()
 
     ## Observation Space
     `AnyText(65536)`: CWM trace text: `<|trace_context_start|>` + the code with `  # << START_OF_TRACE` on the
@@ -66,101 +70,45 @@ class TraceEnv(gym.Env):
     - `tasks`: None for the embedded generator (seeded programs with inputs), "cruxeval" (800 rows of the
       shared data), a CRUXEval-format JSONL path, or a list of Task with metadata code, input (entry: "f").
     - `max_frames`: traces longer than this are redrawn (256); `max_repr`: characters per value (200).
-    - `reward_scheme`, `timeout_s`, `sandbox` (a backend name or a shared `Sandbox`, not closed by the env).
+    - `reward_scheme`, `timeout_s`, `sandbox` (a backend name or a shared `Sandbox`, not closed by the env;
+      only the task's own code runs in it, never the agent's).
     - `reset(options={"task": Task | id | index, "cut": k})`: pose a given task and/or prefix length
       (1 <= k <= frames; k = frames asks for the end of the trace in "next" mode). By default "next"
-      draws k at random and "rest" uses k = 1 (only the call frame: CRUXEval-O as a full trace).
+      draws k at random and "rest" uses k = 1 (only the call frame: CRUXEval-O as a full trace). The posed
+      task (`env.task`) carries its cut in `metadata["cut"]`, so `judge` and `reference_response` work on it
+      without `reset()`.
 
     ## Version History
     - v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    reward_schemes = SCHEMES
 
     def __init__(self, mode: str = "next", tasks: str | Path | Sequence[Task] | None = None,
                  reward_scheme: str = "cwm", max_frames: int = 256, max_repr: int = 200, timeout_s: float = 10.0,
                  sandbox: str | Sandbox = "local", render_mode: str | None = None):
         if mode not in MODES:
             raise UsageError(f"mode must be one of {MODES}, got {mode!r}")
-        if reward_scheme not in SCHEMES:
-            raise UsageError(f"unknown reward_scheme {reward_scheme!r}; choose one of {SCHEMES}")
-        if render_mode not in (None, "ansi"):
-            raise UsageError(f"unsupported render_mode {render_mode!r}")
         if max_frames < 2:
             raise UsageError("max_frames must be at least 2")
-        self.mode, self.reward_scheme, self.render_mode = mode, reward_scheme, render_mode
         generated = tasks is None or isinstance(tasks, str) and tasks == "generated"
-        self.tasks = None if generated else load_trace_tasks(tasks)
-        self.limits = TraceLimits(max_events=max_frames, max_bytes=MAX_OBS_CHARS * 4, max_repr=max_repr)
+        super().__init__(tasks=None if generated else load_trace_tasks(tasks), reward_scheme=reward_scheme,
+                         render_mode=render_mode)
+        self.mode = mode
+        self.limits = TraceLimits(max_events=max_frames, max_bytes=self.max_observation_chars * 4, max_repr=max_repr)
         self.timeout_s = float(timeout_s)
-        self._sandbox_arg = sandbox
+        self._tracer_sandbox = sandbox
         self._tracer: Tracer | None = None
-        self.observation_space = AnyText(MAX_OBS_CHARS)
-        self.action_space = AnyText(MAX_ACTION_CHARS)
-        self.task: Task | None = None
         self.trace: TraceResult | None = None
         self.cut = 0
-        self._done, self._last = True, ""
 
-    # -- gymnasium API ----------------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        options = options or {}
-        self.task, self.trace, obs = self._draw(options.get("task"), options.get("cut"))
-        self._done, self._last = False, obs
-        return obs, {"task_id": self.task.id, "cut": self.cut, "n_frames": len(self.trace.frames)}
-
-    def step(self, action: str):
-        if self.trace is None or self._done:
-            raise UsageError("step() called before reset() or after the episode ended")
-        if not isinstance(action, str):
-            raise UsageError(f"the action must be a str, got {type(action).__name__}")
-        result = self.evaluate(action)
-        self._done = True
-        self._last = result.details
-        info = {"task_id": self.task.id, "cut": self.cut, "n_frames": len(self.trace.frames),
-                "outcomes": result.outcomes, "details": result.details, "expected": self.reference_response()}
-        return "", float(result.value), True, False, info
-
-    def render(self):
-        return self._last if self.render_mode == "ansi" else None
-
-    def close(self):
-        if self._tracer is not None:
-            self._tracer.close()
-            self._tracer = None
-
-    # -- the task ---------------------------------------------------------------------------------------
-    def expected_frames(self) -> tuple[list[fmt.Frame], bool]:
-        """The frames the agent must predict after the prefix, and whether the trace ends after them."""
-        frames = self.trace.frames
-        if self.mode == "rest" or self.cut == len(frames):
-            return frames[self.cut:], True
-        return frames[self.cut:self.cut + 1], False
-
-    def reference_response(self) -> str:
-        """The true continuation (what the oracle answers)."""
-        expected, complete = self.expected_frames()
-        return fmt.emit_continuation(self.trace.frames[:self.cut], expected, complete)
-
-    def evaluate(self, action: str) -> RewardResult:
-        """Judge a continuation of the current prefix."""
-        expected, complete = self.expected_frames()
-        true = [f.to_dict() for f in expected]
-        try:
-            predicted, pred_complete = fmt.parse_frames(action.rstrip(), prefix=self.trace.frames[:self.cut])
-        except TraceFormatError as exc:
-            return trace_reward(None, true, expected_complete=complete, scheme=self.reward_scheme,
-                                parse_error=str(exc))
-        return trace_reward([f.to_dict() for f in predicted], true, predicted_complete=pred_complete,
-                            expected_complete=complete, scheme=self.reward_scheme)
-
-    def _draw(self, choice, cut) -> tuple[Task, TraceResult, str]:
-        explicit = choice is not None
+    # -- the contract of TextEnv --------------------------------------------------------------------------
+    def draw_task(self, choice) -> Task:
+        """A task with a complete trace within the limits, its cut in metadata (redrawn up to 20 times)."""
+        explicit, cut = choice is not None, self.options.get("cut")
         for _ in range(1 if explicit else 20):
-            task = self._pick_task(choice)
-            m = task.metadata
-            result = self.tracer.trace_call(m["code"], m.get("entry", "f"), m["input"])
+            task = load_trace_tasks([choice])[0] if isinstance(choice, Task) else super().draw_task(choice)
+            result = self._trace(task)
             if result.status != "ok" or len(result.frames) < 2:
                 if explicit:
                     raise UsageError(f"task {task.id} gives no complete trace within the limits "
@@ -173,31 +121,84 @@ class TraceEnv(gym.Env):
                 raise UsageError(f"cut must be an int in 1..{n} for task {task.id}, got {cut!r}")
             else:
                 k = cut
-            obs = fmt.context_prefix(result.context) + "".join(fmt.frame_texts(result.frames[:k]))
-            if len(obs) > MAX_OBS_CHARS:
+            posed = replace(task, metadata={**task.metadata, "cut": k})
+            if len(self.pose(posed, result)) > self.max_observation_chars:
                 if explicit:
-                    raise UsageError(f"task {task.id}: the prefix is longer than {MAX_OBS_CHARS} characters")
+                    raise UsageError(f"task {task.id}: the prefix is longer than {self.max_observation_chars} characters")
                 continue
-            self.cut = k
-            return task, result, obs
+            self.trace, self.cut = result, k
+            return posed
         raise UsageError("could not draw a task with a complete trace in 20 tries")
 
-    def _pick_task(self, choice) -> Task:
-        if isinstance(choice, Task):
-            return load_trace_tasks([choice])[0]
-        if self.tasks is not None:
-            return pick_task(self.tasks, choice, self.np_random)
-        if choice is not None:
-            raise UsageError("with the generated source, options['task'] must be a Task")
+    def generate_task(self, rng) -> Task:
         from cwm_envs.tracing.generate import generate_program
 
-        seed = int(self.np_random.integers(2**31))
+        seed = int(rng.integers(2**31))
         prog = generate_program(random.Random(seed), n_inputs=1)
         return Task(id=f"gen/{prog.family}/{seed}", prompt=prog.code,
                     metadata={"code": prog.code, "input": prog.inputs[0], "entry": prog.entry})
 
+    def pose(self, task: Task, trace: TraceResult | None = None) -> str:
+        trace, cut = (trace, task.metadata["cut"]) if trace is not None else self._traced(task)
+        return fmt.context_prefix(trace.context) + "".join(fmt.frame_texts(trace.frames[:cut]))
+
+    def reference_response(self, task: Task) -> str:
+        """The true continuation (what the oracle answers)."""
+        trace, cut = self._traced(task)
+        expected, complete = self._expected(trace, cut)
+        return fmt.emit_continuation(trace.frames[:cut], expected, complete)
+
+    def judge(self, task: Task, response: str) -> RewardResult:
+        """Judge a continuation of the task's prefix (its `metadata["cut"]`, 1 when absent)."""
+        trace, cut = self._traced(task)
+        expected, complete = self._expected(trace, cut)
+        true = [f.to_dict() for f in expected]
+        try:
+            predicted, pred_complete = fmt.parse_frames(response.rstrip(), prefix=trace.frames[:cut])
+        except TraceFormatError as exc:
+            return trace_reward(None, true, expected_complete=complete, scheme=self.reward_scheme,
+                                parse_error=str(exc))
+        return trace_reward([f.to_dict() for f in predicted], true, predicted_complete=pred_complete,
+                            expected_complete=complete, scheme=self.reward_scheme)
+
+    def episode_info(self) -> dict:
+        return {**super().episode_info(), "cut": self.cut, "n_frames": len(self.trace.frames)}
+
+    def respond(self, action: str):
+        obs, reward, terminated, truncated, info = super().respond(action)
+        return obs, reward, terminated, truncated, {**info, "expected": self.reference_response(self.task)}
+
+    def close(self):
+        super().close()
+        if self._tracer is not None:
+            self._tracer.close()
+            self._tracer = None
+
+    # -- the trace --------------------------------------------------------------------------------------
+    def expected_frames(self) -> tuple[list[fmt.Frame], bool]:
+        """The frames the agent must predict after the current prefix, and whether the trace ends after them."""
+        return self._expected(self.trace, self.cut)
+
+    def _expected(self, trace: TraceResult, cut: int) -> tuple[list[fmt.Frame], bool]:
+        frames = trace.frames
+        if self.mode == "rest" or cut == len(frames):
+            return frames[cut:], True
+        return frames[cut:cut + 1], False
+
+    def _traced(self, task: Task) -> tuple[TraceResult, int]:
+        if task is self.task and self.trace is not None:
+            return self.trace, self.cut
+        result = self._trace(task)
+        if result.status != "ok":
+            raise UsageError(f"task {task.id} gives no complete trace within the limits ({result.status})")
+        return result, min(int(task.metadata.get("cut", 1)), len(result.frames))
+
+    def _trace(self, task: Task) -> TraceResult:
+        m = task.metadata
+        return self.tracer.trace_call(m["code"], m.get("entry", "f"), m["input"])
+
     @property
     def tracer(self) -> Tracer:
         if self._tracer is None:
-            self._tracer = Tracer(sandbox=self._sandbox_arg, limits=self.limits, timeout=self.timeout_s)
+            self._tracer = Tracer(sandbox=self._tracer_sandbox, limits=self.limits, timeout=self.timeout_s)
         return self._tracer

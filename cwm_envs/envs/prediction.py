@@ -267,6 +267,8 @@ class OutputPredictionEnv(PredictionEnv):
 
 class InputPredictionEnv(PredictionEnv):
     __doc__ = PredictionEnv.__doc__
+    audit_exempt = {"constant": "any input that makes the function return the given output is a right answer, "
+                                "so a constant input that works is a solution, not a hack"}
 
     def __init__(self, **kwargs):
         super().__init__(mode="input", **kwargs)

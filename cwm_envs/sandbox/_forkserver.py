@@ -133,6 +133,11 @@ def _spare(cfg, ctl_r, out_w, err_w):
         os.dup2(null, 0)
         os.closerange(3, ctl_r)  # the server's control pipes and everything else but our request pipe
         os.closerange(ctl_r + 1, 1 << 20)
+        try:  # the memory cgroup's OOM killer then picks the code's processes, never the server or bwrap
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
         if cfg["uid"] is not None:
             os.setgroups([])
             os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])

@@ -43,6 +43,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -180,7 +181,7 @@ def _warn_uncapped(what: str, why: str) -> None:
     message = f"local sandbox runs without its {what} cap: {why}"
     if message not in _warned:
         _warned.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 class _Server:
@@ -352,8 +353,10 @@ class _Spec:
             argv += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp",
                      "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
         argv += ["--bind", str(jail.work), JAIL_WORKDIR, "--chdir", JAIL_WORKDIR, "--clearenv"]
+        # PYTHONNOUSERSITE: HOME is the working dir, so a user site there (a .pth, usercustomize) left by an
+        # earlier run would otherwise run inside every later `python3` command.
         env = {"PATH": f"{prefix}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": JAIL_WORKDIR, "TMPDIR": "/tmp",
-               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
         for key, value in env.items():
             argv += ["--setenv", key, value]
         if self.root:  # the server needs only these to drop to the sandbox uid and to kill its processes
@@ -464,7 +467,7 @@ class _State:
             return
         with self.guard:
             self.closing = True
-        if self.worker is not None:
+        if self.worker is not None and self.worker is not threading.current_thread():
             self.worker.join(timeout=60)
             self.worker = None
         for jail in (self.jail, self.spare):
@@ -680,41 +683,41 @@ class LocalSandbox(Sandbox):
             raise
         return fd
 
-    def write_file(self, path: str, content: str | bytes) -> None:
+    def _open_file(self, path: str, flags: int, create: bool = False) -> int:
+        """An fd of a regular file in the working dir. Never through a link; never blocking on a FIFO the code
+        left there (O_NONBLOCK, then anything but a regular file is refused)."""
         parts = self._parts(path)
         if not parts:
             raise UsageError(f"path {path!r} names the working dir itself, not a file")
+        dfd = self._open_dir(parts[:-1], create=create)
+        try:
+            fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP
+                raise UsageError(f"{path!r} is a symlink; the sandbox never reads or writes through links") from None
+            if exc.errno == 6:   # ENXIO: a FIFO without a reader, or a socket
+                raise UsageError(f"{path!r} is not a regular file") from None
+            raise
+        finally:
+            os.close(dfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UsageError(f"{path!r} is not a regular file")
+        os.set_blocking(fd, True)
+        return fd
+
+    def write_file(self, path: str, content: str | bytes) -> None:
         data = content.encode() if isinstance(content, str) else bytes(content)
         with self._lock:
-            dfd = self._open_dir(parts[:-1], create=True)
-            try:
-                fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
-            except OSError as exc:
-                if exc.errno == 40:
-                    raise UsageError(f"{path!r} is a symlink; the sandbox never writes through links") from None
-                raise
-            finally:
-                os.close(dfd)
+            fd = self._open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, create=True)
             with os.fdopen(fd, "wb") as fh:
                 if self._state.spec.root:
                     os.fchown(fd, self.uid, self.uid)
                 fh.write(data)
 
     def read_file(self, path: str) -> bytes:
-        parts = self._parts(path)
-        if not parts:
-            raise UsageError(f"path {path!r} names the working dir itself, not a file")
         with self._lock:
-            dfd = self._open_dir(parts[:-1])
-            try:
-                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
-            except OSError as exc:
-                if exc.errno == 40:
-                    raise UsageError(f"{path!r} is a symlink; the sandbox never reads through links") from None
-                raise
-            finally:
-                os.close(dfd)
-            with os.fdopen(fd, "rb") as fh:
+            with os.fdopen(self._open_file(path, os.O_RDONLY), "rb") as fh:
                 return fh.read()
 
     def list_files(self, path: str = ".") -> list[str]:

@@ -467,7 +467,8 @@ libc = ctypes.CDLL(None, use_errno=True)
 seen = {d: sorted(os.listdir(d)) for d in ("/sandbox", "/tmp", "/dev/shm")}
 seen["ipc"] = [libc.shmget(0xC3A11, 0, 0), libc.semget(0xC3A12, 0, 0), libc.msgget(0xC3A13, 0)]
 seen["ipc_lines"] = [len(open("/proc/sysvipc/" + k).readlines()) for k in ("shm", "sem", "msg")]
-seen["procs"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid(), os.getppid()))
+ours = (1, os.getpid(), os.getppid())   # bwrap's init, this run, the server
+seen["procs"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in ours)
 print(seen)
 """
 CLEAN = {"/sandbox": [], "/tmp": [], "/dev/shm": [], "ipc": [-1, -1, -1], "ipc_lines": [1, 1, 1], "procs": []}
@@ -477,17 +478,20 @@ def test_reset_leaves_nothing_of_earlier_runs(tmp_path):
     import ast
 
     with LocalSandbox(tmp_root=tmp_path) as box:
+        retired = None
         for round_ in ("a new jail", "the warm spare"):
             box.write_file("host.txt", "old")
             assert box.run(PLANT).stdout == "planted\n"
             seen = ast.literal_eval(box.run(CHECK).stdout)
             assert seen["ipc"] != [-1, -1, -1] and "work.txt" in seen["/sandbox"]   # the plant is there
-            if round_ == "the warm spare":  # wait for it, then check reset() takes it
+            if retired is not None:  # wait until the old jail is gone and a spare is up, then see reset() take it
                 deadline = time.monotonic() + 30
-                while len([p for p in _descendants(os.getpid()) if _is_bwrap(p)]) < 4:  # 2 per jail
+                while Path(f"/proc/{retired}").exists() or \
+                        len([p for p in _descendants(os.getpid()) if _is_bwrap(p)]) < 4:  # 2 per jail
                     assert time.monotonic() < deadline, "no spare jail was started"
                     time.sleep(0.05)
                 spare = {p for p in _descendants(os.getpid()) if _is_bwrap(p)}
+            retired = box.server_pid
             box.reset()
             if round_ == "the warm spare":
                 assert box.server_pid in spare

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,12 @@ def make_memory_group(name: str, limit_mb: int) -> tuple[MemoryGroup | None, str
             limit = "0"
         if swap.exists():
             swap.write_text(limit)
+        # A jail enters its group the same way (sh writes its own pid, then execs bwrap): try it once now, so a
+        # group that may not be entered (v2 rules, delegation) is reported here instead of failing every start.
+        joined = subprocess.run(["sh", "-c", 'echo $$ > "$0"', str(group / "cgroup.procs")], capture_output=True,
+                                text=True, timeout=30)
+        if joined.returncode != 0:
+            raise OSError(f"a process may not enter it ({joined.stderr.strip() or joined.returncode})")
     except OSError as exc:
         try:
             group.rmdir()

@@ -388,9 +388,15 @@ def test_ordinary_code_runs_under_the_filter(sb):
 
 
 def test_memfd_and_shared_memory_count_against_the_memory_cap(tmp_path):
+    from cwm_envs.sandbox import _cgroup
+
+    fstype = subprocess.run(["stat", "-fc", "%T", "/sys/fs/cgroup"], capture_output=True, text=True).stdout.strip()
+    assert (_cgroup.hierarchy() == "v2") == (fstype == "cgroup2fs")
     with LocalSandbox(tmp_root=tmp_path, total_memory_mb=256) as box:
         if box.memory_cgroup is None:
             pytest.skip(f"no memory cgroup here: {box.uncapped['memory']}")
+        version = 2 if (box.memory_cgroup / "memory.max").exists() else 1
+        assert (version == 2) == (fstype == "cgroup2fs"), "the group is on the other hierarchy"
         # Each memfd stays under RLIMIT_FSIZE and is never mapped, so no rlimit sees the 768 MB.
         memfd = ("import os\nchunk = b'x' * (1 << 20)\nfds = []\n"
                  "for i in range(24):\n"
@@ -409,7 +415,10 @@ def test_memfd_and_shared_memory_count_against_the_memory_cap(tmp_path):
                 "print('kept 768 MB')\n")
         res = box.run(sysv, timeout=30)
         assert res.limit_hit == "memory" and "kept" not in res.stdout, res
-        box.reset()  # the segments go with the jail's IPC namespace
+        old_jail = box.server_pid
+        box.reset()  # the segments go with the jail's IPC namespace, once its server is gone (in the background)
+        while Path(f"/proc/{old_jail}").exists():
+            time.sleep(0.01)
         assert box.run("print(len(open('/proc/sysvipc/shm').readlines()))").stdout == "1\n"
 
 

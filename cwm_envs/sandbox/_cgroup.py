@@ -128,7 +128,7 @@ def make_memory_group(name: str, limit_mb: int) -> tuple[MemoryGroup | None, str
     """A memory group capped at `limit_mb` (swap included where the kernel counts it), or (None, why not)."""
     parent, version, why = memory_parent()
     if parent is None:
-        return None, why
+        return None, f"{why} (cgroup hierarchy: {hierarchy()})"
     group = parent / name
     try:
         if version == 2 and "memory" not in _read(parent / "cgroup.subtree_control").split():

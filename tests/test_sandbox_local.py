@@ -417,7 +417,8 @@ def test_memfd_and_shared_memory_count_against_the_memory_cap(tmp_path):
         assert res.limit_hit == "memory" and "kept" not in res.stdout, res
         old_jail = box.server_pid
         box.reset()  # the segments go with the jail's IPC namespace, once its server is gone (in the background)
-        while Path(f"/proc/{old_jail}").exists():
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{old_jail}").exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert box.run("print(len(open('/proc/sysvipc/shm').readlines()))").stdout == "1\n"
 

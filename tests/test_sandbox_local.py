@@ -455,61 +455,84 @@ def test_writable_dirs_are_capped_in_size_and_files(tmp_path):
         assert box.run("print(open('host.txt').read())").stdout == "still writable\n"
 
 
-PLANT = """
-import ctypes, os, subprocess
-libc = ctypes.CDLL(None, use_errno=True)
+PLANT_FILES = """
+import os, subprocess
 for path in ("/sandbox/work.txt", "/tmp/tmp.txt", "/dev/shm/shm.txt", "/sandbox/sub/deep.txt"):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     open(path, "w").write("old")
-assert libc.shmget(0xC3A11, 4096, 0o1600) >= 0      # IPC_CREAT | 0600
-assert libc.semget(0xC3A12, 1, 0o1600) >= 0
-assert libc.msgget(0xC3A13, 0o1600) >= 0
+os.symlink("/etc/passwd", "/sandbox/link")
+os.mkfifo("/tmp/fifo")
+try:
+    os.setxattr("/sandbox", "user.cwm", b"old")      # tmpfs keeps user xattrs (Linux 6.6+)
+except OSError:
+    pass
 if os.fork() == 0:                                   # a daemon, beating a file until someone kills it
     os.setsid()
     subprocess.Popen(["sh", "-c", "while true; do date >> /sandbox/beat; sleep 0.05; done"])
     os._exit(0)
+os.chmod("/sandbox", 0o500)                          # the working dir is the code's: it may lock it
 print("planted")
 """
-
+PLANT_IPC = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.shmget(0xC3A11, 4096, 0o1600) >= 0      # IPC_CREAT | 0600
+assert libc.semget(0xC3A12, 1, 0o1600) >= 0
+assert libc.msgget(0xC3A13, 0o1600) >= 0
+assert libc.mq_open(b"/cwm-queue", os.O_CREAT | os.O_RDWR, 0o600, None) >= 0
+print("planted")
+"""
 CHECK = """
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
-seen = {d: sorted(os.listdir(d)) for d in ("/sandbox", "/tmp", "/dev/shm")}
-seen["ipc"] = [libc.shmget(0xC3A11, 0, 0), libc.semget(0xC3A12, 0, 0), libc.msgget(0xC3A13, 0)]
+seen = {d: sorted(os.listdir(d)) for d in ("/sandbox", "/tmp", "/dev/shm", "/dev/mqueue")}
+seen["ipc"] = [libc.shmget(0xC3A11, 0, 0), libc.semget(0xC3A12, 0, 0), libc.msgget(0xC3A13, 0),
+               libc.mq_open(b"/cwm-queue", os.O_RDWR)]
 seen["ipc_lines"] = [len(open("/proc/sysvipc/" + k).readlines()) for k in ("shm", "sem", "msg")]
 ours = (1, os.getpid(), os.getppid())   # bwrap's init, this run, the server
 seen["procs"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in ours)
+seen["workdir"] = [os.access("/sandbox", os.W_OK), os.listxattr("/sandbox")]
 print(seen)
 """
-CLEAN = {"/sandbox": [], "/tmp": [], "/dev/shm": [], "ipc": [-1, -1, -1], "ipc_lines": [1, 1, 1], "procs": []}
+CLEAN = {"/sandbox": [], "/tmp": [], "/dev/shm": [], "/dev/mqueue": [], "ipc": [-1, -1, -1, -1],
+         "ipc_lines": [1, 1, 1], "procs": [], "workdir": [True, []]}
+
+
+def _plant_and_reset(box, plants) -> tuple[int, int]:
+    """Leave what `plants` make, check it is there, reset(); the server pids before and after."""
+    import ast
+
+    box.write_file("host.txt", "old")
+    for plant in plants:
+        assert box.run(plant).stdout == "planted\n"
+    seen = ast.literal_eval(box.run(CHECK).stdout)
+    assert "work.txt" in seen["/sandbox"] and (PLANT_IPC not in plants or -1 not in seen["ipc"]), seen
+    before = box.server_pid
+    box.reset()
+    assert box.list_files() == []
+    seen = ast.literal_eval(box.run(CHECK).stdout)
+    assert seen == CLEAN, seen
+    time.sleep(0.2)  # a daemon that survived would beat again
+    assert box.list_files() == [] and box.run("print(1)").stdout == "1\n"
+    return before, box.server_pid
 
 
 def test_reset_leaves_nothing_of_earlier_runs(tmp_path):
-    import ast
-
     with LocalSandbox(tmp_root=tmp_path) as box:
-        retired = None
-        for round_ in ("a new jail", "the warm spare"):
-            box.write_file("host.txt", "old")
-            assert box.run(PLANT).stdout == "planted\n"
-            seen = ast.literal_eval(box.run(CHECK).stdout)
-            assert seen["ipc"] != [-1, -1, -1] and "work.txt" in seen["/sandbox"]   # the plant is there
-            if retired is not None:  # wait until the old jail is gone and a spare is up, then see reset() take it
-                deadline = time.monotonic() + 30
-                while Path(f"/proc/{retired}").exists() or \
-                        len([p for p in _descendants(os.getpid()) if _is_bwrap(p)]) < 4:  # 2 per jail
-                    assert time.monotonic() < deadline, "no spare jail was started"
-                    time.sleep(0.05)
-                spare = {p for p in _descendants(os.getpid()) if _is_bwrap(p)}
-            retired = box.server_pid
-            box.reset()
-            if round_ == "the warm spare":
-                assert box.server_pid in spare
-            assert box.list_files() == []
-            seen = ast.literal_eval(box.run(CHECK).stdout)
-            assert seen == CLEAN, (round_, seen)
-            time.sleep(0.2)
-            assert box.list_files() == [] and box.run("print(1)").stdout == "1\n"
+        # files only (the usual case): emptied in place, the same jail and server
+        before, after = _plant_and_reset(box, [PLANT_FILES])
+        assert after == before or "disk" in box.uncapped
+        # IPC objects a wipe cannot reach: a new jail, started on the clock
+        before, after = _plant_and_reset(box, [PLANT_FILES, PLANT_IPC])
+        assert after != before
+        # again, once the old jail is gone and the spare kept warm since is up: reset() takes the spare
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{before}").exists() or len([p for p in _descendants(os.getpid()) if _is_bwrap(p)]) < 4:
+            assert time.monotonic() < deadline, "no spare jail was started"  # 2 bwrap processes per jail
+            time.sleep(0.05)
+        spare = {p for p in _descendants(os.getpid()) if _is_bwrap(p)} - {after}
+        before, after = _plant_and_reset(box, [PLANT_FILES, PLANT_IPC])
+        assert after in spare
     assert list(tmp_path.iterdir()) == []
 
 

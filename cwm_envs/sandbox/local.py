@@ -20,8 +20,9 @@ Isolation, and why each piece:
   and backed by the host; stdout and stderr are each capped at `output_bytes` (default 1 MiB).
 - A cap that cannot be set here (not root, no memory cgroup this process may make, a machine without a
   filter) is named in `uncapped` and in one warning per process, never dropped silently.
-- `reset()` swaps in a spare jail kept warm in the background: new namespaces and a new tmpfs, so no file,
-  process, shared memory or SysV IPC object of an earlier run is visible.
+- `reset()` leaves no file, process, shared memory or IPC object of an earlier run visible: it empties the
+  jail's tmpfs in place when the server finds nothing else left (no IPC object; no process of the code ever
+  outlives its run), else it swaps in a new jail (new namespaces, new tmpfs), kept warm in the background.
 - A dead server (killed, crashed) is restarted transparently on the next call; the jail's files survive.
 - Temp dirs and cgroups carry their owner's pid namespace, pid and start time in their name, so those of an
   owner killed by SIGKILL are removed by the next sandbox start and by `cwm sandbox gc` (`gc_stale`).
@@ -153,6 +154,18 @@ def _remove_tree(path: Path) -> None:
     for point in sorted(points, key=len, reverse=True):
         _LIBC.umount2(os.fsencode(point), _MNT_DETACH)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _empty_dir(path: Path) -> None:
+    """Delete what is inside `path` (never following a link) and the dir's own extended attributes."""
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+    for name in os.listxattr(path):
+        os.removexattr(path, name)
 
 
 def gc_stale(tmp_root: str | os.PathLike | None = None) -> list[str]:
@@ -345,7 +358,7 @@ class _Spec:
                     made.add(str(parent))
                     argv += ["--perms", "0755", "--dir", str(parent)]
             argv += ["--ro-bind", path, path]
-        argv += ["--proc", "/proc", "--dev", "/dev"]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--mqueue", "/dev/mqueue"]  # so the server can list queues
         if jail.mounted:
             argv += ["--bind", str(jail.path / "tmp"), "/tmp", "--bind", str(jail.path / "shm"), "/dev/shm"]
         else:
@@ -431,6 +444,31 @@ class _State:
             jail.stop_server()
         return jail.server or self.launch(jail)
 
+    def wipe(self) -> bool:
+        """Empty the current jail in place, where that is provably complete: its writable dirs are our tmpfs,
+        and its server says nothing but files is left (no IPC object, no process of the code). False when it
+        is not (the caller swaps in a new jail instead)."""
+        jail, uid = self.jail, self.spec.uid
+        server = jail.server
+        if not jail.mounted or server is None or not server.alive():
+            return False
+        try:
+            server.send({"op": "leftovers"})
+            left, _ = server.read_frame(time.monotonic() + _HOST_GRACE_S)
+        except (OSError, SandboxError):
+            jail.stop_server()
+            return False
+        if left.get("ipc") != 0 or left.get("others", 1) > 0:
+            return False
+        try:
+            for name in ("work", "tmp", "shm"):
+                _empty_dir(jail.path / name)
+            os.chown(jail.work, uid, uid)  # the code owns its working dir: it may have changed its mode
+            os.chmod(jail.work, 0o755)
+        except OSError:
+            return False
+        return True
+
     def swap(self, warm_spare: bool) -> None:
         """Make a fresh jail current: the warm spare when one is ready, else one started now; the old jail is
         destroyed, and the next spare started, in the background."""
@@ -501,8 +539,8 @@ class LocalSandbox(Sandbox):
             /tmp and /dev/shm together (files the host writes with `write_file` count too).
         total_memory_mb: memory of all the jail's processes together, shared memory included (a memory
             cgroup, where this process may make one; None: no such cap, only the per-process `memory_mb`).
-        warm_spare: after the first `reset()`, keep a spare jail started in the background so that the
-            next `reset()` is a swap (it costs a second idle server, some 10 MB).
+        warm_spare: once `reset()` has had to swap jails (IPC objects were left), keep a spare jail started
+            in the background so that the next swap is quick (it costs a second idle server, some 10 MB).
     """
 
     name = "local"
@@ -552,7 +590,7 @@ class LocalSandbox(Sandbox):
 
     @property
     def workdir(self) -> Path:
-        """The host path of the current jail's working dir (/sandbox inside); `reset()` replaces it."""
+        """The host path of the current jail's working dir (/sandbox inside); a `reset()` may replace it."""
         return self._state.jail.work
 
     @property
@@ -569,12 +607,16 @@ class LocalSandbox(Sandbox):
     def reset(self) -> None:
         """A pristine jail: no file, process, shared memory or IPC object of an earlier run is visible.
 
-        The first call starts a new jail on the clock (tens of ms); from then on a spare jail is kept warm in
-        the background (`warm_spare`) and reset() swaps it in. Limits, uid and memory group stay."""
+        Between runs no process of the code is left (the server kills them after each run), so when the
+        server also finds no IPC object, emptying the jail's tmpfs is complete and the jail is kept (well
+        under a millisecond for a few files). Otherwise a new jail, with new namespaces, replaces it: the
+        first time one is started on the clock (tens of ms); from then on a spare is kept warm in the
+        background (`warm_spare`) and swapped in. Limits, uid and memory group stay."""
         with self._lock:
             if self._closed:
                 raise UsageError("this sandbox is closed")
-            self._state.swap(self._warm_spare)
+            if not self._state.wipe():
+                self._state.swap(self._warm_spare)
 
     # -- executions -------------------------------------------------------------------------------------
     def run(self, code_or_cmd: str | list[str], stdin: str | bytes | None = None, timeout: float = 10.0,

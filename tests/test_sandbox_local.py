@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,368 @@ def test_bench_writes_a_report_with_figure_and_baseline(tmp_path):
     assert summary["local_median_ms"] > 0 and summary["subprocess_median_ms"] > summary["local_median_ms"]
     assert summary["execs_per_s_2_workers"] > 0
     assert (tmp_path / "report.md").exists() and "local sandbox: median" in res.stdout
+
+
+# -- hardening: system calls, memory, disk, reset, leftovers, trusted programs --------------------------------
+
+def _probe_syscalls(machine: str) -> str:
+    """Code that makes each refused call with arguments the kernel would otherwise answer differently (a
+    success, EBADF, EINVAL, ENOKEY...), and prints `name errno` per call, then that it is still alive."""
+    from cwm_envs.sandbox._seccomp import CLONE_NEWNET, CLONE_NEWUSER, SYSCALLS
+
+    nr = SYSCALLS[machine][1]
+    return f"""
+import ctypes, errno, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+nr = {nr!r}
+def call(name, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(nr[name], *args)
+    if r == 0 and name == "clone":   # without a filter this is a fork: the child leaves at once
+        os._exit(0)
+    print(name, errno.errorcode.get(ctypes.get_errno(), r) if r == -1 else "succeeded")
+call("unshare", {CLONE_NEWUSER})
+call("unshare", {CLONE_NEWUSER | CLONE_NEWNET})
+call("clone", {CLONE_NEWUSER} | signal.SIGCHLD, None, None, None, None)
+call("setns", -1, 0)
+params = ctypes.create_string_buffer(120)
+call("io_uring_setup", 4, params)
+call("io_uring_enter", -1, 0, 0, 0, None, 0)
+call("io_uring_register", -1, 0, None, 0)
+call("userfaultfd", 1)                        # UFFD_USER_MODE_ONLY: allowed to anyone without the filter
+call("add_key", b"user", b"k", b"v", 1, -3)
+call("keyctl", 0, -3, 0)
+call("request_key", b"user", b"absent", None, 0)
+call("bpf", 9999, None, 0)
+call("perf_event_open", None, 0, -1, -1, 0)
+call("clone3", None, 0)
+print("still alive")
+"""
+
+
+def test_seccomp_refuses_kernel_attack_surface_with_eperm(sb):
+    import platform
+
+    from cwm_envs.sandbox._seccomp import SYSCALLS
+
+    if platform.machine() not in SYSCALLS:
+        pytest.skip(f"no filter for {platform.machine()}")
+    res = sb.run(_probe_syscalls(platform.machine()))
+    assert res.ok, res
+    lines = res.stdout.splitlines()
+    assert lines[-1] == "still alive"   # refused, not killed
+    verdicts = [line.split()[1] for line in lines[:-2]]
+    assert verdicts == ["EPERM"] * len(verdicts) and len(verdicts) == 13, res.stdout
+    assert lines[-2] == "clone3 ENOSYS"  # so that the C library falls back to clone, whose flags are checked
+    assert "syscalls" not in sb.uncapped
+
+
+def test_seccomp_refuses_other_abis(sb):
+    """On x86_64 the i386 ABI (`int 0x80`) and the x32 ABI have their own numbers: a filter that only knew
+    the x86_64 numbers would let `unshare(CLONE_NEWUSER)` through them."""
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("an x86_64 attack")
+    code = ("import ctypes, mmap\n"
+            "buf = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+            "buf.write(bytes.fromhex('b836010000' 'bb00000010' 'cd80' 'c3'))  # eax=310 (i386 unshare), ebx=NEWUSER\n"
+            "i386 = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(buf)))\n"
+            "print('i386', i386())\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "print('x32', libc.syscall(0x40000000 + 272, 0x10000000), ctypes.get_errno())\n")
+    res = sb.run(code)
+    assert res.stdout.split("\n")[:2] == ["i386 -1", "x32 -1 1"], res  # -EPERM, and EPERM (not ENOSYS)
+
+
+def test_ordinary_code_runs_under_the_filter(sb):
+    code = ("import multiprocessing as mp, subprocess, threading\n"
+            "def square(x):\n    return x * x\n"
+            "if __name__ == '__main__':\n"
+            "    out = []\n"
+            "    ts = [threading.Thread(target=out.append, args=(i,)) for i in range(8)]\n"
+            "    [t.start() for t in ts]; [t.join() for t in ts]\n"
+            "    print(sorted(out) == list(range(8)))\n"
+            "    print(subprocess.run(['sh', '-c', 'echo sub'], capture_output=True, text=True).stdout.strip())\n"
+            "    with mp.get_context('fork').Pool(2) as pool:\n"
+            "        print(pool.map(square, range(5)))\n"
+            "    q, lock = mp.Queue(), mp.Lock()\n"            # POSIX semaphores in /dev/shm
+            "    p = mp.get_context('fork').Process(target=q.put, args=('queued',))\n"
+            "    p.start(); p.join()\n"
+            "    with lock:\n        print(q.get(timeout=5))\n")
+    res = sb.run(code, timeout=30)
+    assert res.ok and res.stdout.split("\n")[:4] == ["True", "sub", "[0, 1, 4, 9, 16]", "queued"], res
+
+
+def test_memfd_and_shared_memory_count_against_the_memory_cap(tmp_path):
+    from cwm_envs.sandbox import _cgroup
+
+    fstype = subprocess.run(["stat", "-fc", "%T", "/sys/fs/cgroup"], capture_output=True, text=True).stdout.strip()
+    assert (_cgroup.hierarchy() == "v2") == (fstype == "cgroup2fs")
+    with LocalSandbox(tmp_root=tmp_path, total_memory_mb=256) as box:
+        if box.memory_cgroup is None:
+            pytest.skip(f"no memory cgroup here: {box.uncapped['memory']}")
+        version = 2 if (box.memory_cgroup / "memory.max").exists() else 1
+        assert (version == 2) == (fstype == "cgroup2fs"), "the group is on the other hierarchy"
+        # Each memfd stays under RLIMIT_FSIZE and is never mapped, so no rlimit sees the 768 MB.
+        memfd = ("import os\nchunk = b'x' * (1 << 20)\nfds = []\n"
+                 "for i in range(24):\n"
+                 "    fds.append(os.memfd_create('m%d' % i))\n"
+                 "    for _ in range(32):\n        os.write(fds[-1], chunk)\n"
+                 "print('kept 768 MB')\n")
+        res = box.run(memfd, timeout=30)
+        assert res.limit_hit == "memory" and "kept" not in res.stdout, res
+        assert box.run("print('after')").stdout == "after\n"
+        # SysV segments outlive the process that made them: only the group (or reset) bounds them.
+        sysv = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "libc.shmat.restype = ctypes.c_void_p\n"
+                "for i in range(3):\n"
+                "    sid = libc.shmget(0x5ca1ab0 + i, 256 << 20, 0o1600)\n"   # IPC_CREAT | 0600
+                "    ctypes.memset(libc.shmat(sid, None, 0), 1, 256 << 20)\n"
+                "print('kept 768 MB')\n")
+        res = box.run(sysv, timeout=30)
+        assert res.limit_hit == "memory" and "kept" not in res.stdout, res
+        old_jail = box.server_pid
+        box.reset()  # the segments go with the jail's IPC namespace, once its server is gone (in the background)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{old_jail}").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert box.run("print(len(open('/proc/sysvipc/shm').readlines()))").stdout == "1\n"
+
+
+def test_writable_dirs_are_capped_in_size_and_files(tmp_path):
+    with LocalSandbox(tmp_root=tmp_path, tmpfs_mb=16, tmpfs_inodes=400) as box:
+        if "disk" in box.uncapped:
+            pytest.skip(box.uncapped["disk"])
+        code = ("import os\n"
+                "def fill(path):\n"
+                "    n = 0\n"
+                "    try:\n"
+                "        with open(path, 'wb') as f:\n"
+                "            while n < 64:\n                f.write(b'x' * (1 << 20)); f.flush(); n += 1\n"
+                "    except OSError as e:\n"
+                "        print(path, n, e.errno)\n"
+                "    os.unlink(path)\n"
+                "def touch(d):\n"
+                "    n = 0\n"
+                "    try:\n"
+                "        while n < 2000:\n            open(os.path.join(d, 'f%d' % n), 'w').close(); n += 1\n"
+                "    except OSError as e:\n"
+                "        print(d, n, e.errno)\n"
+                "    for i in range(n):\n        os.unlink(os.path.join(d, 'f%d' % i))\n"
+                "for d in ('/sandbox', '/tmp', '/dev/shm'):\n    fill(d + '/big')\n    touch(d)\n")
+        res = box.run(code, timeout=60)
+        assert res.ok, res
+        stopped = [line.split() for line in res.stdout.splitlines()]
+        assert [(p, int(n) <= 16, e) for p, n, e in stopped[0::2]] == \
+            [(d + "/big", True, "28") for d in ("/sandbox", "/tmp", "/dev/shm")], res.stdout  # ENOSPC
+        assert [(p, int(n) <= 400, e) for p, n, e in stopped[1::2]] == \
+            [(d, True, "28") for d in ("/sandbox", "/tmp", "/dev/shm")], res.stdout
+        box.write_file("host.txt", "still writable")   # the host's file methods act on the same tmpfs
+        assert box.run("print(open('host.txt').read())").stdout == "still writable\n"
+
+
+PLANT_FILES = """
+import os, subprocess
+for path in ("/sandbox/work.txt", "/tmp/tmp.txt", "/dev/shm/shm.txt", "/sandbox/sub/deep.txt"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "w").write("old")
+os.symlink("/etc/passwd", "/sandbox/link")
+os.mkfifo("/tmp/fifo")
+try:
+    os.setxattr("/sandbox", "user.cwm", b"old")      # tmpfs keeps user xattrs (Linux 6.6+)
+except OSError:
+    pass
+if os.fork() == 0:                                   # a daemon, beating a file until someone kills it
+    os.setsid()
+    subprocess.Popen(["sh", "-c", "while true; do date >> /sandbox/beat; sleep 0.05; done"])
+    os._exit(0)
+os.chmod("/sandbox", 0o500)                          # the working dir is the code's: it may lock it
+print("planted")
+"""
+PLANT_IPC = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.shmget(0xC3A11, 4096, 0o1600) >= 0      # IPC_CREAT | 0600
+assert libc.semget(0xC3A12, 1, 0o1600) >= 0
+assert libc.msgget(0xC3A13, 0o1600) >= 0
+assert libc.mq_open(b"/cwm-queue", os.O_CREAT | os.O_RDWR, 0o600, None) >= 0
+print("planted")
+"""
+CHECK = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+seen = {d: sorted(os.listdir(d)) for d in ("/sandbox", "/tmp", "/dev/shm", "/dev/mqueue")}
+seen["ipc"] = [libc.shmget(0xC3A11, 0, 0), libc.semget(0xC3A12, 0, 0), libc.msgget(0xC3A13, 0),
+               libc.mq_open(b"/cwm-queue", os.O_RDWR)]
+seen["ipc_lines"] = [len(open("/proc/sysvipc/" + k).readlines()) for k in ("shm", "sem", "msg")]
+ours = (1, os.getpid(), os.getppid())   # bwrap's init, this run, the server
+seen["procs"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in ours)
+seen["workdir"] = [os.access("/sandbox", os.W_OK), os.listxattr("/sandbox")]
+print(seen)
+"""
+CLEAN = {"/sandbox": [], "/tmp": [], "/dev/shm": [], "/dev/mqueue": [], "ipc": [-1, -1, -1, -1],
+         "ipc_lines": [1, 1, 1], "procs": [], "workdir": [True, []]}
+
+
+def _plant_and_reset(box, plants) -> tuple[int, int]:
+    """Leave what `plants` make, check it is there, reset(); the server pids before and after."""
+    import ast
+
+    box.write_file("host.txt", "old")
+    for plant in plants:
+        assert box.run(plant).stdout == "planted\n"
+    seen = ast.literal_eval(box.run(CHECK).stdout)
+    assert "work.txt" in seen["/sandbox"] and (PLANT_IPC not in plants or -1 not in seen["ipc"]), seen
+    before = box.server_pid
+    box.reset()
+    assert box.list_files() == []
+    seen = ast.literal_eval(box.run(CHECK).stdout)
+    assert seen == CLEAN, seen
+    time.sleep(0.2)  # a daemon that survived would beat again
+    assert box.list_files() == [] and box.run("print(1)").stdout == "1\n"
+    return before, box.server_pid
+
+
+def test_reset_leaves_nothing_of_earlier_runs(tmp_path):
+    with LocalSandbox(tmp_root=tmp_path) as box:
+        # files only (the usual case): emptied in place, the same jail and server
+        before, after = _plant_and_reset(box, [PLANT_FILES])
+        assert after == before or "disk" in box.uncapped
+        # IPC objects a wipe cannot reach: a new jail, started on the clock
+        before, after = _plant_and_reset(box, [PLANT_FILES, PLANT_IPC])
+        assert after != before
+        # again, once the old jail is gone and the spare kept warm since is up: reset() takes the spare
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{before}").exists() or len([p for p in _descendants(os.getpid()) if _is_bwrap(p)]) < 4:
+            assert time.monotonic() < deadline, "no spare jail was started"  # 2 bwrap processes per jail
+            time.sleep(0.05)
+        spare = {p for p in _descendants(os.getpid()) if _is_bwrap(p)} - {after}
+        before, after = _plant_and_reset(box, [PLANT_FILES, PLANT_IPC])
+        assert after in spare
+    assert list(tmp_path.iterdir()) == []
+
+
+def _is_bwrap(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"bwrap")
+    except OSError:
+        return False
+
+
+OWNER = """
+import json, sys, time
+from cwm_envs.sandbox.local import LocalSandbox
+box = LocalSandbox(tmp_root=sys.argv[1])
+box.run("open('left.txt', 'w').write('x')")
+print(json.dumps({"dir": str(box.workdir.parent.parent), "group": str(box.memory_cgroup or "")}), flush=True)
+time.sleep(120)
+"""
+
+
+def _sigkilled_owner(tmp_path) -> dict:
+    """What a sandbox owner killed by SIGKILL (no atexit, no finalizer) leaves behind."""
+    proc = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    left = json.loads(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+    assert Path(left["dir"]).is_dir()
+    return left
+
+
+def _mounted_under(path: str) -> bool:
+    return any(line.split()[4].startswith(path) for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def test_gc_removes_what_a_sigkilled_owner_left_and_nothing_of_live_ones(tmp_path):
+    live = LocalSandbox(tmp_root=tmp_path)
+    try:
+        live.write_file("mine.txt", "live")
+        stale = _sigkilled_owner(tmp_path)
+        res = subprocess.run(CWM + ["sandbox", "gc", "--tmp-root", str(tmp_path)], capture_output=True, text=True,
+                             timeout=60)
+        assert res.returncode in (0, 2) and stale["dir"] in res.stdout, res  # 2: no docker engine to ask
+        assert not Path(stale["dir"]).exists() and not _mounted_under(stale["dir"])
+        if stale["group"]:
+            assert not Path(stale["group"]).exists()
+        # nothing of the live sandbox was touched
+        assert live.read_file("mine.txt") == b"live" and live.run("print('ok')").stdout == "ok\n"
+        if live.memory_cgroup is not None:
+            assert live.memory_cgroup.exists()
+        # the next sandbox start does the same
+        stale = _sigkilled_owner(tmp_path)
+        with LocalSandbox(tmp_root=tmp_path):
+            assert not Path(stale["dir"]).exists() and not _mounted_under(stale["dir"])
+            if stale["group"]:
+                assert not Path(stale["group"]).exists()
+        assert live.read_file("mine.txt") == b"live"
+    finally:
+        live.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_earlier_run_cannot_change_what_later_runs_start_with(tmp_path):
+    """Trusted programs (the code harness, judges) run as later executions in the same jail: the sys.path and
+    environment they start with, and what runs before their first line, are the server's, whatever an earlier
+    run planted in the working dir, HOME (the same dir), /tmp or a user site."""
+    probe = "import json, os, sys\nprint(json.dumps([sys.path, dict(os.environ), sorted(sys.modules)]))"
+    with LocalSandbox(tmp_root=tmp_path) as fresh:
+        expected = fresh.run(probe).stdout
+    plant = ("import os, sys\n"
+             "site = '/sandbox/.local/lib/python%d.%d/site-packages' % sys.version_info[:2]\n"
+             "for d in ('/sandbox', '/tmp', site):\n"
+             "    os.makedirs(d, exist_ok=True)\n"
+             "    for mod in ('sitecustomize', 'usercustomize', 'subprocess', 'marshal', 'select', 'json'):\n"
+             "        open(os.path.join(d, mod + '.py'), 'w').write(\"open('/sandbox/PWNED-' + __name__, 'w')\\n\")\n"
+             "    open(os.path.join(d, 'evil.pth'), 'w').write(\"import os; open('/sandbox/PWNED-pth', 'w')\\n\")\n"
+             "os.environ['PYTHONPATH'] = '/sandbox'\nos.putenv('PYTHONSTARTUP', '/sandbox/json.py')\n")
+    with LocalSandbox(tmp_root=tmp_path) as box:
+        assert box.run(plant).ok
+        assert box.run(probe).stdout == expected
+        harness_start = ("import os, sys\n"   # what code_harness does first, then the imports it needs
+                         "homes = tuple(os.path.join(os.path.realpath(p), '') for p in {sys.prefix, sys.base_prefix})\n"
+                         "sys.path[:] = [p for p in sys.path if p and os.path.realpath(p).startswith(homes)]\n"
+                         "import json, marshal, select, subprocess\n"
+                         "print([getattr(m, '__file__', 'builtin').startswith(homes) or m.__name__ == 'marshal'"
+                         " for m in (json, marshal, select, subprocess)])\n")
+        assert box.run(harness_start).stdout == "[True, True, True, True]\n"
+        assert box.run(["python3", "-c", "pass"]).ok   # a command's interpreter: no user site from HOME
+        assert not [name for name in box.list_files() if name.startswith("PWNED")]
+
+
+def test_host_file_methods_never_block_on_what_the_code_left(sb):
+    """A FIFO (or socket) planted in the working dir would hang a plain open() of the host forever."""
+    res = sb.run("import os, socket\nos.mkfifo('pipe')\nsocket.socket(socket.AF_UNIX).bind('sock')")
+    assert res.ok, res
+    outcomes = []
+
+    def touch_all():
+        for call in (lambda: sb.read_file("pipe"), lambda: sb.write_file("pipe", "x"),
+                     lambda: sb.read_file("sock")):
+            try:
+                call()
+                outcomes.append("done")
+            except UsageError:
+                outcomes.append("refused")
+
+    worker = threading.Thread(target=touch_all, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert outcomes == ["refused"] * 3
+
+
+def test_a_missing_cap_is_said_once_and_readable(tmp_path, monkeypatch):
+    monkeypatch.setenv("CWM_SANDBOX_CGROUP", str(tmp_path / "not-a-cgroup"))
+    with pytest.warns(RuntimeWarning, match="without its memory cap: .*CWM_SANDBOX_CGROUP"):
+        first = LocalSandbox(tmp_root=tmp_path)
+    with first, warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        with LocalSandbox(tmp_root=tmp_path) as second:
+            assert "CWM_SANDBOX_CGROUP" in second.uncapped["memory"] and second.memory_cgroup is None
+            assert second.run("print('runs')").stdout == "runs\n"
+    assert not [w for w in again if "memory cap" in str(w.message)]  # once per process
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with LocalSandbox(tmp_root=tmp_path, total_memory_mb=None) as off:  # asked for: no warning, still flagged
+            assert off.uncapped["memory"].startswith("turned off")

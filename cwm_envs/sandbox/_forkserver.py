@@ -15,8 +15,9 @@ After answering, the server forks the next spare, off the clock of the next exec
 - stdout and stderr are each capped; past the cap the execution is killed and marked truncated.
 
 Protocol on fd 0 (requests) and fd 1 (replies): a 4-byte big-endian length, a JSON header, then the raw
-payloads whose lengths the header names (stdin in a request; stdout and stderr in a reply). Each request is
-acknowledged by one byte before the child is forked.
+payloads whose lengths the header names (stdin in a request; stdout and stderr in a reply). Each run request
+is acknowledged by one byte before the child is forked. A "leftovers" request is answered at once with what a
+wipe of the jail's files would miss (IPC objects, processes), so the host knows whether `reset()` may wipe.
 """
 import atexit
 import builtins
@@ -71,6 +72,20 @@ def _others_alive():
 
 def _count_others():
     return sum(1 for name in os.listdir("/proc") if name.isdigit()) - 2  # minus init and this server
+
+
+def _leftovers():
+    """What a wipe of the jail's files would not remove: IPC objects (SysV, and POSIX queues listed in the
+    mqueue mount; -1 when that cannot be read) and processes besides init, us and the waiting spare."""
+    ipc = 0
+    try:
+        for kind in ("shm", "sem", "msg"):
+            with open("/proc/sysvipc/" + kind) as f:
+                ipc += len(f.readlines()) - 1  # minus the header line
+        ipc += len(os.listdir("/dev/mqueue"))
+    except OSError:
+        ipc = -1
+    return {"ipc": ipc, "others": _count_others() - 1, "stdout_len": 0, "stderr_len": 0}
 
 
 def _exit_status(code):
@@ -133,6 +148,11 @@ def _spare(cfg, ctl_r, out_w, err_w):
         os.dup2(null, 0)
         os.closerange(3, ctl_r)  # the server's control pipes and everything else but our request pipe
         os.closerange(ctl_r + 1, 1 << 20)
+        try:  # the memory cgroup's OOM killer then picks the code's processes, never the server or bwrap
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
         if cfg["uid"] is not None:
             os.setgroups([])
             os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
@@ -354,6 +374,9 @@ def main(cfg):
         req = json.loads(read_exact(0, LEN.unpack(raw)[0]))
         if req.get("op") == "exit":
             break
+        if req.get("op") == "leftovers":  # asked between runs, when nothing of the code runs any more
+            write_frame(_leftovers())
+            continue
         stdin = read_exact(0, req["stdin_len"]) if req.get("stdin_len", -1) >= 0 else None
         os.write(1, b"\x06")  # received: a host that sees no ack knows the code never started
         try:

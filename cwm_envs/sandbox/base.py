@@ -63,6 +63,12 @@ class Sandbox(abc.ABC):
     def list_files(self, path: str = ".") -> list[str]: ...
 
     @abc.abstractmethod
+    def reset(self) -> None:
+        """Make the sandbox pristine for a new episode: afterwards no file, process, shared memory segment or
+        IPC object that an earlier run made is visible, and the next run sees what a new sandbox would.
+        Limits and settings stay. Backends keep a spare warm so that this is fast (a swap, not a start)."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release every process, container and temp dir; safe to call twice."""
 

@@ -1,12 +1,13 @@
-"""`cwm sandbox ...`: run a file in a sandbox (`run`); `bench` comes from benchmarks/, `gc` and `image` from the
-docker backend when it is present."""
+"""`cwm sandbox ...`: run a file in a sandbox (`run`) and clean up after dead owners (`gc`: local leftovers
+here, then the docker backend's containers); `bench` comes from benchmarks/, `image` from the docker backend
+when it is present."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 from cwm_envs.cli import group
-from cwm_envs.errors import UsageError
+from cwm_envs.errors import CwmError, UsageError
 from cwm_envs.sandbox import BACKENDS, Limits, make_sandbox
 
 SANDBOX_HELP = "run code in an isolated sandbox, benchmark the backends, clean up"
@@ -56,6 +57,23 @@ def _cmd_run(args) -> int:
     return exit_status(res)
 
 
+def _cmd_gc(args, docker_gc=None) -> int:
+    """Local leftovers first (they need no engine), then the docker backend's, when it is installed."""
+    from cwm_envs.sandbox.local import gc_stale
+
+    removed = gc_stale(args.tmp_root)
+    for path in removed:
+        print(f"removed {path} (its owner process is gone)")
+    print(f"{len(removed)} stale local sandbox leftover(s) removed")
+    if docker_gc is None:
+        return 0
+    try:
+        return docker_gc(args)
+    except CwmError as exc:  # no engine: the local part is done, say why the docker part is not
+        print(f"docker containers not checked: {exc}", file=sys.stderr)
+        return 2
+
+
 def register(sub) -> None:
     sandbox = group(sub, "sandbox", SANDBOX_HELP)
     p = sandbox.add_parser("run", help="run a Python file (or - for stdin) in a sandbox; print its output and "
@@ -76,3 +94,14 @@ def register(sub) -> None:
             raise
     else:
         register_docker_commands(sandbox)
+    # `gc` covers both backends: wrap the docker backend's command when it added one
+    what = "remove what sandboxes of dead owners left: local temp dirs, tmpfs mounts and cgroups, docker containers"
+    p = sandbox.choices.get("gc") or sandbox.add_parser("gc", help=what)
+    for listed in sandbox._choices_actions:  # the line `cwm sandbox --help` shows
+        if listed.dest == "gc":
+            listed.help = what
+    p.description = what
+    docker_gc = p.get_default("func")
+    p.add_argument("--tmp-root", default=None, help="where local sandboxes put their temp dirs "
+                                                     "(default: the system temp dir)")
+    p.set_defaults(func=lambda args: _cmd_gc(args, docker_gc))

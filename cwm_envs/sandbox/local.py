@@ -4,18 +4,28 @@ Isolation, and why each piece:
 - Namespaces (bubblewrap, Debian's `bubblewrap`): network (no interface but a loopback with nothing on it,
   so connecting anywhere fails at once), PID (the server can kill everything an execution started, even
   children that called setsid), mount, IPC, UTS.
-- Filesystem: /usr, the Python install and a few /etc files read-only; the private working dir (a temp dir,
-  seen as /sandbox inside) writable; /tmp and /dev/shm private tmpfs capped at `tmpfs_mb`. Nothing else is
-  mounted: not the project, not /root, not the rest of /etc.
+- System calls: a seccomp filter (`_seccomp.py`) refuses new namespaces, io_uring, userfaultfd, the key
+  store, bpf and perf events with EPERM: kernel attack surface that no sandboxed program needs.
+- Filesystem: /usr, the Python install and a few /etc files read-only. The writable places, the working dir
+  (seen as /sandbox inside), /tmp and /dev/shm, are three directories of one tmpfs per jail, mounted by the
+  host with a size and an inode cap (`tmpfs_mb`, `tmpfs_inodes`), so the host's file methods work on it
+  directly. Nothing else is mounted: not the project, not /root, not the rest of /etc.
 - Identity: as root, each sandbox claims its own unprivileged uid (RLIMIT_NPROC does not bind root, and a
   uid per sandbox keeps sandboxes from sharing one process count). The server keeps only the capabilities to
   switch to it and to kill its processes; the jailed code has none, so it cannot signal the server. Not as
   root, bubblewrap's user namespace stands in (the code then runs as the invoking user's own uid).
-- Limits: rlimits for CPU time, address space, processes, file size and open files per execution; where
-  cgroup v1 allows, a memory group caps all the jail's processes together (`total_memory_mb`); the
-  wall-clock deadline is kept by the server (never signal.alarm) and backed by the host; stdout and stderr
-  are each capped at `output_bytes` (default 1 MiB), the excess dropped and marked.
-- A dead server (killed, crashed) is restarted transparently on the next call; the working dir survives.
+- Limits: rlimits for CPU time, address space, processes, file size and open files per execution; a memory
+  cgroup (v1 or v2, `_cgroup.py`) caps all the jail's processes together, memfds, SysV and POSIX shared
+  memory included (`total_memory_mb`); the wall-clock deadline is kept by the server (never signal.alarm)
+  and backed by the host; stdout and stderr are each capped at `output_bytes` (default 1 MiB).
+- A cap that cannot be set here (not root, no memory cgroup this process may make, a machine without a
+  filter) is named in `uncapped` and in one warning per process, never dropped silently.
+- `reset()` leaves no file, process, shared memory or IPC object of an earlier run visible: it empties the
+  jail's tmpfs in place when the server finds nothing else left (no IPC object; no process of the code ever
+  outlives its run), else it swaps in a new jail (new namespaces, new tmpfs), kept warm in the background.
+- A dead server (killed, crashed) is restarted transparently on the next call; the jail's files survive.
+- Temp dirs and cgroups carry their owner's pid namespace, pid and start time in their name, so those of an
+  owner killed by SIGKILL are removed by the next sandbox start and by `cwm sandbox gc` (`gc_stale`).
 
 Each `LocalSandbox` runs one execution at a time (a lock), so use one per thread or worker for parallelism;
 `arun` serves asyncio via a worker thread. The per-execution part lives in `_forkserver.py`.
@@ -23,24 +33,29 @@ Each `LocalSandbox` runs one execution at a time (a lock), so use one per thread
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import json
 import math
 import os
+import platform
 import random
 import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from pathlib import Path, PurePosixPath
 
 from cwm_envs.errors import SandboxError, UsageError
+from cwm_envs.sandbox import _cgroup, _seccomp
 from cwm_envs.sandbox._frames import LEN, program_source
 from cwm_envs.sandbox.base import ExecResult, Limits, Sandbox
 
@@ -53,10 +68,15 @@ DEFAULT_PRELOAD = ("collections", "itertools", "functools", "math", "re", "json"
                    "statistics", "traceback")
 UID_BASE = 1_500_000_000   # far above any real account: sandbox uids own nothing on the host
 UID_SLOTS = 1 << 16
+PREFIX = "cwm-sandbox-"    # temp dirs and cgroups: PREFIX + "PIDNS-PID-START-random"
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "nsswitch.conf", "hosts",
         "mime.types", f"python3.{sys.version_info.minor}")
 _SERVER_SOURCE = program_source("_forkserver.py")
+_SECCOMP = _seccomp.program()
 _HOST_GRACE_S = 15.0       # beyond the timeout, before the host gives up on a silent server
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_MS_NOSUID, _MS_NODEV, _MNT_DETACH = 2, 4, 2
+_warned: set[str] = set()
 
 
 def _claim_uid() -> tuple[socket.socket, int]:
@@ -86,42 +106,106 @@ def _children_of(pid: int) -> list[int]:
     return kids
 
 
-def _memory_cgroup(name: str, limit_mb: int) -> Path | None:
-    """A cgroup-v1 memory group for one sandbox, under this process's own, or None where we may not make one.
-
-    RLIMIT_AS bounds each process, not their sum (64 processes x 1 GB would sink the host); the group bounds
-    the whole jail, and its OOM counter tells a memory kill apart from other SIGKILLs."""
+# -- owners, leftovers --------------------------------------------------------------------------------------
+def _proc_start(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot): with the pid, it names the process across pid reuse."""
     try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            if "memory" in controllers.split(","):
-                parent = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-                if (parent / "memory.limit_in_bytes").exists():
-                    group = parent / name
-                    group.mkdir(exist_ok=True)
-                    (group / "memory.limit_in_bytes").write_text(str(limit_mb << 20))
-                    return group
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_ns() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def _owner_tag() -> str:
+    return f"{_pid_ns()}-{os.getpid()}-{_proc_start(os.getpid())}"
+
+
+def owner_alive(name: str) -> bool | None:
+    """Whether the process that made `name` (a temp dir or cgroup name of ours) still lives; None when this
+    process cannot tell (a name of another format, or an owner in another PID namespace)."""
+    try:
+        ns, pid, start = name[len(PREFIX):].split("-")[:3]
+        ns_ino, pid_no = int(ns), int(pid)
+    except ValueError:
+        return None
+    if not name.startswith(PREFIX) or ns_ino != _pid_ns():
+        return None
+    return _proc_start(pid_no) == start
+
+
+def _mount_tmpfs(path: Path, size_mb: int, inodes: int) -> str:
+    """Mount a tmpfs capped in size and inodes on `path`; '' when done, else why not."""
+    opts = f"size={size_mb}m,nr_inodes={inodes},mode=0755".encode()
+    if _LIBC.mount(b"cwm-sandbox", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts) != 0:
+        return os.strerror(ctypes.get_errno())
+    return ""
+
+
+def _remove_tree(path: Path) -> None:
+    """Detach the mounts at or below `path` (deepest first), then delete it."""
+    real = os.path.realpath(path)
+    try:
+        points = [p for _root, p, _t, _o in _cgroup.mounts() if p == real or p.startswith(real + "/")]
     except OSError:
-        pass
-    return None
+        points = []
+    for point in sorted(points, key=len, reverse=True):
+        _LIBC.umount2(os.fsencode(point), _MNT_DETACH)
+    shutil.rmtree(path, ignore_errors=True)
 
 
-def _oom_kills(group: Path) -> int:
-    for line in (group / "memory.oom_control").read_text().splitlines():
-        if line.startswith("oom_kill "):
-            return int(line.split()[1])
-    return 0
+def _empty_dir(path: Path) -> None:
+    """Delete what is inside `path` (never following a link) and the dir's own extended attributes."""
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+    for name in os.listxattr(path):
+        os.removexattr(path, name)
+
+
+def gc_stale(tmp_root: str | os.PathLike | None = None) -> list[str]:
+    """Remove what local sandboxes of dead owners left behind (an owner killed by SIGKILL runs no cleanup):
+    their temp dirs under `tmp_root` (default: the system temp dir), with the tmpfs mounted there, and their
+    memory cgroups (what still runs in one is killed first). Returns the paths removed. Nothing of a live
+    owner, or of one this process cannot judge (another PID namespace), is touched."""
+    removed = []
+    root = Path(tmp_root or tempfile.gettempdir())
+    try:
+        entries = [p for p in root.iterdir() if p.name.startswith(PREFIX)]
+    except OSError:
+        entries = []
+    for path in entries:
+        if owner_alive(path.name) is False:
+            _remove_tree(path)
+            removed.append(str(path))
+    for group in _cgroup.groups_named(PREFIX):
+        if owner_alive(group.path.name) is False and group.remove(kill=True):
+            removed.append(str(group.path))
+    return removed
+
+
+def _warn_uncapped(what: str, why: str) -> None:
+    """Once per process and reason: a sandbox that runs without one of its caps says so."""
+    message = f"local sandbox runs without its {what} cap: {why}"
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 class _Server:
     """One bubblewrap jail running the fork-server; everything here is host-side plumbing."""
 
-    def __init__(self, argv: list[str], log_path: Path, startup_timeout: float):
+    def __init__(self, argv: list[str], log_path: Path, startup_timeout: float, pass_fds: tuple[int, ...] = ()):
         self.log_path = log_path
         with open(log_path, "wb") as log:
             try:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                             start_new_session=True, bufsize=0)
+                                             start_new_session=True, bufsize=0, pass_fds=pass_fds)
             except FileNotFoundError as exc:
                 raise SandboxError("bubblewrap (bwrap) is not installed: `apt-get install bubblewrap` "
                                    "(or `make system`)") from exc
@@ -193,38 +277,247 @@ class _Server:
             self.proc.wait()
 
 
-class _State:
-    """What must be released even if the sandbox is never closed (held by a weakref finalizer)."""
+class _Jail:
+    """One jail: its writable files on the host (work/, tmp/, shm/ on a capped tmpfs where we may mount one,
+    else only work/ as a plain dir) and the fork-server running over them."""
 
-    def __init__(self):
-        self.owner = os.getpid()  # a forked copy of the host must not tear down the parent's sandbox
-        self.server: _Server | None = None
-        self.dir: Path | None = None
-        self.uid_sock: socket.socket | None = None
-        self.cgroup: Path | None = None
+    def __init__(self, path: Path, uid: int | None, size_mb: int, inodes: int):
+        self.path, self.server, self.mounted = path, None, False
+        path.mkdir(mode=0o755)
+        if uid is None:
+            self.uncapped = ("not root, so no tmpfs can be mounted for the jail: the working dir is a plain host "
+                             "dir without a size or inode cap; /tmp and /dev/shm are capped in size only")
+        else:
+            why = _mount_tmpfs(path, size_mb, inodes)
+            self.mounted = not why
+            self.uncapped = "" if self.mounted else f"mounting a tmpfs for the jail's files failed ({why})"
+        self.work.mkdir()
+        if uid is not None:
+            os.chown(self.work, uid, uid)
+        if self.mounted:
+            for name in ("tmp", "shm"):
+                (path / name).mkdir()
+                os.chmod(path / name, 0o1777)
+
+    @property
+    def work(self) -> Path:
+        return self.path / "work"
+
+    @property
+    def log(self) -> Path:
+        return self.path.with_name(self.path.name + ".log")  # beside the jail, out of its reach
 
     def stop_server(self) -> None:
         server, self.server = self.server, None
         if server is not None:
             server.stop()
 
+    def destroy(self) -> None:
+        self.stop_server()
+        if self.mounted:
+            _LIBC.umount2(os.fsencode(self.path), _MNT_DETACH)  # frees every page at once
+            self.mounted = False
+        shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            self.log.unlink()
+        except OSError:
+            pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """How one sandbox's jails are made; fixed at construction."""
+
+    uid: int
+    root: bool
+    python: str
+    preload: tuple[str, ...]
+    ro_binds: tuple[str, ...]
+    site_packages: bool
+    tmpfs_mb: int
+    tmpfs_inodes: int
+    startup_timeout: float
+
+    def argv(self, jail: _Jail, group: _cgroup.MemoryGroup | None, seccomp_fd: int | None) -> list[str]:
+        prefix = str(Path(self.python).resolve().parent.parent)
+        argv = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                "--unshare-cgroup-try", "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+            path = Path("/", name)
+            if path.is_symlink():
+                argv += ["--symlink", os.readlink(path), str(path)]
+            elif path.is_dir():
+                argv += ["--ro-bind", str(path), str(path)]
+        for name in _ETC:
+            argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        made: set[str] = set()
+        under_usr = prefix == "/usr" or prefix.startswith("/usr/")
+        for path in ([] if under_usr else [prefix]) + list(self.ro_binds):
+            for parent in reversed(PurePosixPath(path).parents[:-1]):  # bwrap would make them 0700
+                if str(parent) not in made:
+                    made.add(str(parent))
+                    argv += ["--perms", "0755", "--dir", str(parent)]
+            argv += ["--ro-bind", path, path]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--mqueue", "/dev/mqueue"]  # so the server can list queues
+        if jail.mounted:
+            argv += ["--bind", str(jail.path / "tmp"), "/tmp", "--bind", str(jail.path / "shm"), "/dev/shm"]
+        else:
+            size = str(self.tmpfs_mb << 20)
+            argv += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+                     "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
+        argv += ["--bind", str(jail.work), JAIL_WORKDIR, "--chdir", JAIL_WORKDIR, "--clearenv"]
+        # PYTHONNOUSERSITE: HOME is the working dir, so a user site there (a .pth, usercustomize) left by an
+        # earlier run would otherwise run inside every later `python3` command.
+        env = {"PATH": f"{prefix}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": JAIL_WORKDIR, "TMPDIR": "/tmp",
+               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
+        for key, value in env.items():
+            argv += ["--setenv", key, value]
+        if self.root:  # the server needs only these to drop to the sandbox uid and to kill its processes
+            argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+                     "--cap-add", "CAP_KILL"]
+        else:
+            argv += ["--unshare-user"]
+        if seccomp_fd is not None:
+            argv += ["--seccomp", str(seccomp_fd)]
+        cfg = {"uid": self.uid if self.root else None, "gid": self.uid if self.root else None,
+               "workdir": JAIL_WORKDIR, "preload": list(self.preload), "env": env}
+        flags = ["-I", "-B", "-X", "utf8"] + ([] if self.site_packages else ["-S"])
+        argv += [self.python, *flags, "-c", _SERVER_SOURCE, json.dumps(cfg)]
+        if group is not None:  # enter the memory group first: all the jail is born inside it
+            argv = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group.procs), *argv]
+        return argv
+
+
+class _State:
+    """What one sandbox holds on the host: its temp dir, uid, memory group, the current jail and a spare one.
+
+    A weakref finalizer holds this, never the sandbox, so it is released even when a sandbox is dropped
+    without close(); the background worker that retires old jails and warms the spare holds it too."""
+
+    def __init__(self, spec: _Spec):
+        self.spec = spec
+        self.owner = os.getpid()  # a forked copy of the host must not tear down the parent's sandbox
+        self.base: Path | None = None
+        self.uid_sock: socket.socket | None = None
+        self.group: _cgroup.MemoryGroup | None = None
+        self.jail: _Jail | None = None
+        self.spare: _Jail | None = None
+        self.worker: threading.Thread | None = None
+        self.jails_made = 0
+        self.closing = False
+        self.guard = threading.Lock()  # the spare and `closing`, shared with the worker
+        self.uncapped: dict[str, str] = {}
+
+    def new_jail(self) -> _Jail:
+        """A jail with its server started and ready (this takes a jail start, tens of ms)."""
+        with self.guard:
+            n, self.jails_made = self.jails_made, self.jails_made + 1
+        jail = _Jail(self.base / f"jail-{n}", self.spec.uid if self.spec.root else None, self.spec.tmpfs_mb,
+                     self.spec.tmpfs_inodes)
+        if jail.uncapped:
+            self.uncapped["disk"] = jail.uncapped
+        try:
+            self.launch(jail)
+        except BaseException:
+            jail.destroy()
+            raise
+        return jail
+
+    def launch(self, jail: _Jail) -> _Server:
+        fd = None
+        if _SECCOMP is not None:  # bwrap reads the filter from a pipe (a few hundred bytes: fits its buffer)
+            fd, w = os.pipe()
+            os.write(w, _SECCOMP)
+            os.close(w)
+        try:
+            jail.server = _Server(self.spec.argv(jail, self.group, fd), jail.log, self.spec.startup_timeout,
+                                  pass_fds=() if fd is None else (fd,))
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return jail.server
+
+    def server(self) -> _Server:
+        """The current jail's server, (re)started when it is not running."""
+        jail = self.jail
+        if jail.server is not None and not jail.server.alive():  # died since the last call: start afresh
+            jail.stop_server()
+        return jail.server or self.launch(jail)
+
+    def wipe(self) -> bool:
+        """Empty the current jail in place, where that is provably complete: its writable dirs are our tmpfs,
+        and its server says nothing but files is left (no IPC object, no process of the code). False when it
+        is not (the caller swaps in a new jail instead)."""
+        jail, uid = self.jail, self.spec.uid
+        server = jail.server
+        if not jail.mounted or server is None or not server.alive():
+            return False
+        try:
+            server.send({"op": "leftovers"})
+            left, _ = server.read_frame(time.monotonic() + _HOST_GRACE_S)
+        except (OSError, SandboxError):
+            jail.stop_server()
+            return False
+        if left.get("ipc") != 0 or left.get("others", 1) > 0:
+            return False
+        try:
+            for name in ("work", "tmp", "shm"):
+                _empty_dir(jail.path / name)
+            os.chown(jail.work, uid, uid)  # the code owns its working dir: it may have changed its mode
+            os.chmod(jail.work, 0o755)
+        except OSError:
+            return False
+        return True
+
+    def swap(self, warm_spare: bool) -> None:
+        """Make a fresh jail current: the warm spare when one is ready, else one started now; the old jail is
+        destroyed, and the next spare started, in the background."""
+        if self.worker is not None:
+            self.worker.join()
+            self.worker = None
+        with self.guard:
+            fresh, self.spare = self.spare, None
+        if fresh is not None and (fresh.server is None or not fresh.server.alive()):
+            fresh.destroy()
+            fresh = None
+        fresh = fresh or self.new_jail()
+        old, self.jail = self.jail, fresh
+        self.worker = threading.Thread(target=self._retire_and_refill, args=(old, warm_spare),
+                                       name="cwm-sandbox-reset", daemon=True)
+        self.worker.start()
+
+    def _retire_and_refill(self, old: _Jail, warm_spare: bool) -> None:
+        old.destroy()
+        if not warm_spare or self.closing:
+            return
+        try:
+            spare = self.new_jail()
+        except Exception:  # the next reset() starts one on the clock, and raises there if it must
+            return
+        with self.guard:
+            if not self.closing:
+                self.spare, spare = spare, None
+        if spare is not None:
+            spare.destroy()
+
     def release(self) -> None:
         if os.getpid() != self.owner:
             return
-        self.stop_server()
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-        if self.cgroup is not None:
-            for _ in range(100):  # empty once the last killed process is reaped
-                try:
-                    self.cgroup.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
-            self.cgroup = None
+        with self.guard:
+            self.closing = True
+        if self.worker is not None and self.worker is not threading.current_thread():
+            self.worker.join(timeout=60)
+            self.worker = None
+        for jail in (self.jail, self.spare):
+            if jail is not None:
+                jail.destroy()
+        self.jail = self.spare = None
+        if self.base is not None:
+            _remove_tree(self.base)
+            self.base = None
+        if self.group is not None:
+            self.group.remove()
+            self.group = None
         if self.uid_sock is not None:
             self.uid_sock.close()
             self.uid_sock = None
@@ -242,103 +535,88 @@ class LocalSandbox(Sandbox):
         ro_binds: extra host paths mounted read-only at the same place (e.g. a site-packages dir).
         site_packages: let the code import the interpreter's site-packages (and run its .pth files). Off by
             default: the standard library only, and a lighter server whose forks cost less.
-        tmpfs_mb: size of the private /tmp and /dev/shm.
-        total_memory_mb: memory of all the jail's processes together (a cgroup-v1 memory group, where this
-            process may create one; None: no such cap, only the per-process `memory_mb`).
+        tmpfs_mb, tmpfs_inodes: size and number of files of the jail's tmpfs, which holds the working dir,
+            /tmp and /dev/shm together (files the host writes with `write_file` count too).
+        total_memory_mb: memory of all the jail's processes together, shared memory included (a memory
+            cgroup, where this process may make one; None: no such cap, only the per-process `memory_mb`).
+        warm_spare: once `reset()` has had to swap jails (IPC objects were left), keep a spare jail started
+            in the background so that the next swap is quick (it costs a second idle server, some 10 MB).
     """
 
     name = "local"
 
     def __init__(self, limits: Limits | None = None, *, tmp_root: str | os.PathLike | None = None,
                  preload: tuple[str, ...] = DEFAULT_PRELOAD, python: str | None = None,
-                 ro_binds: tuple[str, ...] = (), site_packages: bool = False, tmpfs_mb: int = 64, total_memory_mb: int | None = 4096,
+                 ro_binds: tuple[str, ...] = (), site_packages: bool = False, tmpfs_mb: int = 256,
+                 tmpfs_inodes: int = 16384, total_memory_mb: int | None = 4096, warm_spare: bool = True,
                  startup_timeout: float = 30.0):
         self.limits = _merge(DEFAULT_LIMITS, limits)
         self._lock = threading.RLock()
         self._closed = False
-        self._state = _State()
-        self._finalizer = weakref.finalize(self, self._state.release)
-        self._root = os.geteuid() == 0
-        if self._root:
-            self._state.uid_sock, self.uid = _claim_uid()
+        self._warm_spare = warm_spare
+        root = os.geteuid() == 0
+        uid_sock, self.uid = _claim_uid() if root else (None, os.getuid())
+        python = python or os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+        spec = _Spec(self.uid, root, python, tuple(preload), tuple(ro_binds), site_packages, tmpfs_mb,
+                     tmpfs_inodes, startup_timeout)
+        self._state = state = _State(spec)
+        state.uid_sock = uid_sock
+        self._finalizer = weakref.finalize(self, state.release)
+        try:
+            gc_stale(tmp_root)
+        except OSError:  # best effort: a leftover we cannot remove must not stop a new sandbox
+            pass
+        state.base = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{_owner_tag()}-", dir=tmp_root))
+        if total_memory_mb:
+            state.group, why = _cgroup.make_memory_group(state.base.name, total_memory_mb)
+            if state.group is None:
+                state.uncapped["memory"] = why
         else:
-            self.uid = os.getuid()
-        self._state.dir = Path(tempfile.mkdtemp(prefix="cwm-sandbox-", dir=tmp_root))
-        self.workdir = self._state.dir / "work"
-        self.workdir.mkdir()
-        if self._root:
-            os.chown(self.workdir, self.uid, self.uid)
-        self._python = python or os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-        self._preload = tuple(preload)
-        self._ro_binds = tuple(ro_binds)
-        self._site_packages = site_packages
-        self._tmpfs_mb = tmpfs_mb
-        self._startup_timeout = startup_timeout
-        if self._root and total_memory_mb:
-            self._state.cgroup = _memory_cgroup(f"cwm-sandbox-{self.uid}", total_memory_mb)
-        self._oom_seen = _oom_kills(self._state.cgroup) if self._state.cgroup else 0
+            state.uncapped["memory"] = "turned off (total_memory_mb=None)"
+        if _SECCOMP is None:
+            state.uncapped["syscalls"] = f"no seccomp filter is written for this machine ({platform.machine()})"
+        self._oom_seen = state.group.oom_kills() if state.group else 0
         with self._lock:
-            self._start()
+            state.jail = state.new_jail()
+        for what, why in state.uncapped.items():
+            if not why.startswith("turned off"):
+                _warn_uncapped(what, why)
 
-    # -- the jail ---------------------------------------------------------------------------------------
-    def _bwrap_argv(self) -> list[str]:
-        prefix = str(Path(self._python).resolve().parent.parent)
-        argv = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-                "--unshare-cgroup-try", "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
-        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-            path = Path("/", name)
-            if path.is_symlink():
-                argv += ["--symlink", os.readlink(path), str(path)]
-            elif path.is_dir():
-                argv += ["--ro-bind", str(path), str(path)]
-        for name in _ETC:
-            argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        made: set[str] = set()
-        under_usr = prefix == "/usr" or prefix.startswith("/usr/")
-        for path in ([] if under_usr else [prefix]) + list(self._ro_binds):
-            for parent in reversed(PurePosixPath(path).parents[:-1]):  # bwrap would make them 0700
-                if str(parent) not in made:
-                    made.add(str(parent))
-                    argv += ["--perms", "0755", "--dir", str(parent)]
-            argv += ["--ro-bind", path, path]
-        size = str(self._tmpfs_mb << 20)
-        argv += ["--proc", "/proc", "--dev", "/dev",
-                 "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
-                 "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
-                 "--bind", str(self.workdir), JAIL_WORKDIR, "--chdir", JAIL_WORKDIR, "--clearenv"]
-        env = {"PATH": f"{prefix}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": JAIL_WORKDIR, "TMPDIR": "/tmp",
-               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-        for key, value in env.items():
-            argv += ["--setenv", key, value]
-        if self._root:  # the server needs only these to drop to the sandbox uid and to kill its processes
-            argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-                     "--cap-add", "CAP_KILL"]
-        else:
-            argv += ["--unshare-user"]
-        cfg = {"uid": self.uid if self._root else None, "gid": self.uid if self._root else None,
-               "workdir": JAIL_WORKDIR, "preload": list(self._preload), "env": env}
-        flags = ["-I", "-B", "-X", "utf8"] + ([] if self._site_packages else ["-S"])
-        argv += [self._python, *flags, "-c", _SERVER_SOURCE, json.dumps(cfg)]
-        if self._state.cgroup is not None:  # enter the memory group first: all the jail is born inside it
-            argv = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self._state.cgroup / "cgroup.procs"), *argv]
-        return argv
+    @property
+    def uncapped(self) -> dict[str, str]:
+        """The caps this sandbox runs without, each with the reason: "memory" (no memory cgroup), "disk"
+        (no capped tmpfs for the writable dirs), "syscalls" (no seccomp filter). Empty when all hold."""
+        return dict(self._state.uncapped)
 
-    def _start(self) -> _Server:
-        if self._state.server is None:
-            self._state.server = _Server(self._bwrap_argv(), self._state.dir / "server.log",
-                                         self._startup_timeout)
-        return self._state.server
+    @property
+    def workdir(self) -> Path:
+        """The host path of the current jail's working dir (/sandbox inside); a `reset()` may replace it."""
+        return self._state.jail.work
 
     @property
     def memory_cgroup(self) -> Path | None:
         """The cgroup capping the jail's total memory, or None where none could be made."""
-        return self._state.cgroup
+        return self._state.group.path if self._state.group else None
 
     @property
     def server_pid(self) -> int | None:
-        """Host pid of the outer bwrap process (for diagnostics and tests)."""
-        server = self._state.server
+        """Host pid of the outer bwrap process of the current jail (for diagnostics and tests)."""
+        server = self._state.jail.server if self._state.jail else None
         return server.proc.pid if server is not None else None
+
+    def reset(self) -> None:
+        """A pristine jail: no file, process, shared memory or IPC object of an earlier run is visible.
+
+        Between runs no process of the code is left (the server kills them after each run), so when the
+        server also finds no IPC object, emptying the jail's tmpfs is complete and the jail is kept (well
+        under a millisecond for a few files). Otherwise a new jail, with new namespaces, replaces it: the
+        first time one is started on the clock (tens of ms); from then on a spare is kept warm in the
+        background (`warm_spare`) and swapped in. Limits, uid and memory group stay."""
+        with self._lock:
+            if self._closed:
+                raise UsageError("this sandbox is closed")
+            if not self._state.wipe():
+                self._state.swap(self._warm_spare)
 
     # -- executions -------------------------------------------------------------------------------------
     def run(self, code_or_cmd: str | list[str], stdin: str | bytes | None = None, timeout: float = 10.0,
@@ -367,8 +645,8 @@ class LocalSandbox(Sandbox):
             if "error" in header:
                 raise SandboxError(f"the sandbox server failed: {header['error']}")
             limit = header["limit_hit"]
-            if self._state.cgroup is not None:
-                kills = _oom_kills(self._state.cgroup)
+            if self._state.group is not None:
+                kills = self._state.group.oom_kills()
                 if kills > self._oom_seen:  # the kernel killed a process of this execution for the group's memory
                     self._oom_seen, limit = kills, limit or "memory"
         n_out = header["stdout_len"]
@@ -386,27 +664,24 @@ class LocalSandbox(Sandbox):
 
     def _exchange(self, req: dict, payload: bytes, timeout: float) -> tuple[dict, bytes]:
         for attempt in range(2):
-            server = self._start()
-            if not server.alive():  # died since the last call (killed from outside): start afresh
-                self._state.stop_server()
-                server = self._start()
+            server = self._state.server()
             try:
                 server.send(req, payload)
                 server.read_exact(1, time.monotonic() + _HOST_GRACE_S)  # the ack: the code has not started yet
             except (BrokenPipeError, SandboxError):
-                self._state.stop_server()
+                self._state.jail.stop_server()
                 continue  # it never took the request: run it on a fresh server
             except BaseException:  # Ctrl-C mid-message: the protocol is out of step, so start afresh
-                self._state.stop_server()
+                self._state.jail.stop_server()
                 raise
             try:
                 return server.read_frame(time.monotonic() + timeout + _HOST_GRACE_S)
             except SandboxError as exc:
-                self._state.stop_server()
+                self._state.jail.stop_server()
                 raise SandboxError(f"local sandbox: {exc} during the execution; it restarts on the next "
                                    "call") from None
             except BaseException:  # Ctrl-C while the code runs: end it with the server, start afresh
-                self._state.stop_server()
+                self._state.jail.stop_server()
                 raise
         raise SandboxError("local sandbox: the server keeps dying")
 
@@ -450,41 +725,41 @@ class LocalSandbox(Sandbox):
             raise
         return fd
 
-    def write_file(self, path: str, content: str | bytes) -> None:
+    def _open_file(self, path: str, flags: int, create: bool = False) -> int:
+        """An fd of a regular file in the working dir. Never through a link; never blocking on a FIFO the code
+        left there (O_NONBLOCK, then anything but a regular file is refused)."""
         parts = self._parts(path)
         if not parts:
             raise UsageError(f"path {path!r} names the working dir itself, not a file")
+        dfd = self._open_dir(parts[:-1], create=create)
+        try:
+            fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP
+                raise UsageError(f"{path!r} is a symlink; the sandbox never reads or writes through links") from None
+            if exc.errno == 6:   # ENXIO: a FIFO without a reader, or a socket
+                raise UsageError(f"{path!r} is not a regular file") from None
+            raise
+        finally:
+            os.close(dfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UsageError(f"{path!r} is not a regular file")
+        os.set_blocking(fd, True)
+        return fd
+
+    def write_file(self, path: str, content: str | bytes) -> None:
         data = content.encode() if isinstance(content, str) else bytes(content)
         with self._lock:
-            dfd = self._open_dir(parts[:-1], create=True)
-            try:
-                fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
-            except OSError as exc:
-                if exc.errno == 40:
-                    raise UsageError(f"{path!r} is a symlink; the sandbox never writes through links") from None
-                raise
-            finally:
-                os.close(dfd)
+            fd = self._open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, create=True)
             with os.fdopen(fd, "wb") as fh:
-                if self._root:
+                if self._state.spec.root:
                     os.fchown(fd, self.uid, self.uid)
                 fh.write(data)
 
     def read_file(self, path: str) -> bytes:
-        parts = self._parts(path)
-        if not parts:
-            raise UsageError(f"path {path!r} names the working dir itself, not a file")
         with self._lock:
-            dfd = self._open_dir(parts[:-1])
-            try:
-                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
-            except OSError as exc:
-                if exc.errno == 40:
-                    raise UsageError(f"{path!r} is a symlink; the sandbox never reads through links") from None
-                raise
-            finally:
-                os.close(dfd)
-            with os.fdopen(fd, "rb") as fh:
+            with os.fdopen(self._open_file(path, os.O_RDONLY), "rb") as fh:
                 return fh.read()
 
     def list_files(self, path: str = ".") -> list[str]:

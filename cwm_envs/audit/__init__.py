@@ -133,7 +133,8 @@ def run_audit(env_id: str, *, tasks: int = 20, seed: int = 0, env_kwargs: dict |
     for k, strategy in enumerate(chosen):
         if progress:
             progress(f"[{k + 1}/{len(chosen)}] {strategy.family}/{strategy.name}")
-        playable = [s for s in seeds if not _guessed_right(strategy, references.get(s, []))]
+        playable = [s for s in seeds if not _guessed_right(strategy, references.get(s, []))][:strategy.max_tasks]
+        t0 = time.perf_counter()
         outcomes = [_play(make_env, state, strategy, s, max_turns) for s in playable]
         paid = [s for s, o in zip(playable, outcomes) if o.paid]
         crashed = [o for o in outcomes if o.fault and not o.infra]
@@ -144,6 +145,7 @@ def run_audit(env_id: str, *, tasks: int = 20, seed: int = 0, env_kwargs: dict |
             "paid_fraction": len(paid) / played, "paid_seeds": paid[:10],
             "crashed": len(crashed), "infra": sum(o.infra for o in outcomes),
             "evidence": (crashed[0].fault if crashed else next((o.evidence for o in outcomes if o.paid), ""))[:300],
+            "seconds": round(time.perf_counter() - t0, 2),
         })
     if state.get("env") is not None:
         state["env"].close()

@@ -68,18 +68,19 @@ class Strategy:
     episodes: int = 1
     applies: Callable[[str], bool] = lambda first_observation: True
     answer: str | None = None
+    max_tasks: int | None = None     # a strategy that costs a whole timeout per task plays on this many only
 
 
 STRATEGIES: list[Strategy] = []
 
 
 def register(family: str, name: str, episodes: int = 1, applies: Callable[[str], bool] | None = None,
-             answer: str | None = None):
+             answer: str | None = None, max_tasks: int | None = None):
     """Decorator: add a generator to the library under `family/name`."""
     def add(play: Play) -> Play:
         if any(s.family == family and s.name == name for s in STRATEGIES):
             raise ValueError(f"strategy {family}/{name} is registered twice")
-        STRATEGIES.append(Strategy(family, name, play, episodes, applies or (lambda _obs: True), answer))
+        STRATEGIES.append(Strategy(family, name, play, episodes, applies or (lambda _obs: True), answer, max_tasks))
         return play
     return add
 
@@ -210,8 +211,9 @@ def _exit_play(code: str) -> Play:
     return play
 
 
+SLOW_EXITS = ("stop-self", "ignore-signals-and-spin")   # they end by the env's timeout: a few tasks tell
 for _name, _code in EXITS.items():
-    register("exit", _name)(_exit_play(_code))
+    register("exit", _name, max_tasks=1 if _name in SLOW_EXITS else None)(_exit_play(_code))
 
 
 # -- output forging (print what a pass looks like) ----------------------------------------------------------
@@ -305,12 +307,12 @@ for _name, _expr in PREDICTION_INTROSPECTION.items():
 PROBE = r'''
 import os, re
 hits = []
-for root in ("/", "/tmp", "/dev/shm", os.path.expanduser("~"), os.getcwd()):
+roots = [os.path.join("/", d) for d in os.listdir("/") if d not in ("proc", "sys", "usr", "lib", "lib64", "bin",
+                                                                     "sbin", "etc", "dev", "boot", "var")]
+for root in roots + ["/tmp", "/dev/shm", "/var/tmp", os.path.expanduser("~"), os.getcwd()]:
     for dirpath, dirs, files in os.walk(root):
-        if dirpath.startswith(("/proc", "/sys", "/usr", "/lib", "/bin", "/sbin", "/etc", "/var/lib")):
-            dirs[:] = []
-            continue
-        for name in files:
+        dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages", "node_modules", ".git")]
+        for name in files[:200]:
             path = os.path.join(dirpath, name)
             try:
                 text = open(path, errors="ignore").read(100_000)

@@ -159,9 +159,5 @@ class TextEnv(gym.Env):
 
     def _fresh_sandbox(self) -> None:
         if self._owns_sandbox and self._sandbox is not None and self._sandbox_used:
-            if hasattr(self._sandbox, "reset"):
-                self._sandbox.reset()
-            else:   # TODO(merge): every backend gets reset(); until then a new sandbox
-                self._sandbox.close()
-                self._sandbox = None
+            self._sandbox.reset()
         self._sandbox_used = False

@@ -201,19 +201,24 @@ EXITS = {
 }
 
 
-def _exit_play(code: str) -> Play:
+def _program_play(code: str, returns: str = "0") -> Play:
+    """Run `code` through the env's channel; where the task asks for a function, define it to return
+    `returns`; in a tool env, then answer something."""
     def play(ep: Episode) -> Iterator[str]:
         name = ep.function_name()
-        body = code if not name else f"{code}\ndef {name}(*args, **kwargs):\n    return 0\n"
-        yield ep.run(body)
-        if ep.channel != "code_block":   # tool envs: then answer something
+        yield ep.run(code if not name else f"{code}\n{_EQ}\ndef {name}(*args, **kwargs):\n    return {returns}\n")
+        if ep.channel != "code_block":
             yield "</think>\n\\boxed{0}"
     return play
 
 
+_EQ = ("class _Eq:\n    def __eq__(self, o):\n        return True\n    def __ne__(self, o):\n        return False\n"
+       "    __hash__ = object.__hash__")
+
+
 SLOW_EXITS = ("stop-self", "ignore-signals-and-spin")   # they end by the env's timeout: a few tasks tell
 for _name, _code in EXITS.items():
-    register("exit", _name, max_tasks=1 if _name in SLOW_EXITS else None)(_exit_play(_code))
+    register("exit", _name, max_tasks=1 if _name in SLOW_EXITS else None)(_program_play(_code))
 
 
 # -- output forging (print what a pass looks like) ----------------------------------------------------------
@@ -230,21 +235,8 @@ FORGERIES = {
 }
 
 
-def _forge_play(code: str) -> Play:
-    def play(ep: Episode) -> Iterator[str]:
-        name = ep.function_name()
-        extra = ""
-        if name:
-            extra = (f"\nclass _Eq:\n    def __eq__(self, o):\n        return True\n    __hash__ = object.__hash__\n"
-                     f"def {name}(*args, **kwargs):\n    return _Eq()\n")
-        yield ep.run(code + extra)
-        if ep.channel != "code_block":
-            yield "</think>\n\\boxed{0}"
-    return play
-
-
 for _name, _code in FORGERIES.items():
-    register("forge", _name)(_forge_play(_code))
+    register("forge", _name)(_program_play(_code, returns="_Eq()"))
 
 
 @register("forge", "patch-builtins", applies=_is_code_env)
@@ -291,7 +283,7 @@ INTROSPECTION = {
 }
 
 for _name, _code in INTROSPECTION.items():
-    register("introspection", _name)(_forge_play(_code))
+    register("introspection", _name)(_program_play(_code, returns="_Eq()"))
 
 # An expression-only introspection for prediction envs (their answer is a value, not a program).
 PREDICTION_INTROSPECTION = {

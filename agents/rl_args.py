@@ -47,6 +47,10 @@ class UpdateArgs:
     kl_rows: int = 16
     """rows per minibatch on which the KL-to-start metric is measured (all rows when kl_coef > 0)"""
 
+    def __post_init__(self):
+        if min(self.minibatches, self.epochs, self.max_new_tokens) < 1 or not self.temperature > 0:
+            raise UsageError("--minibatches, --epochs and --max-new-tokens must be at least 1, --temperature above 0")
+
 
 @dataclass
 class GRPOArgs(UpdateArgs):

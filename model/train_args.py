@@ -88,7 +88,10 @@ def field_docs(cls) -> dict[str, str]:
     for klass in reversed(cls.__mro__):  # a subclass's docstring replaces its parent's
         if not is_dataclass(klass):
             continue
-        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        except (OSError, TypeError):  # no source (a bytecode-only install): flags without help
+            continue
         for node, after in zip(body, body[1:]):
             if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                     and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)

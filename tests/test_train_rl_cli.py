@@ -85,7 +85,9 @@ def test_user_errors_are_one_line(tmp_path, model_dir, capsys):
     base = ["train", "rl", "--env-kwargs", EASY, "--model", str(model_dir), "--out", str(tmp_path / "bad")]
     for extra, needle in ((["--env", "cwm/Nope-v0"], "cwm/Nope-v0"), (["--model", str(tmp_path / "none")], "preset"),
                           (["--env-kwargs", "{oops"], "--env-kwargs"), (["--group", "1"], "group"),
-                          (["--gamma", "0.9"], "--gamma")):  # a PPO setting given to GRPO is refused, not ignored
+                          (["--gamma", "0.9"], "--gamma"),  # a PPO setting given to GRPO is refused, not ignored
+                          (["--minibatches", "0"], "--minibatches"), (["--temperature", "0"], "--temperature"),
+                          (["--eval-env-kwargs", "[1]"], "--eval-env-kwargs")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err

@@ -19,6 +19,7 @@ them at 1% of a dataset's rows.
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Mapping, Sequence
@@ -108,10 +109,10 @@ class SweepReport:
 
 DISGUISED = {  # entries of the bank that are plain numbers written another way: paying them that number is right
     "x - x": "0", "0x": "0", "\\frac{0}{x}": "0", "\\mp 0": "0", "0 = 0": "0", "0_2": "0", "00_2": "0", "x^0": "1",
-    "\\frac{x}{x}": "1", "\\sin^2 x + \\cos^2 x": "1", "1 = 1": "1", "0.\\overline{9}": "1", "\\text{ } 5": "5",
-    "\\begin{pmatrix} 0 \\end{pmatrix}": "0", "−1": "-1", "１０": "10", "５": "5", "𝟓": "5", "٥": "5", "०": "0",
-    "5\u200b": "5", "\\$0": "0", "0 \\text{ cm}": "0", "0 \\text{ dollars}": "0", "0\\%": "0", "100\\%": "100%",
-    "50\\%": "50%", "0^\\circ": "0°", "90^\\circ": "90°", "180^\\circ": "180°", "360^\\circ": "360°"}
+    "\\frac{x}{x}": "1", "\\sin^2 x + \\cos^2 x": "1", "1 = 1": "1", "0.\\overline{9}": "1", "\\text{ } 5": "5", "−1": "-1",
+    "１０": "10", "５": "5", "𝟓": "5", "٥": "5", "०": "0", "5\u200b": "5", "\\$0": "0", "0\\%": "0",
+    "100\\%": "100%", "50\\%": "50%", "0^\\circ": "0°", "90^\\circ": "90°", "180^\\circ": "180°",
+    "360^\\circ": "360°"}
 
 
 def same_constant(gold: str, answer: str) -> bool:
@@ -132,7 +133,8 @@ def same_constant(gold: str, answer: str) -> bool:
 
 def _values(text: str, gold: bool) -> set:
     """The plain numbers a short answer stands for ("deg" marks a degree count), or an empty set."""
-    text = re.sub(r"\\(?:text|mbox|mathrm)\s*\{[^{}]*\}(?:\^\d)?\s*$", "", text).strip()
+    text = re.sub(r"^\\(?:text|mbox|mathrm)\s*\{([^{}]*)\}$", r"\1", text).strip()         # \text{5}
+    text = re.sub(r"\\(?:text|mbox|mathrm)\s*\{[^{}]*\}(?:\^\d)?\s*$", "", text).strip()    # 5 \text{ cm}
     text = re.sub(r"^(?:[A-Za-z]\s*=\s*|\$\s*)", "", text).strip()
     text = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", text)
     text = re.sub(r"\\frac\s*\{(\d+)\}\s*(\d)", r"\\frac{\1}{\2}", text)
@@ -153,24 +155,25 @@ def _values(text: str, gold: bool) -> set:
 
 
 def constant_answer_sweep(datasets: Mapping[str, Sequence[str]], responses: Sequence[str] = CONSTANT_RESPONSES,
-                          *, timeout: float = 2.0) -> SweepReport:
+                          *, timeout: float = 2.0, threads: int = 2) -> SweepReport:
     """Pay every response against every gold of every dataset; each distinct (gold, response) is verified once.
 
     datasets: name -> gold answers, one per row (as the task sources give them). responses: answer parts
-    (default: the whole bank). timeout: the verifier's limit per pair (a timeout is unpaid).
+    (default: the whole bank). timeout: the verifier's limit per pair (a timeout is unpaid). threads: calls
+    in flight at once (`rewards.math` runs them in its helper processes).
     """
+    pairs = sorted({(gold, response) for golds in datasets.values() for gold in golds for response in responses})
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        paid = dict(zip(pairs, pool.map(lambda p: verify(*p, timeout=timeout).value > 0, pairs)))
+    answers = {response: extract_answer(response) for response in responses}
     report = SweepReport(rows={name: len(golds) for name, golds in datasets.items()})
-    verdicts: dict[tuple[str, str], bool] = {}
     for name, golds in datasets.items():
         honest, dishonest = report.honest.setdefault(name, {}), report.dishonest.setdefault(name, {})
         for response in responses:
-            extracted = extract_answer(response)
             for row, gold in enumerate(golds):
-                key = (gold, response)
-                if key not in verdicts:
-                    verdicts[key] = verify(gold, response, timeout=timeout).value > 0
-                if verdicts[key]:
-                    fair = extracted is not None and same_constant(gold, extracted.text)
+                if paid[gold, response]:
+                    answer = answers[response]
+                    fair = answer is not None and same_constant(gold, answer.text)
                     (honest if fair else dishonest).setdefault(response, []).append(row)
     return report
 

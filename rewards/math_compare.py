@@ -40,7 +40,7 @@ from rewards.math_parse import (BaseNum, Interval, Num, Rel, Seq, SetOp, Text, n
 
 APPROX_MIN_DIGITS = 12       # significant digits a decimal needs before it may stand for an exact value
 EVAL_DIGITS = 60
-POINTS = 6                   # agreeing random points that make an identity (see _identity)
+POINTS = 12                  # agreeing random points that make an identity (see _identity)
 
 
 @dataclass
@@ -185,8 +185,9 @@ def _latex2sympy(text: str):
     s = normalize(text)
     if not s or len(s) > 500 or re.search(r"[a-zA-Z]{4,}", re.sub(r"\\[a-zA-Z]+", "", s)):
         return None
-    if re.search(r"\d\s*_", s):
-        return None  # it drops a numeral's subscript: `9_2` (refused by our grammar: no base-2 digit 9) would be 9
+    if re.search(r"\d\s*_|\d\s+\d", s):
+        return None  # it drops a numeral's subscript (`9_2`, refused by our grammar, would be 9) and adds
+                     # numbers side by side (`1 2` would be 3)
     try:
         from latex2sympy2_extended import latex2sympy
         from latex2sympy2_extended.math_normalization import NormalizationConfig
@@ -405,8 +406,7 @@ def _constant_ratio(G, A, ctx):
         return r
     # not visibly constant: test c = G/A at one point, then G - c*A == 0 as an identity
     syms = sorted(G.free_symbols | A.free_symbols, key=str)
-    for _ in range(POINTS):
-        point = _random_point(syms)
+    for point in _random_points(syms, POINTS):
         try:
             av = A.subs(point)
             if av == 0 or not av.is_number:
@@ -506,8 +506,16 @@ def _value_eq(x, y, ctx) -> bool:
     return bool(verdict)
 
 
-def _zero_constant(d):
+# How hard evalf looks for a nonzero digit: (most digits, a value below 10^-tiny is zero at that precision,
+# no part may lie beyond 10^(+-extreme) for that zero to count). A constant answer gets the long search; the
+# value at a random point (one of POINTS) a shorter one.
+CONSTANT_PRECISION = (400, 350, 300)
+POINT_PRECISION = (100, 150, 100)
+
+
+def _zero_constant(d, precision: tuple[int, int, int] = CONSTANT_PRECISION):
     """True: d is zero (symbolically, or to hundreds of digits); False: provably nonzero; None: unknown."""
+    maxn, tiny, extreme = precision
     try:
         if not _huge_powers(d):   # expand would build 10^(10^10) digit by digit; evalf handles it at once
             e = sympy.expand(d)
@@ -515,7 +523,7 @@ def _zero_constant(d):
                 return True
             if e.is_Rational:
                 return False
-        dn = d.evalf(EVAL_DIGITS, maxn=400)
+        dn = d.evalf(EVAL_DIGITS, maxn=maxn)
     except Exception:  # noqa: BLE001
         return None
     parts = [dn]
@@ -531,29 +539,33 @@ def _zero_constant(d):
             return None
         if p == 0:
             continue
-        if isinstance(p, sympy.Float) and p._prec <= 1:
-            no_digits = True   # sympy found no nonzero digit in 400: zero, or a difference built to be tinier
+        if isinstance(p, sympy.Float) and (p._prec <= 1 or abs(p) < sympy.Float(10) ** -tiny):
+            no_digits = True   # evalf found no trustworthy digit: zero, or a difference built to be tinier
             continue
         nonzero = True
     if nonzero:
         return False
-    return None if no_digits and _has_extreme_part(d) else True
+    return None if no_digits and _has_extreme_part(d, extreme) else True
 
 
-def _has_extreme_part(d, limit: int = 300) -> bool:
-    """Does d hold a number beyond 10^(+-limit) (`10^{-900}`, `e^{-e^{10}}`)? Then agreement to 400 digits
-    proves nothing: `\\sqrt{25 + 10^{-900}}` is not 5."""
+def _has_extreme_part(d, limit: int) -> bool:
+    """Does d hold a number beyond 10^(+-limit) (`10^{-900}`, `e^{-e^{10}}`)? Then agreement to the digits
+    evalf tried proves nothing: `\\sqrt{25 + 10^{-900}}` is not 5. Rationals are sized exactly; powers and
+    functions are evaluated roughly; sums and products are not (their cancellation is what is in question)."""
+    big = 10 ** limit
     for k, sub in enumerate(sympy.preorder_traversal(d)):
         if k > 500:
             return True   # too big to inspect: do not trust the numbers
-        if not (isinstance(sub, sympy.Expr) and sub.is_number) or sub.is_Integer and abs(sub) < 10 ** limit:
-            continue
-        try:
-            v = abs(sub.evalf(15, maxn=60))
-            if v.is_Number and v != 0 and not sympy.Rational(1, 10 ** limit) < v < 10 ** limit:
+        if isinstance(sub, sympy.Rational):
+            if sub != 0 and not (abs(sub.p) < big and sub.q < big and abs(sub) * big > 1):
                 return True
-        except Exception:  # noqa: BLE001
-            return True
+        elif isinstance(sub, (sympy.Pow, sympy.Function)) and sub.is_number:
+            try:
+                v = abs(sub.evalf(5, maxn=30))
+                if v.is_Number and v != 0 and not sympy.Rational(1, big) < v < big:
+                    return True
+            except Exception:  # noqa: BLE001
+                return True
     return False
 
 
@@ -571,9 +583,19 @@ def _symbolic_zero(d, ctx):
 _RANDOM = random.SystemRandom()   # fresh points on every call, from the OS: no seed for an answer to learn
 
 
-def _random_point(syms) -> dict:
-    """A random rational p/q (|p| <= 1000, 1 <= q <= 1000) for each symbol, drawn anew on every call."""
-    return {s: Rational(_RANDOM.randint(-1000, 1000), _RANDOM.randint(1, 1000)) for s in syms}
+def _random_points(syms, n: int) -> list[dict]:
+    """n points drawn afresh: each symbol gets a random rational of magnitude 0.03..30 with a denominator
+    between 10^6 and 10^9 (an answer cannot be made to vanish on every small denominator, as
+    `\\sin(1000! \\pi x)` does), positive at half the points and negative at the other half (an answer that
+    only agrees on a half-line, `|x|` for `x`, always meets a point where it differs)."""
+    points: list[dict] = [{} for _ in range(n)]
+    for s in syms:
+        signs = [1] * (n // 2) + [-1] * (n - n // 2)
+        _RANDOM.shuffle(signs)
+        for point, sign in zip(points, signs):
+            q = _RANDOM.randint(10 ** 6, 10 ** 9)
+            point[s] = Rational(sign * max(1, round(q * 10 ** _RANDOM.uniform(-1.5, 1.5))), q)
+    return points
 
 
 def _huge_powers(d) -> bool:
@@ -601,10 +623,10 @@ def _identity(x, y, ctx):
     d = x - y
     syms = sorted(d.free_symbols, key=str)
     agreed = 0
-    for _ in range(0 if _huge_powers(d) else 3 * POINTS):
+    points = [] if _huge_powers(d) else [p for _ in range(3) for p in _random_points(syms, POINTS)]
+    for point in points:
         if ctx["budget"].left() <= 0:
             return None
-        point = _random_point(syms)
         try:
             val = d.subs(point)
             if _undefined(val) or not val.is_number:
@@ -612,7 +634,7 @@ def _identity(x, y, ctx):
                 if gold_val.is_number and not _undefined(gold_val):
                     return False   # `0^x` for 0: the answer breaks down where the gold has a value
                 continue
-            z = _zero_constant(val)
+            z = _zero_constant(val, POINT_PRECISION)
         except Exception:  # noqa: BLE001
             continue
         if z is False:

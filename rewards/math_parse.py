@@ -539,6 +539,8 @@ class _Parser:
                     num, den = int(self.next().value), (self.next(), int(self.next().value))[1]
                     left = Num(Integer(left.literal) + Rational(num, den))   # mixed number 2 1/2
                     continue
+                if self.tok.kind == "NUM" and self.toks[self.i - 1].kind == "NUM":
+                    raise ParseError("two numbers side by side")   # `1 2`: a list? 12? 1*2? (never a product)
                 right = self.parse_signed_factor(implicit=True)
                 left = _arith(left, right, "*")
             else:

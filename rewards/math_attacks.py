@@ -9,8 +9,8 @@ numbers, units, empty and several or nested boxes.
 `constant_answer_sweep({"name": golds, ...})` pays every response of the bank against every gold answer with
 `rewards.math.verify` (all extractors: it pays at least whatever `cwm_reward` pays on these responses) and
 separates the honest payments (the constant *is* the gold: the same plain number, or the same text after
-normalisation) from the rest. A sound verifier leaves no dishonest payment; `cwm audit` and the tests bound
-them at 1% of a dataset's rows.
+normalisation) from the rest. A sound verifier leaves no dishonest payment; the tests and `cwm bench math-attacks`
+fail when one response is paid dishonestly on more than 1% of a dataset's rows.
 
 >>> r = constant_answer_sweep({"toy": ["5", "x^2", "(3, \\\\frac{\\\\pi}{2})"]}, ["\\\\boxed{5}", "\\\\boxed{9_2}"])
 >>> r.honest["toy"]["\\\\boxed{5}"], r.dishonest["toy"]
@@ -34,18 +34,20 @@ NUMBERS = tuple(str(n) for n in range(0, 101)) + (
 
 NO_VALUE = (  # nothing, nan, complex infinity, indeterminate forms, words for "no value"
     "", " ", "{}", "\\text{}", "\\text{ }", "\\mbox{}", "\\frac{0}{0}", "\\frac{1}{0}", "0/0", "1/0", "0^{-1}",
-    "\\log 0", "\\ln 0", "\\log_0 5", "\\log_1 1", "\\tan(\\pi/2)", "\\tan 90^\\circ", "\\cot 0", "\\infty - \\infty",
-    "0 \\cdot \\infty", "\\frac{\\infty}{\\infty}", "\\infty^0", "1^\\infty", "\\sin \\infty", "\\lim_{x \\to 0} \\sin \\frac{1}{x}",
-    "nan", "NaN", "zoo", "oo", "None", "null", "undefined", "\\text{undefined}", "\\text{DNE}", "\\text{none}",
-    "\\text{no solution}", "\\text{any}", "\\text{all}", "\\text{answer}", "\\operatorname{undefined}",
-    "\\infty", "-\\infty", "\\pm\\infty", "\\tilde{\\infty}", "\\sqrt{-1}", "\\arcsin 2", "(-1)!", "\\frac{1}{x - x}")
+    "\\log 0", "\\ln 0", "\\log_0 5", "\\log_1 1", "\\tan(\\pi/2)", "\\tan 90^\\circ", "\\cot 0",
+    "\\infty - \\infty", "0 \\cdot \\infty", "\\frac{\\infty}{\\infty}", "\\infty^0", "1^\\infty", "\\sin \\infty",
+    "\\lim_{x \\to 0} \\sin \\frac{1}{x}", "nan", "NaN", "zoo", "oo", "None", "null", "undefined",
+    "\\text{undefined}", "\\text{DNE}", "\\text{none}", "\\text{no solution}", "\\text{any}", "\\text{all}",
+    "\\text{answer}", "\\operatorname{undefined}", "\\infty", "-\\infty", "\\pm\\infty", "\\tilde{\\infty}",
+    "\\sqrt{-1}", "\\arcsin 2", "(-1)!", "\\frac{1}{x - x}")
 
 PARSER_BREAKERS = (  # syntax a parser may trip over, and what it may fall back to
-    "@@", "\\", "}{", "{", "}", "((", "))", "\\frac", "\\frac{}{}", "\\sqrt{}", "^", "_", "=", "<", ",", ";", ":", "...",
-    "\\ldots", "\\cdots", "\\%", "%", "^\\circ", "°", "\\$", "\\text{(}", "\\left(", "\\begin{pmatrix}\\end{pmatrix}",
-    "\\begin{pmatrix}", "\\end{pmatrix}", "\\\\", "&", "#", "'", '"', "\\boxed", "\\fbox{}", "\\phantom{0}",
-    "\\displaystyle", "\\hspace{1cm}", "\\color{red}{}", "\\not", "\\neg", "\\forall x", "\\exists x",
-    "\\int", "\\sum", "\\lim", "\\mathbb{}", "\\operatorname{}", "\\overline{}", "\\cancel{}", "<script>")
+    "@@", "\\", "}{", "{", "}", "((", "))", "\\frac", "\\frac{}{}", "\\sqrt{}", "^", "_", "=", "<", ",", ";", ":",
+    "...", "\\ldots", "\\cdots", "\\%", "%", "^\\circ", "°", "\\$", "\\text{(}", "\\left(",
+    "\\begin{pmatrix}\\end{pmatrix}", "\\begin{pmatrix}", "\\end{pmatrix}", "\\\\", "&", "#", "'", '"', "\\boxed",
+    "\\fbox{}", "\\phantom{0}", "\\displaystyle", "\\hspace{1cm}", "\\color{red}{}", "\\not", "\\neg", "\\forall x",
+    "\\exists x", "\\int", "\\sum", "\\lim", "\\mathbb{}", "\\operatorname{}", "\\overline{}", "\\cancel{}",
+    "<script>")
 
 BASE_N = (  # numerals with digits their base lacks, and odd bases
     "9_2", "99_2", "2_2", "9_{2}", "8_8", "9_9", "99_8", "19_8", "A_2", "Z_{36}", "1_1", "5_0", "1_{37}", "10_{1}",
@@ -53,28 +55,30 @@ BASE_N = (  # numerals with digits their base lacks, and odd bases
 
 SYMBOLS_AND_SETS = (  # free symbols, trivial identities, whole sets, empty and reversed intervals
     "x", "n", "k", "a", "y", "f(x)", "x_1", "\\alpha", "x - x", "0x", "0^x", "x^0", "\\frac{x}{x}", "\\frac{0}{x}",
-    "\\sin^2 x + \\cos^2 x", "\\lfloor x \\rfloor", "x!", "\\mathbb{R}", "\\mathbb{Z}", "\\mathbb{N}", "\\mathbb{C}",
-    "\\mathbb{Q}", "(-\\infty, \\infty)", "\\text{all real numbers}", "x \\in \\mathbb{R}", "n \\in \\mathbb{Z}",
-    "\\emptyset", "\\varnothing", "\\{\\}", "\\{ \\}", "[]", "()", "(,)", "[1, 0]", "(1, 0)", "[2, 1)", "(0, 0)",
-    "[0, 0]", "(\\infty, -\\infty)", "[\\infty, -\\infty]", "x < x", "x > x", "0 < x < 0", "x > \\infty",
-    "x < -\\infty", "x \\ne x", "\\mathbb{R} \\setminus \\mathbb{R}", "(-\\infty, \\infty) \\cap \\emptyset",
-    "x \\in \\emptyset", "(0, \\infty)", "(-\\infty, 0)", "[0, 1]", "(0, 1)", "\\{x\\}", "(x, y)", "[a, b]",
-    "\\begin{pmatrix} x \\end{pmatrix}", "\\begin{pmatrix} 0 \\end{pmatrix}", "\\begin{pmatrix} x & y \\\\ z & w \\end{pmatrix}",
+    "\\sin^2 x + \\cos^2 x", "\\lfloor x \\rfloor", "x!", "\\mathbb{R}", "\\mathbb{Z}", "\\mathbb{N}",
+    "\\mathbb{C}", "\\mathbb{Q}", "(-\\infty, \\infty)", "\\text{all real numbers}", "x \\in \\mathbb{R}",
+    "n \\in \\mathbb{Z}", "\\emptyset", "\\varnothing", "\\{\\}", "\\{ \\}", "[]", "()", "(,)", "[1, 0]", "(1, 0)",
+    "[2, 1)", "(0, 0)", "[0, 0]", "(\\infty, -\\infty)", "[\\infty, -\\infty]", "x < x", "x > x", "0 < x < 0",
+    "x > \\infty", "x < -\\infty", "x \\ne x", "\\mathbb{R} \\setminus \\mathbb{R}",
+    "(-\\infty, \\infty) \\cap \\emptyset", "x \\in \\emptyset", "(0, \\infty)", "(-\\infty, 0)", "[0, 1]",
+    "(0, 1)", "\\{x\\}", "(x, y)", "[a, b]", "\\begin{pmatrix} x \\end{pmatrix}",
+    "\\begin{pmatrix} 0 \\end{pmatrix}", "\\begin{pmatrix} x & y \\\\ z & w \\end{pmatrix}",
     "\\begin{pmatrix} 1 & 0 \\\\ 0 & 1 \\end{pmatrix}", "I")
 
 CHOICES_AND_RELATIONS = (  # letters, several options at once, \pm, \approx, chains, \in
     "A", "B", "C", "D", "E", "(A)", "\\text{(A)}", "\\textbf{(E)}", "A, B, C, D, E", "ABCDE", "A B C D E",
-    "\\text{(A) or (B) or (C) or (D) or (E)}", "\\text{A/B/C/D/E}", "\\pm 1", "\\pm x", "\\mp 0", "\\approx", "\\approx 5",
-    "\\approx x", "x \\approx", "1 = 2", "0 = 1", "x = x", "a = b", "x = y", "0 = 0", "1 = 1", "x = 1 = 2", "=x", "\\in",
-    "x \\in", "\\in \\mathbb{R}", "\\le", "x \\ge 0", "x \\le \\infty", "\\ne", "x \\ne 0", "\\text{yes}", "\\text{no}",
-    "\\text{true}", "\\text{false}", "\\text{even}", "\\text{odd}", "\\text{both}", "\\text{neither}")
+    "\\text{(A) or (B) or (C) or (D) or (E)}", "\\text{A/B/C/D/E}", "\\pm 1", "\\pm x", "\\mp 0", "\\approx",
+    "\\approx 5", "\\approx x", "x \\approx", "1 = 2", "0 = 1", "x = x", "a = b", "x = y", "0 = 0", "1 = 1",
+    "x = 1 = 2", "=x", "\\in", "x \\in", "\\in \\mathbb{R}", "\\le", "x \\ge 0", "x \\le \\infty", "\\ne",
+    "x \\ne 0", "\\text{yes}", "\\text{no}", "\\text{true}", "\\text{false}", "\\text{even}", "\\text{odd}",
+    "\\text{both}", "\\text{neither}")
 
 LOOKALIKES_AND_UNITS = (  # unicode digits and letters, invisible characters, huge numbers, units, percent, degrees
-    "５", "𝟓", "٥", "०", "Ⅴ", "½", "O", "l", "І", "Ο", "−1", "１０", "\u200b", "5\u200b", "\ufeff", "\u00a0",
-    "√2", "π", "∞", "∅", "ℝ", "⊤", "10^{100}", "10^{10000}", "10^{-10000}", "2^{2^{20}}", "1e100000", "1e-100000",
+    "５", "𝟓", "٥", "०", "Ⅴ", "½", "O", "l", "І", "Ο", "−1", "１０", "\u200b", "5\u200b", "\ufeff", "\xa0", "√2", "π",
+    "∞", "∅", "ℝ", "⊤", "10^{100}", "10^{10000}", "10^{-10000}", "2^{2^{20}}", "1e100000", "1e-100000",
     "99999999999999999999999999999999999999999", "0.\\overline{9}", "0.99999999999999999999", "\\%5", "100\\%",
-    "0\\%", "50\\%", "0^\\circ", "90^\\circ", "180^\\circ", "360^\\circ", "0 \\text{ cm}", "\\text{ } 5",
-    "\\$0", "0 \\text{ dollars}", "\\text{infinitely many}", "\\text{every number}")
+    "0\\%", "50\\%", "0^\\circ", "90^\\circ", "180^\\circ", "360^\\circ", "0 \\text{ cm}", "\\text{ } 5", "\\$0",
+    "0 \\text{ dollars}", "\\text{infinitely many}", "\\text{every number}")
 
 CONSTANT_ANSWERS: tuple[str, ...] = (NUMBERS + NO_VALUE + PARSER_BREAKERS + BASE_N + SYMBOLS_AND_SETS
                                      + CHOICES_AND_RELATIONS + LOOKALIKES_AND_UNITS)
@@ -109,8 +113,8 @@ class SweepReport:
 
 DISGUISED = {  # entries of the bank that are plain numbers written another way: paying them that number is right
     "x - x": "0", "0x": "0", "\\frac{0}{x}": "0", "\\mp 0": "0", "0 = 0": "0", "0_2": "0", "00_2": "0", "x^0": "1",
-    "\\frac{x}{x}": "1", "\\sin^2 x + \\cos^2 x": "1", "1 = 1": "1", "0.\\overline{9}": "1", "\\text{ } 5": "5", "−1": "-1",
-    "１０": "10", "５": "5", "𝟓": "5", "٥": "5", "०": "0", "5\u200b": "5", "\\$0": "0", "0\\%": "0",
+    "\\frac{x}{x}": "1", "\\sin^2 x + \\cos^2 x": "1", "1 = 1": "1", "0.\\overline{9}": "1", "\\text{ } 5": "5",
+    "−1": "-1", "１０": "10", "５": "5", "𝟓": "5", "٥": "5", "०": "0", "5\u200b": "5", "\\$0": "0", "0\\%": "0",
     "100\\%": "100%", "50\\%": "50%", "0^\\circ": "0°", "90^\\circ": "90°", "180^\\circ": "180°",
     "360^\\circ": "360°"}
 

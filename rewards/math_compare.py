@@ -10,13 +10,14 @@ Rules, in the order they apply (each is a reason a pair can be *equal*; anything
   difference that small), never by a fixed float tolerance; a decimal literal of at least 12 significant
   digits also matches a non-terminating value it rounds to in its last place (`0.0833333333333` for 1/12);
 - no value: nan, complex infinity (`\\frac{1}{0}`), `\\sin\\infty`, `\\log_0`, `\\infty^0`, a base-n numeral with a
-  digit its base lacks, a degenerate interval: equal to nothing, on either side;
+  digit its base lacks, numbers side by side (`1 2`), a degenerate interval: equal to nothing, on either side;
 - expressions: the difference vanishes at POINTS random rational points drawn afresh on every call (an
   answer cannot be built to agree on them) and the answer has a value wherever the gold has one; when too
   few points can be evaluated, only exact simplification (expand, cancel, simplify) can say equal;
 - equations: `lhs - rhs` of one is a nonzero constant multiple of the other's (`2x - y = 4` ==
   `y = 2x - 4`); inequalities the same with a positive multiple; an assignment `x = 5` matches `5`;
-  a chain `x = 2 + 3 = 5` counts by its first left side and last right side; `a \\approx b` ends a chain;
+  a chain `x = 2 + 3 = 5` counts by its first left side and last right side when every step after the name
+  holds (`x = 1 = 2` does not count); `a \\approx b` ends a chain;
 - percent: `10\\%` matches `10`, `0.1` and `10\\%`; degrees: `30^\\circ` matches `30`, and `\\frac{\\pi}{6}`
   (an angle written with pi is converted; a bare number is not);
 - tuples are ordered, sets and bare lists are not; `(a, b)` is a point, or an open interval when an end

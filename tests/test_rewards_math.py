@@ -13,10 +13,10 @@ import pytest
 import sympy
 
 import rewards.math as rm
-from benchmarks.math_attack_bench import DATASETS, MAX_DISHONEST_SHARE, load_golds, oracle_response, run_sweep
+from cwm_envs.sources.math import load_math
 from math_pairs import ADVERSARIAL, BOXED_CATEGORIES, CONSTANT_HACKS, RESPONSES, boxed
 from rewards.math import cwm_reward, extract_answer, is_equivalent, verify
-from rewards.math_attacks import CONSTANT_RESPONSES, same_constant
+from rewards.math_attacks import CONSTANT_RESPONSES, constant_answer_sweep, same_constant
 from rewards.math_compare import POINTS, _random_points
 
 
@@ -58,25 +58,30 @@ def test_identity_points_are_drawn_afresh_on_both_sides_of_zero():
     assert verify("(x+1)^2", boxed("x^2+2x+1")).value == 1.0
 
 
+DATASETS = ("math500", "gsm8k", "aime24", "amc23")
+
+
 def test_the_gold_answer_is_paid_on_every_row(data_dir):
     """The oracle of the constant-answer sweep: each row's own gold, boxed in a CWM response, earns +1."""
-    for name, golds in load_golds().items():
-        unpaid = [g for g in golds if cwm_reward(g, oracle_response(g)).value != 1.0]
+    for name in DATASETS:
+        golds = [t.answer for t in load_math(name)]
+        unpaid = [g for g in golds if cwm_reward(g, f"<think>\nso\n</think>\nIt is $\\boxed{{{g}}}$.").value != 1.0]
         assert unpaid == [], name
 
 
-@pytest.mark.slow   # about 15 s on 2 cores; the full sweep is `cwm bench math-attacks` (about 3 minutes)
+@pytest.mark.slow   # about 15 s on 2 cores; the full sweep is `cwm bench math-attacks` (about 3.5 minutes)
 def test_no_constant_answer_is_paid_on_real_data(data_dir):
-    """Issue #12: `\\boxed{9_2}` was paid on 55% of MATH-500 and 93% of GSM8K. Every answer of the bank, on a
-    fixed sample of rows of each dataset, is paid only where it is the gold."""
-    result = run_sweep(every={"math500": 25, "gsm8k": 250, "aime24": 15, "amc23": 20})
+    """Issue #12: `\\boxed{9_2}` was paid on 55% of MATH-500 and 93% of GSM8K rows. Every answer of the bank,
+    on a fixed sample of the rows of each dataset, is paid only where it is that row's gold."""
+    every = {"math500": 25, "gsm8k": 250, "aime24": 15, "amc23": 20}
+    golds = {name: [t.answer for t in load_math(name)][::k] for name, k in every.items()}
+    report = constant_answer_sweep(golds)
     for name in DATASETS:
-        d = result["datasets"][name]
-        assert d["oracle_paid"] == 1.0, name
-        assert d["worst_share"] <= MAX_DISHONEST_SHARE, (name, result["details"][name])
-    assert result["ok"] and result["responses"] == len(CONSTANT_RESPONSES) > 400
+        worst, share = report.worst(name)
+        assert share <= 0.01, (name, worst, report.dishonest[name])
+    assert len(CONSTANT_RESPONSES) > 400
     # the small numbers of the bank are the gold of some sampled rows: the sweep does see payments
-    assert sum(d["honest_payments"] for d in result["datasets"].values()) > 10
+    assert sum(len(rows) for paid in report.honest.values() for rows in paid.values()) > 10
 
 
 def test_same_constant_reads_the_verifiers_own_rules():

@@ -488,6 +488,10 @@ def _value_eq(x, y, ctx) -> bool:
         return True
     if x.is_Rational and y.is_Rational:
         return False  # exact rational arithmetic: different rationals differ, however close
+    if _huge_powers(x) or _huge_powers(y):   # `10^{10^{10}}`: x - y would compute it digit by digit
+        if x.free_symbols or y.free_symbols:
+            return False
+        return _zero_constant(sympy.Add(x, sympy.Mul(-1, y, evaluate=False), evaluate=False)) is True
     d = x - y
     if d == 0:
         ctx["how"] = "exact"

@@ -18,6 +18,7 @@ BENCH_MODULES: list[str] = [
     "benchmarks.swe_env_bench",
     "benchmarks.math_bench",
     "benchmarks.math_verify_bench",
+    "benchmarks.math_attack_bench",
     "benchmarks.rl.cli",
 ]
 

@@ -140,6 +140,7 @@ def _values(text: str, gold: bool) -> set:
     text = re.sub(r"^\\(?:text|mbox|mathrm)\s*\{([^{}]*)\}$", r"\1", text).strip()         # \text{5}
     text = re.sub(r"\\(?:text|mbox|mathrm)\s*\{[^{}]*\}(?:\^\d)?\s*$", "", text).strip()    # 5 \text{ cm}
     text = re.sub(r"^(?:[A-Za-z]\s*=\s*|\$\s*)", "", text).strip()
+    text = re.sub(r"^-\s+", "-", text)                                            # - \frac{1}{2}
     text = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", text)
     text = re.sub(r"\\frac\s*\{(\d+)\}\s*(\d)", r"\\frac{\1}{\2}", text)
     if gold:

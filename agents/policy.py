@@ -36,6 +36,7 @@ class Turn:
     context: list[int]  # every token id of the episode so far (prompt, earlier turns, env replies)
     observation: str  # the env's latest observation text
     info: dict[str, Any] = field(default_factory=dict)
+    text: str = ""  # the episode's text so far (what `context` encodes), for a policy that sends text
 
 
 @dataclass
@@ -45,8 +46,10 @@ class Completion:
     ids: list[int]
     logprobs: list[float]
     text: str
-    finish: str  # "stop" (a stop token or string) or "length" (token budget)
+    finish: str  # "stop" (a stop token or string), "length" (token budget) or "error" (infrastructure)
     values: list[float] | None = None
+    raw: str | None = None  # the sampled text as it continues the episode (end-of-turn included); None: `text`
+    error: str | None = None  # finish == "error": what failed (a server, a timeout); the turn was not produced
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -273,7 +276,8 @@ class LMPolicy:
             n = int(lengths[i])
             row = new_ids[i, :n].tolist()
             out.append(Completion(ids=row, logprobs=new_lp[i, :n].tolist(), text=self.action_text(row),
-                                  finish=finish[i], values=new_v[i, :n].tolist() if new_v is not None else None))
+                                  finish=finish[i], values=new_v[i, :n].tolist() if new_v is not None else None,
+                                  raw=self.decode(row)))
         return out
 
     def _ends_with_stop_string(self, ids: torch.Tensor) -> torch.Tensor:
@@ -285,10 +289,12 @@ class LMPolicy:
 class OracleHint:
     """What only an oracle policy is handed, on its own channel (never inside a `Turn`): the episode's task
     and the env's reference action for this turn (`env.unwrapped.reference_episode(task)`, None past its end
-    or when the env has no oracle)."""
+    or when the env has no oracle). `wrong`, asked for by a policy that sets `needs_wrong`: the reference
+    action of another task of the env that this task's judge does not pay (a generic wrong answer)."""
 
     task: Any
     action: str | None
+    wrong: str | None = None
 
 
 class OraclePolicy:
@@ -316,7 +322,7 @@ class OraclePolicy:
         for turn, hint in zip(turns, oracle):
             text = self.respond(turn, hint)
             ids = self.encode(text + EOT)
-            out.append(Completion(ids=ids, logprobs=[0.0] * len(ids), text=text, finish="stop"))
+            out.append(Completion(ids=ids, logprobs=[0.0] * len(ids), text=text, finish="stop", raw=text + EOT))
         return out
 
     def set_weights(self, weights, version: int) -> None:

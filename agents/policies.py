@@ -93,6 +93,9 @@ def add_policy_args(parser, *, flag: str = "--policy", default: str = "oracle", 
     parser.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight at once (default 8)")
     parser.add_argument("--request-timeout", type=float, default=600.0,
                         help="openai: seconds per request before it counts as an infrastructure fault")
+    parser.add_argument("--retries", type=int, default=4,
+                        help="openai: retries of a request on 429, 5xx, a dropped connection or a timeout, with "
+                             "exponential backoff (default 4); what still fails is an infrastructure fault")
     parser.add_argument("--tokenizer", help="openai: tokenizer directory of the served model, to send token ids "
                                             "(token-in) instead of text")
 
@@ -106,7 +109,8 @@ def policy_from_args(args, spec: str | None = None, **overrides):
     """`make_policy` with the flags of `add_policy_args`."""
     return make_policy(spec or args.policy, sampling_from(args), model=getattr(args, "model", None),
                        tokenizer=getattr(args, "tokenizer", None), concurrency=getattr(args, "concurrency", 8),
-                       timeout=getattr(args, "request_timeout", 600.0), **overrides)
+                       timeout=getattr(args, "request_timeout", 600.0), retries=getattr(args, "retries", 4),
+                       **overrides)
 
 
 def make_policy(spec: str, sampling: Sampling | None = None, *, model: str | None = None, tokenizer: Any = None,

@@ -187,3 +187,74 @@ def close_policy(policy) -> None:
     close = getattr(policy, "close", None)
     if close is not None:
         close()
+
+
+def add_runner_args(parser, unit: str = "task", baseline: str = "wrong") -> None:
+    """The flags every sampling bench shares: the policy and sampling, --out, --k, --baseline, sizes."""
+    from agents.policies import add_policy_args
+
+    parser.add_argument("--out", required=True, help="report directory (samples.jsonl beside it; rerun to resume)")
+    add_policy_args(parser, samples_unit=unit)
+    parser.add_argument("--k", default="1,5,10", help="comma-separated k values for pass@k (those <= samples)")
+    parser.add_argument("--baseline", default=baseline,
+                        help=f"policy spec measured in the same run, one sample per {unit}, or none (default {baseline})")
+    parser.add_argument("--workers", type=int, default=2, help="episodes judged at once, one sandbox each (default 2)")
+    parser.add_argument("--batch", type=int, default=16, help="episodes per policy call (default 16)")
+    parser.add_argument("--limit", type=int, help=f"first N {unit}s only")
+
+
+def bench_policy(args, title: str, env_id: str, env_kwargs: dict, tasks: Sequence[Any], *, outcome=None,
+                 policy=None, baseline=None, summary_extra: dict | None = None, details_extra: dict | None = None,
+                 unit: str = "task") -> dict:
+    """Run `--policy` (or `policy`, a built one) and the baseline on `tasks` through `env_id`, write
+    report.json/.md and samples.jsonl under `--out`, print the headline; returns the summary.
+
+    `outcome(record) -> str` names each sample's outcome for the outcomes table (default pass/fail)."""
+    from agents.policies import parse_spec
+    from benchmarks.report import sampling_ks, write_report
+
+    ks = sampling_ks(args)
+    if not tasks:
+        raise UsageError(f"no {unit}s to run")
+    for spec in (args.policy if policy is None else None, args.baseline if baseline is None else None):
+        if spec not in (None, "none"):
+            parse_spec(spec)
+    outcome = outcome or (lambda r: "pass" if r["passed"] else "fail")
+
+    def one(spec, built, samples, name):
+        pol = built if built is not None else open_policy(args, spec)
+        try:
+            cfg = policy_config(args, spec) | {"samples": samples}
+            return run_samples(env_id, env_kwargs, tasks, pol, samples=samples, seed=args.seed,
+                               greedy=args.temperature == 0, out=args.out, name=name, config=cfg,
+                               env_threads=args.workers, batch=args.batch, label=f"{unit} {spec}")
+        finally:
+            if built is None:
+                close_policy(pol)
+
+    main = one(args.policy, policy, args.samples, "samples")
+    summary = {"policy": args.policy, **main.summary(ks, args.samples), "wall_s": round(main.wall_s, 2),
+               "samples_per_s": round(sum(main.scored) / max(main.wall_s, 1e-9), 1), "workers": args.workers,
+               **(summary_extra or {})}
+    if args.baseline != "none":
+        base = one(args.baseline, baseline, 1, "baseline_samples")
+        summary.update({"baseline_policy": args.baseline, "baseline_pass@1": base.pass_at(1),
+                        "baseline_infra_faults": base.infra})
+    counts: dict[str, int] = {}
+    failing: dict[str, str] = {}
+    for r in main.records:
+        name = outcome(r) if r["status"] == "scored" else r["status"]
+        counts[name] = counts.get(name, 0) + 1
+        if r["status"] != "scored" or not r["passed"]:
+            failing.setdefault(r["task_id"], r.get("error") or json.dumps(r["evidence"])[:300])
+    rows = [{unit: tid, "passed": c, "scored": n} for tid, n, c in zip(main.task_ids, main.scored, main.passed)]
+    path = write_report(args.out, title, summary,
+                        details={"per_task": rows, "failing": failing, "outcomes": counts, **(details_extra or {})},
+                        tables={"outcomes": [{"outcome": k, "samples": v}
+                                             for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]})
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    if main.infra:
+        print(f"{main.infra} samples hit infrastructure faults (not scored); rerun with the same --out to retry them",
+              file=sys.stderr)
+    print(f"report: {path}")
+    return summary

@@ -13,6 +13,7 @@ BENCH_MODULES: list[str] = [
     "benchmarks.trace_model_bench",
     "benchmarks.humaneval_bench",
     "benchmarks.cruxeval_bench",
+    "benchmarks.livecodebench_bench",
     "benchmarks.trace_bench",
     "benchmarks.swebench_bench",
     "benchmarks.swe_env_bench",

@@ -231,3 +231,21 @@ def test_a_stopped_run_resumes_and_retries_only_what_failed(server, tmp_path):
     assert summary["scored_samples"] == 15 and summary["infra_faults"] == 0
     with pytest.raises(UsageError, match="other settings"):
         math_bench.run_bench(_math_args(tmp_path, "noisy:0.5", samples=3, k="1,3", temperature=0.7, limit=5))
+
+
+def test_livecodebench_rows_our_generator_writes_window_and_judge(tmp_path):
+    from benchmarks.livecodebench_bench import generated_rows, in_window
+    from cwm_envs.sources.code import load_livecodebench
+
+    path = tmp_path / "lcb.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in generated_rows(6)))
+    tasks = load_livecodebench(path)
+    assert all(any(not t["public"] for t in task.tests) for task in tasks)  # private tests came back decompressed
+    late = [t for t in tasks if in_window(t, "2024-01-03", "2024-01-06")]
+    assert [t.metadata["contest_date"][:10] for t in late] == ["2024-01-03", "2024-01-04", "2024-01-05"]
+    proc = subprocess.run([sys.executable, "-m", "cwm_envs.cli", "bench", "livecodebench", "--data", str(path),
+                           "--after", "2024-01-03", "--out", str(tmp_path / "r")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    s = json.loads((tmp_path / "r" / "report.json").read_text())["summary"]
+    assert (s["tasks"], s["pass@1"], s["baseline_pass@1"]) == (4, 1.0, 0.0)

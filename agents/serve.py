@@ -10,8 +10,8 @@ does when asked with `return_token_ids`, each choice's sampled `token_ids` (the 
 Log-probs are the sampler's: `log softmax(logits / T)` of each sampled token (the model's own at T=1 or
 greedy, where they equal in-process scoring); `top_logprobs` holds the sampled token only.
 
-Dynamic batching: one generation thread takes every request waiting in the queue (up to `max_batch`
-rows) and samples them together (`LMPolicy.generate`: left-padded batch, KV cache, finished rows leave the
+Dynamic batching: one generation thread takes every request waiting in the queue, or arriving within
+`batch_wait_s` of the first (10 ms), up to `max_batch` rows, and samples them together (`LMPolicy.generate`: left-padded batch, KV cache, finished rows leave the
 batch); requests that arrive meanwhile form the next batch. Requests are grouped by what must be shared in
 one batch (greedy or not, temperature, top-p, stops, seed). A request with a `seed` repeats exactly when it
 is batched with the same company; alone, always.
@@ -56,11 +56,12 @@ class Job:
 class Engine:
     """The model, its tokenizer and the batching thread (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, name: str, *, max_batch: int = 64, max_context: int | None = None):
+    def __init__(self, model, tokenizer, name: str, *, max_batch: int = 64, max_context: int | None = None,
+                 batch_wait_s: float = 0.01):
         import torch
 
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
-        self.max_batch = int(max_batch)
+        self.max_batch, self.batch_wait_s = int(max_batch), float(batch_wait_s)
         cfg = model.config
         self.max_context = max_context or getattr(cfg, "max_position_embeddings", None) or 4096
         self._torch = torch
@@ -116,9 +117,10 @@ class Engine:
             if job is None:
                 return
             jobs, rows = [job], len(job.prompts) * job.n
-            while rows < self.max_batch:  # everything already waiting joins this batch
+            deadline = time.monotonic() + self.batch_wait_s
+            while rows < self.max_batch:  # what is waiting, or arrives within batch_wait_s, joins this batch
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:
@@ -385,7 +387,8 @@ def run_serve(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    engine = Engine.from_pretrained(args.dir, args.name, max_batch=args.max_batch)
+    engine = Engine.from_pretrained(args.dir, args.name, max_batch=args.max_batch,
+                                    batch_wait_s=args.batch_wait_ms / 1000)
     print(f"cwm serve: {engine.name} on http://{args.host}:{args.port}/v1", flush=True)
     try:
         uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level=args.log_level)
@@ -402,6 +405,8 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--name", help="the model's name in the API (default: DIR as given)")
     p.add_argument("--max-batch", type=int, default=64, help="rows sampled together at most (default 64)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for more requests after its first (default 10 ms)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     p.set_defaults(func=run_serve)

@@ -20,6 +20,7 @@ BENCH_MODULES: list[str] = [
     "benchmarks.math_bench",
     "benchmarks.math_verify_bench",
     "benchmarks.rl_bench",
+    "benchmarks.serve_bench",
 ]
 
 

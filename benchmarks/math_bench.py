@@ -17,7 +17,7 @@ import statistics
 import sys
 
 from benchmarks.report import write_report
-from benchmarks.runner import close_policy, open_policy, policy_config, run_samples
+from benchmarks.runner import add_prompts_arg, close_policy, open_policy, policy_config, run_samples
 from cwm_envs.envs.math_env import MathEnv
 from cwm_envs.errors import UsageError
 from cwm_envs.sources.math import MathGenerator, load_math
@@ -33,7 +33,7 @@ def load_tasks(data: str, limit: int | None = None, seed: int = 0) -> list[Task]
 
 def env_kwargs(tasks: list[Task], args) -> dict:
     return {"source": tasks, "reward_scheme": "binary", "think": getattr(args, "think", True),
-            "timeout_s": getattr(args, "timeout_s", 5.0)}
+            "timeout_s": getattr(args, "timeout_s", 5.0), "prompts": getattr(args, "prompts", None)}
 
 
 def evaluate(tasks: list[Task], policy, args, *, samples: int = 1, out=None, name: str = "samples",
@@ -152,5 +152,6 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="episodes judged at once (default 2)")
     p.add_argument("--batch", type=int, default=16, help="episodes per policy call (default 16)")
     p.add_argument("--timeout-s", type=float, default=5.0, help="verifier time limit per answer")
+    add_prompts_arg(p)
     p.add_argument("--no-think", dest="think", action="store_false", help="thinking off (no </think> required)")
     p.set_defaults(func=run_bench)

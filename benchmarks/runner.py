@@ -173,7 +173,8 @@ def policy_config(args, spec: str | None = None) -> dict:
     """What identifies a run for resume: the policy spec, the model name and the sampling flags."""
     from agents.policies import sampling_from
 
-    return {"policy": spec or args.policy, "model": getattr(args, "model", None), **asdict(sampling_from(args))}
+    return {"policy": spec or args.policy, "model": getattr(args, "model", None), **asdict(sampling_from(args)),
+            "prompts": getattr(args, "prompts", None)}
 
 
 def open_policy(args, spec: str | None = None):
@@ -201,6 +202,12 @@ def add_runner_args(parser, unit: str = "task", baseline: str = "wrong") -> None
     parser.add_argument("--workers", type=int, default=2, help="episodes judged at once, one sandbox each (default 2)")
     parser.add_argument("--batch", type=int, default=16, help="episodes per policy call (default 16)")
     parser.add_argument("--limit", type=int, help=f"first N {unit}s only")
+    add_prompts_arg(parser)
+
+
+def add_prompts_arg(parser) -> None:
+    parser.add_argument("--prompts", help="directory of NAME.txt prompt templates replacing ours, e.g. those a "
+                                          "checkpoint was trained on (names and fields: cwm_envs/prompts.py)")
 
 
 def bench_policy(args, title: str, env_id: str, env_kwargs: dict, tasks: Sequence[Any], *, outcome=None,
@@ -220,6 +227,8 @@ def bench_policy(args, title: str, env_id: str, env_kwargs: dict, tasks: Sequenc
         if spec not in (None, "none"):
             parse_spec(spec)
     outcome = outcome or (lambda r: "pass" if r["passed"] else "fail")
+    if getattr(args, "prompts", None):
+        env_kwargs = {**env_kwargs, "prompts": args.prompts}
 
     def one(spec, built, samples, name):
         pol = built if built is not None else open_policy(args, spec)

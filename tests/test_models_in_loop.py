@@ -249,3 +249,26 @@ def test_livecodebench_rows_our_generator_writes_window_and_judge(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads((tmp_path / "r" / "report.json").read_text())["summary"]
     assert (s["tasks"], s["pass@1"], s["baseline_pass@1"]) == (4, 1.0, 0.0)
+
+
+def test_prompt_templates_are_replaceable_files(tmp_path):
+    import gymnasium
+
+    import cwm_envs  # noqa: F401
+
+    (tmp_path / "math_cot.txt").write_text("Solve: {problem}\nBox it: $\\boxed{{}}$")
+    (tmp_path / "system.txt").write_text("You think first.")
+    env = gymnasium.make("cwm/Math-v0", prompts=str(tmp_path))
+    obs, _ = env.reset(seed=0)
+    task = env.unwrapped.task
+    assert f"Solve: {task.prompt}\nBox it: $\\boxed{{}}$" in obs and "You think first." in obs
+    assert env.step(env.unwrapped.reference_response(task))[1] == 1.0   # the reward path is the same
+    env.close()
+    crux = gymnasium.make("cwm/OutputPrediction-v0", prompts={"prediction_output": "f = {entry}; {code} | {input}"})
+    obs, _ = crux.reset(seed=1)
+    assert obs.startswith("f = f; ")
+    crux.close()
+    (tmp_path / "math_cot.txt").write_text("{question}")     # a field the template does not have
+    for bad in (str(tmp_path), {"math_typo": "x"}, str(tmp_path / "missing")):
+        with pytest.raises(UsageError):
+            gymnasium.make("cwm/Math-v0", prompts=bad)

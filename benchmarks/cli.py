@@ -15,6 +15,7 @@ BENCH_MODULES: list[str] = [
     "benchmarks.cruxeval_bench",
     "benchmarks.livecodebench_bench",
     "benchmarks.trace_bench",
+    "benchmarks.trace_env_bench",
     "benchmarks.swebench_bench",
     "benchmarks.swe_env_bench",
     "benchmarks.math_bench",

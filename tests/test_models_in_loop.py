@@ -272,3 +272,11 @@ def test_prompt_templates_are_replaceable_files(tmp_path):
     for bad in (str(tmp_path), {"math_typo": "x"}, str(tmp_path / "missing")):
         with pytest.raises(UsageError):
             gymnasium.make("cwm/Math-v0", prompts=bad)
+
+
+def test_trace_env_bench_pays_the_oracle_and_not_another_tasks_trace(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cwm_envs.cli", "bench", "trace-env", "--limit", "6", "--samples", "2",
+                           "--k", "1,2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    s = json.loads((tmp_path / "report.json").read_text())["summary"]
+    assert (s["tasks"], s["pass@1"], s["pass@2"], s["baseline_pass@1"]) == (6, 1.0, 1.0, 0.0)

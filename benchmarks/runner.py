@@ -9,7 +9,9 @@ already scored are kept, samples whose machinery failed are run again. `OUT/run.
 sampling; a resume under different settings is refused (that would mix two runs).
 
 An infrastructure fault (a server unreachable after retries, a sandbox or Docker failure) is counted under
-`infra`, never scored: pass@k of a task uses its scored samples only.
+`infra`, never scored: pass@k of a task uses its scored samples only. Any other error while the env handled
+the policy's action is the action's doing as far as the score goes: it counts as a failed sample (status
+`error`, listed apart), so an answer that crashes a judge can never drop out of the denominator.
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def run_samples(env_id: str, env_kwargs: dict, tasks: Sequence[Any], policy, *, 
                     r = json.loads(line)
                 except json.JSONDecodeError:   # a line cut by a crash: that sample runs again
                     continue
-                if r.get("status") == "scored":
+                if r.get("status") in ("scored", "error"):
                     done[(r["task_id"], r["sample"])] = r
         meta.write_text(json.dumps(config, indent=2) + "\n")
         # rewrite the kept records only (failed ones run again)
@@ -112,6 +114,7 @@ def run_samples(env_id: str, env_kwargs: dict, tasks: Sequence[Any], policy, *, 
     for r in done.values():
         run.scored[index[r["task_id"]]] += 1
         run.passed[index[r["task_id"]]] += int(r["passed"])
+        run.errors += r["status"] == "error"
         run.records.append(r)
 
     bar = None
@@ -135,13 +138,12 @@ def run_samples(env_id: str, env_kwargs: dict, tasks: Sequence[Any], policy, *, 
             for t in trajs:
                 i = t.group
                 r = _record(ids[i], next(sample_of[i]), t)
-                if r["status"] == "scored":
+                if r["status"] == "infra":
+                    run.infra += 1
+                else:                    # scored, or an error of the env on this action: a failed sample
                     run.scored[i] += 1
                     run.passed[i] += int(r["passed"])
-                elif r["status"] == "infra":
-                    run.infra += 1
-                else:
-                    run.errors += 1
+                    run.errors += r["status"] == "error"
                 run.records.append(r)
                 lines.append(json.dumps(r, default=str) + "\n")
             if path is not None:
@@ -252,7 +254,7 @@ def bench_policy(args, title: str, env_id: str, env_kwargs: dict, tasks: Sequenc
     counts: dict[str, int] = {}
     failing: dict[str, str] = {}
     for r in main.records:
-        name = outcome(r) if r["status"] == "scored" else r["status"]
+        name = outcome(r) if r["status"] == "scored" else r["status"]  # infra, or error (a failed sample)
         counts[name] = counts.get(name, 0) + 1
         if r["status"] != "scored" or not r["passed"]:
             failing.setdefault(r["task_id"], r.get("error") or json.dumps(r["evidence"])[:300])

@@ -280,3 +280,36 @@ def test_trace_env_bench_pays_the_oracle_and_not_another_tasks_trace(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads((tmp_path / "report.json").read_text())["summary"]
     assert (s["tasks"], s["pass@1"], s["pass@2"], s["baseline_pass@1"]) == (6, 1.0, 1.0, 0.0)
+
+
+def test_an_answer_that_crashes_the_judge_counts_as_failed_not_dropped(tmp_path):
+    """The cheapest way up a leaderboard that drops errors: answer so that the judge raises. It must fail."""
+    from agents.policy import Completion
+    from benchmarks.math_bench import evaluate, load_tasks
+    from cwm_envs.envs import math_env
+
+    class Crasher:
+        version = 0
+
+        def encode(self, text):
+            return list(text.encode())
+
+        def act(self, turns, **_):
+            return [Completion(ids=[1], logprobs=[0.0], text="CRASH" if i % 2 else "<think>\n</think>\n$\\boxed{1}$",
+                               finish="stop") for i, _ in enumerate(turns)]
+
+    real = math_env.MathEnv.judge
+
+    def judge(self, task, response):
+        if response == "CRASH":
+            raise RuntimeError("the judge fell over")
+        return real(self, task, response)
+
+    tasks = load_tasks("generated", limit=4)
+    math_env.MathEnv.judge = judge
+    try:
+        run = evaluate(tasks, Crasher(), argparse.Namespace(think=True, timeout_s=5.0, seed=0, workers=1, batch=4),
+                       samples=2)
+    finally:
+        math_env.MathEnv.judge = real
+    assert run.errors == 4 and run.infra == 0 and sum(run.scored) == 8 and sum(run.passed) <= 4

@@ -313,3 +313,11 @@ def test_an_answer_that_crashes_the_judge_counts_as_failed_not_dropped(tmp_path)
     finally:
         math_env.MathEnv.judge = real
     assert run.errors == 4 and run.infra == 0 and sum(run.scored) == 8 and sum(run.passed) <= 4
+
+
+def test_serve_command_help_is_light_and_a_bad_dir_is_one_line(tmp_path):
+    code = "import sys, agents.serve, agents.policies, benchmarks.runner; print(sorted({'torch', 'fastapi', 'openai'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+    assert subprocess.run([sys.executable, "-m", "agents.serve", "--help"], capture_output=True).returncode == 0
+    bad = subprocess.run([sys.executable, "-m", "agents.serve", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "config.json" in bad.stderr

@@ -191,11 +191,14 @@ class LMPolicy:
 
     @torch.no_grad()
     def generate(self, contexts: Sequence[Sequence[int]], *, greedy: bool = False,
-                 generator: torch.Generator | None = None, max_new_tokens: int | None = None) -> list[Completion]:
-        """Sample one turn for each context (lists of token ids); rows are batched `max_batch` at a time."""
+                 generator: torch.Generator | Sequence | None = None,
+                 max_new_tokens: int | None = None) -> list[Completion]:
+        """Sample one turn for each context (lists of token ids); rows are batched `max_batch` at a time.
+        `generator`: one for all rows, or a list with one per context (None entries: torch's default)."""
         out: list[Completion] = []
         for start in range(0, len(contexts), self.max_batch):
-            out += self._generate(contexts[start:start + self.max_batch], greedy, generator,
+            gen = generator[start:start + self.max_batch] if isinstance(generator, (list, tuple)) else generator
+            out += self._generate(contexts[start:start + self.max_batch], greedy, gen,
                                   max_new_tokens or self.max_new_tokens)
         return out
 
@@ -250,7 +253,7 @@ class LMPolicy:
                 probs = logp.exp()
                 if self.top_p < 1.0:
                     probs = _top_p_filter(probs, self.top_p)
-                tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                tok = self._sample(probs, rows, generator)
             new_ids[rows, step] = tok
             new_lp[rows, step] = logp.gather(-1, tok[:, None]).squeeze(-1)
             if new_v is not None:
@@ -279,6 +282,14 @@ class LMPolicy:
                                   finish=finish[i], values=new_v[i, :n].tolist() if new_v is not None else None,
                                   raw=self.decode(row)))
         return out
+
+    @staticmethod
+    def _sample(probs: torch.Tensor, rows: torch.Tensor, generator) -> torch.Tensor:
+        """One token per row: from one generator, or from each original row's own (a list, e.g. one per request
+        in a server's batch, so that a seeded request draws the same whatever else shares the batch)."""
+        if not isinstance(generator, (list, tuple)):
+            return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return torch.cat([torch.multinomial(probs[k], 1, generator=generator[int(r)]) for k, r in enumerate(rows)])
 
     def _ends_with_stop_string(self, ids: torch.Tensor) -> torch.Tensor:
         tails = self.tokenizer.batch_decode(ids[:, -self._tail:].tolist(), skip_special_tokens=False)

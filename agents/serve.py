@@ -11,10 +11,10 @@ Log-probs are the sampler's: `log softmax(logits / T)` of each sampled token (th
 greedy, where they equal in-process scoring); `top_logprobs` holds the sampled token only.
 
 Dynamic batching: one generation thread takes every request waiting in the queue, or arriving within
-`batch_wait_s` of the first (10 ms), up to `max_batch` rows, and samples them together (`LMPolicy.generate`: left-padded batch, KV cache, finished rows leave the
-batch); requests that arrive meanwhile form the next batch. Requests are grouped by what must be shared in
-one batch (greedy or not, temperature, top-p, stops, seed). A request with a `seed` repeats exactly when it
-is batched with the same company; alone, always.
+`batch_wait_s` of the first (10 ms), up to `max_batch` rows, and samples them together (`LMPolicy.generate`:
+left-padded batch, KV cache, finished rows leave the batch); requests that arrive meanwhile form the next batch. Requests are grouped by what must be shared in
+one batch (greedy or not, temperature, top-p, stops); a request with a `seed` draws from its own generator,
+so it repeats whatever shares its batch (up to the rounding of batched arithmetic).
 
 Binds 127.0.0.1 unless told otherwise: the server has no authentication.
 """
@@ -49,8 +49,8 @@ class Job:
 
     @property
     def key(self) -> tuple:
-        return (self.greedy, 1.0 if self.greedy else self.temperature, 1.0 if self.greedy else self.top_p,
-                self.stop, self.seed)
+        """What rows sampled together must share (a seed need not: each request draws from its own generator)."""
+        return (self.greedy, 1.0 if self.greedy else self.temperature, 1.0 if self.greedy else self.top_p, self.stop)
 
 
 class Engine:
@@ -146,7 +146,10 @@ class Engine:
         policy.temperature = first.temperature if not first.greedy else 1.0
         policy.top_p = first.top_p if not first.greedy else 1.0
         contexts = [p for j in jobs for p in j.prompts for _ in range(j.n)]
-        generator = torch.Generator().manual_seed(first.seed) if first.seed is not None else None
+        generator = None
+        if not first.greedy and any(j.seed is not None for j in jobs):  # each request's rows draw from its own
+            gens = [torch.Generator().manual_seed(j.seed) if j.seed is not None else None for j in jobs]
+            generator = [g for j, g in zip(jobs, gens) for _ in range(len(j.prompts) * j.n)]
         max_new = max(j.max_tokens for j in jobs)
         with torch.no_grad():
             comps = policy.generate(contexts, greedy=first.greedy, generator=generator, max_new_tokens=max_new)

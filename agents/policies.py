@@ -266,7 +266,7 @@ class OpenAIPolicy:
         greedy = self.sampling.greedy if greedy is None else greedy
         groups: dict[Any, list[int]] = {}
         for i, t in enumerate(turns):
-            key = tuple(t.context) if self.tokenizer is not None else t.text
+            key = tuple(t.context) if self.tokenizer is not None else (t.text or t.observation)
             groups.setdefault(key, []).append(i)
         jobs = []
         for key, rows in groups.items():  # one seed per request, drawn in order: a run repeats for a seed

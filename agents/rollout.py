@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -163,6 +164,7 @@ class RolloutWorker:
         self._free: dict[int, list] = {}
         self._threads = ThreadPoolExecutor(env_threads, thread_name_prefix="cwm-env") if env_threads > 1 else None
         self._wrong: dict[tuple, str | None] = {}  # (env index, task id, turn) -> another task's action
+        self._lock = threading.Lock()  # the free envs and the stats, when env steps run on threads
 
     def ping(self) -> int:
         return self.policy.version
@@ -229,13 +231,15 @@ class RolloutWorker:
             ep.prompt_len = len(ep.ids)
         except Exception as exc:  # an env fault ends this episode only
             self._fail(ep, exc)
-        stats.env_s += time.perf_counter() - e0
+        with self._lock:
+            stats.env_s += time.perf_counter() - e0
 
     def _step(self, ep: _Episode, action: str, turn: int, stats: RolloutStats) -> None:
         e0 = time.perf_counter()
         try:
             obs, reward, terminated, truncated, info = ep.env.step(action)
-            stats.env_steps += 1
+            with self._lock:
+                stats.env_steps += 1
             ep.rewards.append(float(reward))
             ep.info, ep.obs = info, obs
             if terminated or truncated:
@@ -251,7 +255,8 @@ class RolloutWorker:
                     ep.transcript += obs
         except Exception as exc:
             self._fail(ep, exc)
-        stats.env_s += time.perf_counter() - e0
+        with self._lock:
+            stats.env_s += time.perf_counter() - e0
         if ep.done and ep.error is None:
             self._release(ep)
 
@@ -290,11 +295,14 @@ class RolloutWorker:
         )
 
     def _acquire(self, env_index: int):
-        free = self._free.setdefault(env_index, [])
-        return free.pop() if free else make_env(self.env_specs[env_index])
+        with self._lock:
+            free = self._free.setdefault(env_index, [])
+            env = free.pop() if free else None
+        return env if env is not None else make_env(self.env_specs[env_index])
 
     def _release(self, ep: _Episode) -> None:
-        self._free.setdefault(ep.req.env, []).append(ep.env)
+        with self._lock:
+            self._free.setdefault(ep.req.env, []).append(ep.env)
 
     def close(self) -> None:
         for envs in self._free.values():

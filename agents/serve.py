@@ -203,13 +203,15 @@ def _prompts(raw, engine: Engine) -> list[list[int]]:
 
 
 def _job(body: dict, prompts: list[list[int]], engine: Engine, max_key: str = "max_tokens") -> Job:
-    n = int(body.get("n") or 1)
-    max_tokens = body.get(max_key) or body.get("max_completion_tokens") or body.get("max_tokens") or 16
+    n = body.get("n") if body.get("n") is not None else 1
+    max_tokens = next((body[k] for k in (max_key, "max_completion_tokens", "max_tokens") if body.get(k) is not None), 16)
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise ValueError("n must be an integer")
     temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
     top_p = float(body.get("top_p") if body.get("top_p") is not None else 1.0)
     if not 1 <= n <= 256:
         raise ValueError("n must be in [1, 256]")
-    if not isinstance(max_tokens, int) or max_tokens < 1:
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValueError("max_tokens must be a positive integer")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError("temperature must be >= 0 and top_p in (0, 1]")

@@ -131,6 +131,12 @@ def test_chat_health_and_wrong_model(server):
     assert status == 200 and len(choice["logprobs"]["content"]) == len(choice["token_ids"]) > 0
     status, err = post("/v1/completions", {"model": "tiny", "prompt": [], "max_tokens": 2})
     assert status == 400 and "prompt" in err["error"]["message"]
+    for bad in ({"prompt": [10 ** 6]}, {"prompt": "hi", "max_tokens": 10 ** 6}, {"prompt": "hi", "n": 0}, {"prompt": "hi", "max_tokens": 0},
+                {"prompt": "hi", "stop": [""]}):  # out-of-vocab ids, past the context, no sample, empty stop
+        status, err = post("/v1/completions", {"model": "tiny", "max_tokens": 2, **bad})
+        assert status == 400 and err["error"]["message"], bad
+    with urllib.request.urlopen(root + "/health") as r:   # and the server is still up
+        assert r.status == 200
     with pytest.raises(UsageError, match="does not serve model 'gpt-9'"):
         make_policy(f"openai:{server.url}", model="gpt-9")
 

@@ -6,8 +6,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+SHARD_STRATEGIES = ("ddp", "fsdp", "hsdp")
+
+
+@dataclass(kw_only=True)
+class ShardArgs:
+    """How a multi-process run splits the model (model/sharding.py); `cwm train rl` can take the same fields."""
+
+    shard: str = "ddp"
+    """ddp: a whole copy per rank (the default; small models). fsdp: FSDP2 full shard, one unit per decoder
+    layer: weights, gradients and Adam state split over all ranks. hsdp: shard within groups of shard_group
+    ranks (a node), replicate across groups"""
+    shard_group: int = 0
+    """hsdp: ranks per shard group (0: LOCAL_WORLD_SIZE, i.e. one node)"""
+    activation_checkpointing: bool = False
+    """recompute each decoder layer in the backward pass instead of keeping its activations"""
+    cpu_offload: bool = False
+    """fsdp/hsdp: keep sharded weights, gradients and optimizer state in host memory; the optimizer steps there"""
+
+
 @dataclass
-class TrainArgs:
+class TrainArgs(ShardArgs):
     """Budget and optimisation of one stage; each field has a CLI flag of the same name."""
 
     out: Path
@@ -35,7 +54,8 @@ class TrainArgs:
     log_every: int = 5
     seed: int = 0
     dtype: str = "auto"
-    """auto: bf16 autocast on a GPU that supports it, fp32 on CPU (CPU bf16 is slower, not faster)"""
+    """auto: bf16 on a GPU that supports it, fp32 on CPU (CPU bf16 is slower, not faster). Under fsdp/hsdp bf16
+    means FSDP mixed precision (bf16 weights in compute, fp32 master weights and gradient reduction)"""
     resume: bool = True
     extra: dict = field(default_factory=dict)
     """stage-specific settings recorded in stage.json"""
@@ -51,6 +71,11 @@ _HELP = {
     "eval_rows": "packed rows in the eval set", "save_every": "steps between checkpoints",
     "keep_checkpoints": "checkpoints kept", "log_every": "steps between metrics lines", "seed": "seed",
     "dtype": "auto (bf16 on GPU, fp32 on CPU), fp32 or bf16",
+    "shard": "ddp (whole model per rank), fsdp (FSDP2, one unit per decoder layer) or hsdp (shard within a "
+             "node, replicate across nodes)",
+    "shard_group": "hsdp: ranks per shard group (0: one node, LOCAL_WORLD_SIZE)",
+    "activation_checkpointing": "recompute decoder layers in backward instead of storing activations",
+    "cpu_offload": "fsdp/hsdp: sharded weights, gradients and Adam state in host memory",
 }
 
 
@@ -63,6 +88,12 @@ def add_train_args(parser, **defaults) -> None:
             continue
         default = defaults.get(f.name, f.default if f.default is not MISSING else None)
         flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", default=default, help=_HELP.get(f.name, ""))
+            continue
+        if f.name == "shard":
+            parser.add_argument(flag, choices=SHARD_STRATEGIES, default=default, help=_HELP[f.name])
+            continue
         kind = {"int": int, "float": float, "str": str, "Path": Path}[str(f.type).split(" ")[0]]
         parser.add_argument(flag, type=kind, default=default, required=f.name == "out",
                             help=_HELP.get(f.name, "") + (f" (default {default})" if default is not None else ""))

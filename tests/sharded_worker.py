@@ -8,6 +8,8 @@
   probe    optional: token ids whose logits rank 0 saves to out/probe_logits.pt after training
   stream   optional: stream the trained weights into a fresh model on rank 0 (model/weight_stream.py) and
            save what it received to out/received.pt, the shard sizes to out/stream.json
+  measure  optional [seq_len, micro_batch]: one FSDP step of a fresh model under torch's MemTracker; rank 0
+           writes its peak and the plan's formula to out/measure.json (model/plan.py)
 """
 import json
 import sys
@@ -51,6 +53,12 @@ def main(spec: dict) -> None:
             total = sum(p.numel() * p.element_size() for p in receiver.model.parameters())
             (args.out / "stream.json").write_text(json.dumps({"shards": sizes, "total": total,
                                                               "version": receiver.version}))
+    if "measure" in spec:
+        from model.plan import measure_step
+
+        result = measure_step(load_config(spec["init"]), *spec["measure"], strategy="fsdp")
+        if rank == 0:
+            (args.out / "measure.json").write_text(json.dumps(result, default=float))
     torch.distributed.destroy_process_group()
 
 

@@ -96,7 +96,7 @@ def runs(tmp_path_factory):
     ref = TrainArgs(out=root / "ref", max_steps=MORE, batch_size=4, **COMMON)
     train(load_model(root / "init"), tok, iter(rows), [], ref, title="unsharded")
     spec = {"init": str(root / "init"), "rows": str(root / "rows.json"), "out": str(root / "fsdp"), "probe": PROBE,
-            "stream": True, "args": dict(max_steps=STEPS, batch_size=2, shard="fsdp", **COMMON)}
+            "stream": True, "measure": [128, 4], "args": dict(max_steps=STEPS, batch_size=2, shard="fsdp", **COMMON)}
     run_ranks(2, spec, root / "logs")
     return root
 
@@ -134,6 +134,14 @@ def test_weights_stream_one_unit_at_a_time_into_a_server_model(runs):
     # embedding, each layer, final norm, head: one shard each, together the model once, none near all of it
     assert stream["version"] == 1 and len(stream["shards"]) == layers + 3
     assert sum(stream["shards"]) == stream["total"] and max(stream["shards"]) < stream["total"] / 2
+
+
+def test_plan_formula_is_within_ten_percent_of_a_measured_sharded_rank(runs):
+    """model/plan.py's FSDP figure against torch's MemTracker on one of the two ranks (per-rank peak)."""
+    result = json.loads((runs / "fsdp" / "measure.json").read_text())
+    assert result["strategy"] == "fsdp" and result["ranks"] == 2
+    assert 0.9 < result["ratio"] < 1.1, result
+    assert result["measured"]["Optstate"] == pytest.approx(8 * result["parameters"] / 2, rel=0.01)  # half of 8P
 
 
 def test_sharded_checkpoint_resumes_on_one_process_as_if_never_stopped(runs, tmp_path):

@@ -66,7 +66,7 @@ def cmd_plan(args) -> int:
     shape = Shape.of(config)
     kw = dict(seq_len=args.seq_len, micro_batch=args.micro_batch, bf16=args.dtype == "bf16",
               checkpointing=args.activation_checkpointing, shard_group=args.shard_group)
-    rows = table(shape, args.gpus, args.gpu_mem, args.headroom, **kw)
+    rows = table(shape, args.gpus, args.gpu_mem, args.headroom, args.host_mem, **kw)
     if args.json:
         print(json.dumps({"preset": args.preset, "shape": shape.__dict__, "settings": kw, "gpus": args.gpus,
                           "gpu_mem_gib": args.gpu_mem, "headroom": args.headroom, "rows": rows}, default=float))
@@ -86,7 +86,8 @@ def cmd_plan(args) -> int:
         n = r["smallest_ranks"]
         print(f"  {name:<16}" + "".join(f"{c:>9}" for c in cells[:4]) + f"{cells[4]:>10}{cells[5]:>9}{cells[6]:>9}"
               f"  {'yes' if r['fits'] else 'no':<5}{n if n else 'never':>11}")
-    print("  (peak = weights + optimizer + max(activations + transient, gradients); host: per rank, offload only)")
+    print(f"  (peak = weights + optimizer + max(activations + transient, gradients); host: per rank, offload only, "
+          f"budget {args.host_mem:g} GiB)")
     return 0
 
 
@@ -120,6 +121,8 @@ def register(sub) -> None:
     p.add_argument("--gpu-mem", type=float, default=80, help="GiB per GPU (default 80)")
     p.add_argument("--headroom", type=float, default=0.1,
                    help="share of GPU memory kept free for the CUDA context and fragmentation (default 0.1)")
+    p.add_argument("--host-mem", type=float, default=240,
+                   help="GiB of host memory per GPU, for CPU offload (default 240: 2 TB shared by 8 GPUs)")
     p.add_argument("--seq-len", type=int, default=8192, help="tokens per row (default 8192)")
     p.add_argument("--micro-batch", type=int, default=1, help="rows per micro-batch per rank (default 1)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",

@@ -115,12 +115,18 @@ def plan(s: Shape, strategy: str, ranks: int, *, seq_len: int, micro_batch: int,
     return Memory(strategy, ranks, 4 * P / n + gathered, 4 * P / n + unit_grad, 8 * P / n, acts, transient)
 
 
-def smallest_fit(s: Shape, strategy: str, budget: float, max_ranks: int = 4096, **kw) -> int | None:
-    """The fewest ranks whose per-rank peak fits in `budget` bytes (None: none up to max_ranks)."""
+def fits(m: Memory, budget: float, host_budget: float = float("inf")) -> bool:
+    return m.peak <= budget and m.host <= host_budget
+
+
+def smallest_fit(s: Shape, strategy: str, budget: float, max_ranks: int = 4096, host_budget: float = float("inf"),
+                 **kw) -> int | None:
+    """The fewest ranks whose per-rank peak fits in `budget` bytes and, with offload, whose host memory fits
+    `host_budget` (None: none up to max_ranks)."""
     group = kw.get("shard_group", 8)
     candidates = range(group, max_ranks + 1, group) if strategy == "hsdp" else range(1, max_ranks + 1)
     for n in candidates:
-        if plan(s, strategy, n, **kw).peak <= budget:
+        if fits(plan(s, strategy, n, **kw), budget, host_budget):
             return n
         if strategy in ("ddp", "hsdp"):  # more replicas do not shrink a rank
             return None
@@ -129,12 +135,15 @@ def smallest_fit(s: Shape, strategy: str, budget: float, max_ranks: int = 4096, 
 
 def step_flops(s: Shape, tokens: int, seq_len: int, window: int | None, global_every: int = 4,
                checkpointing: bool = False) -> float:
-    """Training FLOPs of `tokens` tokens: 6 per parameter per token, plus causal attention (sliding-window
-    layers see at most `window` tokens back); activation checkpointing adds one more forward pass."""
-    local = min(seq_len, window or seq_len)
-    span = (seq_len + (global_every - 1) * local) / global_every  # mean keys per query over layer types
-    attention = 6 * s.layers * s.q_width * span  # 2 matmuls x (fwd + 2 bwd) x causal half
-    per_token = 6 * s.parameters + attention
+    """Training FLOPs of `tokens` tokens in rows of `seq_len`: 6 per parameter per token, plus causal
+    attention (QK^T and AV, forward and backward: 12 x q_width FLOPs per key a query sees; a global layer's
+    query sees seq_len/2 keys on average, a sliding-window layer's at most `window`); activation
+    checkpointing adds one more forward pass."""
+    keys_global = seq_len / 2
+    w = window or seq_len
+    keys_local = seq_len / 2 if seq_len <= w else w - w * w / (2 * seq_len)
+    keys = (keys_global + (global_every - 1) * keys_local) / global_every
+    per_token = 6 * s.parameters + 12 * s.layers * s.q_width * keys
     return per_token * tokens * (4 / 3 if checkpointing else 1)
 
 
@@ -194,14 +203,15 @@ def fmt_gib(x: float) -> str:
     return f"{x / GiB:.1f}" if x >= GiB or x == 0 else f"{x / 2**20:.0f} MiB"
 
 
-def table(s: Shape, ranks: int, gpu_mem_gib: float, headroom: float, **kw) -> list[dict]:
+def table(s: Shape, ranks: int, gpu_mem_gib: float, headroom: float, host_mem_gib: float = float("inf"),
+          **kw) -> list[dict]:
     """One row per strategy: per-rank figures at `ranks`, whether they fit, and the smallest rank count."""
-    budget = gpu_mem_gib * GiB * (1 - headroom)
+    budget, host = gpu_mem_gib * GiB * (1 - headroom), host_mem_gib * GiB
     rows = []
     for strategy in STRATEGIES:
         m = plan(s, strategy, ranks, **kw)
-        n = smallest_fit(s, strategy, budget, **kw)
-        rows.append({**asdict(m), "peak": m.peak, "fits": m.peak <= budget, "smallest_ranks": n})
+        n = smallest_fit(s, strategy, budget, host_budget=host, **kw)
+        rows.append({**asdict(m), "peak": m.peak, "fits": fits(m, budget, host), "smallest_ranks": n})
     return rows
 
 

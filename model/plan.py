@@ -5,7 +5,8 @@ measured training step on the CPU to check the formula against (`cwm model plan`
 The model is counted on the meta device (nothing allocated). Per rank, in bytes (P parameters, N ranks in a
 shard group, the largest decoder layer U parameters, the LM head H):
 
-  weights      DDP 4P (fp32 master weights; bf16 is autocast on the fly)
+  weights      DDP 4P fp32 master weights, + 2P in bf16: autocast keeps a bf16 copy of every weight it cast
+               until the forward pass ends
                FSDP 4P/N sharded + what is gathered, in compute precision, when activations peak (the start
                of the backward pass): the LM head (a root unit: gathered from its forward to its backward)
                and the last layer, prefetched for its backward
@@ -106,7 +107,7 @@ def plan(s: Shape, strategy: str, ranks: int, *, seq_len: int, micro_batch: int,
     acts, transient = activation_bytes(s, seq_len * micro_batch, bf16, checkpointing)
     if strategy == "ddp":
         buckets = 4 * P if ranks > 1 else 0
-        return Memory(strategy, ranks, 4 * P, 4 * P + buckets, 8 * P, acts, transient)
+        return Memory(strategy, ranks, 4 * P + (2 * P if bf16 else 0), 4 * P + buckets, 8 * P, acts, transient)
     n = min(ranks, shard_group) if strategy == "hsdp" else ranks
     gathered = c * (s.head + s.layer_parameters)
     unit_grad = (c + 4) * max(s.layer_parameters, s.embedding, s.head)

@@ -48,6 +48,14 @@ def device_mesh(strategy: str, world: int, device_type: str, shard_group: int = 
     raise UsageError(f"no device mesh for strategy {strategy!r} (fsdp or hsdp)")
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer in the backward pass (non-reentrant: it composes with FSDP and DDP)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # its name in recent transformers 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def shard_model(model, mesh, *, mixed_precision: bool = False, cpu_offload: bool = False,
                 activation_checkpointing: bool = False):
     """Apply FSDP2 in place: one unit per decoder layer, the embedding, the trunk's rest, and the LM head.
@@ -59,12 +67,13 @@ def shard_model(model, mesh, *, mixed_precision: bool = False, cpu_offload: bool
     if getattr(model.config, "tie_word_embeddings", False):
         raise UsageError("sharding assumes untied embeddings and LM head (every CWM preset unties them)")
     if activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     policy = dict(
         mesh=mesh,
         mp_policy=(MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                    if mixed_precision else MixedPrecisionPolicy()),
-        offload_policy=CPUOffloadPolicy() if cpu_offload else OffloadPolicy(),
+        # pinned host memory speeds copies to a GPU; there is none to pin for on a CPU-only mesh
+        offload_policy=CPUOffloadPolicy(pin_memory=mesh.device_type != "cpu") if cpu_offload else OffloadPolicy(),
     )
     decoder = model.get_decoder()
     for unit in (decoder.embed_tokens, *decoder.layers):

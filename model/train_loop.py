@@ -290,8 +290,8 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint are noise
-    from model.sharding import (DCP_DIR, device_mesh, export_checkpoint, is_meta, is_sharded_checkpoint,
-                                load_pretrained, load_sharded, materialise, shard_model)
+    from model.sharding import (DCP_DIR, device_mesh, enable_activation_checkpointing, export_checkpoint, is_meta,
+                                is_sharded_checkpoint, load_pretrained, load_sharded, materialise, shard_model)
 
     out = Path(args.out)
     sharded = args.shard != "ddp"
@@ -312,13 +312,16 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
                     activation_checkpointing=args.activation_checkpointing)
         autocast = nullcontext()  # FSDP's mixed-precision policy casts the units itself
     elif args.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     if empty:
         materialise(model, "cpu" if args.cpu_offload else device)
     if not sharded:
         model.to(device)
-    if weights_from is not None:
-        load_pretrained(weights_from, model)
+    if weights_from is not None:  # each rank reads its slices (all of them, unsharded)
+        if is_sharded_checkpoint(weights_from):
+            load_sharded(weights_from / DCP_DIR, model)
+        else:
+            load_pretrained(weights_from, model)
     model.train()
     model.config.use_cache = False
     optimizer = make_optimizer(model, args, device)

@@ -76,11 +76,9 @@ def assert_same_weights(a, b, atol=1e-4):
     assert worst < atol, f"weights differ by up to {worst}"
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The unsharded reference (one process, MORE steps, global batch 4) and the sharded run (two processes
-    of batch 2, STEPS steps, FSDP2), from the same initial weights on the same rows."""
-    root = tmp_path_factory.mktemp("sharding")
+def prepare(root: Path) -> None:
+    """Initial weights and tokenizer (root/init), packed rows (root/rows.json) and the unsharded reference
+    run (root/ref: one process, MORE steps of global batch 4, a checkpoint at STEPS)."""
     tok = train_tokenizer(["def f(x):\n    return x + 1\n", "print('hello world')"] * 8, vocab_size=300)
     torch.manual_seed(0)
     build_model("cwm-tiny", vocab_size=len(tok)).save_pretrained(root / "init")
@@ -92,12 +90,26 @@ def runs(tmp_path_factory):
         labels = torch.where(torch.rand(ids.shape, generator=g) < 0.3, -100, ids)  # uneven label counts per row
         rows.append((ids.tolist(), labels.tolist()))
     (root / "rows.json").write_text(json.dumps(rows))
-
     ref = TrainArgs(out=root / "ref", max_steps=MORE, batch_size=4, **COMMON)
     train(load_model(root / "init"), tok, iter(rows), [], ref, title="unsharded")
-    spec = {"init": str(root / "init"), "rows": str(root / "rows.json"), "out": str(root / "fsdp"), "probe": PROBE,
-            "stream": True, "measure": [128, 4], "args": dict(max_steps=STEPS, batch_size=2, shard="fsdp", **COMMON)}
-    run_ranks(2, spec, root / "logs")
+
+
+def run_sharded(root: Path, name: str, world: int = 2, **settings) -> Path:
+    """STEPS steps of batch 2 per rank on `world` processes, from root/init on root/rows.json, into root/name."""
+    spec = {"init": str(root / "init"), "rows": str(root / "rows.json"), "out": str(root / name),
+            "args": dict(max_steps=STEPS, batch_size=2, **COMMON)}
+    spec["args"].update(settings.pop("args", {}))
+    spec.update(settings)
+    run_ranks(world, spec, root / f"logs-{name}")
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The reference and a two-process FSDP2 run that also probes, streams and measures."""
+    root = tmp_path_factory.mktemp("sharding")
+    prepare(root)
+    run_sharded(root, "fsdp", probe=PROBE, stream=True, measure=[128, 4], args={"shard": "fsdp"})
     return root
 
 
@@ -159,3 +171,50 @@ def test_sharded_checkpoint_resumes_on_one_process_as_if_never_stopped(runs, tmp
     assert losses(out) == pytest.approx(ref, abs=1e-4)
     assert_same_weights(load_model(out), load_model(runs / "ref"))
     assert not torch.distributed.is_initialized()  # the one-rank group it made for itself is gone
+
+
+@pytest.mark.slow
+def test_hybrid_shard_with_checkpointing_and_offload_matches_too(runs):
+    """HSDP (2 replicas of a 1-rank shard group), activation checkpointing and CPU offload change where
+    tensors live and when they are computed, not the arithmetic."""
+    out = run_sharded(runs, "hsdp", args={"shard": "hsdp", "shard_group": 1, "activation_checkpointing": True,
+                                          "cpu_offload": True})
+    assert losses(out) == pytest.approx({s: v for s, v in losses(runs / "ref").items() if s <= STEPS}, abs=1e-4)
+    assert_same_weights(load_model(out), load_model(runs / "ref" / "checkpoints" / f"step-{STEPS:06d}"))
+
+
+def test_bf16_mixed_precision_keeps_fp32_master_weights(runs, tmp_path):
+    """--dtype bf16 under FSDP: bf16 compute (losses near the fp32 run's, not equal), fp32 weights saved."""
+    rows = [tuple(r) for r in json.loads((runs / "rows.json").read_text())]
+    args = TrainArgs(out=tmp_path / "bf16", max_steps=2, batch_size=4, shard="fsdp", dtype="bf16", **COMMON)
+    summary = train(open_model(runs / "init", args), load_tokenizer(runs / "init"), iter(rows), [], args)
+    assert summary["precision"] == "bf16"
+    bf16, fp32 = losses(tmp_path / "bf16"), losses(runs / "ref")
+    assert all(bf16[s] == pytest.approx(fp32[s], rel=0.02) for s in bf16)
+    assert any(bf16[s] != fp32[s] for s in bf16)  # it did compute in bf16
+    model = load_model(tmp_path / "bf16")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_cli_pretrain_sharded_resumes_from_its_dcp_checkpoint(tmp_path, capsys):
+    """`cwm train pretrain --shard fsdp` in one process: the flags reach the loop, the checkpoint is a DCP
+    directory, and a rerun with a larger budget resumes from it (pretrain.run opens it empty, the loop fills it)."""
+    from cwm_envs.cli import main
+    from model.corpus import stdlib_dir
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("bisect.py", "colorsys.py"):
+        shutil.copy(stdlib_dir() / name, corpus / name)
+    out = tmp_path / "pre"
+    base = ["train", "pretrain", "--preset", "cwm-micro", "--corpus", str(corpus), "--vocab-size", "300",
+            "--out", str(out), "--shard", "fsdp", "--activation-checkpointing", "--batch-size", "2", "--seq-len",
+            "64", "--eval-rows", "1", "--eval-every", "100", "--save-every", "100", "--warmup-steps", "1"]
+    assert main(base + ["--max-steps", "2"]) == 0
+    assert (out / "checkpoints" / "step-000002" / "dcp" / ".metadata").is_file()
+    assert main(base + ["--max-steps", "3"]) == 0
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["steps"] == 3 and stage["resumed_from"].endswith("step-000002")
+    assert stage["args"]["shard"] == "fsdp" and stage["args"]["activation_checkpointing"] is True
+    assert load_model(out).config.vocab_size == len(load_tokenizer(out))
+    assert "resuming from" in capsys.readouterr().out

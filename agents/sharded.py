@@ -82,6 +82,7 @@ class ShardedLearner:
 
     _mesh = None
     _weights_loaded = False
+    _owns_group = False
 
     # -- building ------------------------------------------------------------------------------------
 
@@ -95,9 +96,10 @@ class ShardedLearner:
 
         from model.sharding import device_mesh, materialise
 
-        if not dist.is_initialized():  # num_learners=0: a one-rank group of our own
+        if not dist.is_initialized():  # num_learners=0: a one-rank group of our own, ended by shutdown()
             dist.init_process_group("nccl" if self._device.type == "cuda" else "gloo", store=dist.HashStore(),
                                     rank=0, world_size=1)
+            self._owns_group = True
         s = self._sharding()
         self._mesh = device_mesh(s["shard"], dist.get_world_size(), self._device.type, s["shard_group"])
         with torch.device("meta"):
@@ -124,6 +126,12 @@ class ShardedLearner:
                 for p in holder.value_head.parameters():
                     p.zero_()  # values start at 0, as agents/train_rl.py's head does
         materialise(lm, "cpu" if s["cpu_offload"] else self._device)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        if self._owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self._owns_group = False
 
     def _make_modules_ddp_if_necessary(self) -> None:
         """FSDP averages the gradients itself: no DDP wrapper."""

@@ -295,17 +295,18 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
 
     out = Path(args.out)
     sharded = args.shard != "ddp"
-    dist = setup_distributed(need_group=sharded)
-    device = pick_device(dist)
-    autocast, precision = autocast_for(device, args.dtype)
-    torch.manual_seed(args.seed + dist.rank)
     empty = is_meta(model)  # open_model() gave an empty model: its weights come from a directory below
     sharded_resume = resume_from is not None and is_sharded_checkpoint(resume_from)
     if sharded_resume and not empty:
         raise UsageError("a sharded checkpoint resumes into the empty model that open_model(ckpt, args) gives")
     if resume_from is not None and sharded and not sharded_resume:
-        raise UsageError(f"{resume_from} was saved by an unsharded run: resume it with --shard ddp")
+        raise UsageError(f"{resume_from} was saved by an unsharded run: resume it with --shard ddp "
+                         "(or start a new --out from its exported model)")
     weights_from = Path(model.name_or_path) if empty and resume_from is None else None
+    dist = setup_distributed(need_group=sharded)
+    device = pick_device(dist)
+    autocast, precision = autocast_for(device, args.dtype)
+    torch.manual_seed(args.seed + dist.rank)
     if sharded:
         mesh = device_mesh(args.shard, dist.world, device.type, args.shard_group)
         shard_model(model, mesh, mixed_precision=precision == "bf16", cpu_offload=args.cpu_offload,

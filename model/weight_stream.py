@@ -8,8 +8,9 @@ server (an HTTP body, a Ray object ref, an NCCL broadcast); the server applies i
 
 A stream is versioned: the receiver writes shards of version v in place as they come, checks that every
 parameter arrived exactly once with its shape, and only then reports v as its version. Generating while a
-stream is half applied would mix versions; the server pauses generation between the first shard and the
-commit (vLLM's weight-update path does the same).
+stream is half applied would mix versions: the server pauses generation while `receiver.pending` is set (from
+the first shard to the commit; a stream that fails midway leaves it set until a whole stream arrives), as
+vLLM's weight-update path pauses its engine.
 """
 from __future__ import annotations
 
@@ -74,6 +75,11 @@ class WeightReceiver:
         self._params = dict(model.named_parameters())
         self._pending: tuple[int, int, set[str]] | None = None  # version, next index, names seen
 
+    @property
+    def pending(self) -> int | None:
+        """The version being written (weights are mixed until it commits), or None."""
+        return self._pending[0] if self._pending else None
+
     @torch.no_grad()
     def apply(self, shard: WeightShard) -> bool:
         """Write one shard; returns True when it completed its version (which `version` then reports)."""
@@ -85,20 +91,21 @@ class WeightReceiver:
             expected = f"version {self._pending[0]} shard {self._pending[1]}" if self._pending else "shard 0"
             raise ValueError(f"out of order: got version {shard.version} shard {shard.index}, expected {expected}")
         version, index, seen = self._pending
-        for name, tensor in shard.tensors.items():
+        for name, tensor in shard.tensors.items():  # check the whole shard before writing any of it
             param = self._params.get(name)
             if param is None:
                 raise ValueError(f"unknown parameter {name!r}")
             if tuple(param.shape) != tuple(tensor.shape) or name in seen:
                 raise ValueError(f"{name}: shape {tuple(tensor.shape)} for {tuple(param.shape)}, or sent twice")
-            param.copy_(tensor)
+        for name, tensor in shard.tensors.items():
+            self._params[name].copy_(tensor)
             seen.add(name)
         self._pending = (version, index + 1, seen)
         if shard.index < shard.count - 1:
             return False
         missing = set(self._params) - seen
-        self._pending = None
-        if missing:
+        if missing:  # the weights stay mixed (still pending) until a whole stream arrives
             raise ValueError(f"version {version} ended without {len(missing)} parameters, e.g. {sorted(missing)[0]}")
+        self._pending = None
         self.version = version
         return True

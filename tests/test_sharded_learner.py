@@ -77,7 +77,12 @@ def test_sharded_grpo_learners_match_the_unsharded_one(tiny, ray_session, tmp_pa
     sharded.save_learners(lg, tmp_path / "learners")
     lg.shutdown()
     one = build_learner_group(sharded.ShardedGRPOLearner, model.config, lr=args.lr, learner_settings=settings, seed=0)
+    with pytest.raises(RuntimeError, match="no weights yet"):  # its slices are uninitialised memory
+        update_learners(one, arrays, minibatches=1, epochs=1)
+    with pytest.raises(ValueError, match="whole LM"):
+        sharded.set_lm_weights(one, {"lm.lm_head.weight": start["lm.lm_head.weight"]})
     sharded.load_learners(one, tmp_path / "learners")  # two learners' slices into one
     restored = sharded.gather_lm_weights(one)
     assert all(np.array_equal(restored[k], got_weights[k]) for k in got_weights)
     one.shutdown()
+    assert not torch.distributed.is_initialized()  # the in-driver learner's one-rank group ended with it

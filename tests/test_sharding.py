@@ -218,3 +218,17 @@ def test_cli_pretrain_sharded_resumes_from_its_dcp_checkpoint(tmp_path, capsys):
     assert stage["args"]["shard"] == "fsdp" and stage["args"]["activation_checkpointing"] is True
     assert load_model(out).config.vocab_size == len(load_tokenizer(out))
     assert "resuming from" in capsys.readouterr().out
+
+
+def test_wrong_checkpoint_or_strategy_is_a_clear_error_and_leaves_no_process_group(runs, tmp_path, capsys):
+    from cwm_envs.cli import main
+    from cwm_envs.errors import UsageError
+
+    plain = runs / "ref" / "checkpoints" / f"step-{STEPS:06d}"  # written by the unsharded loop
+    args = TrainArgs(out=tmp_path / "x", max_steps=MORE, batch_size=4, shard="fsdp", **COMMON)
+    with pytest.raises(UsageError, match="unsharded run"):
+        train(open_model(plain, args), load_tokenizer(plain), iter([]), [], args, resume_from=plain)
+    assert not torch.distributed.is_initialized()
+    assert main(["model", "export", str(plain), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "not a sharded checkpoint" in err and len(err.strip().splitlines()) == 1

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from agents.grpo import GRPOLearner
-from agents.lm_module import MODULE_ID
 from agents.ppo import PPOLearner
 
 
@@ -94,7 +93,7 @@ class ShardedLearner:
         import torch.distributed as dist
         from ray.rllib.core.learner.learner import Learner
 
-        from model.sharding import device_mesh, materialise
+        from model.sharding import device_mesh
 
         if not dist.is_initialized():  # num_learners=0: a one-rank group of our own, ended by shutdown()
             dist.init_process_group("nccl" if self._device.type == "cuda" else "gloo", store=dist.HashStore(),

@@ -41,7 +41,7 @@ def cmd_info(args) -> int:
 def cmd_plan(args) -> int:
     from cwm_envs.errors import UsageError
     from model.config import PRESETS, make_config
-    from model.plan import GiB, Shape, fmt_gib, measure_step, table
+    from model.plan import Shape, fmt_gib, measure_step, table, tokens_time
 
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
@@ -67,9 +67,14 @@ def cmd_plan(args) -> int:
     kw = dict(seq_len=args.seq_len, micro_batch=args.micro_batch, bf16=args.dtype == "bf16",
               checkpointing=args.activation_checkpointing, shard_group=args.shard_group)
     rows = table(shape, args.gpus, args.gpu_mem, args.headroom, args.host_mem, **kw)
+    update_s = None
+    if args.tokens_per_update:
+        update_s = tokens_time(shape, args.tokens_per_update, args.gpus, args.seq_len, config.sliding_window,
+                               args.peak_tflops, args.mfu, args.activation_checkpointing)
     if args.json:
         print(json.dumps({"preset": args.preset, "shape": shape.__dict__, "settings": kw, "gpus": args.gpus,
-                          "gpu_mem_gib": args.gpu_mem, "headroom": args.headroom, "rows": rows}, default=float))
+                          "gpu_mem_gib": args.gpu_mem, "headroom": args.headroom, "rows": rows,
+                          "update_s": update_s}, default=float))
         return 0
     print(f"{args.preset}: {shape.parameters:,} parameters ({shape.parameters / 1e9:.2f} B, counted on the meta "
           f"device), {shape.layers} layers of {shape.layer_parameters / 1e9:.3f} B, embedding and LM head "
@@ -88,6 +93,10 @@ def cmd_plan(args) -> int:
               f"  {'yes' if r['fits'] else 'no':<5}{n if n else 'never':>11}")
     print(f"  (peak = weights + optimizer + max(activations + transient, gradients); host: per rank, offload only, "
           f"budget {args.host_mem:g} GiB)")
+    if update_s is not None:
+        print(f"learner compute for {args.tokens_per_update:,} tokens on {args.gpus} GPUs at {args.mfu:.0%} of "
+              f"{args.peak_tflops:g} TFLOP/s: {update_s:.0f} s (an estimate: 6 FLOPs per parameter per token, "
+              f"attention, recompute)")
     return 0
 
 
@@ -130,6 +139,10 @@ def register(sub) -> None:
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
     p.add_argument("--shard-group", type=int, default=8, help="hsdp: GPUs per shard group (default 8, a node)")
     p.add_argument("--vocab-size", type=int, help="vocabulary size (default: the preset's)")
+    p.add_argument("--tokens-per-update", type=int, help="also estimate the learner's compute time per update")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the estimate (default 0.4)")
+    p.add_argument("--peak-tflops", type=float, default=989,
+                   help="dense bf16 TFLOP/s per GPU for the estimate (default 989, an H100 SXM)")
     p.add_argument("--measure", action="store_true",
                    help="instead: run one fp32 training step of the preset on the CPU and compare its measured "
                         "peak with the formula (cwm-tiny, cwm-1b; use a short --seq-len)")

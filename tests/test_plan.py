@@ -35,6 +35,17 @@ def test_32b_plan_counts_the_published_model_and_needs_sharding(capsys):
     assert plan(shape, "fsdp", n, **kw).peak <= budget < plan(shape, "fsdp", n - 1, **kw).peak
 
 
+def test_update_time_estimate_scales_with_gpus_and_tokens(capsys):
+    times = {}
+    for gpus, tokens in ((64, 2**24), (128, 2**24), (64, 2**25)):
+        code, text, _ = cwm(capsys, "model", "plan", "--gpus", str(gpus), "--seq-len", "16384",
+                            "--activation-checkpointing", "--tokens-per-update", str(tokens), "--json")
+        times[gpus, tokens] = json.loads(text)["update_s"]
+    assert times[64, 2**24] == pytest.approx(2 * times[128, 2**24]) == pytest.approx(times[64, 2**25] / 2)
+    # 6 FLOPs per parameter per token is the floor; attention and the recompute add to it
+    assert times[64, 2**24] > 6 * 32_581_097_472 * 2**24 / (64 * 989e12 * 0.4)
+
+
 def test_plan_prints_a_table_and_refuses_to_build_the_32b(capsys):
     code, text, _ = cwm(capsys, "model", "plan")
     assert code == 0 and "32,581,097,472 parameters" in text

@@ -86,3 +86,35 @@ def test_sharded_grpo_learners_match_the_unsharded_one(tiny, ray_session, tmp_pa
     assert all(np.array_equal(restored[k], got_weights[k]) for k in got_weights)
     one.shutdown()
     assert not torch.distributed.is_initialized()  # the in-driver learner's one-rank group ended with it
+
+
+def test_sharded_ppo_learner_in_the_driver_matches_the_unsharded_one(tiny):
+    """num_learners=0: the learner shards over a one-rank group of its own; the value head is a unit too."""
+    from agents.ppo import PPOArgs, PPOLearner, ppo_settings
+    from agents.ppo import prepare_batch as ppo_prepare
+
+    model, tok = tiny
+    args = PPOArgs(lr=3e-3, minibatches=1, epochs=1, max_new_tokens=8)
+    trajs = []
+    for i, text in enumerate(["What is 3 + 4? \\boxed{7}", "What is 3 + 4? 7", "What is 3 + 4? five"]):
+        ids = tok.encode(text, add_special_tokens=False)
+        n = len(ids)
+        trajs.append(Trajectory(ids=ids, policy_mask=[0] * 5 + [1] * (n - 5), logprobs=[0.0] * 5 + [-1.0] * (n - 5),
+                                values=[0.0] * n, rewards=[1.0 - i], version=0, turn_ends=[n - 1]))
+    arrays, _ = ppo_prepare(trajs, args, multiple=1)
+    start = {f"lm.{k}": v for k, v in model.state_dict().items()}
+    start.update({"value_head.weight": torch.zeros(1, model.config.hidden_size), "value_head.bias": torch.zeros(1)})
+    out = []
+    for cls, settings in ((PPOLearner, ppo_settings(args)),
+                          (sharded.ShardedPPOLearner, {**ppo_settings(args), "sharding": sharded.sharding_settings()})):
+        lg = build_learner_group(cls, model.config, lr=args.lr, learner_settings=settings, value_head=True, seed=0)
+        (set_lm_weights if cls is PPOLearner else sharded.set_lm_weights)(lg, start)
+        metrics = run(lg, arrays, 2)
+        out.append((metrics, get_lm_weights(lg) if cls is PPOLearner else sharded.gather_lm_weights(lg)))
+        lg.shutdown()
+    (want, w0), (got, w1) = out
+    assert got[-1]["vf_loss"] == pytest.approx(want[-1]["vf_loss"], rel=1e-4) and want[-1]["vf_loss"] > 0
+    assert w1.keys() == w0.keys() and "value_head.weight" in w1
+    assert all(np.allclose(w1[k], w0[k], atol=1e-6) for k in w0)
+    assert np.abs(w1["value_head.weight"]).max() > 0  # the head was trained, not just carried
+    assert not torch.distributed.is_initialized()

@@ -6,11 +6,9 @@ that the next stage takes with `--from`. On a cluster the same commands run data
 """
 from __future__ import annotations
 
-import json
 import os
 
 from cwm_envs.cli import group
-from cwm_envs.errors import UsageError
 
 TRAIN_HELP = "training stages: pretrain, midtrain (traces), sft (oracle trajectories), rl"
 
@@ -36,14 +34,9 @@ def cmd_midtrain(args) -> int:
 
 def cmd_sft(args) -> int:
     from model import sft
-    from model.train_args import train_args_from
+    from model.train_args import json_object, train_args_from
 
-    try:
-        env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--env-kwargs is not JSON: {exc.msg}") from None
-    if not isinstance(env_kwargs, dict):
-        raise UsageError("--env-kwargs must be a JSON object")
+    env_kwargs = json_object(args.env_kwargs, "--env-kwargs") if args.env_kwargs else {}
     summary = sft.run(train_args_from(args), getattr(args, "from"), args.env, args.episodes, env_kwargs,
                       args.eval_episodes)
     _report(summary)

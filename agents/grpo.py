@@ -13,22 +13,14 @@ minibatches, so a batch thinned by skipped groups takes a proportionally smaller
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from agents.lm_module import LMLearner, UpdateArgs, pack
+from agents.lm_module import LMLearner, pack
+from agents.rl_args import GRPOArgs
 from agents.trajectory import Trajectory
-
-
-@dataclass
-class GRPOArgs(UpdateArgs):
-    """Settings of the GRPO update (what `cwm train rl --algo grpo` exposes); the shared ones are UpdateArgs'."""
-
-    std_normalise: bool = False
-    """divide advantages by the group's reward std (the original GRPO; CWM does not)"""
 
 
 def group_advantages(rewards: Sequence[float], groups: Sequence[int], std_normalise: bool = False) -> np.ndarray:
@@ -105,7 +97,3 @@ def prepare_batch(trajs: Sequence[Trajectory], args: GRPOArgs, multiple: int) ->
     info = {"rows": len(kept), "skipped_groups": skipped}
     return (pack(kept, adv.tolist(), multiple=multiple) if kept else None), info
 
-
-def grpo_settings(args: GRPOArgs) -> dict:
-    """The learner_config_dict the GRPOLearner reads."""
-    return asdict(args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import asdict
 from typing import Any, Sequence
 
 import gymnasium
@@ -20,40 +20,10 @@ import torch
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
+from agents.rl_args import UpdateArgs
 from agents.trajectory import Trajectory
 
 MODULE_ID = "default_policy"  # RLlib's DEFAULT_MODULE_ID (single-agent)
-
-
-@dataclass
-class UpdateArgs:
-    """Settings both learners share (GRPOArgs and PPOArgs add their own; `cwm train rl` exposes them)."""
-
-    lr: float = 1e-4
-    """Adam learning rate (after warm-up); on the SFT'd ~1M-parameter preset 2e-4 and 5e-4 first rise, then fall"""
-    eps_low: float = 0.2
-    """lower clip: the ratio of a token with negative advantage is not pushed below 1 - eps_low"""
-    eps_high: float = 0.25
-    """upper clip (clip-higher): a token with positive advantage may grow up to 1 + eps_high"""
-    kl_coef: float = 0.0
-    """weight of a k3 KL penalty to the starting policy (CWM uses none)"""
-    warmup_updates: int = 10
-    """the learning rate ramps up over this many updates (RLlib lr schedule; see lr_schedule)"""
-    minibatches: int = 2
-    """optimizer steps per epoch; with more than one, later minibatches are off-policy and clipping acts"""
-    epochs: int = 1
-    """passes over the batch per update"""
-    loss_rows: int = 0
-    """rows in the constant loss normaliser (loss_rows x max_new_tokens) of each optimizer step; 0: the
-    minibatch's rows. The trainer sets samples per update / minibatches, so skipped groups shrink the step."""
-    max_new_tokens: int = 64
-    """tokens per turn; also the per-row token count in the constant loss normaliser"""
-    temperature: float = 1.0
-    """sampling temperature (the learner's log-probs use the same one)"""
-    grad_clip: float = 1.0
-    """global-norm gradient clip"""
-    kl_rows: int = 16
-    """rows per minibatch on which the KL-to-start metric is measured (all rows when kl_coef > 0)"""
 
 
 def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -245,13 +215,14 @@ def lr_schedule(lr: float, warmup_updates: int) -> float | list:
     return [[0, lr / warmup_updates], [warmup_updates, lr]]
 
 
-def build_learner_group(learner_class, policy_config, *, lr: float | list, learner_settings: dict, num_learners: int = 0,
-                        value_head: bool = False, temperature: float = 1.0, grad_clip: float | None = 1.0,
-                        seed: int | None = None, resources_per_learner: dict | None = None):
+def build_learner_group(learner_class, policy_config, update: UpdateArgs, *, num_learners: int = 0,
+                        value_head: bool = False, seed: int | None = None, resources_per_learner: dict | None = None):
     """A `LearnerGroup` of `learner_class` over an `LMModule` built from a transformers config.
 
-    num_learners=0: one learner in this process; N>0: N Ray actors with DDP (gloo on CPU), the batch split
-    between them. `learner_settings` reaches the learner as `config.learner_config_dict`.
+    `update` (GRPOArgs or PPOArgs) travels whole: its lr and warm-up become RLlib's lr schedule, its grad clip
+    and temperature configure the group and the module, and all of it reaches the learner as
+    `config.learner_config_dict`. num_learners=0: one learner in this process; N>0: N Ray actors with DDP (gloo
+    on CPU), the batch split between them.
     """
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
     from ray.rllib.core.learner.learner_group import LearnerGroup
@@ -259,14 +230,16 @@ def build_learner_group(learner_class, policy_config, *, lr: float | list, learn
 
     obs_space, act_space = nominal_spaces(policy_config.vocab_size)
     spec = RLModuleSpec(module_class=LMModule, observation_space=obs_space, action_space=act_space,
-                        model_config={"config": policy_config, "value_head": value_head, "temperature": temperature})
+                        model_config={"config": policy_config, "value_head": value_head,
+                                      "temperature": update.temperature})
     config = (
         AlgorithmConfig()
         .framework("torch")
         .rl_module(rl_module_spec=spec)
-        .training(lr=lr, grad_clip=grad_clip, grad_clip_by="global_norm")
+        .training(lr=lr_schedule(update.lr, update.warmup_updates), grad_clip=update.grad_clip,
+                  grad_clip_by="global_norm")
         .learners(num_learners=num_learners, num_cpus_per_learner=1, learner_class=learner_class,
-                  learner_config_dict=dict(learner_settings),
+                  learner_config_dict=asdict(update),
                   custom_resources_per_learner=resources_per_learner or {})
         .debugging(seed=seed)
     )

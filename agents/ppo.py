@@ -11,35 +11,15 @@ entropy bonus (the token entropy is logged, not trained on), and advantages are 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from agents.grpo import grpo_token_loss
-from agents.lm_module import LMLearner, UpdateArgs, pack
+from agents.lm_module import LMLearner, pack
+from agents.rl_args import PPOArgs
 from agents.trajectory import Trajectory
-
-
-@dataclass
-class PPOArgs(UpdateArgs):
-    """Settings of the PPO update (what `cwm train rl --algo ppo` exposes); the shared ones are UpdateArgs'."""
-
-    eps_high: float = 0.2
-    """policy ratio clip above 1 (symmetric clipping, as in PPO)"""
-    epochs: int = 2
-    """passes over the batch per update"""
-    gamma: float = 1.0
-    """discount per sampled token (1: the episode's reward counts fully at every token)"""
-    gae_lambda: float = 0.95
-    """GAE's bias/variance trade-off"""
-    vf_coef: float = 0.5
-    """weight of the value loss"""
-    vf_clip: float = 0.2
-    """clip of the value change per update (0: off)"""
-    whiten: bool = True
-    """normalise advantages to mean 0, std 1 over the batch's policy tokens"""
 
 
 def gae(rewards: Sequence[float], values: Sequence[float], gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +107,3 @@ class PPOLearner(LMLearner):
         self.log_metrics(module_id, metrics)
         return loss
 
-
-def ppo_settings(args: PPOArgs) -> dict:
-    return asdict(args)

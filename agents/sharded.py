@@ -17,13 +17,14 @@ What RLlib's LearnerGroup can and cannot host:
   learner takes part. (`agents.lm_module.set_lm_weights` reads the current weights first: use this module's.)
 - `num_learners=0` (one learner in the driver) works too: it shards over a one-rank group of its own.
 
-Settings (`learner_settings["sharding"]`, the fields of model.train_args.ShardArgs): shard (fsdp|hsdp),
-shard_group, activation_checkpointing, cpu_offload, and mixed_precision (bf16 compute, fp32 reduce).
+Settings: the learners read `config.learner_config_dict`, which is the update args whole; `shard_update(update,
+shard=..., ...)` gives GRPOArgs / PPOArgs with the fields of `ShardedUpdate` added (model.train_args.ShardArgs:
+shard, shard_group, activation_checkpointing, cpu_offload; and mixed_precision: bf16 compute, fp32 reduce).
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,16 +33,32 @@ import torch
 
 from agents.grpo import GRPOLearner
 from agents.ppo import PPOLearner
+from agents.rl_args import GRPOArgs, PPOArgs, UpdateArgs
+from model.train_args import ShardArgs
 
 
-def sharding_settings(shard: str = "fsdp", shard_group: int = 0, activation_checkpointing: bool = False,
-                      cpu_offload: bool = False, mixed_precision: bool = False) -> dict:
-    """The `learner_settings["sharding"]` entry (a plain dict: it travels to the learner actors)."""
-    from model.train_args import ShardArgs
+@dataclass(kw_only=True)
+class ShardedUpdate(ShardArgs):
+    """How a sharded learner splits the model; it reads these fields from the update args it is given."""
 
-    args = ShardArgs(shard=shard, shard_group=shard_group, activation_checkpointing=activation_checkpointing,
-                     cpu_offload=cpu_offload)
-    return {**asdict(args), "mixed_precision": mixed_precision}
+    mixed_precision: bool = False
+    """bf16 compute with fp32 master weights and gradient reduction (for GPUs)"""
+
+
+@dataclass
+class ShardedGRPOArgs(GRPOArgs, ShardedUpdate):
+    """GRPOArgs and how to shard the learners."""
+
+
+@dataclass
+class ShardedPPOArgs(PPOArgs, ShardedUpdate):
+    """PPOArgs and how to shard the learners."""
+
+
+def shard_update(update: UpdateArgs, shard: str = "fsdp", **settings) -> UpdateArgs:
+    """`update` (GRPOArgs or PPOArgs) with sharding settings, for build_learner_group(Sharded*Learner, ...)."""
+    cls = {GRPOArgs: ShardedGRPOArgs, PPOArgs: ShardedPPOArgs}[type(update)]
+    return cls(**asdict(update), shard=shard, **settings)
 
 
 def clip_sharded_gradients(gradients_dict: dict, *, grad_clip: float | None = None,
@@ -86,7 +103,12 @@ class ShardedLearner:
     # -- building ------------------------------------------------------------------------------------
 
     def _sharding(self) -> dict:
-        return self.config.learner_config_dict.get("sharding") or sharding_settings()
+        """The ShardedUpdate fields of the update args (fsdp with the defaults when the args have none)."""
+        given = self.config.learner_config_dict
+        s = {k: given.get(k, v) for k, v in asdict(ShardedUpdate(shard="fsdp")).items()}
+        if s["shard"] not in ("fsdp", "hsdp"):
+            raise ValueError(f"a sharded learner shards with fsdp or hsdp, not {s['shard']!r}")
+        return s
 
     def _make_module(self):
         """Build the module on the meta device, shard its LM (and value head), then allocate the slices."""

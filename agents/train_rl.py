@@ -3,6 +3,8 @@
 One update: the rollout pool (Ray actors, agents/rollout.py) samples `--tasks` groups of `--group` episodes
 with the current weights; the learner (an RLlib LearnerGroup, agents/grpo.py or agents/ppo.py) takes one
 update on them; the new weights go back to the workers through the object store, tagged with the version.
+`RLRun.train` is the one training loop (this command, `cwm bench rl` and the demo all use it). The settings
+and their flags are the dataclasses of agents/rl_args.py.
 
 Layout of `--out DIR` (as the other stages): the final model and tokenizer (`from_pretrained(DIR)`),
 `stage.json`, `metrics.jsonl` (one row per update: reward mean/std, pass rate, KL to the start, entropy,
@@ -16,74 +18,16 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from agents.rl_args import RLArgs, add_rl_flags, rl_args_from
 from cwm_envs.errors import UsageError
 
 EVAL_SEED_BASE = 2 * 10**9  # reset seeds of held-out evaluation tasks (training draws seeds below 2**31 - 1)
-
-
-@dataclass
-class RLArgs:
-    """One RL run; each field has a `cwm train rl` flag of the same name."""
-
-    out: Path
-    env: str = "cwm/Math-v0"
-    env_kwargs: dict = field(default_factory=dict)
-    """keyword arguments of gymnasium.make for training (JSON on the command line)"""
-    eval_env_kwargs: dict | None = None
-    """keyword arguments for held-out evaluation (default: env_kwargs)"""
-    model: str = "cwm-micro"
-    """a model directory (save_pretrained: model + tokenizer) or a preset name (fresh weights)"""
-    algo: str = "grpo"
-    workers: int = 1
-    """rollout actors"""
-    group: int = 8
-    """samples per task (the GRPO group)"""
-    tasks: int = 32
-    """tasks per update"""
-    steps: int = 100
-    """updates in total (a resumed run counts those it already did)"""
-    minutes: float | None = None
-    """wall-clock budget of the training loop (whichever of steps and minutes ends first)"""
-    seed: int = 0
-    mode: str = "sync"
-    """sync, or async (sample the next batch while the learner updates)"""
-    max_staleness: int = 1
-    """async: drop trajectories sampled more than this many versions ago"""
-    num_learners: int = 0
-    """0: learner in the driver; N: N data-parallel learner actors"""
-    address: str | None = None
-    """Ray cluster address (default: start a local Ray)"""
-    num_cpus: int | None = None
-    """CPUs of the local Ray (default: all)"""
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_turns: int = 16
-    lr: float = 1e-4
-    warmup_updates: int = 10
-    """learning-rate warm-up, in updates (Adam's first full-size steps wreck an SFT'd policy)"""
-    minibatches: int = 2
-    epochs: int = 1
-    kl_coef: float = 0.0
-    std_normalise: bool = False
-    eval_tasks: int = 0
-    """held-out tasks evaluated (sampled and greedy) before training and at the end"""
-    eval_every: int = 0
-    """also evaluate every N updates (0: only before and after)"""
-    save_every: int = 0
-    """checkpoint every N updates (0: at the end only)"""
-    keep_checkpoints: int = 2
-    resume: bool = True
-    progress: bool | None = None
-    """progress bar (default: when stderr is a terminal)"""
-    torch_threads: int | None = None
-    """torch threads of the learner in this process (default: torch's); rollout workers use one each"""
 
 
 # --- model ------------------------------------------------------------------------------------------------
@@ -139,38 +83,33 @@ class RLRun:
         import torch
 
         from agents import grpo, ppo
-        from agents.lm_module import build_learner_group, lr_schedule, set_lm_weights
+        from agents.lm_module import build_learner_group, set_lm_weights
         from agents.rollout import EnvSpec, RolloutPool, init_ray
         from model.train_loop import resume_point
 
-        if args.algo not in ("grpo", "ppo"):
-            raise UsageError(f"--algo must be grpo or ppo, not {args.algo!r}")
         self.args = args
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         _check_env(args.env, args.env_kwargs)
         self.ckpt = resume_point(self.out) if args.resume else None
+        self.metrics = self.out / "metrics.jsonl"
+        if not self.ckpt and self.metrics.exists():
+            self.metrics.unlink()
+        self.evals: dict[str, dict] = {}  # held-out evaluations of this call, by tag ("start", "step20", "end")
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
         torch.manual_seed(args.seed)
+        u = args.update
+        if not u.loss_rows:  # the constant normaliser: what an update draws, per optimizer step
+            u = replace(u, loss_rows=max(1, args.tasks * args.group // u.minibatches))
+        self.update_args = u
+        self.algo, learner_cls = {"grpo": (grpo, grpo.GRPOLearner), "ppo": (ppo, ppo.PPOLearner)}[args.algo]
         self.policy = load_policy(str(self.ckpt or args.model), seed=args.seed, value_head=args.algo == "ppo",
-                                  temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-        common = dict(lr=args.lr, minibatches=args.minibatches, epochs=args.epochs, max_new_tokens=args.max_new_tokens,
-                      temperature=args.temperature, kl_coef=args.kl_coef,
-                      loss_rows=max(1, args.tasks * args.group // args.minibatches), warmup_updates=args.warmup_updates)
-        if args.algo == "grpo":
-            self.algo, self.algo_args = grpo, grpo.GRPOArgs(std_normalise=args.std_normalise, **common)
-            learner_cls, settings = grpo.GRPOLearner, grpo.grpo_settings(self.algo_args)
-        else:
-            self.algo, self.algo_args = ppo, ppo.PPOArgs(**common)
-            learner_cls, settings = ppo.PPOLearner, ppo.ppo_settings(self.algo_args)
+                                  temperature=u.temperature, top_p=args.top_p, max_new_tokens=u.max_new_tokens)
 
         self.started_ray = init_ray(args.address, args.num_cpus)
-        self.learners = build_learner_group(
-            learner_cls, self.policy.model.config, lr=lr_schedule(args.lr, self.algo_args.warmup_updates),
-            learner_settings=settings,
-            num_learners=args.num_learners, value_head=args.algo == "ppo", temperature=args.temperature,
-            grad_clip=self.algo_args.grad_clip, seed=args.seed)
+        self.learners = build_learner_group(learner_cls, self.policy.model.config, u, num_learners=args.num_learners,
+                                            value_head=args.algo == "ppo", seed=args.seed)
         self.step, self.version, self.elapsed = 0, 0, 0.0
         start_weights = self.policy.get_weights()
         if self.ckpt:  # KL is measured to the start of the whole run, not of this resumption
@@ -197,7 +136,7 @@ class RLRun:
     def update(self) -> dict[str, Any]:
         from agents.lm_module import get_lm_weights, update_learners
 
-        a = self.algo_args
+        a = self.update_args
         t0 = time.perf_counter()
         trajs, st = self.pool.sample(self.args.tasks, self.args.group)
         t1 = time.perf_counter()
@@ -233,6 +172,44 @@ class RLRun:
             "sample_s": t1 - t0, "update_s": t2 - t1, "sync_s": t3 - t2,
         }
         return {k: v for k, v in row.items() if v is not None}
+
+    def train(self, on_update: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Update until `args.steps` updates or `args.minutes` of wall clock, whichever ends first (a resumed run
+        counts the updates and time it already had); returns this call's rows.
+
+        Each row goes to metrics.jsonl, then to `on_update` (a progress bar, a bench's log); held-out evaluation
+        every `eval_every` updates and a checkpoint every `save_every`, as the args say.
+        """
+        a = self.args
+        budget = a.minutes * 60 if a.minutes else math.inf
+        t_start = time.perf_counter() - self.elapsed
+        rows = []
+        while self.step < a.steps and time.perf_counter() - t_start < budget:
+            row = self.update()
+            self.elapsed = time.perf_counter() - t_start
+            row["elapsed_s"] = round(self.elapsed, 2)
+            rows.append(row)
+            self.record(row)
+            if on_update:
+                on_update(row)
+            if a.eval_every and a.eval_tasks and self.step % a.eval_every == 0:
+                self.evaluate_and_record(f"step{self.step}")
+            if a.save_every and self.step % a.save_every == 0:
+                self.save_checkpoint()
+        return rows
+
+    def record(self, row: dict) -> None:
+        with self.metrics.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def evaluate_and_record(self, tag: str) -> dict[str, float]:
+        """Held-out pass rates, sampled and greedy, on `args.eval_tasks` tasks: to metrics.jsonl and `evals[tag]`."""
+        self.sync_eval_pool()
+        res = {"step": self.step, "eval_sampled": self.evaluate(self.args.eval_tasks, greedy=False)["pass_rate"],
+               "eval_greedy": self.evaluate(self.args.eval_tasks, greedy=True)["pass_rate"]}
+        self.record(res)
+        self.evals[tag] = res
+        return res
 
     def evaluate(self, tasks: int, greedy: bool) -> dict[str, float]:
         """Held-out tasks (reset seeds from EVAL_SEED_BASE): pass rate, one sample each (or greedy)."""
@@ -376,54 +353,21 @@ def plot_rewards(metrics_path: Path, png: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def run(args: RLArgs) -> dict[str, Any]:
-    """Train until `steps` updates or `minutes` of wall clock; returns the stage summary (also stage.json)."""
-    from tqdm import tqdm
-
+def run(args: RLArgs, on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The stage: held-out evaluation, training, evaluation, final checkpoint and model, reward.png; returns
+    the stage summary (also stage.json)."""
     rl = RLRun(args)
-    metrics = rl.out / "metrics.jsonl"
-    if not rl.ckpt and metrics.exists():
-        metrics.unlink()
     summary: dict[str, Any] = {"stage": "rl", "args": _jsonable(asdict(args)), "resumed_from": str(rl.ckpt or "")}
     try:
-        def record(row: dict) -> None:
-            with metrics.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
-        def evaluate(tag: str) -> dict:
-            rl.sync_eval_pool()
-            res = {"step": rl.step, "eval_sampled": rl.evaluate(args.eval_tasks, greedy=False)["pass_rate"],
-                   "eval_greedy": rl.evaluate(args.eval_tasks, greedy=True)["pass_rate"]}
-            record(res)
-            summary[f"eval_{tag}"] = res
-            return res
-
         if args.eval_tasks and not rl.ckpt:
-            evaluate("start")
-        budget = args.minutes * 60 if args.minutes else math.inf
-        show = args.progress if args.progress is not None else sys.stderr.isatty()
-        bar = tqdm(total=args.steps, initial=rl.step, desc="rl", disable=not show, dynamic_ncols=True)
-        t_start = time.perf_counter() - rl.elapsed
-        rows = []
-        while rl.step < args.steps and time.perf_counter() - t_start < budget:
-            row = rl.update()
-            rl.elapsed = time.perf_counter() - t_start
-            row["elapsed_s"] = round(rl.elapsed, 2)
-            rows.append(row)
-            record(row)
-            bar.update(1)
-            bar.set_postfix(reward=f"{row.get('reward_mean', float('nan')):.3f}",
-                            pass_=f"{row.get('pass_rate', float('nan')):.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            if args.eval_every and args.eval_tasks and rl.step % args.eval_every == 0:
-                evaluate(f"step{rl.step}")
-            if args.save_every and rl.step % args.save_every == 0:
-                rl.save_checkpoint()
-        bar.close()
+            rl.evaluate_and_record("start")
+        rows = rl.train(on_update)
         if args.eval_tasks:
-            evaluate("end")
+            rl.evaluate_and_record("end")
         rl.save_checkpoint()
         rl.save_model(rl.out)
-        plot_rewards(metrics, rl.out / "reward.png", title=f"{args.algo} on {args.env}")
+        plot_rewards(rl.metrics, rl.out / "reward.png", title=f"{args.algo} on {args.env}")
+        summary.update({f"eval_{tag}": res for tag, res in rl.evals.items()})
         summary.update({
             "steps": rl.step, "version": rl.version, "elapsed_s": round(rl.elapsed, 1),
             "updates_this_run": len(rows),
@@ -439,33 +383,18 @@ def run(args: RLArgs) -> dict[str, Any]:
 
 # --- command line -----------------------------------------------------------------------------------------
 
-def _json_arg(text: str | None, flag: str) -> dict | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{flag} is not JSON: {exc.msg}") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{flag} must be a JSON object")
-    return value
-
-
 def cmd_rl(ns) -> int:
-    if ns.steps < 1 or ns.group < 1 or ns.tasks < 1 or ns.workers < 1:
-        raise UsageError("--steps, --group, --tasks and --workers must be at least 1")
-    if ns.algo == "grpo" and ns.group < 2:
-        raise UsageError("GRPO needs --group >= 2 (advantages are relative to the group)")
-    args = RLArgs(
-        out=Path(ns.out), env=ns.env, env_kwargs=_json_arg(ns.env_kwargs, "--env-kwargs") or {},
-        eval_env_kwargs=_json_arg(ns.eval_env_kwargs, "--eval-env-kwargs"), model=ns.model, algo=ns.algo,
-        workers=ns.workers, group=ns.group, tasks=ns.tasks, steps=ns.steps, minutes=ns.minutes, seed=ns.seed,
-        mode=ns.mode, max_staleness=ns.max_staleness, num_learners=ns.num_learners, address=ns.address,
-        num_cpus=ns.num_cpus, max_new_tokens=ns.max_new_tokens, temperature=ns.temperature, top_p=ns.top_p,
-        lr=ns.lr, warmup_updates=ns.warmup_updates, minibatches=ns.minibatches, epochs=ns.epochs, kl_coef=ns.kl_coef,
-        std_normalise=ns.std_normalise, eval_tasks=ns.eval_tasks, eval_every=ns.eval_every,
-        save_every=ns.save_every, resume=not ns.no_resume, torch_threads=ns.torch_threads)
-    s = run(args)
+    from tqdm import tqdm
+
+    args = rl_args_from(ns)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    with tqdm(total=args.steps, desc="rl", disable=not show, dynamic_ncols=True) as bar:
+        def progress(row: dict) -> None:
+            bar.n = row["step"]
+            bar.set_postfix(reward=f"{row.get('reward_mean', float('nan')):.3f}",
+                            pass_=f"{row.get('pass_rate', float('nan')):.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
+
+        s = run(args, progress)
     line = (f"rl: {s['steps']} updates in {s['elapsed_s']} s, train reward {s['first_reward']} -> {s['last_reward']}")
     if "eval_end" in s:
         start = s.get("eval_start", {})
@@ -476,38 +405,8 @@ def cmd_rl(ns) -> int:
 
 
 def add_parser(train_group) -> None:
-    """Add `cwm train rl` to the `cwm train` subcommands."""
+    """Add `cwm train rl` to the `cwm train` subcommands: one flag per field of RLArgs and of the update settings."""
     p = train_group.add_parser("rl", help="GRPO or PPO with Ray rollouts in a registered env",
                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", default="cwm/Math-v0", help="registered env id (default cwm/Math-v0)")
-    p.add_argument("--env-kwargs", help='JSON keyword arguments for gymnasium.make, e.g. {"source": "generated"}')
-    p.add_argument("--eval-env-kwargs", help="JSON keyword arguments for held-out evaluation (default: --env-kwargs)")
-    p.add_argument("--model", default="cwm-micro", help="model directory (save_pretrained) or preset name")
-    p.add_argument("--algo", default="grpo", choices=["grpo", "ppo"])
-    p.add_argument("--workers", type=int, default=1, help="rollout workers (Ray actors)")
-    p.add_argument("--group", type=int, default=8, help="samples per task (GRPO group)")
-    p.add_argument("--tasks", type=int, default=32, help="tasks per update")
-    p.add_argument("--steps", type=int, default=100, help="updates in total")
-    p.add_argument("--minutes", type=float, help="wall-clock budget of the training loop")
-    p.add_argument("--out", required=True, help="run directory (resumes from its newest checkpoint)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", default="sync", choices=["sync", "async"])
-    p.add_argument("--max-staleness", type=int, default=1, help="async: drop samples older than K versions")
-    p.add_argument("--num-learners", type=int, default=0, help="data-parallel learner actors (0: in the driver)")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per turn")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate after the warm-up")
-    p.add_argument("--warmup-updates", type=int, default=10, help="learning-rate warm-up in updates")
-    p.add_argument("--minibatches", type=int, default=2, help="optimizer steps per epoch")
-    p.add_argument("--epochs", type=int, default=1, help="passes over each batch")
-    p.add_argument("--kl-coef", type=float, default=0.0, help="KL penalty to the start (default none, as CWM)")
-    p.add_argument("--std-normalise", action="store_true", help="divide GRPO advantages by the group std")
-    p.add_argument("--eval-tasks", type=int, default=0, help="held-out tasks evaluated before and after")
-    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N updates")
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N updates (default: at the end)")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if --out has checkpoints")
-    p.add_argument("--torch-threads", type=int, help="learner threads (tiny models on a busy CPU: 1 is fastest)")
+    add_rl_flags(p)
     p.set_defaults(func=cmd_rl)

@@ -18,7 +18,8 @@ BENCH_MODULES: list[str] = [
     "benchmarks.swe_env_bench",
     "benchmarks.math_bench",
     "benchmarks.math_verify_bench",
-    "benchmarks.rl_bench",
+    "benchmarks.math_attack_bench",
+    "benchmarks.rl.cli",
 ]
 
 

@@ -20,7 +20,7 @@ SECTIONS: list[str] = [
     "benchmarks.trace_bench:demo_section",
     "benchmarks.train_bench:demo_section",
     "benchmarks.swe_env_bench:demo_section",
-    "benchmarks.rl_bench:demo_section",
+    "benchmarks.rl.demo:demo_section",
 ]
 
 

@@ -3,12 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.grpo import (GRPOArgs, GRPOLearner, group_advantages, grpo_settings, grpo_token_loss, prepare_batch,
-                         select_informative)
-from agents.lm_module import (MODULE_ID, build_learner_group, get_lm_weights, lr_schedule, pack, set_lm_weights,
-                              update_learners)
+from agents.grpo import GRPOArgs, GRPOLearner, group_advantages, grpo_token_loss, prepare_batch, select_informative
+from agents.lm_module import MODULE_ID, build_learner_group, get_lm_weights, pack, set_lm_weights, update_learners
 from agents.policy import LMPolicy
-from agents.ppo import PPOArgs, PPOLearner, gae, ppo_settings, token_rewards
+from agents.ppo import PPOArgs, PPOLearner, gae, token_rewards
 from agents.ppo import prepare_batch as ppo_prepare
 from agents.trajectory import Trajectory
 from cwm_envs.chat import format_chat
@@ -31,9 +29,8 @@ def traj(ids, mask, reward, group, logprobs=None, version=0):
                       rewards=[reward], version=version, group=group, turn_ends=[len(ids) - 1])
 
 
-def learners(model, args, num_learners=0, value_head=False, cls=GRPOLearner, settings=None):
-    lg = build_learner_group(cls, model.config, lr=args.lr, learner_settings=settings or grpo_settings(args),
-                             num_learners=num_learners, value_head=value_head, temperature=args.temperature, seed=0)
+def learners(model, args, num_learners=0, value_head=False, cls=GRPOLearner):
+    lg = build_learner_group(cls, model.config, args, num_learners=num_learners, value_head=value_head, seed=0)
     weights = {f"lm.{k}": v for k, v in model.state_dict().items()}
     if value_head:
         weights.update({"value_head.weight": torch.zeros(1, model.config.hidden_size), "value_head.bias": torch.zeros(1)})
@@ -84,7 +81,7 @@ def test_update_raises_the_rewarded_completion_and_lowers_the_other(tiny):
     trajs = [traj(prompt + c, [0] * len(prompt) + [1] * len(c), r, 0) for c, r in [(good, 1.0), (bad, -1.0)]]
     for t in trajs:  # sampler log-probs = the current policy's, as LMPolicy records them
         t.logprobs = [0.0] * len(prompt) + _logprobs(model, t.ids, len(prompt))
-    args = GRPOArgs(lr=1e-3, minibatches=1, max_new_tokens=8)
+    args = GRPOArgs(lr=1e-3, warmup_updates=0, minibatches=1, max_new_tokens=8)
     lg = learners(model, args)
     before = get_lm_weights(lg)
     arrays, info = prepare_batch(trajs, args, multiple=1)
@@ -108,7 +105,7 @@ def _logprobs(model, ids, start, temperature=1.0):
 
 def test_env_tokens_and_padding_rows_never_move_the_weights(tiny):
     model, tok = tiny
-    args = GRPOArgs(lr=1e-2, minibatches=1, max_new_tokens=8, loss_rows=4)
+    args = GRPOArgs(lr=1e-2, warmup_updates=0, minibatches=1, max_new_tokens=8, loss_rows=4)
     ids = tok.encode("What is 3 + 4? \\boxed{7}", add_special_tokens=False)
     only_env = [traj(ids, [0] * len(ids), r, 0) for r in (1.0, -1.0)]  # the "policy" sampled nothing
     lg = learners(model, args)
@@ -136,7 +133,7 @@ def test_sampler_logprobs_match_the_learner_at_a_temperature(tiny):
     comps = policy.generate([prompt] * 4, generator=torch.Generator().manual_seed(0))
     trajs = [traj(prompt + c.ids, [0] * len(prompt) + [1] * len(c.ids), float(i % 2), 0,
                   logprobs=[0.0] * len(prompt) + c.logprobs) for i, c in enumerate(comps)]
-    args = GRPOArgs(minibatches=1, temperature=0.7, max_new_tokens=6)
+    args = GRPOArgs(warmup_updates=0, minibatches=1, temperature=0.7, max_new_tokens=6)
     lg = learners(model, args)
     arrays, _ = prepare_batch(trajs, args, multiple=1)
     assert update(lg, arrays)["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
@@ -149,8 +146,8 @@ def test_warmup_runs_update_k_at_the_schedule_value_for_k(tiny):
     model, tok = tiny
     ids = tok.encode("What is 3 + 4? \\boxed{7}", add_special_tokens=False)
     trajs = [traj(ids, [0] * 5 + [1] * (len(ids) - 5), r, 0) for r in (1.0, -1.0)]
-    args = GRPOArgs(minibatches=1, max_new_tokens=8)
-    lg = build_learner_group(GRPOLearner, model.config, lr=lr_schedule(1e-3, 4), learner_settings=grpo_settings(args))
+    args = GRPOArgs(lr=1e-3, warmup_updates=4, minibatches=1, max_new_tokens=8)
+    lg = build_learner_group(GRPOLearner, model.config, args)
     set_lm_weights(lg, {f"lm.{k}": v for k, v in model.state_dict().items()})
     arrays, _ = prepare_batch(trajs, args, multiple=1)
     used = []
@@ -177,7 +174,7 @@ def test_gae_and_turn_rewards():
 
 def test_ppo_update_fits_the_value_head(tiny):
     model, tok = tiny
-    args = PPOArgs(lr=3e-3, minibatches=1, epochs=1, max_new_tokens=8)
+    args = PPOArgs(lr=3e-3, warmup_updates=0, minibatches=1, epochs=1, max_new_tokens=8)
     head = torch.nn.Linear(model.config.hidden_size, 1)
     torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
     policy = LMPolicy(model, tok, value_head=head, max_new_tokens=8)
@@ -186,7 +183,7 @@ def test_ppo_update_fits_the_value_head(tiny):
     trajs = [Trajectory(ids=prompt + c.ids, policy_mask=[0] * len(prompt) + [1] * len(c.ids),
                         logprobs=[0.0] * len(prompt) + c.logprobs, values=[0.0] * len(prompt) + c.values,
                         rewards=[1.0], version=0, turn_ends=[len(prompt) + len(c.ids) - 1]) for c in comps]
-    lg = learners(model, args, value_head=True, cls=PPOLearner, settings=ppo_settings(args))
+    lg = learners(model, args, value_head=True, cls=PPOLearner)
     arrays, _ = ppo_prepare(trajs, args, multiple=1)
     first = update(lg, arrays)
     for _ in range(5):
@@ -204,7 +201,7 @@ def test_two_data_parallel_learners_match_one(tiny, ray_session):
     for text, r in zip(texts, (1.0, -1.0, 1.0, -1.0)):
         ids = tok.encode(text, add_special_tokens=False)
         trajs.append(traj(ids, [0] * 5 + [1] * (len(ids) - 5), r, 0, logprobs=[0.0] * 5 + _logprobs(model, ids, 5)))
-    args = GRPOArgs(lr=1e-3, minibatches=1, max_new_tokens=8, loss_rows=4)
+    args = GRPOArgs(lr=1e-3, warmup_updates=0, minibatches=1, max_new_tokens=8, loss_rows=4)
     out, norms = [], []
     for n in (0, 2):
         lg = learners(model, args, num_learners=n)

@@ -1,4 +1,4 @@
-"""cwm bench math / cwm bench verifier: the runner through Math-v0's reward path, reports, the demo section."""
+"""cwm bench math / verifier / math-attacks: the runner through Math-v0's reward path, reports, the demo section."""
 from __future__ import annotations
 
 import json
@@ -87,6 +87,19 @@ def test_verifier_bench_cli_reports_both_verifiers(data_dir, tmp_path):
     for name in ("ours", "mv"):
         assert s[f"{name}_median_ms"] > 0 and s[f"{name}_p99_ms"] >= s[f"{name}_median_ms"]
     assert s["ours_false_positives"] == 0 and s["ours_accuracy"] == 1.0
+
+
+def test_math_attacks_bench_cli_reports_no_paid_constant(data_dir, tmp_path):
+    out = tmp_path / "attacks"
+    proc = subprocess.run(CWM + ["bench", "math-attacks", "--data", "aime24", "--every", "10", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((out / "report.json").read_text())["summary"]
+    assert s["ok"] is True and s["aime24_rows"] == 3 and s["aime24_oracle_paid"] == 1.0
+    assert s["aime24_dishonest_payments"] == 0 and s["responses"] > 400
+    bad = subprocess.run(CWM + ["bench", "math-attacks", "--data", "mnist", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
 
 
 def test_demo_section_shows_rewards_and_evidence(capsys):

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from agents import sharded
-from agents.grpo import GRPOArgs, GRPOLearner, grpo_settings
+from agents.grpo import GRPOLearner
 from agents.lm_module import build_learner_group, get_lm_weights, pack, set_lm_weights, update_learners
+from agents.rl_args import GRPOArgs
 from agents.trajectory import Trajectory
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -45,19 +46,18 @@ def run(lg, arrays, n=UPDATES):
 def test_sharded_grpo_learners_match_the_unsharded_one(tiny, ray_session, tmp_path):
     model, tok = tiny
     arrays = batch(model, tok)
-    args = GRPOArgs(lr=1e-3, minibatches=1, max_new_tokens=8, loss_rows=4, kl_rows=4)
+    args = GRPOArgs(lr=1e-3, warmup_updates=1, minibatches=1, max_new_tokens=8, loss_rows=4, kl_rows=4)
     start = {f"lm.{k}": v for k, v in model.state_dict().items()}
 
-    plain = build_learner_group(GRPOLearner, model.config, lr=args.lr, learner_settings=grpo_settings(args), seed=0)
+    plain = build_learner_group(GRPOLearner, model.config, args, seed=0)
     set_lm_weights(plain, start)
     plain.foreach_learner(lambda learner: learner.snapshot_reference())
     want = run(plain, arrays)
     want_weights = get_lm_weights(plain)
     plain.shutdown()
 
-    settings = {**grpo_settings(args), "sharding": sharded.sharding_settings("fsdp")}
-    lg = build_learner_group(sharded.ShardedGRPOLearner, model.config, lr=args.lr, learner_settings=settings,
-                             num_learners=2, seed=0)
+    settings = sharded.shard_update(args, "fsdp")
+    lg = build_learner_group(sharded.ShardedGRPOLearner, model.config, settings, num_learners=2, seed=0)
     with pytest.raises(RuntimeError, match="spread over all learners"):
         get_lm_weights(lg)  # one learner alone cannot gather: a clear error instead of a hang
     sharded.set_lm_weights(lg, start)
@@ -76,7 +76,7 @@ def test_sharded_grpo_learners_match_the_unsharded_one(tiny, ray_session, tmp_pa
 
     sharded.save_learners(lg, tmp_path / "learners")
     lg.shutdown()
-    one = build_learner_group(sharded.ShardedGRPOLearner, model.config, lr=args.lr, learner_settings=settings, seed=0)
+    one = build_learner_group(sharded.ShardedGRPOLearner, model.config, settings, seed=0)
     with pytest.raises(RuntimeError, match="no weights yet"):  # its slices are uninitialised memory
         update_learners(one, arrays, minibatches=1, epochs=1)
     with pytest.raises(ValueError, match="whole LM"):
@@ -90,11 +90,12 @@ def test_sharded_grpo_learners_match_the_unsharded_one(tiny, ray_session, tmp_pa
 
 def test_sharded_ppo_learner_in_the_driver_matches_the_unsharded_one(tiny):
     """num_learners=0: the learner shards over a one-rank group of its own; the value head is a unit too."""
-    from agents.ppo import PPOArgs, PPOLearner, ppo_settings
+    from agents.ppo import PPOLearner
     from agents.ppo import prepare_batch as ppo_prepare
+    from agents.rl_args import PPOArgs
 
     model, tok = tiny
-    args = PPOArgs(lr=3e-3, minibatches=1, epochs=1, max_new_tokens=8)
+    args = PPOArgs(lr=3e-3, warmup_updates=1, minibatches=1, epochs=1, max_new_tokens=8)
     trajs = []
     for i, text in enumerate(["What is 3 + 4? \\boxed{7}", "What is 3 + 4? 7", "What is 3 + 4? five"]):
         ids = tok.encode(text, add_special_tokens=False)
@@ -105,9 +106,8 @@ def test_sharded_ppo_learner_in_the_driver_matches_the_unsharded_one(tiny):
     start = {f"lm.{k}": v for k, v in model.state_dict().items()}
     start.update({"value_head.weight": torch.zeros(1, model.config.hidden_size), "value_head.bias": torch.zeros(1)})
     out = []
-    for cls, settings in ((PPOLearner, ppo_settings(args)),
-                          (sharded.ShardedPPOLearner, {**ppo_settings(args), "sharding": sharded.sharding_settings()})):
-        lg = build_learner_group(cls, model.config, lr=args.lr, learner_settings=settings, value_head=True, seed=0)
+    for cls, settings in ((PPOLearner, args), (sharded.ShardedPPOLearner, sharded.shard_update(args))):
+        lg = build_learner_group(cls, model.config, settings, value_head=True, seed=0)
         (set_lm_weights if cls is PPOLearner else sharded.set_lm_weights)(lg, start)
         metrics = run(lg, arrays, 2)
         out.append((metrics, get_lm_weights(lg) if cls is PPOLearner else sharded.gather_lm_weights(lg)))

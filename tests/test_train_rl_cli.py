@@ -1,9 +1,16 @@
-"""`cwm train rl` through a subprocess with a tiny budget: outputs, resume, PPO, and user errors."""
+"""`cwm train rl` through a subprocess with a tiny budget: outputs, resume, PPO, and user errors; its flags are
+the settings dataclasses, one each, and parse back into the same objects."""
 import json
 import subprocess
 import sys
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
 
 import pytest
+
+from agents.rl_args import ALGOS, RLArgs
+from cwm_envs.cli import main
 
 CWM = [sys.executable, "-m", "cwm_envs.cli"]
 EASY = '{"source": "generated", "kinds": ["add_sub"], "difficulty": 0}'
@@ -75,11 +82,12 @@ def test_async_ppo_run_trains_the_value_head_within_the_staleness_bound(tmp_path
 
 
 def test_user_errors_are_one_line(tmp_path, model_dir, capsys):
-    from cwm_envs.cli import main
-
     base = ["train", "rl", "--env-kwargs", EASY, "--model", str(model_dir), "--out", str(tmp_path / "bad")]
     for extra, needle in ((["--env", "cwm/Nope-v0"], "cwm/Nope-v0"), (["--model", str(tmp_path / "none")], "preset"),
-                          (["--env-kwargs", "{oops"], "--env-kwargs"), (["--group", "1"], "group")):
+                          (["--env-kwargs", "{oops"], "--env-kwargs"), (["--group", "1"], "group"),
+                          (["--gamma", "0.9"], "--gamma"),  # a PPO setting given to GRPO is refused, not ignored
+                          (["--minibatches", "0"], "--minibatches"), (["--temperature", "0"], "--temperature"),
+                          (["--eval-env-kwargs", "[1]"], "--eval-env-kwargs")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
@@ -87,10 +95,79 @@ def test_user_errors_are_one_line(tmp_path, model_dir, capsys):
 
 def test_the_rl_commands_register_without_importing_torch_or_ray():
     """`cwm` imports these modules to build its parsers; `cwm --help` should not wait for torch or Ray."""
-    code = ("import sys, argparse; import agents.train_rl, benchmarks.rl_bench as b; from cwm_envs.cli import group; "
+    code = ("import sys, argparse; import agents.train_rl, benchmarks.rl.cli as b; from cwm_envs.cli import group; "
             "sub = argparse.ArgumentParser().add_subparsers(); b.register(sub); "
             "agents.train_rl.add_parser(group(sub, 'train', 'x')); "
             "print(sorted(m for m in ('torch', 'ray', 'transformers', 'trl') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# --- the flags are the settings dataclasses ----------------------------------------------------------------
+
+def parse(argv):
+    """RLArgs as `cwm train rl ARGV` builds them (the command's own parser and conversion)."""
+    from agents.rl_args import rl_args_from
+    from cwm_envs.cli import build_parser
+
+    return rl_args_from(build_parser().parse_args(["train", "rl", *argv]))
+
+
+def changed(cls, **given):
+    """An instance of settings dataclass `cls` with every field not `given` off its default (a value per type)."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in given:
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        hint = hints[f.name]
+        kind = ([t for t in typing.get_args(hint) if t is not type(None)] or [hint])[0]
+        if typing.get_origin(hint) is typing.Literal:
+            given[f.name] = next(v for v in typing.get_args(hint) if v != default)
+        elif kind is bool:
+            given[f.name] = not default
+        elif kind in (int, float):
+            given[f.name] = kind((default or 0) + 3)
+        elif kind is str:
+            given[f.name] = f"{default or f.name}-x"
+        elif kind is dict:
+            given[f.name] = {"source": "generated", f.name: [1, "a"]}
+        else:
+            raise AssertionError(f"no test value for {cls.__name__}.{f.name} ({hint}): teach this test its type")
+    return cls(**given)
+
+
+def argv_of(args: RLArgs) -> list[str]:
+    """The command line of `args`: the flag of each field (of RLArgs, then of its update settings)."""
+    argv = []
+    for obj in (args, args.update):
+        for f in fields(obj):
+            value, flag = getattr(obj, f.name), "--" + f.name.replace("_", "-")
+            if f.name == "update" or value is None:
+                continue
+            if isinstance(value, bool):
+                argv.append(flag if value else "--no-" + flag[2:])
+            else:
+                argv += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
+    return argv
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_every_setting_has_a_flag_and_the_parsed_args_round_trip(algo):
+    update = changed(ALGOS[algo])
+    args = changed(RLArgs, algo=algo, update=update, out=Path("/runs/rl"))
+    assert parse(argv_of(args)) == args
+    # nothing given: the dataclasses' own defaults, for either algo (the parser holds no second copy)
+    assert parse(["--out", "/runs/rl", "--algo", algo]) == RLArgs(out=Path("/runs/rl"), algo=algo)
+
+
+def test_the_help_lists_every_update_setting(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "rl", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--eps-low", "--eps-high", "--gamma", "--gae-lambda", "--vf-coef", "--vf-clip", "--grad-clip",
+                 "--kl-coef", "--epochs", "--std-normalise", "--whiten", "--keep-checkpoints", "--progress"):
+        assert flag in text
+    assert "(default: grpo 0.25, ppo 0.2)" in text  # each algo's own clip, from its dataclass
+    assert "(ppo only; default: 0.95)" in text

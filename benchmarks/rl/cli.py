@@ -1,0 +1,52 @@
+"""The `cwm bench rl learn|trl|scaling` commands (light: each command's module imports torch and Ray only when
+it runs)."""
+from __future__ import annotations
+
+from agents.rl_args import ALGOS
+from benchmarks.rl.common import LR
+from benchmarks.rl.learn import cmd_learn
+from benchmarks.rl.scaling import cmd_scaling
+from benchmarks.rl.trl_compare import cmd_trl
+
+
+def register(sub) -> None:
+    from benchmarks.cli import bench_group
+
+    rl = bench_group(sub).add_parser("rl", help="RL stage evidence: learning, TRL comparison, rollout scaling")
+    g = rl.add_subparsers(dest="rl_command", metavar="COMMAND")
+    rl.set_defaults(func=lambda _a, _p=rl: _p.print_help() or 2)
+
+    p = g.add_parser("learn", help="GRPO (or PPO) lifts an SFT-warmed cwm-micro on add/sub, per seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--algo", choices=list(ALGOS), default="grpo", help="the learner (PPO: value head + GAE)")
+    p.add_argument("--minutes", type=float, default=8.0, help="RL wall-clock budget per seed")
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--max-steps", type=int, default=10**6, help="also stop after this many updates")
+    p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--problems", type=int, default=200, help="held-out problems")
+    p.add_argument("--torch-threads", type=int, default=1, help="threads of this process (SFT, learner)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_learn)
+
+    p = g.add_parser("trl", help="ours vs TRL GRPOTrainer: seconds per update and accuracy after N updates")
+    p.add_argument("--updates", type=int, default=30)
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--model", help="warm model directory (default: build one as `learn` does)")
+    p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="each seed: its own warm model (unless --model), then both trainers")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--problems", type=int, default=200)
+    p.add_argument("--torch-threads", type=int, default=1, help="threads of this process (both trainers)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_trl)
+
+    p = g.add_parser("scaling", help="rollout env steps/s and tokens/s with 1 and 2 workers; Ray overhead")
+    p.add_argument("--model", help="model directory (default: build the warm model)")
+    p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")
+    p.add_argument("--tasks", type=int, default=32)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_scaling)

@@ -1,0 +1,180 @@
+"""What the RL benches share: the easy math setting, the SFT warm start, held-out evaluation, and the RLArgs
+every bench trains with."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agents.rl_args import ALGOS, RLArgs, UpdateArgs
+from benchmarks.report import pass_at_k
+
+# torch, Ray, transformers and TRL are imported inside the functions that use them: `cwm` imports these modules
+# to build its parsers, and `cwm --help` should not wait for them.
+
+MATH = "cwm/Math-v0"
+# Single-digit addition/subtraction. Thinking off and the short prompt ("Wrap your answer in $\boxed{}$.") keep
+# a prompt near 20 tokens instead of ~80 with the reasoning system prompt: on a 2-core CPU every update's
+# sampling and learner pass scale with it. The reward is the env's own (+1/-1, exactly one \boxed{}).
+EASY = {"source": "generated", "kinds": ["add_sub"], "difficulty": 0, "think": False, "prompt_style": "direct"}
+NOISE_BAND = 0.035  # one standard error of an accuracy near 0.5 on 200 problems: sqrt(0.25 / 200)
+LR = UpdateArgs.lr  # the RL default, measured here: 5e-4 (the probe's) and 2e-4 rise, then fall; 1e-4 keeps rising
+
+
+def rl_args(out: Path, model: Path, seed: int, minutes: float | None, steps: int, workers: int, threads: int = 1,
+            lr: float = LR, algo: str = "grpo") -> RLArgs:
+    """The benches' RL run: 32 tasks x 8 samples per update, 2 minibatches, 32 new tokens, the rest defaults."""
+    return RLArgs(out=out, env=MATH, env_kwargs=dict(EASY), model=str(model), algo=algo,
+                  update=ALGOS[algo](lr=lr, minibatches=2, max_new_tokens=32), workers=workers, group=8, tasks=32,
+                  steps=steps, minutes=minutes, seed=seed, resume=False, num_cpus=2, torch_threads=threads)
+
+
+def setup_of(args: RLArgs) -> dict:
+    """The settings a report lists, read from the run's own RLArgs."""
+    return {"env": args.env, "env_kwargs": args.env_kwargs, "tasks": args.tasks, "group": args.group,
+            "minibatches": args.update.minibatches, "lr": args.update.lr,
+            "warmup_updates": args.update.warmup_updates}
+
+
+# --- the warm start: tokenizer + cwm-micro + short SFT ----------------------------------------------------
+
+def env_texts(n: int, seed: int = 0) -> list[str]:
+    """Prompts and oracle replies of the easy math stream (what the tokenizer is trained on)."""
+    import gymnasium
+
+    import cwm_envs  # noqa: F401
+    env = gymnasium.make(MATH, **EASY)
+    texts = []
+    for i in range(n):
+        obs, _ = env.reset(seed=seed + i)
+        texts += [obs, env.unwrapped.reference_response(env.unwrapped.task)]
+    env.close()
+    return texts
+
+
+CALIBRATION_SEED_BASE = 3 * 10**9  # reset seeds of the problems that decide when the warm start is warm enough
+
+
+def warm_start(out: Path, seed: int, target: float | None = 0.3, sft_lr: float = 1.5e-3, first: int = 150,
+               chunk: int = 10, max_steps: int = 400, quiet: bool = True) -> Path:
+    """cwm-micro with a tokenizer trained on the env's text, SFT'd on oracle episodes until its sampled accuracy
+    on calibration problems reaches `target` (checked every `chunk` steps after `first`), or for `first`
+    steps when `target` is None. Returns the model directory (save_pretrained), the RL stage's start.
+
+    The SFT learning rate is constant after warm-up so that the run can be extended chunk by chunk; how many
+    steps a seed needs varies (the accuracy rises steeply once the model starts to add).
+    """
+    import torch
+
+    from model import sft
+    from model.config import TOKENIZER_VOCAB, build_model
+    from model.tokenizer import train_tokenizer
+    from model.train_loop import TrainArgs
+
+    out = Path(out)
+    done = out / "sft" / "warm_start.json"
+    if done.is_file():
+        return out / "sft"
+    if not (out / "base" / "config.json").is_file():
+        tok = train_tokenizer(env_texts(400), vocab_size=TOKENIZER_VOCAB["cwm-micro"])
+        torch.manual_seed(seed)
+        model = build_model("cwm-micro", vocab_size=len(tok))
+        model.save_pretrained(out / "base")
+        tok.save_pretrained(out / "base")
+    steps, history = first, []
+    while True:
+        args = TrainArgs(out=out / "sft", max_steps=steps, batch_size=16, seq_len=256, lr=sft_lr, min_lr_ratio=1.0,
+                         warmup_steps=5, eval_every=10**9, eval_rows=0, save_every=10**9, keep_checkpoints=1,
+                         log_every=10, seed=seed, resume=True)
+        with silence(quiet):
+            sft.run(args, str(out / "base"), MATH, episodes=1000, env_kwargs=EASY, eval_episodes=0)
+        if target is None:
+            break
+        acc = calibration_accuracy(out / "sft")
+        history.append({"steps": steps, "sampled": acc})
+        if acc >= target or steps >= max_steps:
+            break
+        steps += chunk
+    done.write_text(json.dumps({"steps": steps, "target": target, "history": history}) + "\n")
+    return out / "sft"
+
+
+def calibration_accuracy(model_dir: Path, problems: int = 100, samples: int = 4) -> float:
+    """Sampled accuracy on calibration problems, in this process (no Ray needed for a few hundred episodes)."""
+    from agents.policy import LMPolicy
+    from agents.rollout import EnvSpec, RolloutWorker, draw_requests
+
+    policy = LMPolicy.from_pretrained(model_dir, max_new_tokens=32)
+    worker = RolloutWorker([EnvSpec(MATH, kwargs=dict(EASY))], policy.spec(), policy.get_weights())
+    seeds = [CALIBRATION_SEED_BASE + i for i in range(problems)]
+    trajs, _ = worker.run(draw_requests(None, [1.0], problems, samples, seeds=seeds, env=0), sample_seed=0)
+    worker.close()
+    return float(np.mean([t.ok and t.reward > 0 for t in trajs]))
+
+
+def silence(on: bool = True):
+    """Silence a stage's own prints (the benchmark prints its own lines)."""
+    return contextlib.redirect_stdout(io.StringIO()) if on else contextlib.nullcontext()
+
+
+# --- held-out evaluation ------------------------------------------------------------------------------------
+
+def heldout(pool, problems: int, samples: int = 8) -> dict[str, float]:
+    """Accuracy on held-out problems (reset seeds from EVAL_SEED_BASE): sampled (mean over `samples` draws),
+    greedy (one argmax answer), and pass@`samples`."""
+    return heldout_detail(pool, problems, samples)[0]
+
+
+def heldout_detail(pool, problems: int, samples: int = 8) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """`heldout`, plus each problem's sampled and greedy accuracy in reset-seed order (for paired comparisons
+    of two models on the same problems)."""
+    from agents.train_rl import EVAL_SEED_BASE
+
+    seeds = [EVAL_SEED_BASE + i for i in range(problems)]
+    sampled, _ = pool.sample(problems, samples, seeds=seeds)
+    greedy, _ = pool.sample(problems, 1, seeds=seeds, greedy=True)
+    by_task: dict[int, list[bool]] = {}
+    for t in sampled:
+        by_task.setdefault(t.seed, []).append(t.ok and t.reward > 0)
+    greedy_by_task = {t.seed: float(t.ok and t.reward > 0) for t in greedy}
+    per_problem = {"sampled": [float(np.mean(by_task[s])) for s in sorted(by_task)],
+                   "greedy": [greedy_by_task[s] for s in sorted(greedy_by_task)]}
+    summary = {
+        "sampled": float(np.mean([c for cs in by_task.values() for c in cs])),
+        "greedy": float(np.mean(per_problem["greedy"])),
+        f"pass@{samples}": float(np.mean([pass_at_k(len(cs), sum(cs), samples) for cs in by_task.values()])),
+    }
+    return summary, per_problem
+
+
+# --- held-out evaluation ------------------------------------------------------------------------------------
+
+def heldout(pool, problems: int, samples: int = 8) -> dict[str, float]:
+    """Accuracy on held-out problems (reset seeds from EVAL_SEED_BASE): sampled (mean over `samples` draws),
+    greedy (one argmax answer), and pass@`samples`."""
+    return heldout_detail(pool, problems, samples)[0]
+
+
+def heldout_detail(pool, problems: int, samples: int = 8) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """`heldout`, plus each problem's sampled and greedy accuracy in reset-seed order (for paired comparisons
+    of two models on the same problems)."""
+    from agents.train_rl import EVAL_SEED_BASE
+
+    seeds = [EVAL_SEED_BASE + i for i in range(problems)]
+    sampled, _ = pool.sample(problems, samples, seeds=seeds)
+    greedy, _ = pool.sample(problems, 1, seeds=seeds, greedy=True)
+    by_task: dict[int, list[bool]] = {}
+    for t in sampled:
+        by_task.setdefault(t.seed, []).append(t.ok and t.reward > 0)
+    greedy_by_task = {t.seed: float(t.ok and t.reward > 0) for t in greedy}
+    per_problem = {"sampled": [float(np.mean(by_task[s])) for s in sorted(by_task)],
+                   "greedy": [greedy_by_task[s] for s in sorted(greedy_by_task)]}
+    summary = {
+        "sampled": float(np.mean([c for cs in by_task.values() for c in cs])),
+        "greedy": float(np.mean(per_problem["greedy"])),
+        f"pass@{samples}": float(np.mean([pass_at_k(len(cs), sum(cs), samples) for cs in by_task.values()])),
+    }
+    return summary, per_problem

@@ -39,6 +39,8 @@ class EnvSpec:
     pip_packages: tuple[str, ...] = ()   # installed after them (may re-pin what they installed, as upstream)
     pre_install: tuple[str, ...] = ()    # run in /testbed before `install` (instance layer)
     install: tuple[str, ...] = ()        # run in /testbed when the instance image is built
+    date: str = ""                       # resolve requirements as of this upload date ("" = today)
+    apt_packages: tuple[str, ...] = ()   # Debian packages of the spec's pre_install (the tools layer)
     notes: tuple[str, ...] = field(default=(), compare=False)   # every substitution made, for the reports
 
 
@@ -58,8 +60,8 @@ def pick_suite(python: str) -> tuple[str, str, list[str]]:
         return python, SUITES[python], []
     have = sorted(SUITES, key=lambda v: tuple(map(int, v.split("."))))
     want = tuple(map(int, python.split(".")[:2])) if re.fullmatch(r"\d+\.\d+(\.\d+)?", python) else (3, 11)
-    # nearest version, preferring the newer one on a tie (old code tends to run on the next release)
-    best = min(have, key=lambda v: (abs(tuple(map(int, v.split(".")))[1] - want[1]), -int(v.split(".")[1])))
+    # nearest version, the older one on a tie: the pins of the spec's time have wheels for the older Python
+    best = min(have, key=lambda v: (abs(tuple(map(int, v.split(".")))[1] - want[1]), int(v.split(".")[1])))
     return best, SUITES[best], [f"spec asks Python {python}; no offline base has it, ran Python {best} instead"]
 
 
@@ -132,8 +134,21 @@ def _environment_yml(repo: str, repo_dir: Path, commit: str) -> tuple[list[str],
     return [], [f"no environment.yml found at {commit[:12]}"]
 
 
-def env_spec_for(repo: str, version: str, repo_dir: str | Path | None = None, env_commit: str = "") -> EnvSpec:
-    """The EnvSpec of a SWE-bench repo version (requirements files are read from the local clone)."""
+def commit_date(repo_dir: str | Path, commit: str) -> str:
+    """A commit's committer date (ISO 8601), or "" when the clone lacks it."""
+    proc = subprocess.run(["git", "-C", str(repo_dir), "log", "-1", "--format=%cI", commit], capture_output=True,
+                          text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def env_spec_for(repo: str, version: str, repo_dir: str | Path | None = None, env_commit: str = "",
+                 date: str = "") -> EnvSpec:
+    """The EnvSpec of a SWE-bench repo version (requirements files are read from the local clone).
+
+    `date`: resolve as of it; by default the environment_setup_commit's date (the newest commit of the
+    version, so one environment serves every instance of it)."""
+    if not date and repo_dir is not None and env_commit:
+        date = commit_date(repo_dir, env_commit)
     spec = swebench_specs(repo, version)
     if spec is None:
         raise UsageError(f"{repo} {version}: no SWE-bench dependency spec for this repo version; "
@@ -154,15 +169,40 @@ def env_spec_for(repo: str, version: str, repo_dir: str | Path | None = None, en
         reqs += [c for c in conv if c]
         if dropped:
             notes.append(f"conda-only packages dropped: {', '.join(dropped)}")
-    pre = tuple(spec.get("pre_install", ()))
-    if any(p.lstrip().startswith(("apt-get", "apt ")) for p in pre):
-        notes.append("pre_install apt-get steps skipped (no network while images build); "
-                     "add the Debian packages to the base image if the tests need them")
-        pre = tuple(p for p in pre if not p.lstrip().startswith(("apt-get", "apt ")))
+    pre, apt, more = split_pre_install(tuple(spec.get("pre_install", ())))
+    notes += more
     install = (spec["install"],) if spec.get("install") else ()
     return EnvSpec(python=python, suite=suite, requirements=tuple(reqs),
                    pip_packages=tuple(spec.get("pip_packages", ())), pre_install=pre, install=install,
-                   notes=tuple(notes))
+                   date=date, apt_packages=apt, notes=tuple(notes))
+
+
+def split_pre_install(steps: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
+    """A spec's pre_install -> (steps run in the instance layer, Debian packages for the tools layer, notes).
+
+    apt-get steps become packages of the tools layer (TeX Live, gigabytes, is left out and said so); steps
+    that download (wget, curl) cannot run offline and are skipped, with a note.
+
+    >>> split_pre_install(("apt-get update && apt-get install -y locales", "locale-gen en_US.UTF-8"))[:2]
+    (('locale-gen en_US.UTF-8',), ('locales',))
+    """
+    keep, apt, notes, skipped, heavy = [], [], [], [], []
+    for step in steps:
+        if re.search(r"\bapt(-get)?\s", step):
+            for m in re.finditer(r"apt(?:-get)?\s+install\s+([^&;|]+)", step):
+                for pkg in m.group(1).split():
+                    if pkg.startswith("-"):
+                        continue
+                    (heavy if pkg.startswith(("texlive", "cm-super")) else apt).append(pkg)
+        elif re.search(r"\b(wget|curl)\b", step):
+            skipped.append(step)
+        else:
+            keep.append(step)
+    if heavy:
+        notes.append(f"Debian packages left out of the tools layer (size): {', '.join(heavy)}")
+    if skipped:
+        notes.append(f"pre_install steps that download were skipped (no network in builds): {'; '.join(skipped)}")
+    return tuple(keep), tuple(dict.fromkeys(apt)), notes
 
 
 def env_spec(instance, repo_dir: str | Path | None = None) -> EnvSpec:
@@ -170,6 +210,7 @@ def env_spec(instance, repo_dir: str | Path | None = None) -> EnvSpec:
     if instance.test_cmd or instance.pip_packages or instance.install or instance.python:
         python, suite, notes = pick_suite(instance.python or DEFAULT_PYTHON)
         return EnvSpec(python=python, suite=suite, requirements=tuple(instance.pip_packages),
-                       install=tuple(instance.install), notes=tuple(notes))
-    return env_spec_for(instance.repo, instance.version, repo_dir,
-                        instance.environment_setup_commit or instance.base_commit)
+                       install=tuple(instance.install), date=instance.created_at, notes=tuple(notes))
+    env_commit = instance.environment_setup_commit or instance.base_commit
+    date = commit_date(repo_dir, env_commit) if repo_dir is not None else ""
+    return env_spec_for(instance.repo, instance.version, repo_dir, env_commit, date or instance.created_at)

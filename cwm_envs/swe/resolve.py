@@ -1,0 +1,205 @@
+"""Resolve an environment's requirements as of a date, so an old commit's loose pins resolve as they did then.
+
+Today's index no longer resolves many old requirement sets the way they resolved when the instance was made
+(a plugin's newest release needs a newer host package; a pin's dependencies moved on). `resolve` asks
+`uv pip compile` for the newest release of each requirement that had been uploaded by a date
+(`--exclude-newer`), for the image's Python and glibc (`--python-version`, `--python-platform`), and returns
+a complete lock: every package pinned with `==`, installed later with `--no-deps` from a wheelhouse.
+
+How the date moves and what is dropped, each said in `Lock.notes`:
+- an exact pin uploaded after the date (SWE-bench's specs pin releases of their own time) moves the cutoff
+  to that upload (uv's own hint gives it), so its dependencies resolve as of the pin;
+- a requirement the index does not have at all (a conda-only package) is dropped when it was asked for by
+  name; a missing dependency of something else is a `MissingDistribution`;
+- any other unsatisfiable set is a `ResolverConflict`, with uv's explanation.
+Build tools (pip, setuptools, wheel) are resolved as of `TOOLS_DATE` instead: source distributions need a
+setuptools new enough to build them (as the official images had), whatever the instance's date.
+
+Locks are cached on disk by their inputs, so a rebuild needs no index.
+
+>>> parse_lock("numpy==1.23.0\\n# comment\\npandas==1.5.3 ; python_version >= '3.9'\\n")
+('numpy==1.23.0', 'pandas==1.5.3')
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from cwm_envs.errors import InfraError, UsageError
+from cwm_envs.swe.failures import MissingDistribution, ResolverConflict
+
+TOOLS = ("pip", "setuptools", "wheel")
+TOOLS_DATE = "2024-07-01T00:00:00Z"      # about when SWE-bench's official environment images were built
+RESOLVE_VERSION = 1                      # bump when the resolution rules change (old locks are not reused)
+_PUBLISHED = re.compile(r"`([^`]+)` was filtered by `exclude-newer`.*?The requested version, v(\S+?),? was "
+                        r"published at (\S+?)\.?\s", re.S)
+_NOT_FOUND = re.compile(r"Because (\S+?) was not found in the package registry")
+_NO_VERSION = re.compile(r"there is no version of (\S+?)(?:[=<>!~]=?\S*)? ")
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A resolved requirement set: every package `name==version`, and what was changed to get there."""
+
+    pins: tuple[str, ...]
+    cutoff: str                                 # the upload date the resolution used in the end
+    dropped: tuple[str, ...] = ()               # requirements the index does not have (named in notes)
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def versions(self) -> dict[str, str]:
+        return dict(p.split("==", 1) for p in self.pins)
+
+
+def uv_binary() -> str:
+    """The `uv` executable: beside this Python (the `swe` extra installs it) or on PATH."""
+    here = Path(sys.executable).with_name("uv")
+    found = str(here) if here.exists() else shutil.which("uv")
+    if not found:
+        raise UsageError("resolving SWE environments needs `uv` (pip install 'cwm-envs[swe]' or pip install uv)")
+    return found
+
+
+def iso_date(value: str | dt.datetime) -> str:
+    """A dataset's `created_at` (or a git date) as the RFC 3339 UTC timestamp uv takes.
+
+    >>> iso_date("2022-03-03T15:14:54Z"), iso_date("2020-01-02 10:00:00+01:00")
+    ('2022-03-03T15:14:54Z', '2020-01-02T09:00:00Z')
+    """
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "T", 1)
+        try:
+            value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise UsageError(f"not a date: {value!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_lock(text: str) -> tuple[str, ...]:
+    """The `name==version` lines of uv's output (markers and comments dropped, names lower-cased)."""
+    pins = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].split(";", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, version = line.split("==", 1)
+            pins.append(f"{name.strip().lower()}=={version.strip()}")
+    return tuple(pins)
+
+
+def req_name(requirement: str) -> str:
+    """The normalised project name of a requirement line ("Jinja2[i18n]<3 ; ..." -> "jinja2")."""
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else ""
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("CWM_CACHE") or Path.home() / ".cache" / "cwm-envs") / "locks"
+
+
+def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, prefer: Iterable[str] = (),
+            log: Callable[[str], None] = lambda _m: None, timeout: float = 300.0, what: str = "requirements",
+            cwd: str | Path | None = None) -> Lock:
+    """Lock `requirements` as of `date` for CPython `python` on manylinux `glibc` (see the module docstring).
+
+    `prefer` pins (`name==version`, e.g. what an earlier layer installed) are kept when they fit and are
+    exempt from the date. Raises ResolverConflict / MissingDistribution / InfraError.
+    """
+    reqs = [r.strip() for r in requirements if r.strip()]
+    prefer = sorted({p for p in prefer if "==" in p})
+    date = iso_date(date) if date else ""
+    key = hashlib.sha256(json.dumps([RESOLVE_VERSION, reqs, prefer, python, glibc, date, TOOLS_DATE]).encode())
+    cached = _cache_dir() / f"{key.hexdigest()[:16]}.json"
+    if cached.exists() and not any(r.startswith((".", "/", "file:")) for r in reqs):
+        data = json.loads(cached.read_text())
+        return Lock(tuple(data["pins"]), data["cutoff"], tuple(data["dropped"]), tuple(data["notes"]))
+    if not reqs:
+        return Lock((), date)
+    cutoff, dropped, notes = date, [], []
+    for _ in range(20):
+        proc = _compile(reqs, prefer, python, glibc, cutoff, timeout, cwd)
+        if proc.returncode == 0:
+            pins = parse_lock(proc.stdout)
+            notes.append(f"{what} resolved as of {cutoff[:10] or 'today'} for Python {python}: " + " ".join(pins))
+            log(notes[-1])
+            lock = Lock(pins, cutoff, tuple(dropped), tuple(notes))
+            if not any(r.startswith((".", "/", "file:")) for r in reqs):   # a local path changes under us
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps({"pins": lock.pins, "cutoff": lock.cutoff, "dropped": lock.dropped,
+                                              "notes": lock.notes}))
+            return lock
+        err = proc.stderr
+        later = [(when, name, version) for name, version, when in _PUBLISHED.findall(err)
+                 if any(req_name(r) == req_name(name) and "==" in r for r in reqs)]
+        if later:                                 # a pin newer than the date: resolve as of that pin
+            when, name, version = max(later)
+            new = iso_date(dt.datetime.fromisoformat(iso_date(when).replace("Z", "+00:00")) + dt.timedelta(seconds=1))
+            if not cutoff or new <= cutoff:
+                raise ResolverConflict(f"{what}: uv keeps excluding {name}=={version}: {_tail(err)}")
+            notes.append(f"{what}: {name}=={version} was published {new[:10]}, after {cutoff[:10]}; "
+                         f"cutoff moved to {new[:10]}")
+            log(notes[-1])
+            cutoff = new
+            continue
+        missing = {req_name(m) for m in _NOT_FOUND.findall(err)}
+        asked = [r for r in reqs if req_name(r) in missing]
+        if asked:                                 # named by the spec but not on the index: conda-only
+            for r in asked:
+                reqs.remove(r)
+                dropped.append(r)
+            notes.append(f"{what}: not on the package index, dropped: {', '.join(asked)}")
+            log(notes[-1])
+            continue
+        if missing:
+            raise MissingDistribution(f"{what}: {', '.join(sorted(missing))} (needed by another requirement) is "
+                                      f"not on the package index: {_tail(err)}")
+        if "No solution found" in err:
+            raise ResolverConflict(f"{what} as of {cutoff[:10] or 'today'} for Python {python}: {_tail(err)}")
+        if "Failed to build" in err or "Failed to download and build" in err:
+            raise InfraError(f"{what}: uv could not read a package's metadata (build failed): {_tail(err)}")
+        raise InfraError(f"{what}: uv pip compile failed: {_tail(err)}")
+    raise ResolverConflict(f"{what}: no resolution after 20 rounds: {', '.join(notes[-3:])}")
+
+
+def _compile(reqs: list[str], prefer: list[str], python: str, glibc: int, cutoff: str, timeout: float,
+             cwd) -> subprocess.CompletedProcess:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cwm-resolve-") as tmp:
+        src, out = Path(tmp) / "requirements.in", Path(tmp) / "lock.txt"
+        src.write_text("\n".join(reqs) + "\n")
+        exempt = {req_name(p) for p in prefer}
+        if prefer:                               # uv keeps the pins of an existing output file when they fit
+            out.write_text("\n".join(prefer) + "\n")
+        cmd = [uv_binary(), "pip", "compile", str(src), "-o", str(out), "--quiet", "--no-header", "--no-annotate",
+               "--no-python-downloads", "--python-version", python, "--python-platform",
+               f"x86_64-manylinux_2_{glibc}"]
+        if cutoff:                               # "" = today's index
+            cmd += ["--exclude-newer", cutoff]
+            for name in TOOLS:
+                cmd += ["--exclude-newer-package", f"{name}={max(TOOLS_DATE, cutoff)}"]
+            for name in sorted(exempt - set(TOOLS)):
+                cmd += ["--exclude-newer-package", f"{name}={iso_date(dt.datetime.now(dt.timezone.utc))}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
+        env["UV_NO_CONFIG"] = "1"
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+        except subprocess.TimeoutExpired:
+            raise InfraError(f"uv pip compile ran past {timeout:.0f} s (building a package's metadata?)") from None
+        if proc.returncode == 0:
+            proc = subprocess.CompletedProcess(proc.args, 0, out.read_text(), proc.stderr)
+        return proc
+
+
+def _tail(err: str, n: int = 700) -> str:
+    text = " ".join(line.strip() for line in err.strip().splitlines() if line.strip())
+    return text[-n:]

@@ -36,10 +36,18 @@ def index(tmp_path_factory):
 
 def test_a_plugin_resolves_as_of_the_instance_date_not_today(index):
     # today's sphinxcontrib-applehelp needs Sphinx >= 5; in May 2020 it was 1.0.2, which works with Sphinx 3
-    lock = resolve(["sphinxcontrib-applehelp", "docutils"], python="3.9", glibc=31, date="2020-05-01T00:00:00Z")
+    lock = resolve(["sphinxcontrib-applehelp", "docutils"], python="3.8", glibc=31, date="2020-05-01T00:00:00Z")
     assert lock.versions()["sphinxcontrib-applehelp"] == "1.0.2"
     assert lock.versions()["docutils"] == "0.16"
     assert any("resolved as of 2020-05-01" in n and "sphinxcontrib-applehelp==1.0.2" in n for n in lock.notes)
+
+
+def test_a_date_before_the_python_had_wheels_is_raised_to_its_floor(index):
+    # an instance of 2013 runs on Python 3.9 here: pytest of 2013 (2.3, no `pytest` command) would not do
+    lock = resolve(["pytest"], python="3.9", glibc=31, date="2013-01-01T00:00:00Z")
+    assert lock.cutoff == "2021-01-01T00:00:00Z"
+    assert lock.versions()["pytest"].startswith("6.2.")
+    assert any("before Python 3.9 had wheels" in n for n in lock.notes)
 
 
 def test_a_pin_newer_than_the_date_moves_the_cutoff_and_says_so(index):

@@ -7,6 +7,7 @@ Today's index no longer resolves many old requirement sets the way they resolved
 a complete lock: every package pinned with `==`, installed later with `--no-deps` from a wheelhouse.
 
 How the date moves and what is dropped, each said in `Lock.notes`:
+- a date before the image's Python had wheels is raised to that Python's floor (`PYTHON_FLOOR`);
 - an exact pin uploaded after the date (SWE-bench's specs pin releases of their own time) moves the cutoff
   to that upload (uv's own hint gives it), so its dependencies resolve as of the pin;
 - a requirement the index does not have at all (a conda-only package) is dropped when it was asked for by
@@ -39,7 +40,12 @@ from cwm_envs.swe.failures import MissingDistribution, ResolverConflict
 
 TOOLS = ("pip", "setuptools", "wheel")
 TOOLS_DATE = "2024-07-01T00:00:00Z"      # about when SWE-bench's official environment images were built
-RESOLVE_VERSION = 1                      # bump when the resolution rules change (old locks are not reused)
+# The earliest cutoff for each Python the images run: a few months after its release, when the common
+# binary packages had wheels for it (numpy's first cp39 wheels: 1.19.3, 2020-10-28). An instance older than
+# that runs on a newer Python than it had (Debian ships no older one), where its own era's releases would not
+# install or run (pytest 2.x has no `pytest` command and breaks on 3.9).
+PYTHON_FLOOR = {"3.9": "2021-01-01T00:00:00Z", "3.11": "2023-01-15T00:00:00Z", "3.13": "2025-01-15T00:00:00Z"}
+RESOLVE_VERSION = 2                      # bump when the resolution rules change (old locks are not reused)
 _PUBLISHED = re.compile(r"`([^`]+)` was filtered by `exclude-newer`.*?The requested version, v(\S+?),? was "
                         r"published at (\S+?)\.?\s", re.S)
 _NOT_FOUND = re.compile(r"Because (\S+?) was not found in the package registry")
@@ -125,6 +131,11 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
     if not reqs:
         return Lock((), date)
     cutoff, dropped, notes = date, [], []
+    floor = PYTHON_FLOOR.get(python, "")
+    if cutoff and floor > cutoff:
+        notes.append(f"{what}: {cutoff[:10]} is before Python {python} had wheels; resolved as of {floor[:10]}")
+        log(notes[-1])
+        cutoff = floor
     for _ in range(20):
         proc = _compile(reqs, prefer, python, glibc, cutoff, timeout, cwd)
         if proc.returncode == 0:

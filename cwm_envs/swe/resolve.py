@@ -45,11 +45,12 @@ TOOLS_DATE = "2024-07-01T00:00:00Z"      # about when SWE-bench's official envir
 # that runs on a newer Python than it had (Debian ships no older one), where its own era's releases would not
 # install or run (pytest 2.x has no `pytest` command and breaks on 3.9).
 PYTHON_FLOOR = {"3.9": "2021-01-01T00:00:00Z", "3.11": "2023-01-15T00:00:00Z", "3.13": "2025-01-15T00:00:00Z"}
-RESOLVE_VERSION = 2                      # bump when the resolution rules change (old locks are not reused)
+RESOLVE_VERSION = 3                      # bump when the resolution rules change (old locks are not reused)
 _PUBLISHED = re.compile(r"`([^`]+)` was filtered by `exclude-newer`.*?The requested version, v(\S+?),? was "
                         r"published at (\S+?)\.?\s", re.S)
 _NOT_FOUND = re.compile(r"Because (\S+?) was not found in the package registry")
-_NO_VERSION = re.compile(r"there is no version of (\S+?)(?:[=<>!~]=?\S*)? ")
+_NO_VERSION = re.compile(r"there is no version of ([A-Za-z0-9._-]+)==")
+WHEEL_LAG = dt.timedelta(days=3)         # wheels of a release can be uploaded days after its first file
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,14 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
     if not reqs:
         return Lock((), date)
     cutoff, dropped, notes = date, [], []
+    pinned_free: set[str] = set()                # exact pins taken regardless of the cutoff
     floor = PYTHON_FLOOR.get(python, "")
     if cutoff and floor > cutoff:
         notes.append(f"{what}: {cutoff[:10]} is before Python {python} had wheels; resolved as of {floor[:10]}")
         log(notes[-1])
         cutoff = floor
     for _ in range(20):
-        proc = _compile(reqs, prefer, python, glibc, cutoff, timeout, cwd)
+        proc = _compile(reqs, prefer, python, glibc, cutoff, timeout, cwd, pinned_free)
         if proc.returncode == 0:
             pins = parse_lock(proc.stdout)
             notes.append(f"{what} resolved as of {cutoff[:10] or 'today'} for Python {python}: " + " ".join(pins))
@@ -153,13 +155,24 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
                  if any(req_name(r) == req_name(name) and "==" in r for r in reqs)]
         if later:                                 # a pin newer than the date: resolve as of that pin
             when, name, version = max(later)
-            new = iso_date(dt.datetime.fromisoformat(iso_date(when).replace("Z", "+00:00")) + dt.timedelta(seconds=1))
-            if not cutoff or new <= cutoff:
-                raise ResolverConflict(f"{what}: uv keeps excluding {name}=={version}: {_tail(err)}")
-            notes.append(f"{what}: {name}=={version} was published {new[:10]}, after {cutoff[:10]}; "
-                         f"cutoff moved to {new[:10]}")
+            new = iso_date(dt.datetime.fromisoformat(iso_date(when).replace("Z", "+00:00")) + WHEEL_LAG)
+            new = min(new, iso_date(dt.datetime.now(dt.timezone.utc)))
+            if cutoff and new > cutoff:
+                notes.append(f"{what}: {name}=={version} was published {when[:10]}, after {cutoff[:10]}; "
+                             f"cutoff moved to {new[:10]}")
+                log(notes[-1])
+                cutoff = new
+                continue
+            if req_name(name) not in pinned_free:       # its wheels came later still: take the pin as it is
+                pinned_free.add(req_name(name))
+                continue
+            raise ResolverConflict(f"{what}: uv keeps excluding {name}=={version}: {_tail(err)}")
+        unfit = {req_name(m) for m in _NO_VERSION.findall(err)} - pinned_free
+        unfit = {n for n in unfit if any(req_name(r) == n and "==" in r for r in reqs)}
+        if cutoff and unfit and "exclude-newer" not in err:   # its files for this platform came even later
+            pinned_free |= unfit
+            notes.append(f"{what}: {', '.join(sorted(unfit))} pinned exactly; taken whatever its upload date")
             log(notes[-1])
-            cutoff = new
             continue
         missing = {req_name(m) for m in _NOT_FOUND.findall(err)}
         asked = [r for r in reqs if req_name(r) in missing]
@@ -182,13 +195,13 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
 
 
 def _compile(reqs: list[str], prefer: list[str], python: str, glibc: int, cutoff: str, timeout: float,
-             cwd) -> subprocess.CompletedProcess:
+             cwd, free: set[str] = frozenset()) -> subprocess.CompletedProcess:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="cwm-resolve-") as tmp:
         src, out = Path(tmp) / "requirements.in", Path(tmp) / "lock.txt"
         src.write_text("\n".join(reqs) + "\n")
-        exempt = {req_name(p) for p in prefer}
+        exempt = {req_name(p) for p in prefer} | set(free)
         if prefer:                               # uv keeps the pins of an existing output file when they fit
             out.write_text("\n".join(prefer) + "\n")
         cmd = [uv_binary(), "pip", "compile", str(src), "-o", str(out), "--quiet", "--no-header", "--no-annotate",

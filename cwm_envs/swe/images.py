@@ -234,11 +234,24 @@ def add_to_wheelhouse(wheels: Path, requirement: str, spec: EnvSpec, date: str, 
 
 
 def _download(dest: Path, pins: list[str], python: str, suite: str, log: Callable[[str], None]) -> None:
-    """`pip download --no-deps` of pinned releases for the target platform; a release with no such wheel
-    (old sdist-only ones) comes as its sdist, which the image builds with its build tools."""
+    """`pip download --no-deps` of pinned releases for the target platform (one call per round of distinct
+    names: two layers may pin two versions of one package); a release with no such wheel (old sdist-only
+    ones) comes as its sdist, which the image builds with its build tools."""
+    rounds: list[list[str]] = []
+    for pin in dict.fromkeys(pins):
+        name = req_name(pin)
+        slot = next((r for r in rounds if all(req_name(p) != name for p in r)), None)
+        if slot is None:
+            rounds.append(slot := [])
+        slot.append(pin)
+    for todo in rounds:
+        _download_round(dest, todo, python, suite, log)
+
+
+def _download_round(dest: Path, todo: list[str], python: str, suite: str, log: Callable[[str], None]) -> None:
     sdists: list[str] = []
-    todo = list(pins)
-    for _ in range(len(pins) + 1):
+    todo = list(todo)
+    for _ in range(len(todo) + 1):
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
                "--dest", str(dest), *_platform_args(python, suite), *todo]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -391,7 +404,6 @@ COPY activate /opt/miniconda3/bin/activate
 COPY lock-*.txt /opt/cwm-lock/
 RUN python3 -c 'import sys; v = "%d.%d" % sys.version_info[:2]; assert v == "{spec.python}", v' \\
  && python3 -m venv {VENV} \\
- && {install} -U /opt/wheels/pip-*.whl \\
  && {install} -r /opt/cwm-lock/lock-tools.txt \\
  && {install} -r /opt/cwm-lock/lock-requirements.txt \\
  && {install} -r /opt/cwm-lock/lock-pip-packages.txt

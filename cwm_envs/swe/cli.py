@@ -31,6 +31,8 @@ def cmd_build(args) -> int:
     from cwm_envs.swe.official import instance_image
 
     instances = load_instances(args.dataset, args.instances)
+    if args.env_only:
+        return _build_envs(instances, args)
     failed = 0
     for inst in instances:
         timings: dict = {}
@@ -47,6 +49,28 @@ def cmd_build(args) -> int:
         print(f"{inst.instance_id}\t{tag}\t{time.perf_counter() - t:.1f}s\tPython {timings.get('python')}"
               + (f"\t{notes}" if notes else ""))
     return 1 if failed else 0
+
+
+def _build_envs(instances, args) -> int:
+    from cwm_envs.swe.images import build_env_images
+
+    if args.repo:
+        instances = [i for i in instances if i.repo in set(args.repo)]
+    rows = build_env_images(instances, args.repos, log=_log)
+    for r in rows:
+        print("\t".join(str(r.get(k, "")) for k in ("repo", "version", "tag", "python", "date", "pins", "dropped",
+                                                   "size_mb", "seconds", "failure", "reason")))
+    if args.out:
+        from cwm_envs.report import write_report
+
+        write_report(args.out, "SWE environment images (one per repo, version, Python)",
+                     {"environments": len(rows), "built": sum(bool(r["tag"]) for r in rows),
+                      "failures": sum(bool(r.get("failure")) for r in rows),
+                      "seconds": round(sum(r["seconds"] for r in rows), 1)},
+                     tables={"environments": [{k: r.get(k, "") for k in ("repo", "version", "python", "date", "pins",
+                                                                         "dropped", "size_mb", "seconds", "failure")}
+                                              for r in rows]}, details={"environments": rows})
+    return 1 if any(r.get("failure") for r in rows) else 0
 
 
 def cmd_eval(args) -> int:
@@ -145,6 +169,11 @@ def register(sub) -> None:
     p = swe.add_parser("build", help="build the instance images (environment + repo layers), offline")
     add_dataset_args(p, predictions=False)
     add_source_args(p)
+    p.add_argument("--env-only", action="store_true", help="only the environment layer of each (repo, version); "
+                                                            "without a clone, requirement files come from the "
+                                                            "release sdist")
+    p.add_argument("--repo", nargs="+", default=None, metavar="OWNER/NAME", help="only these repositories")
+    p.add_argument("--out", default=None, help="with --env-only: report directory (report.json, report.md)")
     p.set_defaults(func=cmd_build)
     p = swe.add_parser("eval", help="apply predictions, run the eval scripts, grade (writes OUT/logs, run summary)")
     add_dataset_args(p)

@@ -414,6 +414,46 @@ RUN python3 -c 'import sys; v = "%d.%d" % sys.version_info[:2]; assert v == "{sp
     return tag
 
 
+def build_env_images(instances: list[SWEInstance], repos_dir: str | Path | None = None, *, client=None,
+                     log: Callable[[str], None] = lambda _m: None) -> list[dict]:
+    """The environment layer of every (repo, version) among `instances`, without building instances.
+
+    Where no clone is at hand (repositories too large to bring to the machine) the requirement files come
+    from the version's release sdist, and the date is the newest `created_at` of the version's instances.
+    Returns one row per environment: tag, Python, seconds, size, notes (or the failure and its class)."""
+    from cwm_envs.swe.specs import env_spec_for
+
+    client = client or _client()
+    groups: dict[tuple[str, str], list[SWEInstance]] = {}
+    for inst in instances:
+        groups.setdefault((inst.repo, inst.version), []).append(inst)
+    rows = []
+    for (repo, version), insts in sorted(groups.items()):
+        t = time.perf_counter()
+        row = {"repo": repo, "version": version, "instances": len(insts)}
+        try:
+            try:
+                repo_dir = find_repo(insts[0], repos_dir) if repos_dir else None
+            except UsageError:
+                repo_dir = None
+            env_commit = insts[0].environment_setup_commit if repo_dir else ""
+            date = "" if repo_dir else max(i.created_at for i in insts)
+            spec = env_spec_for(repo, version, repo_dir, env_commit, date)
+            info: dict = {}
+            tag = build_env_image(spec, client=client, log=log, info=info)
+            row.update(tag=tag, python=spec.python, date=spec.date[:10], pins=len(info.get("pins", ())),
+                       dropped=", ".join(info.get("dropped", ())) or "-", failure="",
+                       size_mb=round(client.images.get(tag).attrs["Size"] / 1e6, 1), notes="; ".join(spec.notes))
+        except UsageError:
+            raise
+        except Exception as exc:
+            row.update(tag="", failure=classify(exc), reason=f"{type(exc).__name__}: {str(exc)[:500]}")
+        row["seconds"] = round(time.perf_counter() - t, 1)
+        log(f"{repo} {version}: {row.get('tag') or row['failure']} ({row['seconds']} s)")
+        rows.append(row)
+    return rows
+
+
 def _prepare_testbed(repo_dir: Path, commit: str, dest: Path) -> None:
     """A clone of `repo_dir` holding `commit` and its history only: no remotes, other branches, reflog, and
     only the tags of ancestors (versioning tools such as setuptools_scm read them, as in the official images)."""

@@ -26,7 +26,9 @@ SUITES = {"3.9": "bullseye", "3.11": "bookworm"}   # Debian releases the offline
 DEFAULT_PYTHON = "3.11"
 # conda packages that have no PyPI twin under the same name (dropped, and said so in the notes)
 CONDA_ONLY = {"mkl", "mkl-service", "blas", "libblas", "openblas", "compilers", "cxx-compiler", "c-compiler",
-              "gxx_linux-64", "gcc_linux-64", "libgfortran", "nomkl", "python", "pip", "setuptools_scm_git_archive"}
+              "gxx_linux-64", "gcc_linux-64", "libgfortran", "nomkl", "python", "pip", "setuptools_scm_git_archive",
+              # GUI toolkits and system libraries conda ships (no usable wheel; tests skip without them)
+              "pyqt", "wxpython", "pygobject", "gtk3", "ghostscript", "graphviz", "cairo", "ffmpeg", "imagemagick"}
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,10 @@ def read_repo_file(repo_dir: str | Path, commit: str, path: str) -> str | None:
     return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else None
 
 
-def _requirements_txt(repo: str, repo_dir: Path, commit: str) -> tuple[list[str], list[str]]:
+def _requirements_txt(repo: str, read, commit: str) -> tuple[list[str], list[str]]:
     """The repo's requirements file at the env-setup commit, with `-r` includes expanded (as 4.1.0 does)."""
     for rel in _vendored()["reqs_paths"].get(repo, ["requirements.txt"]):
-        text = read_repo_file(repo_dir, commit, rel)
+        text = read(rel)
         if text is None:
             continue
         base = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
@@ -82,7 +84,7 @@ def _requirements_txt(repo: str, repo_dir: Path, commit: str) -> tuple[list[str]
         for line in text.splitlines():
             s = line.strip()
             if s.startswith("-r"):
-                lines += (read_repo_file(repo_dir, commit, base + s[2:].strip()) or "").splitlines()
+                lines += (read(base + s[2:].strip()) or "").splitlines()
             else:
                 lines.append(line)
         keep = [ln.strip() for ln in lines
@@ -103,10 +105,10 @@ def _conda_to_pip(item: str) -> str | None:
     return name + rest
 
 
-def _environment_yml(repo: str, repo_dir: Path, commit: str) -> tuple[list[str], list[str]]:
+def _environment_yml(repo: str, read, commit: str) -> tuple[list[str], list[str]]:
     """Dependencies of a conda environment.yml, as pip requirements (conda-only ones dropped and named)."""
     for rel in _vendored()["env_yml_paths"].get(repo, ["environment.yml"]):
-        text = read_repo_file(repo_dir, commit, rel)
+        text = read(rel)
         if text is None:
             continue
         reqs, dropped, in_deps, in_pip = [], [], False, False
@@ -134,6 +136,58 @@ def _environment_yml(repo: str, repo_dir: Path, commit: str) -> tuple[list[str],
     return [], [f"no environment.yml found at {commit[:12]}"]
 
 
+def release_sdist_reader(repo: str, version: str):
+    """read(path) -> text, over the newest `version.*` release's sdist of `repo` on the package index.
+
+    Release sdists of django and matplotlib carry their requirement files (tests/requirements, requirements/,
+    environment.yml): what an environment-only build reads when the repository is too large to clone here."""
+    import io
+    import tarfile
+
+    name = repo.split("/")[1]
+    try:
+        data = io.BytesIO(_release_sdist(name, version))
+    except Exception as exc:
+        raise UsageError(f"{repo} {version}: no clone, and no release sdist to read its requirement files from "
+                         f"({type(exc).__name__}: {str(exc)[:200]}); give --repos") from None
+    with tarfile.open(fileobj=data) as tar:
+        files = {m.name.split("/", 1)[1]: m for m in tar.getmembers() if m.isfile() and "/" in m.name}
+        texts = {rel: tar.extractfile(m).read().decode("utf-8", "replace") for rel, m in files.items()
+                 if rel.endswith((".txt", ".yml", ".yaml"))}
+    return texts.get
+
+
+def _release_sdist(name: str, version: str) -> bytes:
+    """The bytes of the newest non-yanked `version.*` sdist of `name`, from pip's default index (its JSON
+    simple API, as pip reads it; `pip download` would try to build the sdist's metadata, which needs its
+    build dependencies)."""
+    import urllib.request
+
+    from packaging.version import InvalidVersion, Version
+    from pip._internal.models.index import PyPI
+
+    req = urllib.request.Request(f"{PyPI.simple_url}/{name.lower()}/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        files = json.load(resp)["files"]
+    best = None
+    for f in files:
+        fname = f["filename"]
+        if not fname.endswith(".tar.gz") or f.get("yanked"):
+            continue
+        try:
+            v = Version(fname[:-len(".tar.gz")].rsplit("-", 1)[1])
+        except (InvalidVersion, IndexError):
+            continue
+        if v.release[:len(version.split("."))] == tuple(int(x) for x in version.split(".")) and not v.is_prerelease:
+            if best is None or v > best[0]:
+                best = (v, f["url"])
+    if best is None:
+        raise LookupError(f"no {name} {version}.* sdist on the index")
+    with urllib.request.urlopen(best[1], timeout=300) as resp:
+        return resp.read()
+
+
 def commit_date(repo_dir: str | Path, commit: str) -> str:
     """A commit's committer date (ISO 8601), or "" when the clone lacks it."""
     proc = subprocess.run(["git", "-C", str(repo_dir), "log", "-1", "--format=%cI", commit], capture_output=True,
@@ -157,10 +211,14 @@ def env_spec_for(repo: str, version: str, repo_dir: str | Path | None = None, en
     reqs: list[str] = []
     packages = spec.get("packages", "")
     if packages in ("requirements.txt", "environment.yml"):
-        if repo_dir is None or not env_commit:
-            raise UsageError(f"{repo} {version}: its spec reads {packages} from the repository; give --repos")
-        more, n = (_requirements_txt if packages == "requirements.txt" else _environment_yml)(repo, Path(repo_dir),
-                                                                                             env_commit)
+        if repo_dir is not None and env_commit:
+            def read(rel, _dir=Path(repo_dir)):
+                return read_repo_file(_dir, env_commit, rel)
+        else:                                    # no clone (an environment-only build): the release's sdist
+            read = release_sdist_reader(repo, version)
+            notes.append(f"{packages} read from the sdist of {repo.split('/')[1]} {version}.* (no clone)")
+        more, n = (_requirements_txt if packages == "requirements.txt" else _environment_yml)(repo, read,
+                                                                                             env_commit or "sdist")
         reqs += more
         notes += n
     elif packages:

@@ -89,8 +89,11 @@ def cmd_eval(args) -> int:
     s = out["summary"]
     print(f"resolved {s['resolved_instances']}/{s['submitted_instances']}  unresolved {s['unresolved_instances']}  "
           f"empty {s['empty_patch_instances']}  errors {s['error_instances']}  -> {args.out}")
+    from cwm_envs.swe.failures import classify
+
     for iid in s["error_ids"]:
-        print(f"  error {iid}: {s['failure_reasons'].get(iid, '')[:200]}")
+        reason = s["failure_reasons"].get(iid, "")
+        print(f"  error {iid} ({classify(reason)}): {reason[:200]}")
     if args.json:
         print(json.dumps(s, indent=2))
     return 0

@@ -35,10 +35,10 @@ from typing import Callable
 from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.swe.dataset import SWEInstance
 from cwm_envs.swe.failures import CompileError, MissingDistribution, ResolverConflict, classify
-from cwm_envs.swe.resolve import TOOLS, Lock, req_name, resolve
+from cwm_envs.swe.resolve import TOOLS, Lock, fetch_sdist, req_name, resolve
 from cwm_envs.swe.specs import EnvSpec, env_spec, read_repo_file
 
-RECIPE_VERSION = 3                       # bump when the Dockerfiles below change
+RECIPE_VERSION = 4                       # bump when the Dockerfiles below change
 TOOLS_REPO, ENV_REPO, INSTANCE_REPO = "cwm-envs/swe-tools", "cwm-envs/swe-env", "cwm-envs/swe-instance"
 TOOL_PACKAGES = ("build-essential", "python3-dev", "pkg-config", "locales")   # the build-tools layer
 # Not the bare `cwm-envs` key: an image's labels pass to its containers (build steps included), and the
@@ -267,11 +267,15 @@ def _download_round(dest: Path, todo: list[str], python: str, suite: str, log: C
             break
     for req in sdists:
         log(f"no Python {python} wheel for {req}; the image builds it from its sdist")
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                               "--disable-pip-version-check", "--dest", str(dest), req], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise MissingDistribution(f"{req}: neither a Python {python} wheel nor an sdist can be downloaded: "
-                                      f"{proc.stderr.strip()[-500:]}")
+        name, _, version = req.partition("==")
+        try:
+            blob, _, filename = fetch_sdist(name, version)
+        except Exception as exc:
+            raise MissingDistribution(f"{req}: neither a Python {python} wheel nor an sdist on the index "
+                                      f"({type(exc).__name__}: {str(exc)[:300]})") from None
+        (dest / filename).write_bytes(blob)
+        with open(dest / ".sdists", "a") as fh:     # the env layer tries these apart (they may not compile)
+            fh.write(req + "\n")
 
 
 # --- docker build ------------------------------------------------------------------------------------------
@@ -297,17 +301,17 @@ def docker_build(client, context: Path, tag: str, labels: dict[str, str], timeou
 
 
 def _build_with_wheels(client, ctx: Path, tag: str, labels: dict, wheels: Path, spec: EnvSpec, log,
-                       nocache: bool = False, date: str = "", prefer: tuple[str, ...] = ()) -> None:
+                       nocache: bool = False, date: str = "", prefer: tuple[str, ...] = ()) -> list[str]:
     """docker_build with `wheels` copied in as ctx/wheels. A requirement the image's pip cannot find (a
     dependency of the repository that the lock did not foresee, e.g. one a pre_install step adds) is
     resolved as of `date`, fetched into the wheelhouse, and the build retried. A failed build that shows a
     compiler's or a wheel build's error is a CompileError."""
     for _ in range(10):
         shutil.rmtree(ctx / "wheels", ignore_errors=True)
-        shutil.copytree(wheels, ctx / "wheels", ignore=shutil.ignore_patterns("requirements.txt", ".complete"))
+        shutil.copytree(wheels, ctx / "wheels", ignore=shutil.ignore_patterns("requirements.txt", ".complete",
+                                                                               ".sdists"))
         try:
-            docker_build(client, ctx, tag, labels, nocache=nocache)
-            return
+            return docker_build(client, ctx, tag, labels, nocache=nocache)
         except InfraError as exc:
             missing = re.search(r"No matching distribution found for ([^\s;]+)", str(exc))
             if not missing:
@@ -386,15 +390,21 @@ def build_env_image(spec: EnvSpec, *, client=None, log: Callable[[str], None] = 
                     pins=sorted({p for lk in locks for p in lk.pins}))
     key = _hash("env", client.images.get(tools_tag).id, spec.python, [lk.pins for lk in locks], ACTIVATE_SHIM)
     tag = f"{ENV_REPO}:{key}"
+    record = cache_dir() / "envs" / f"{key}.json"      # what the build could not compile (not in the image)
     with _lock(tag):
         if image_exists(client, tag) and not rebuild:
+            if info is not None and record.exists():
+                info["dropped"] += json.loads(record.read_text()).get("not_built", [])
             return tag
         wheels = build_wheelhouse([p for lk in locks for p in lk.pins], spec.python, spec.suite, log=log)
-        log(f"building {tag} (Python {spec.python} on {spec.suite}, {sum(len(lk.pins) for lk in locks)} pins)")
+        sdists = set((wheels / ".sdists").read_text().split()) if (wheels / ".sdists").exists() else set()
+        log(f"building {tag} (Python {spec.python} on {spec.suite}, {sum(len(lk.pins) for lk in locks)} pins, "
+            f"{len(sdists)} from sdists)")
         with tempfile.TemporaryDirectory(prefix="cwm-swe-env-") as tmp:
             ctx = Path(tmp)
             for name, lk in zip(("lock-tools.txt", "lock-requirements.txt", "lock-pip-packages.txt"), locks):
-                (ctx / name).write_text("".join(p + "\n" for p in lk.pins))
+                (ctx / name).write_text("".join(p + "\n" for p in lk.pins if p not in sdists))
+            (ctx / "lock-sdists.txt").write_text("".join(p + "\n" for p in sorted(sdists)))
             (ctx / "activate").write_text(ACTIVATE_SHIM)
             install = f"{VENV}/bin/python -m pip install -q --no-deps"
             (ctx / "Dockerfile").write_text(f"""FROM {tools_tag}
@@ -407,10 +417,22 @@ RUN python3 -c 'import sys; v = "%d.%d" % sys.version_info[:2]; assert v == "{sp
  && {install} -r /opt/cwm-lock/lock-tools.txt \\
  && {install} -r /opt/cwm-lock/lock-requirements.txt \\
  && {install} -r /opt/cwm-lock/lock-pip-packages.txt
+# sdists build here, each on its own: one that does not compile (a C library missing) is left out and named
+RUN for req in $(cat /opt/cwm-lock/lock-sdists.txt); do \
+      {install} "$req" >/tmp/sdist.log 2>&1 || {{ echo "cwm: could not build $req"; tail -5 /tmp/sdist.log; }}; \
+    done; rm -f /tmp/sdist.log
 """)
-            _build_with_wheels(client, ctx, tag, {"cwm-envs.swe.layer": "env", "cwm-envs.swe.key": key}, wheels,
-                               spec, log, nocache=rebuild, date=spec.date,
-                               prefer=tuple(p for lk in locks for p in lk.pins))
+            lines = _build_with_wheels(client, ctx, tag, {"cwm-envs.swe.layer": "env", "cwm-envs.swe.key": key},
+                                       wheels, spec, log, nocache=rebuild, date=spec.date,
+                                       prefer=tuple(p for lk in locks for p in lk.pins))
+        not_built = sorted({m.group(1) for ln in lines for m in [re.search(r"^cwm: could not build (\S+)", ln)] if m})
+        if not_built:
+            log(f"{tag}: left out (did not compile): {', '.join(not_built)}")
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"not_built": not_built}))
+        if info is not None and not_built:
+            info["dropped"] += not_built
+            info["lock_notes"].append(f"sdists that did not compile, left out: {', '.join(not_built)}")
     return tag
 
 

@@ -224,6 +224,39 @@ def _compile(reqs: list[str], prefer: list[str], python: str, glibc: int, cutoff
         return proc
 
 
+def fetch_sdist(name: str, version: str) -> tuple[bytes, str, str]:
+    """The newest non-yanked, non-pre-release sdist of `name` matching `version` ("3.2.*" or "1.6.1") on
+    pip's default index -> (bytes, upload time, file name). Read through the index's JSON simple API, as pip
+    reads it: `pip download --no-binary` would also build the sdist's metadata, which fails for old ones on
+    the host's Python."""
+    import urllib.request
+
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+    from pip._internal.models.index import PyPI
+
+    wanted = SpecifierSet(f"=={version}")
+    req = urllib.request.Request(f"{PyPI.simple_url}/{req_name(name)}/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        files = json.load(resp)["files"]
+    best = None
+    for f in files:
+        fname = f["filename"]
+        if not fname.endswith((".tar.gz", ".zip")) or f.get("yanked"):
+            continue
+        try:
+            v = Version(re.sub(r"\.(tar\.gz|zip)$", "", fname).rsplit("-", 1)[1])
+        except (InvalidVersion, IndexError):
+            continue
+        if v in wanted and not v.is_prerelease and (best is None or v > best[0]):
+            best = (v, f)
+    if best is None:
+        raise LookupError(f"no sdist of {name} {version} on the index")
+    with urllib.request.urlopen(best[1]["url"], timeout=300) as resp:
+        return resp.read(), iso_date(best[1].get("upload-time") or "1970-01-01"), best[1]["filename"]
+
+
 def _tail(err: str, n: int = 700) -> str:
     text = " ".join(line.strip() for line in err.strip().splitlines() if line.strip())
     return text[-n:]

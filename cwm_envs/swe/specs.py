@@ -137,16 +137,19 @@ def _environment_yml(repo: str, read, commit: str) -> tuple[list[str], list[str]
 
 
 def release_sdist_reader(repo: str, version: str):
-    """read(path) -> text, over the newest `version.*` release's sdist of `repo` on the package index.
+    """(read(path) -> text, upload date) over the newest `version.*` release's sdist of `repo` on the index.
 
     Release sdists of django and matplotlib carry their requirement files (tests/requirements, requirements/,
     environment.yml): what an environment-only build reads when the repository is too large to clone here."""
     import io
     import tarfile
 
+    from cwm_envs.swe.resolve import fetch_sdist
+
     name = repo.split("/")[1]
     try:
-        data = io.BytesIO(_release_sdist(name, version))
+        blob, uploaded, _ = fetch_sdist(name, version + ".*")
+        data = io.BytesIO(blob)
     except Exception as exc:
         raise UsageError(f"{repo} {version}: no clone, and no release sdist to read its requirement files from "
                          f"({type(exc).__name__}: {str(exc)[:200]}); give --repos") from None
@@ -154,38 +157,7 @@ def release_sdist_reader(repo: str, version: str):
         files = {m.name.split("/", 1)[1]: m for m in tar.getmembers() if m.isfile() and "/" in m.name}
         texts = {rel: tar.extractfile(m).read().decode("utf-8", "replace") for rel, m in files.items()
                  if rel.endswith((".txt", ".yml", ".yaml"))}
-    return texts.get
-
-
-def _release_sdist(name: str, version: str) -> bytes:
-    """The bytes of the newest non-yanked `version.*` sdist of `name`, from pip's default index (its JSON
-    simple API, as pip reads it; `pip download` would try to build the sdist's metadata, which needs its
-    build dependencies)."""
-    import urllib.request
-
-    from packaging.version import InvalidVersion, Version
-    from pip._internal.models.index import PyPI
-
-    req = urllib.request.Request(f"{PyPI.simple_url}/{name.lower()}/",
-                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        files = json.load(resp)["files"]
-    best = None
-    for f in files:
-        fname = f["filename"]
-        if not fname.endswith(".tar.gz") or f.get("yanked"):
-            continue
-        try:
-            v = Version(fname[:-len(".tar.gz")].rsplit("-", 1)[1])
-        except (InvalidVersion, IndexError):
-            continue
-        if v.release[:len(version.split("."))] == tuple(int(x) for x in version.split(".")) and not v.is_prerelease:
-            if best is None or v > best[0]:
-                best = (v, f["url"])
-    if best is None:
-        raise LookupError(f"no {name} {version}.* sdist on the index")
-    with urllib.request.urlopen(best[1], timeout=300) as resp:
-        return resp.read()
+    return texts.get, uploaded
 
 
 def commit_date(repo_dir: str | Path, commit: str) -> str:
@@ -215,8 +187,12 @@ def env_spec_for(repo: str, version: str, repo_dir: str | Path | None = None, en
             def read(rel, _dir=Path(repo_dir)):
                 return read_repo_file(_dir, env_commit, rel)
         else:                                    # no clone (an environment-only build): the release's sdist
-            read = release_sdist_reader(repo, version)
-            notes.append(f"{packages} read from the sdist of {repo.split('/')[1]} {version}.* (no clone)")
+            read, uploaded = release_sdist_reader(repo, version)
+            notes.append(f"{packages} read from the sdist of {repo.split('/')[1]} {version}.* (no clone), "
+                         f"uploaded {uploaded[:10]}: resolved as of then at the earliest")
+            from cwm_envs.swe.resolve import iso_date
+
+            date = max(iso_date(date), uploaded) if date else uploaded
         more, n = (_requirements_txt if packages == "requirements.txt" else _environment_yml)(repo, read,
                                                                                              env_commit or "sdist")
         reqs += more

@@ -39,6 +39,7 @@ from cwm_envs.swe.resolve import TOOLS, Lock, fetch_sdist, req_name, resolve
 from cwm_envs.swe.specs import EnvSpec, env_spec, read_repo_file
 
 RECIPE_VERSION = 4                       # bump when the Dockerfiles below change
+TOOLS_RECIPE_VERSION = 3                 # the tools layer's own (its Dockerfile changes seldom; it is slow to build)
 TOOLS_REPO, ENV_REPO, INSTANCE_REPO = "cwm-envs/swe-tools", "cwm-envs/swe-env", "cwm-envs/swe-instance"
 TOOL_PACKAGES = ("build-essential", "python3-dev", "pkg-config", "locales")   # the build-tools layer
 # Not the bare `cwm-envs` key: an image's labels pass to its containers (build steps included), and the
@@ -70,8 +71,8 @@ conda() {
 """
 
 
-def _hash(*parts) -> str:
-    return hashlib.sha256(json.dumps([RECIPE_VERSION, *parts], sort_keys=True).encode()).hexdigest()[:12]
+def _hash(*parts, version: int = RECIPE_VERSION) -> str:
+    return hashlib.sha256(json.dumps([version, *parts], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cache_dir() -> Path:
@@ -342,7 +343,7 @@ def build_tools_image(suite: str, apt_packages: tuple[str, ...] = (), *, client=
     client = client or _client()
     base = ensure_base_image(f"cwm-envs/base:{suite}", client=client, log=log)
     packages = sorted(set(TOOL_PACKAGES) | set(apt_packages))
-    key = _hash("tools", client.images.get(base).id, packages)
+    key = _hash("tools", client.images.get(base).id, packages, version=TOOLS_RECIPE_VERSION)
     tag = f"{TOOLS_REPO}:{suite}-{key}"
     with _lock(tag):
         if image_exists(client, tag):

@@ -552,12 +552,22 @@ def _safe_edits(pre_install: tuple[str, ...]) -> list[str]:
     return keep
 
 
+def instance_date(instance: SWEInstance, repo_dir: Path) -> str:
+    """The date an instance's own dependencies resolve as of: its `created_at`, or its base commit's date when
+    that is later (the code can have moved on since the issue was filed)."""
+    from cwm_envs.swe.resolve import iso_date
+    from cwm_envs.swe.specs import commit_date
+
+    dates = [iso_date(d) for d in (instance.created_at, commit_date(repo_dir, instance.base_commit)) if d]
+    return max(dates) if dates else ""
+
+
 def instance_lock(instance: SWEInstance, spec: EnvSpec, testbed: Path, build_reqs: list[str],
-                  prefer: tuple[str, ...], log: Callable[[str], None]) -> tuple[Lock | None, str]:
+                  prefer: tuple[str, ...], log: Callable[[str], None], date: str = "") -> tuple[Lock | None, str]:
     """The repository's own dependencies (`.[extras]` and its build requirements) as of the instance's date,
     keeping the environment's pins where they fit -> (lock, note). None when uv cannot read the project's
     metadata on the host (then the image's pip finds them, date-resolved one at a time)."""
-    date = instance.created_at or spec.date
+    date = date or instance.created_at or spec.date
     for step in _safe_edits(spec.pre_install):
         subprocess.run(["bash", "-c", step], cwd=testbed, capture_output=True, timeout=60)
     reqs = [f"./{testbed.name}{install_extras(spec.install)}", *build_reqs]
@@ -627,7 +637,8 @@ def build_instance_image(instance: SWEInstance, repos_dir: str | Path | None = N
                 ctx = Path(tmp)
                 _prepare_testbed(repo_dir, instance.base_commit, ctx / "testbed")
                 prefer = tuple(env_info.get("pins", ()))
-                lock, note = instance_lock(instance, spec, ctx / "testbed", build_reqs, prefer, log)
+                date = instance_date(instance, repo_dir) or spec.date
+                lock, note = instance_lock(instance, spec, ctx / "testbed", build_reqs, prefer, log, date)
                 notes += [note] if note else []
                 pins = [p for p in lock.pins if p not in prefer] if lock else []
                 wheels = build_wheelhouse(pins, spec.python, spec.suite, log=log)
@@ -650,7 +661,7 @@ WORKDIR /testbed
                 _build_with_wheels(client, ctx, tag, {"cwm-envs.swe.layer": "instance", "cwm-envs.swe.key": key,
                                                       "cwm-envs.swe.instance": instance.instance_id,
                                                       "cwm-envs.swe.env": env_tag}, wheels, spec, log,
-                                   nocache=rebuild, date=instance.created_at or spec.date,
+                                   nocache=rebuild, date=date,
                                    prefer=prefer + tuple(lock.pins if lock else ()))
     if timings is not None:
         timings.update(env_s=round(t1 - t0, 2), instance_s=round(time.perf_counter() - t1, 2), notes=notes,

@@ -12,6 +12,8 @@ How the date moves and what is dropped, each said in `Lock.notes`:
   to that upload (uv's own hint gives it), so its dependencies resolve as of the pin;
 - a requirement the index does not have at all (a conda-only package) is dropped when it was asked for by
   name; a missing dependency of something else is a `MissingDistribution`;
+- a requirement whose lower bound is newer than the date (code that moved on before its issue was filed)
+  gets that package alone resolved later, 90 days at a time;
 - any other unsatisfiable set is a `ResolverConflict`, with uv's explanation.
 Build tools (pip, setuptools, wheel) are resolved as of `TOOLS_DATE` instead: source distributions need a
 setuptools new enough to build them (as the official images had), whatever the instance's date.
@@ -45,12 +47,14 @@ TOOLS_DATE = "2024-07-01T00:00:00Z"      # about when SWE-bench's official envir
 # that runs on a newer Python than it had (Debian ships no older one), where its own era's releases would not
 # install or run (pytest 2.x has no `pytest` command and breaks on 3.9).
 PYTHON_FLOOR = {"3.9": "2021-01-01T00:00:00Z", "3.11": "2023-01-15T00:00:00Z", "3.13": "2025-01-15T00:00:00Z"}
-RESOLVE_VERSION = 3                      # bump when the resolution rules change (old locks are not reused)
+RESOLVE_VERSION = 4                      # bump when the resolution rules change (old locks are not reused)
 _PUBLISHED = re.compile(r"`([^`]+)` was filtered by `exclude-newer`.*?The requested version, v(\S+?),? was "
                         r"published at (\S+?)\.?\s", re.S)
 _NOT_FOUND = re.compile(r"Because (\S+?) was not found in the package registry")
 _NO_VERSION = re.compile(r"there is no version of ([A-Za-z0-9._-]+)==")
-WHEEL_LAG = dt.timedelta(days=3)         # wheels of a release can be uploaded days after its first file
+_FILTERED = re.compile(r"`([^`]+)` was filtered by `exclude-newer(?:-package)?`")
+WHEEL_LAG = dt.timedelta(days=3)
+PACKAGE_STEP = dt.timedelta(days=90)         # wheels of a release can be uploaded days after its first file
 
 
 @dataclass(frozen=True)
@@ -133,13 +137,14 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
         return Lock((), date)
     cutoff, dropped, notes = date, [], []
     pinned_free: set[str] = set()                # exact pins taken regardless of the cutoff
+    later_for: dict[str, str] = {}               # packages whose own cutoff moved past the stage's
     floor = PYTHON_FLOOR.get(python, "")
     if cutoff and floor > cutoff:
         notes.append(f"{what}: {cutoff[:10]} is before Python {python} had wheels; resolved as of {floor[:10]}")
         log(notes[-1])
         cutoff = floor
     for _ in range(20):
-        proc = _compile(reqs, prefer, python, glibc, cutoff, timeout, cwd, pinned_free)
+        proc = _compile(reqs, prefer, python, glibc, cutoff, timeout, cwd, pinned_free, later_for)
         if proc.returncode == 0:
             pins = parse_lock(proc.stdout)
             notes.append(f"{what} resolved as of {cutoff[:10] or 'today'} for Python {python}: " + " ".join(pins))
@@ -174,6 +179,18 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
             notes.append(f"{what}: {', '.join(sorted(unfit))} pinned exactly; taken whatever its upload date")
             log(notes[-1])
             continue
+        filtered = [req_name(m) for m in _FILTERED.findall(err)]
+        if cutoff and filtered and "No solution found" in err:
+            # a lower bound newer than the date (code that moved on before its issue was filed): that package
+            # alone is looked for later, a step at a time
+            name = filtered[0]
+            step = dt.datetime.fromisoformat(later_for.get(name, cutoff).replace("Z", "+00:00")) + PACKAGE_STEP
+            if step < dt.datetime.now(dt.timezone.utc) + PACKAGE_STEP:
+                later_for[name] = iso_date(min(step, dt.datetime.now(dt.timezone.utc)))
+                notes.append(f"{what}: a requirement needs a {name} newer than {cutoff[:10]}; {name} resolved "
+                             f"as of {later_for[name][:10]}")
+                log(notes[-1])
+                continue
         missing = {req_name(m) for m in _NOT_FOUND.findall(err)}
         asked = [r for r in reqs if req_name(r) in missing]
         if asked:                                 # named by the spec but not on the index: conda-only
@@ -195,7 +212,7 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
 
 
 def _compile(reqs: list[str], prefer: list[str], python: str, glibc: int, cutoff: str, timeout: float,
-             cwd, free: set[str] = frozenset()) -> subprocess.CompletedProcess:
+             cwd, free: set[str] = frozenset(), later_for: dict | None = None) -> subprocess.CompletedProcess:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="cwm-resolve-") as tmp:
@@ -213,6 +230,9 @@ def _compile(reqs: list[str], prefer: list[str], python: str, glibc: int, cutoff
                 cmd += ["--exclude-newer-package", f"{name}={max(TOOLS_DATE, cutoff)}"]
             for name in sorted(exempt - set(TOOLS)):
                 cmd += ["--exclude-newer-package", f"{name}={iso_date(dt.datetime.now(dt.timezone.utc))}"]
+            for name, when in sorted((later_for or {}).items()):
+                if name not in exempt and name not in TOOLS:
+                    cmd += ["--exclude-newer-package", f"{name}={when}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
         env["UV_NO_CONFIG"] = "1"
         try:

@@ -57,6 +57,14 @@ def test_a_pin_newer_than_the_date_moves_the_cutoff_and_says_so(index):
     assert any("tox==4.16.0 was published 2024-07-03" in n and "cutoff moved" in n for n in lock.notes)
 
 
+def test_a_lower_bound_newer_than_the_date_moves_that_package_alone(index):
+    # requests 2.26's code (base commit of 2021-07) with an issue filed in 2020: charset-normalizer>=2 came later
+    lock = resolve(["charset-normalizer>=2.0.0,<2.1", "idna"], python="3.9", glibc=31, date="2021-01-01")
+    assert lock.versions()["charset-normalizer"].startswith("2.0.")
+    assert lock.versions()["idna"] == "2.10"                    # the others stay as of the date
+    assert any("needs a charset-normalizer newer than 2021-01-01" in n for n in lock.notes)
+
+
 def test_a_requirement_missing_from_the_index_is_dropped_and_named(index):
     lock = resolve(["six", "cwm-no-such-package-on-any-index"], python="3.9", glibc=31, date="2021-01-01")
     assert lock.dropped == ("cwm-no-such-package-on-any-index",)

@@ -108,7 +108,7 @@ def validate(instances: list[SWEInstance], *, repos_dir: str | Path | None, out_
                 t = time.perf_counter()
                 res = evaluate_instance(inst, {"instance_id": iid, "model_patch": patch, "model_name_or_path": name},
                                         repos_dir=repos_dir, log_dir=out_dir / name / iid, timeout=timeout,
-                                        retries=0, log=log, image_source=image_source)
+                                        retries=1, log=log, image_source=image_source)
                 row[name] = res.status
                 row[f"{name}_s"] = round(time.perf_counter() - t, 1)
                 if res.status == "error" and not row["failure"]:

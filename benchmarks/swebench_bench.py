@@ -17,9 +17,7 @@ from pathlib import Path
 
 from benchmarks.report import write_report
 from cwm_envs.swe.official import official_image as _official_image
-
-NOOP_PATCH = ("diff --git a/cwm_noop.txt b/cwm_noop.txt\nnew file mode 100644\n--- /dev/null\n+++ b/cwm_noop.txt\n"
-              "@@ -0,0 +1 @@\n+noop\n")
+from cwm_envs.swe.validate import NOOP_PATCH
 
 
 def _log(msg: str) -> None:

@@ -187,3 +187,66 @@ def test_prune_selects_by_age_and_by_run_children_first():
         from cwm_envs.swe.prune import prune
 
         prune(older_than_days=1, everything=True)
+
+
+CEXT = """#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyObject *add(PyObject *self, PyObject *args) {
+    long a, b;
+    if (!PyArg_ParseTuple(args, "ll", &a, &b)) return NULL;
+    return PyLong_FromLong(a OP b);
+}
+
+static PyMethodDef methods[] = {{"add", add, METH_VARARGS, "a + b"}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fast", NULL, -1, methods};
+PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }
+"""
+
+
+@pytest.mark.docker
+def test_a_compiled_repository_builds_its_extension_in_the_image(tmp_path):
+    """The instance path of astropy / scikit-learn / matplotlib on a repository of our own: a C extension
+    compiled by the tools layer's gcc when the instance image installs the repository in place."""
+    from tests.test_swe_harness import diff_of, git
+
+    from cwm_envs.swe.harness import evaluate_instance
+    from cwm_envs.swe.validate import NOOP_PATCH as NOOP
+
+    repo = tmp_path / "repos" / "own" / "cext"
+    (repo / "fast").mkdir(parents=True)
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    git(repo, "config", "user.email", "t@example.com")
+    git(repo, "config", "user.name", "t")
+    (repo / "fast" / "__init__.py").write_text("from fast._fast import add\n")
+    (repo / "fast" / "_fast.c").write_text(CEXT.replace("OP", "-"))
+    (repo / "setup.py").write_text("from setuptools import Extension, setup\n\nsetup(name='fast', version='0.1', "
+                                   "packages=['fast'], ext_modules=[Extension('fast._fast', ['fast/_fast.c'])])\n")
+    (repo / ".gitignore").write_text("build/\n*.so\n*.egg-info/\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "fast add, wrong")
+    base = git(repo, "rev-parse", "HEAD").strip()
+    gold = diff_of(repo, {"fast/_fast.c": CEXT.replace("OP", "+")})
+    tests = diff_of(repo, {"tests/test_fast.py": "from fast import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"})
+    row = {"instance_id": "own__cext-1", "repo": "own/cext", "base_commit": base, "patch": gold, "test_patch": tests,
+           "FAIL_TO_PASS": ["tests/test_fast.py::test_add"], "PASS_TO_PASS": [],
+           # the eval script rebuilds the extension after the patch, as SWE-bench's do for compiled repositories
+           "test_cmd": "python -m pip install -q --no-build-isolation -e . && pytest -rA tests",
+           "install": ["python -m pip install -v --no-build-isolation -e ."], "pip_packages": ["pytest", "setuptools"]}
+    inst = instance_from_row(row)
+    import docker
+
+    client = docker.from_env()
+    timings: dict = {}
+    tag = instance_image(inst, repo.parent.parent, "build", client=client, timings=timings)
+    try:
+        out = client.containers.run(tag, ["bash", "-c", "ls /testbed/fast/*.so && gcc --version | head -1"],
+                                    remove=True, network_disabled=True).decode()
+        assert "_fast" in out and "gcc" in out
+        for name, patch, want in (("gold", gold, "resolved"), ("none", NOOP, "unresolved")):
+            res = evaluate_instance(inst, {"instance_id": inst.instance_id, "model_patch": patch,
+                                           "model_name_or_path": name}, repos_dir=repo.parent.parent,
+                                    log_dir=tmp_path / name)
+            assert res.status == want, (name, res.error)
+    finally:
+        client.images.remove(tag, force=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -61,10 +62,13 @@ def _image_size_mb(client, tag: str | None) -> float | None:
 
 
 def _failure_class_of_log(log_dir: Path) -> str:
-    """Why the gold patch did not resolve, read from its test output: an import of something missing is a
-    missing distribution; otherwise the environment makes tests fail that passed upstream."""
+    """Why the gold patch did not resolve, read from its test output: tests that reach for the internet (the
+    containers have no network) are `network`; an import of something missing is a missing distribution;
+    otherwise the environment makes tests fail that passed upstream."""
     out = log_dir / "test_output.txt"
     text = out.read_text(errors="replace") if out.exists() else ""
+    if re.search(r"Network is unreachable|Temporary failure in name resolution|Name or service not known", text):
+        return "network"
     if "ModuleNotFoundError" in text or "No module named" in text:
         return "missing distribution"
     kind = classify(text[-20000:])

@@ -31,6 +31,11 @@ CONDA_ONLY = {"mkl", "mkl-service", "blas", "libblas", "openblas", "compilers", 
               "pyqt", "wxpython", "pygobject", "gtk3", "ghostscript", "graphviz", "cairo", "ffmpeg", "imagemagick"}
 
 
+# conda names whose PyPI project has another name (PyPI's `iris` is a placeholder that raises on import)
+CONDA_TO_PYPI = {"iris": "scitools-iris", "pytables": "tables", "matplotlib-base": "matplotlib", "dask-core": "dask",
+                 "python-graphviz": "graphviz", "pytorch": "torch", "libnetcdf": "netCDF4", "pyqt5": "PyQt5"}
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """The recipe of an environment layer (hashed into its tag) plus the instance-layer commands."""
@@ -95,14 +100,18 @@ def _requirements_txt(repo: str, read, commit: str) -> tuple[list[str], list[str
 
 
 def _conda_to_pip(item: str) -> str | None:
-    """A conda spec ("numpy=1.19", "pytest") as a pip requirement, or None for conda-only packages."""
+    """A conda spec ("numpy=1.19", "pytest") as a pip requirement, or None for conda-only packages.
+
+    >>> _conda_to_pip("numpy=1.19"), _conda_to_pip("iris"), _conda_to_pip("mkl")
+    ('numpy==1.19', 'scitools-iris', None)
+    """
     name = re.split(r"[=<>! ]", item.strip(), 1)[0]
     if not name or name.lower() in CONDA_ONLY:
         return None
     rest = item.strip()[len(name):].strip()
     if rest.startswith("=") and not rest.startswith("=="):
         rest = "==" + rest[1:].rstrip("*").rstrip(".")
-    return name + rest
+    return CONDA_TO_PYPI.get(name.lower(), name) + rest
 
 
 def _environment_yml(repo: str, read, commit: str) -> tuple[list[str], list[str]]:
@@ -198,8 +207,11 @@ def env_spec_for(repo: str, version: str, repo_dir: str | Path | None = None, en
         reqs += more
         notes += n
     elif packages:
-        conv = [_conda_to_pip(p) for p in packages.split()]
-        dropped = [p for p, c in zip(packages.split(), conv) if c is None]
+        import shlex
+
+        items = shlex.split(packages)             # quoted ('numpy==1.19.2' 'pandas<2.0.0') or bare
+        conv = [_conda_to_pip(p) for p in items]
+        dropped = [p for p, c in zip(items, conv) if c is None]
         reqs += [c for c in conv if c]
         if dropped:
             notes.append(f"conda-only packages dropped: {', '.join(dropped)}")

@@ -244,9 +244,9 @@ def _compile(reqs: list[str], prefer: list[str], python: str, glibc: int, cutoff
         return proc
 
 
-def fetch_sdist(name: str, version: str) -> tuple[bytes, str, str]:
-    """The newest non-yanked, non-pre-release sdist of `name` matching `version` ("3.2.*" or "1.6.1") on
-    pip's default index -> (bytes, upload time, file name). Read through the index's JSON simple API, as pip
+def fetch_sdist(name: str, version: str, oldest: bool = False) -> tuple[bytes, str, str]:
+    """The newest (or `oldest`) non-yanked, non-pre-release sdist of `name` matching `version` ("3.2.*" or
+    "1.6.1") on pip's default index -> (bytes, upload time, file name). Read through the index's JSON simple API, as pip
     reads it: `pip download --no-binary` would also build the sdist's metadata, which fails for old ones on
     the host's Python."""
     import urllib.request
@@ -269,7 +269,7 @@ def fetch_sdist(name: str, version: str) -> tuple[bytes, str, str]:
             v = Version(re.sub(r"\.(tar\.gz|zip)$", "", fname).rsplit("-", 1)[1])
         except (InvalidVersion, IndexError):
             continue
-        if v in wanted and not v.is_prerelease and (best is None or v > best[0]):
+        if v in wanted and not v.is_prerelease and (best is None or (v < best[0] if oldest else v > best[0])):
             best = (v, f)
     if best is None:
         raise LookupError(f"no sdist of {name} {version} on the index")

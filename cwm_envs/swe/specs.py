@@ -146,7 +146,8 @@ def _environment_yml(repo: str, read, commit: str) -> tuple[list[str], list[str]
 
 
 def release_sdist_reader(repo: str, version: str):
-    """(read(path) -> text, upload date) over the newest `version.*` release's sdist of `repo` on the index.
+    """(read(path) -> text, upload date) over the first `version.*` release's sdist of `repo` on the index
+    (X.Y.0: the nearest to the version's environment_setup_commit; later patch releases come years later).
 
     Release sdists of django and matplotlib carry their requirement files (tests/requirements, requirements/,
     environment.yml): what an environment-only build reads when the repository is too large to clone here."""
@@ -157,7 +158,7 @@ def release_sdist_reader(repo: str, version: str):
 
     name = repo.split("/")[1]
     try:
-        blob, uploaded, _ = fetch_sdist(name, version + ".*")
+        blob, uploaded, _ = fetch_sdist(name, version + ".*", oldest=True)
         data = io.BytesIO(blob)
     except Exception as exc:
         raise UsageError(f"{repo} {version}: no clone, and no release sdist to read its requirement files from "
@@ -197,7 +198,7 @@ def env_spec_for(repo: str, version: str, repo_dir: str | Path | None = None, en
                 return read_repo_file(_dir, env_commit, rel)
         else:                                    # no clone (an environment-only build): the release's sdist
             read, uploaded = release_sdist_reader(repo, version)
-            notes.append(f"{packages} read from the sdist of {repo.split('/')[1]} {version}.* (no clone), "
+            notes.append(f"{packages} read from the first sdist of {repo.split('/')[1]} {version}.* (no clone), "
                          f"uploaded {uploaded[:10]}: resolved as of then at the earliest")
             from cwm_envs.swe.resolve import iso_date
 

@@ -155,9 +155,10 @@ def test_a_dropped_package_the_tests_import_is_named():
     from cwm_envs.swe.dataset import instance_from_row
 
     patch = ("diff --git a/tests/test_x.py b/tests/test_x.py\n--- a/tests/test_x.py\n+++ b/tests/test_x.py\n"
-             "@@ -1 +1,2 @@\n import os\n+import netCDF4\n")
+             "@@ -1 +1,4 @@\n import os\n+import netCDF4\n+def test_x():\n+    import cfgrib\n")
     inst = instance_from_row({"instance_id": "a__b-1", "repo": "a/b", "base_commit": "0" * 40, "test_patch": patch,
                               "FAIL_TO_PASS": "[]", "PASS_TO_PASS": "[]", "test_cmd": "pytest"})
+    # a top-level import is a need; one inside a test (guarded by a skip marker, as xarray does) is not
     assert dropped_needed_by_tests(inst, ".", ["netCDF4>=1.5", "cfgrib"]) == ["netCDF4>=1.5"]
 
 

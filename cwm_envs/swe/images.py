@@ -595,7 +595,7 @@ def dropped_needed_by_tests(instance: SWEInstance, repo_dir: Path, dropped: list
     needed = []
     for req in dropped:
         module = req_name(req).replace("-", "_")
-        pattern = rf"^[+ ]?\s*(?:import|from)\s+{re.escape(module)}\b"
+        pattern = rf"^[+ ]?(?:import|from)\s+{re.escape(module)}\b"   # top level: an unconditional need
         if any(re.search(pattern, t, re.M | re.I) for t in texts):
             needed.append(req)
     return needed

@@ -232,7 +232,7 @@ def test_a_compiled_repository_builds_its_extension_in_the_image(tmp_path):
            "FAIL_TO_PASS": ["tests/test_fast.py::test_add"], "PASS_TO_PASS": [],
            # the eval script rebuilds the extension after the patch, as SWE-bench's do for compiled repositories
            "test_cmd": "python -m pip install -q --no-build-isolation -e . && pytest -rA tests",
-           "install": ["python -m pip install -v --no-build-isolation -e ."], "pip_packages": ["pytest", "setuptools"]}
+           "install": ["python -m pip install -v --no-build-isolation -e ."], "pip_packages": ["pytest"]}
     inst = instance_from_row(row)
     import docker
 

@@ -72,6 +72,13 @@ def test_a_requirement_missing_from_the_index_is_dropped_and_named(index):
     assert any("dropped: cwm-no-such-package-on-any-index" in n for n in lock.notes)
 
 
+def test_a_pin_with_no_wheel_for_the_python_is_dropped_not_compiled_on_the_host(index):
+    # numpy 1.16 predates Python 3.9: no cp39 wheel, and the host never builds the numeric stack from source
+    lock = resolve(["numpy==1.16.0", "six"], python="3.9", glibc=31, date="2021-01-01")
+    assert lock.dropped == ("numpy==1.16.0",) and "numpy" not in lock.versions()
+    assert any("no usable wheel for Python 3.9" in n for n in lock.notes)
+
+
 def test_unsatisfiable_pins_are_a_resolver_conflict(index):
     with pytest.raises(ResolverConflict) as err:
         resolve(["flask==2.3.0", "werkzeug==2.0.0"], python="3.9", glibc=31, date="2023-06-01")

@@ -14,6 +14,8 @@ How the date moves and what is dropped, each said in `Lock.notes`:
   name; a missing dependency of something else is a `MissingDistribution`;
 - a requirement whose lower bound is newer than the date (code that moved on before its issue was filed)
   gets that package alone resolved later, 90 days at a time;
+- a requirement with no usable wheel for the image's Python whose metadata would need a build on the host
+  (the numeric stack is never built there, `ONLY_BINARY`) is dropped when asked for by name;
 - any other unsatisfiable set is a `ResolverConflict`, with uv's explanation.
 Build tools (pip, setuptools, wheel) are resolved as of `TOOLS_DATE` instead: source distributions need a
 setuptools new enough to build them (as the official images had), whatever the instance's date.
@@ -47,11 +49,17 @@ TOOLS_DATE = "2024-07-01T00:00:00Z"      # about when SWE-bench's official envir
 # that runs on a newer Python than it had (Debian ships no older one), where its own era's releases would not
 # install or run (pytest 2.x has no `pytest` command and breaks on 3.9).
 PYTHON_FLOOR = {"3.9": "2021-01-01T00:00:00Z", "3.11": "2023-01-15T00:00:00Z", "3.13": "2025-01-15T00:00:00Z"}
-RESOLVE_VERSION = 4                      # bump when the resolution rules change (old locks are not reused)
+RESOLVE_VERSION = 5                      # bump when the resolution rules change (old locks are not reused)
 _PUBLISHED = re.compile(r"`([^`]+)` was filtered by `exclude-newer`.*?The requested version, v(\S+?),? was "
                         r"published at (\S+?)\.?\s", re.S)
 _NOT_FOUND = re.compile(r"Because (\S+?) was not found in the package registry")
 _NO_VERSION = re.compile(r"there is no version of ([A-Za-z0-9._-]+)==")
+_NO_WHEELS = re.compile(r"Because (?:all versions of )?([A-Za-z0-9._-]+)(?:[=<>!~]=?\S+)? (?:has|have) no usable wheels")
+_FAILED_BUILD = re.compile(r"Failed to (?:download and )?build `([A-Za-z0-9._-]+)")
+# Never built from source on the host, where uv would compile them for the host's Python to read an sdist's
+# metadata (minutes, and for nothing: the image needs a wheel for its own Python, or builds the sdist itself)
+ONLY_BINARY = ("numpy", "scipy", "pandas", "matplotlib", "h5py", "netcdf4", "pyarrow", "scikit-learn", "numba",
+               "llvmlite", "shapely", "pyproj", "gdal", "rasterio", "cartopy", "grpcio", "tables", "cftime")
 _FILTERED = re.compile(r"`([^`]+)` was filtered by `exclude-newer(?:-package)?`")
 WHEEL_LAG = dt.timedelta(days=3)
 PACKAGE_STEP = dt.timedelta(days=90)         # wheels of a release can be uploaded days after its first file
@@ -191,6 +199,19 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
                              f"as of {later_for[name][:10]}")
                 log(notes[-1])
                 continue
+        unbuildable = {req_name(m) for m in _NO_WHEELS.findall(err) + _FAILED_BUILD.findall(err)}
+        asked = [r for r in reqs if req_name(r) in unbuildable]
+        if asked:                                 # no wheel for this Python, and not built on the host
+            for r in asked:
+                reqs.remove(r)
+                dropped.append(r)
+            notes.append(f"{what}: no usable wheel for Python {python} (not built from source on the host), "
+                         f"dropped: {', '.join(asked)}")
+            log(notes[-1])
+            continue
+        if unbuildable:
+            raise MissingDistribution(f"{what}: {', '.join(sorted(unbuildable))} (needed by another requirement) has "
+                                      f"no usable wheel for Python {python}: {_tail(err)}")
         missing = {req_name(m) for m in _NOT_FOUND.findall(err)}
         asked = [r for r in reqs if req_name(r) in missing]
         if asked:                                 # named by the spec but not on the index: conda-only
@@ -223,7 +244,7 @@ def _compile(reqs: list[str], prefer: list[str], python: str, glibc: int, cutoff
             out.write_text("\n".join(prefer) + "\n")
         cmd = [uv_binary(), "pip", "compile", str(src), "-o", str(out), "--quiet", "--no-header", "--no-annotate",
                "--no-python-downloads", "--python-version", python, "--python-platform",
-               f"x86_64-manylinux_2_{glibc}"]
+               f"x86_64-manylinux_2_{glibc}", *sum((["--only-binary", n] for n in ONLY_BINARY), [])]
         if cutoff:                               # "" = today's index
             cmd += ["--exclude-newer", cutoff]
             for name in TOOLS:

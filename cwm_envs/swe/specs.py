@@ -36,6 +36,12 @@ CONDA_TO_PYPI = {"iris": "scitools-iris", "pytables": "tables", "matplotlib-base
                  "python-graphviz": "graphviz", "pytorch": "torch", "libnetcdf": "netCDF4", "pyqt5": "PyQt5"}
 
 
+# PyPI packages that load a C library conda installs beside them: its Debian package joins the tools layer
+# (cfgrib without ecCodes raises RuntimeError on import, which xarray's importorskip does not catch)
+SYSTEM_LIBS = {"cfgrib": ("libeccodes0",), "eccodes": ("libeccodes0",), "pylibmc": ("libmemcached-dev",),
+               "python-ldap": ("libldap2-dev", "libsasl2-dev")}
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """The recipe of an environment layer (hashed into its tag) plus the instance-layer commands."""
@@ -218,6 +224,8 @@ def env_spec_for(repo: str, version: str, repo_dir: str | Path | None = None, en
             notes.append(f"conda-only packages dropped: {', '.join(dropped)}")
     pre, apt, more = split_pre_install(tuple(spec.get("pre_install", ())))
     notes += more
+    names = {re.split(r"[\s\[=<>!~;]", r.strip(), 1)[0].lower() for r in reqs + list(spec.get("pip_packages", ()))}
+    apt += tuple(lib for name in sorted(names) for lib in SYSTEM_LIBS.get(name, ()) if lib not in apt)
     install = (spec["install"],) if spec.get("install") else ()
     return EnvSpec(python=python, suite=suite, requirements=tuple(reqs),
                    pip_packages=tuple(spec.get("pip_packages", ())), pre_install=pre, install=install,

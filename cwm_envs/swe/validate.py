@@ -87,6 +87,7 @@ def validate(instances: list[SWEInstance], *, repos_dir: str | Path | None, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     client = _client()
     gold = gold_predictions(instances)
+    earlier = _earlier_rows(out_dir)
     rows = []
     for n, inst in enumerate(instances, 1):
         iid = inst.instance_id
@@ -107,6 +108,7 @@ def validate(instances: list[SWEInstance], *, repos_dir: str | Path | None, out_
         row.update(python=timings.get("python"), env_build_s=timings.get("env_s"),
                    instance_build_s=timings.get("instance_s"), env_image=timings.get("env_tag"),
                    image=timings.get("tag"), dropped=timings.get("dropped", []), notes=timings.get("notes", []))
+        cached = []
         if row["built"]:
             for name, patch in (("gold", gold[iid]["model_patch"]), ("noop", NOOP_PATCH)):
                 t = time.perf_counter()
@@ -115,6 +117,7 @@ def validate(instances: list[SWEInstance], *, repos_dir: str | Path | None, out_
                                         retries=1, log=log, image_source=image_source)
                 row[name] = res.status
                 row[f"{name}_s"] = round(time.perf_counter() - t, 1)
+                cached.append(res.cached)
                 if res.status == "error" and not row["failure"]:
                     row.update(failure=classify(res.error), reason=(res.error or "")[:600])
             if row["gold"] == "unresolved" and not row["failure"]:
@@ -123,6 +126,8 @@ def validate(instances: list[SWEInstance], *, repos_dir: str | Path | None, out_
             if row["noop"] == "resolved" and not row["failure"]:
                 row.update(failure="no-op resolves", reason="the tests pass on the unfixed code")
         row["seconds"] = round(time.perf_counter() - t0, 1)
+        if cached and all(cached) and iid in earlier:      # a resumed run: keep the first run's timings
+            row.update({k: earlier[iid].get(k) for k in TIMINGS})
         row["image_mb"] = _image_size_mb(client, row.get("image"))
         row["env_image_mb"] = _image_size_mb(client, row.get("env_image"))
         rows.append(row)
@@ -130,6 +135,17 @@ def validate(instances: list[SWEInstance], *, repos_dir: str | Path | None, out_
                  + (f" failure={row['failure']}" if row["failure"] else "") + f" ({row['seconds']} s)")
         _write(out_dir, rows, client)        # a partial report survives an interrupted run
     return _write(out_dir, rows, client)
+
+
+TIMINGS = ("build_s", "env_build_s", "instance_build_s", "gold_s", "noop_s", "seconds")
+
+
+def _earlier_rows(out_dir: Path) -> dict[str, dict]:
+    """The rows of an earlier run into the same OUT (resumed runs report the first run's timings)."""
+    try:
+        return {r["instance"]: r for r in json.loads((out_dir / "report.json").read_text())["details"]["instances"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def repo_table(rows: list[dict]) -> list[dict]:

@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 from benchmarks.report import write_report
-
-NOOP_PATCH = ("diff --git a/cwm_noop.txt b/cwm_noop.txt\nnew file mode 100644\n--- /dev/null\n+++ b/cwm_noop.txt\n"
-              "@@ -0,0 +1 @@\n+noop\n")
+from cwm_envs.swe.official import official_image as _official_image
+from cwm_envs.swe.validate import NOOP_PATCH
 
 
 def _log(msg: str) -> None:
@@ -255,13 +254,6 @@ def run_speed(args) -> int:
                  details={"cmd_ours_stdout": ours.stdout[-2000:]}, tables={"instances": rows})
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _official_image(inst) -> str:
-    """The image name the official harness looks for (the dataset's `image` field, or its naming rule)."""
-    if inst.image:
-        return inst.image if ":" in inst.image.rsplit("/", 1)[-1] else inst.image + ":latest"
-    return f"swebench/sweb.eval.x86_64.{inst.instance_id.replace('__', '_1776_').lower()}:latest"
 
 
 def _official_row(inst) -> dict:

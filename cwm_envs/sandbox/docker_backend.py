@@ -75,6 +75,9 @@ SANDBOX_USER = "10001:10001"   # the default user of commands: a uid that no ima
 ROOT = "0:0"                   # user=ROOT: commands as root, for callers that need it (SWE repositories)
 SANDBOX_HOME = "/home/sandbox"  # HOME of a non-root user (a capped tmpfs)
 DISK_MB, DISK_INODES = 256, 32768  # default cap of each large writable area (workdir, /tmp, a writable layer)
+# How SWE repositories run: as root (installs, any file of the repo and its venv), on a writable image layer
+# (eval scripts `pip install -e .` into the venv) capped from this host, with room for builds and test caches.
+REPO_SANDBOX = {"user": ROOT, "read_only_root": False, "disk_mb": 2048, "disk_inodes": 262144}
 _TOOL_SOURCE = program_source("_docker_tool.py")
 _ISOLATED = ("-I", "-S")       # how our own programs start: no site, no user site, no cwd, no PYTHON* variables
 

@@ -580,6 +580,9 @@ class _LayerGuard:
             t = time.monotonic()
             with cls._lock:
                 boxes = list(cls._boxes)
+                if not boxes:                # nothing to guard: the next watch() starts a new thread
+                    cls._thread = None
+                    return
             for box in boxes:
                 try:
                     if cls.over(box):

@@ -688,7 +688,8 @@ class DockerSandbox(Sandbox):
         self._ids = tuple(int(x) for x in (str(user).split(":") * 2)[:2])
         self.user = f"{self._ids[0]}:{self._ids[1]}"
         self.read_only_root, self.disk_mb, self.disk_inodes = read_only_root, disk_mb, disk_inodes
-        self._home = {"HOME": SANDBOX_HOME} if self._ids[0] else {}
+        # a uid without an /etc/passwd entry: tell programs who and where it is
+        self._home = {"HOME": SANDBOX_HOME, "USER": "sandbox", "LOGNAME": "sandbox"} if self._ids[0] else {}
         self._cv = threading.Condition(threading.RLock())
         self._pool: list[_Box] = []
         self._retire: list[_Box] = []

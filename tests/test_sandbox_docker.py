@@ -251,6 +251,11 @@ def test_without_a_host_view_the_in_container_helper_does_the_work(docker_engine
         marker = f"{8000 + uuid.uuid4().int % 1000}.75"
         res = box.run(f"setsid sleep {marker} & sleep {marker}", timeout=1)
         assert res.timed_out and _host_procs_with(marker) == []
+        hidden = (f"# {marker}\nimport ctypes, os, time\nif os.fork() == 0:\n    os.setsid()\n"
+                  "    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\n    time.sleep(300)\n")  # its marker unreadable
+        for timeout in (30, 1):              # left behind by a finished run, then by a timed-out one
+            res = box.run_python(hidden + ("" if timeout == 30 else "time.sleep(60)\n"), timeout=timeout)
+            assert res.timed_out == (timeout == 1) and _host_procs_with(marker) == [], res
         res = box.run_python("x = bytearray(2 * 2**30)")
         assert res.limit_hit == "memory", res
         assert box.run("echo fine").stdout == "fine\n"
@@ -301,6 +306,15 @@ def test_killing_everything_ends_that_run_and_the_sandbox_goes_on(docker_engine,
         assert time.monotonic() - start < 10
         assert res.stdout == "survived\n" or (res.exit_code is None and "exec server" in res.stderr), res
         assert box.run("echo fine").stdout == "fine\n" and box.container_id == first
+
+
+def test_a_container_killed_from_outside_is_an_infra_error_once_then_replaced(docker_engine):
+    with make_sandbox("docker", pool_size=0) as box:
+        first = box.container_id
+        subprocess.run(["docker", "kill", first], check=True, capture_output=True)
+        with pytest.raises(SandboxError):
+            box.run("echo lost")
+        assert box.container_id != first and box.run("echo fine").stdout == "fine\n"
 
 
 def test_commands_cannot_reach_the_exec_servers_pipes_or_memory(docker_engine):

@@ -131,8 +131,9 @@ def _uid(pid):
 
 def _marked(token, pids, skip, spare=None, hidden_uid=None):
     """(pid, state) of every live process of one execution, and of every process without a marker; with
-    `spare` (marker values), of every process whose marker is not one of them. A process of `hidden_uid`
-    whose environment we may not read (it made itself non-dumpable) counts as one without a marker."""
+    `spare` (marker values), of every process whose marker is not one of them. A process of `hidden_uid` (the
+    sandbox's user, when not root: its processes are all commands) whose environment we may not read (it made
+    itself non-dumpable) counts as one without a marker."""
     mine = (MARKER + "=" + (token or "")).encode()
     kept = None if spare is None else {(MARKER + "=" + m).encode() for m in spare}
     key = (MARKER + "=").encode()
@@ -227,11 +228,6 @@ def _read_as(uid, gid):
         return uid == os.geteuid()
 
 
-def _hidden_uid(uid):
-    """The uid whose unreadable processes are surely commands: the sandbox user's, unless it is root's."""
-    return uid if uid else None
-
-
 # ------------------------------------------------------------------------------------------------ serve
 
 DRAIN_FACTOR = 16       # past the cap, output is read and dropped up to 16x the cap, then the command is killed
@@ -322,7 +318,7 @@ def _end(pid, token):
         os.killpg(pid, 9)
     except OSError:
         pass
-    kill_marked(token, skip={1}, hidden_uid=_hidden_uid(_USER[0]), tick=_beat)
+    kill_marked(token, skip={1}, hidden_uid=_USER[0] or None, tick=_beat)
 
 
 def _execute(req, stdin):
@@ -349,7 +345,7 @@ def _execute(req, stdin):
     open_pipes = set(bufs)
     deadline = start + req["timeout"]
     exit_deadline = None                           # set when the command has exited: how long to wait for EOF
-    hidden = _hidden_uid(_USER[0])
+    hidden = _USER[0] or None
 
     def take(fd):
         nonlocal seen, truncated
@@ -436,7 +432,7 @@ def serve(uid, gid):
         try:
             reply = _execute(req, stdin)
         except Exception as exc:                   # fork refused (pids full), a bad workdir...: tell the host
-            kill_marked(req["token"], skip={1}, hidden_uid=_hidden_uid(uid), tick=_beat)
+            kill_marked(req["token"], skip={1}, hidden_uid=uid or None, tick=_beat)
             reply = ({"error": "%s: %s" % (type(exc).__name__, exc), "stdout_len": 0, "stderr_len": 0},)
         os.write(1, REPLY)
         write_frame(*reply)
@@ -450,6 +446,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "kill":
         uid, gid = int(sys.argv[3]), int(sys.argv[4])
         _read_as(uid, gid)
-        ok = kill_marked(sys.argv[2], skip={1}, hidden_uid=_hidden_uid(uid))
+        ok = kill_marked(sys.argv[2], skip={1}, hidden_uid=uid or None)
     print(json.dumps(read_counters(IN_CONTAINER)))
     sys.exit(0 if ok else 1)

@@ -165,6 +165,14 @@ def test_a_forged_marker_does_not_keep_a_process_alive(docker_engine, exec_serve
             marker = f"{3000 + uuid.uuid4().int % 1000}.5"
             res = box.run(f"CWM_EXEC={forged} setsid sleep {marker} > /dev/null 2>&1 < /dev/null & echo started")
             assert res.stdout == "started\n" and _host_procs_with(marker) == [], forged
+        # the runtime's own processes (`runc:[2:INIT]`) are spared; a command may take their name, not their
+        # parent outside the container: as a daemon, and as the command itself
+        box.run("cp /bin/sleep '/tmp/runc:[2:INIT]'")
+        for disguised in ("setsid '/tmp/runc:[2:INIT]' {} > /dev/null 2>&1 < /dev/null & sleep 0.5",
+                          "exec '/tmp/runc:[2:INIT]' {} > /dev/null 2>&1 < /dev/null"):
+            marker = f"{3000 + uuid.uuid4().int % 1000}.5"
+            box.run(disguised.format(marker), timeout=2)
+            assert _host_procs_with(marker) == [], disguised
         assert box.run("echo fine").stdout == "fine\n"
 
 

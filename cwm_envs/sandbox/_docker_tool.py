@@ -129,30 +129,35 @@ def _uid(pid):
     return None
 
 
-def _marked(token, pids, skip, spare=None, hidden_uid=None):
+def _marked(token, pids, skip, spare=None, hidden_uid=None, everyone=None):
     """(pid, state) of every live process of one execution, and of every process without a marker; with
     `spare` (marker values), of every process whose marker is not one of them. A process of `hidden_uid` (the
     sandbox's user, when not root: its processes are all commands) whose environment we may not read (it made
-    itself non-dumpable) counts as one without a marker."""
+    itself non-dumpable) counts as one without a marker. `everyone` lists every process of the container
+    (default: `pids`)."""
     mine = (MARKER + "=" + (token or "")).encode()
     kept = None if spare is None else {(MARKER + "=" + m).encode() for m in spare}
     key = (MARKER + "=").encode()
     found = []
-    for pid in pids():
+    candidates = pids()
+    inside = set(everyone() if everyone else candidates)
+    for pid in candidates:
         if pid in skip:
             continue
         try:
             stat = _read("/proc/%d/stat" % pid)
-            if stat.split(" (", 1)[1].startswith("runc:"):
+            fields = stat.rsplit(")", 1)[1].split()
+            state, ppid = fields[0], int(fields[1])
+            if stat.split(" (", 1)[1].startswith("runc:") and ppid not in inside:
                 continue                           # the runtime starting another exec, not yet its command
-            state = stat.rsplit(")", 1)[1].split()[0]
+                                                   # (a command may take that name, not a parent outside)
             with open("/proc/%d/environ" % pid, "rb") as f:
                 env = f.read().split(b"\0")
         except PermissionError:
             if hidden_uid is None or _uid(pid) != hidden_uid:
                 continue
             env = []
-        except (OSError, IndexError):
+        except (OSError, IndexError, ValueError):
             continue
         mark = [e for e in env if e.startswith(key)]
         doomed = not mark or (mark[0] == mine if kept is None else mark[0] not in kept)
@@ -169,23 +174,23 @@ def _signal(pids, sig):
             pass
 
 
-def kill_marked(token, pids=all_pids, skip=(), rounds=1000, spare=None, hidden_uid=None, tick=None):
-    """Stop, then SIGKILL, the processes of one execution (see `_marked` for `spare` and `hidden_uid`); True
-    once none is left. `tick` is called every round (the exec server's heartbeat).
+def kill_marked(token, pids=all_pids, skip=(), rounds=1000, spare=None, hidden_uid=None, tick=None, everyone=None):
+    """Stop, then SIGKILL, the processes of one execution (see `_marked` for `spare`, `hidden_uid` and
+    `everyone`); True once none is left. `tick` is called every round (the exec server's heartbeat).
 
     `pids` lists the candidates (inside the container: all of /proc; on the host: the container's
     cgroup.procs), `skip` the init and the caller. Stopping first wins against a fork bomb: a stopped
     process forks no more, so the set only shrinks."""
     skip = set(skip) | {os.getpid()}
     for _ in range(rounds):
-        running = [pid for pid, state in _marked(token, pids, skip, spare, hidden_uid) if state not in "Tt"]
+        running = [pid for pid, state in _marked(token, pids, skip, spare, hidden_uid, everyone) if state not in "Tt"]
         if not running:
             break
         _signal(running, 19)                       # SIGSTOP
         if tick:
             tick()
     for _ in range(rounds):
-        left = [pid for pid, _state in _marked(token, pids, skip, spare, hidden_uid)]
+        left = [pid for pid, _state in _marked(token, pids, skip, spare, hidden_uid, everyone)]
         if not left:
             return True
         _signal(left, 9)

@@ -324,6 +324,7 @@ class _ExecServer:
             self.close()
             raise
         self.pid = ready["pid"]              # in the container's pid namespace
+        self.host_pid: int | None = None     # on this host, once looked up (_Box.server_host_pid)
 
     def _fill(self, deadline: float, started: bool) -> None:
         while True:
@@ -427,6 +428,7 @@ class _Box:
         self.server_lock = threading.Lock()
         self.live: set[str] = set()          # markers of the runs, helpers and server alive now (see _sweep)
         self.live_lock = threading.Lock()
+        self.kill_lock = threading.Lock()    # one stop-and-kill from this host at a time (see _host_kill)
         self.disk_hit = False                # set by the _LayerGuard when it killed commands of this container
         try:                                 # may this process signal the container's processes itself?
             os.kill(self.init_pid, 0)
@@ -453,14 +455,25 @@ class _Box:
             return self.server
 
     def _stalled(self, silent_s: float) -> bool:
-        """Whether a server silent for `silent_s` is stuck: stopped or gone, where this host sees it; else
-        silent for SILENCE_REMOTE_S."""
-        server = self.server
-        pid = self._host_pid(server.pid) if server is not None and self.host_kill else None
+        """Whether a server silent for `silent_s` is stuck: stopped or gone, where this host sees it (twice, a
+        moment apart); else silent for SILENCE_REMOTE_S."""
+        pid = self.server_host_pid()
         if pid is None:
             return silent_s >= SILENCE_REMOTE_S
-        state = _states([pid], set()).get(pid, "X")
-        return state in "TtZX"
+        for look in range(2):
+            if _states([pid], set()).get(pid, "X") not in "TtZX":
+                return False
+            time.sleep(0.2 * (1 - look))
+        return True
+
+    def server_host_pid(self) -> int | None:
+        """This host's pid of the exec server, where this host sees the container's processes."""
+        server = self.server
+        if server is None or not self.host_kill:
+            return None
+        if server.host_pid is None:
+            server.host_pid = self._host_pid(server.pid)
+        return server.host_pid
 
     def _host_pid(self, ns_pid: int) -> int | None:
         """This host's pid of a process of the container, from its pid there (NSpid in /proc/PID/status)."""
@@ -475,7 +488,7 @@ class _Box:
 
     def kill_server(self, server: _ExecServer) -> None:
         """SIGKILL the exec server (a stopped one too): from this host where it may, else as root inside."""
-        pid = self._host_pid(server.pid) if self.host_kill else None
+        pid = server.host_pid or (self._host_pid(server.pid) if self.host_kill else None)
         if pid is not None:
             _docker_tool._signal([pid], signal.SIGKILL)
             return
@@ -589,7 +602,8 @@ class _LayerGuard:
                         box.disk_hit = True
                         with box.live_lock:
                             ours = {m for m in box.live if m.startswith(("server-", "helper-"))}
-                        _docker_tool.kill_marked(None, box.cgroup_pids, {box.init_pid}, rounds=50, spare=ours)
+                        with box.kill_lock:
+                            _docker_tool.kill_marked(None, box.cgroup_pids, {box.init_pid}, rounds=50, spare=ours)
                 except Exception:            # a container going away mid-walk: the next round sees it gone
                     pass
             time.sleep(max(0.25, 4 * (time.monotonic() - t)))   # a long walk is not repeated at once
@@ -933,7 +947,8 @@ class DockerSandbox(Sandbox):
         if new():
             with box.live_lock:
                 live = set(box.live)
-            _docker_tool.kill_marked(None, new, {box.init_pid}, spare=live)
+            with box.kill_lock:
+                _docker_tool.kill_marked(None, new, {box.init_pid}, spare=live, everyone=box.cgroup_pids)
 
     def _run_served(self, box: _Box, server: _ExecServer, argv: list[str], data: bytes | None, timeout: float,
                     lim: Limits, workdir: str, env: dict[str, str], token: str) -> ExecResult | None:
@@ -1004,7 +1019,7 @@ class DockerSandbox(Sandbox):
                 # Keep reading while the helper kills: the engine reports no exit (not even the helper's)
                 # while a killed command's output sits unread in its pipe.
                 outcome: list = []
-                killer = threading.Thread(target=self._kill_into, args=(box, token, outcome))
+                killer = threading.Thread(target=self._kill_into, args=(box, token, exec_id, outcome))
                 killer.start()
                 _drain(sock, time.monotonic() + 30.0)
                 killer.join(timeout=30.0)
@@ -1016,6 +1031,8 @@ class DockerSandbox(Sandbox):
             sock.close()
         duration = time.monotonic() - start
         code = None if stop else self._exit_code(exec_id)
+        if code is None and stop is None:    # it closed its output and lives on: end it
+            self._end_exec(box, exec_id)
         if code == 126 and not box.alive():
             # The runtime could not exec: the container has stopped (nothing inside can end its PID 1).
             raise SandboxError(f"container {box.container.short_id} has stopped: {out.decode(errors='replace').strip()}")
@@ -1043,6 +1060,17 @@ class DockerSandbox(Sandbox):
         if not isinstance(code, str):
             raise UsageError("run_python takes the code as a string")
         return self.run(code, python=True, **kwargs)
+
+    def _end_exec(self, box: _Box, exec_id: str) -> None:
+        """SIGKILL the process a `docker exec` started, from this host where it sees it. The marker kill may
+        miss it: its parent is outside the container, as the runtime's own processes' is, and a command may
+        take their name."""
+        pid = self.client.api.exec_inspect(exec_id).get("Pid")
+        if box.host_kill and pid and pid in box.cgroup_pids():
+            _docker_tool._signal([pid], signal.SIGKILL)
+            end = time.monotonic() + 5.0
+            while pid in box.cgroup_pids() and time.monotonic() < end:
+                time.sleep(0.005)
 
     def _exit_code(self, exec_id: str) -> int | None:
         for _ in range(100):
@@ -1117,20 +1145,21 @@ class DockerSandbox(Sandbox):
         A stopped fork bomb forks no more, and a stopped process holds no memory lock, which reading its
         environment waits for (under a CPU quota a throttled bomb turns that wait into seconds). Processes
         of other executions are continued afterwards; ones stopped before we came stay stopped."""
-        skip = {box.init_pid}
-        states = _states(box.cgroup_pids(), skip)
-        already = {pid for pid, st in states.items() if st in "Tt"}
-        for _ in range(1000):
-            running = [pid for pid, st in states.items() if st not in "TtZ"]
-            if not running:
-                break
-            _docker_tool._signal(running, signal.SIGSTOP)
+        with box.kill_lock:                  # another thread's stop-all would look like "stopped before we came"
+            skip = {box.init_pid, box.server_host_pid()}    # the server never forks: it need not stop
             states = _states(box.cgroup_pids(), skip)
-        else:
-            return False
-        doomed = [pid for pid, _st in _docker_tool._marked(token, box.cgroup_pids, skip)]
-        _docker_tool._signal(doomed, signal.SIGKILL)
-        _docker_tool._signal(set(states) - set(doomed) - already, signal.SIGCONT)
+            already = {pid for pid, st in states.items() if st in "Tt"}
+            for _ in range(1000):
+                running = [pid for pid, st in states.items() if st not in "TtZ"]
+                if not running:
+                    break
+                _docker_tool._signal(running, signal.SIGSTOP)
+                states = _states(box.cgroup_pids(), skip)
+            else:
+                return False
+            doomed = [pid for pid, _st in _docker_tool._marked(token, box.cgroup_pids, skip)]
+            _docker_tool._signal(doomed, signal.SIGKILL)
+            _docker_tool._signal(set(states) - set(doomed) - already, signal.SIGCONT)
         end = time.monotonic() + 5.0
         while time.monotonic() < end:
             if not set(box.cgroup_pids()) & set(doomed):
@@ -1138,9 +1167,10 @@ class DockerSandbox(Sandbox):
             time.sleep(0.005)
         return False
 
-    def _kill_into(self, box: _Box, token: str, result: list) -> None:
+    def _kill_into(self, box: _Box, token: str, exec_id: str, result: list) -> None:
         try:
             result.append(self._kill(box, token))
+            self._end_exec(box, exec_id)
         except BaseException as exc:
             result.append(exc)
 

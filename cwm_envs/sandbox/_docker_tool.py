@@ -146,11 +146,9 @@ def _marked(token, pids, skip, spare=None, hidden_uid=None, everyone=None):
             continue
         try:
             stat = _read("/proc/%d/stat" % pid)
-            fields = stat.rsplit(")", 1)[1].split()
-            state, ppid = fields[0], int(fields[1])
-            if stat.split(" (", 1)[1].startswith("runc:") and ppid not in inside:
+            state = stat.rsplit(")", 1)[1].split()[0]
+            if _runtime(stat, inside):
                 continue                           # the runtime starting another exec, not yet its command
-                                                   # (a command may take that name, not a parent outside)
             with open("/proc/%d/environ" % pid, "rb") as f:
                 env = f.read().split(b"\0")
         except PermissionError:
@@ -164,6 +162,24 @@ def _marked(token, pids, skip, spare=None, hidden_uid=None, everyone=None):
         if state != "Z" and doomed:                # zombies are dead already
             found.append((pid, state))
     return found
+
+
+def _runtime(stat, inside):
+    """Whether the process of this /proc/PID/stat is the runtime's, starting an exec: named `runc:[...]`, like
+    each of its ancestors up to the first one outside the container (`inside`: every pid of the container). A
+    command may take the name, not a line of such parents from outside; and reparenting only moves a process
+    inward (to PID 1), so the answer never turns from no to yes while we stop and kill."""
+    for _ in range(8):
+        if not stat.split(" (", 1)[1].startswith("runc:"):
+            return False
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid not in inside:
+            return True
+        try:
+            stat = _read("/proc/%d/stat" % ppid)
+        except OSError:
+            return False
+    return False
 
 
 def _signal(pids, sig):
@@ -182,21 +198,37 @@ def kill_marked(token, pids=all_pids, skip=(), rounds=1000, spare=None, hidden_u
     cgroup.procs), `skip` the init and the caller. Stopping first wins against a fork bomb: a stopped
     process forks no more, so the set only shrinks."""
     skip = set(skip) | {os.getpid()}
-    for _ in range(rounds):
+    stopped = set()
+    for n in range(rounds):
         running = [pid for pid, state in _marked(token, pids, skip, spare, hidden_uid, everyone) if state not in "Tt"]
         if not running:
             break
         _signal(running, 19)                       # SIGSTOP
-        if tick:
-            tick()
-    for _ in range(rounds):
-        left = [pid for pid, _state in _marked(token, pids, skip, spare, hidden_uid, everyone)]
-        if not left:
-            return True
-        _signal(left, 9)
-        if tick:
-            tick()
-    return False
+        stopped.update(running)
+        _pause(n, tick)
+    try:
+        for n in range(rounds):
+            left = [pid for pid, _state in _marked(token, pids, skip, spare, hidden_uid, everyone)]
+            if not left:
+                return True
+            _signal(left, 9)
+            _pause(n, tick)
+        return False
+    finally:                                       # one that looked doomed only for a moment (its environment
+        _signal(stopped, 18)                       # unreadable mid-exec) must not stay stopped: SIGCONT
+
+
+def pause(n):
+    """After the first rounds of signals, give the targets time to take them: a process under a CPU quota
+    may not run (and so not stop or die) for a whole period, ~100 ms."""
+    if n >= 20:
+        time.sleep(0.001)
+
+
+def _pause(n, tick):
+    pause(n)
+    if tick:
+        tick()
 
 
 _LIBC = None

@@ -1149,13 +1149,15 @@ class DockerSandbox(Sandbox):
             skip = {box.init_pid, box.server_host_pid()}    # the server never forks: it need not stop
             states = _states(box.cgroup_pids(), skip)
             already = {pid for pid, st in states.items() if st in "Tt"}
-            for _ in range(1000):
+            for n in range(1000):
                 running = [pid for pid, st in states.items() if st not in "TtZ"]
                 if not running:
                     break
                 _docker_tool._signal(running, signal.SIGSTOP)
+                _docker_tool.pause(n)
                 states = _states(box.cgroup_pids(), skip)
-            else:
+            else:                            # one would not stop (in uninterruptible sleep?): let them all go
+                _docker_tool._signal(set(states) - already, signal.SIGCONT)
                 return False
             doomed = [pid for pid, _st in _docker_tool._marked(token, box.cgroup_pids, skip)]
             _docker_tool._signal(doomed, signal.SIGKILL)
@@ -1237,13 +1239,16 @@ except IsADirectoryError:
 
 
 def _states(pids: list[int], skip: set[int]) -> dict[int, str]:
-    """pid -> state letter (R, S, T, Z...) from /proc/PID/stat, which never waits on the process."""
-    states = {}
+    """pid -> state letter (R, S, T, Z...) from /proc/PID/stat, which never waits on the process; without
+    `skip` and the runtime's own processes (runc starting an exec: never ours to stop)."""
+    states, inside = {}, set(pids)
     for pid in pids:
         if pid not in skip:
             try:
-                states[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                if not _docker_tool._runtime(stat, inside):
+                    states[pid] = stat.rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError, ValueError):
                 pass
     return states
 

@@ -171,7 +171,7 @@ def test_a_forged_marker_does_not_keep_a_process_alive(docker_engine, exec_serve
         for disguised in ("setsid '/tmp/runc:[2:INIT]' {} > /dev/null 2>&1 < /dev/null & sleep 0.5",
                           "exec '/tmp/runc:[2:INIT]' {} > /dev/null 2>&1 < /dev/null"):
             marker = f"{3000 + uuid.uuid4().int % 1000}.5"
-            box.run(disguised.format(marker), timeout=2)
+            box.run(disguised.format(marker), timeout=1)
             assert _host_procs_with(marker) == [], disguised
         assert box.run("echo fine").stdout == "fine\n"
 

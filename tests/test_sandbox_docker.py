@@ -394,6 +394,12 @@ def test_full_areas_are_a_limit_hit_not_a_wedge(docker_engine):
         res = box.run_python("open('/tmp/more', 'w').write('x')")
         assert res.limit_hit == "disk" and "[Errno 28]" in res.stderr, res
         assert box.run("rm -rf /work/* /tmp/* /dev/shm/*; echo ok > /work/small; cat /work/small").stdout == "ok\n"
+        # SysV shared memory outlives its processes and pins memory: a quarter of the memory limit at most
+        res = box.run_python("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nn = 0\n"
+                             "while n < 64 and libc.shmget(1000 + n, 64 << 20, 0o1666) >= 0:\n    n += 1\n"
+                             "print(n, ctypes.get_errno())")
+        assert res.stdout.split() == ["4", "28"], res          # 4 x 64 MB of the 1 GB limit, then ENOSPC
+        assert box.run("echo fine").stdout == "fine\n"
 
 
 def test_a_writable_image_layer_is_capped_from_the_host(docker_engine):

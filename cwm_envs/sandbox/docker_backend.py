@@ -722,16 +722,28 @@ class DockerSandbox(Sandbox):
 
     # -- containers ------------------------------------------------------------------------------------
     def _tmpfs(self) -> dict[str, str]:
-        """The capped tmpfs mounts: path -> mount options."""
+        """The capped tmpfs mounts: path -> mount options. Their contents are memory the container's cgroup
+        pays for and cannot reclaim (no swap): all of them together stay under 3/5 of the memory limit, so
+        filling them makes writes fail, not the OOM killer take the container's init or exec server."""
         uid, gid = self._ids
-        big = f"size={self.disk_mb}m,nr_inodes={self.disk_inodes},exec"
-        small = f"size={max(1, self.disk_mb // 8)}m,nr_inodes={max(64, self.disk_inodes // 8)},exec"
+        mb = min(self.disk_mb, self.limits.memory_mb // 4) if self.limits.memory_mb else self.disk_mb
+        big = f"size={max(1, mb)}m,nr_inodes={self.disk_inodes},exec"
+        small = f"size={max(1, mb // 8)}m,nr_inodes={max(64, self.disk_inodes // 8)},exec"
         mounts = {"/tmp": big + ",mode=1777", "/var/tmp": small + ",mode=1777", "/dev/shm": small + ",mode=1777"}
         if self.read_only_root:
             mounts[self.workdir] = big + f",mode=0755,uid={uid},gid={gid}"
         if uid or self.read_only_root:       # root's home stays the image's where the image is writable
             mounts.setdefault(SANDBOX_HOME if uid else "/root", small + f",mode=0700,uid={uid},gid={gid}")
         return mounts
+
+    def _ipc_sysctls(self) -> dict[str, str]:
+        """Caps of the container's own IPC namespace: SysV shared memory outlives its processes and is memory
+        the cgroup pays for, so at most a quarter of the memory limit; few message queues."""
+        sysctls = {"kernel.msgmni": "64"}
+        if self.limits.memory_mb:
+            shm = (self.limits.memory_mb // 4) << 20
+            sysctls.update({"kernel.shmmax": str(shm), "kernel.shmall": str(shm // 4096)})
+        return sysctls
 
     def _create(self) -> _Box:
         import docker.errors
@@ -748,7 +760,7 @@ class DockerSandbox(Sandbox):
             network_mode="bridge" if self.network else "none", working_dir=self.workdir,
             environment={**self.env, MARKER: "keep"}, nano_cpus=int(self.cpus * 1e9),
             security_opt=["no-new-privileges"], hostname="sandbox", ipc_mode="private",
-            read_only=self.read_only_root, tmpfs=tmpfs,
+            read_only=self.read_only_root, tmpfs=tmpfs, sysctls=self._ipc_sysctls(),
             log_config=LogConfig(type="json-file", config={"max-size": "64k", "max-file": "1"}),
         )
         if lim.memory_mb:

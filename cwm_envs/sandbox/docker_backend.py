@@ -747,7 +747,7 @@ class DockerSandbox(Sandbox):
 
     def _create(self) -> _Box:
         import docker.errors
-        from docker.types import LogConfig
+        from docker.types import LogConfig, Ulimit
 
         lim = self.limits
         uid, gid = self._ids
@@ -762,6 +762,7 @@ class DockerSandbox(Sandbox):
             security_opt=["no-new-privileges"], hostname="sandbox", ipc_mode="private",
             read_only=self.read_only_root, tmpfs=tmpfs, sysctls=self._ipc_sysctls(),
             log_config=LogConfig(type="json-file", config={"max-size": "64k", "max-file": "1"}),
+            ulimits=[Ulimit(name="core", soft=0, hard=0)],   # no core files in the capped areas
         )
         if lim.memory_mb:
             kwargs.update(mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m")

@@ -211,6 +211,9 @@ def test_commands_run_unprivileged_on_a_read_only_root(docker_engine):
     with make_sandbox("docker", pool_size=0, user=ROOT_USER) as box:
         lines = box.run(probe).stdout.splitlines()
         assert lines[:2] == ["0", "/root"] and [line.split()[0] for line in lines[2:10]] == ["ro"] * 3 + ["rw"] * 5
+        # PID 1's stdout is the container's log on this host's disk: not even root may write it
+        res = box.run("head -c 1M /dev/zero > /proc/1/fd/1")
+        assert res.exit_code != 0 and "Permission denied" in res.stderr, res
     with pytest.raises(UsageError):
         make_sandbox("docker", user="nobody")
 

@@ -167,7 +167,7 @@ def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str
     An infrastructure failure is retried `retries` times, then returned as status "error" (no report.json,
     so a rerun tries again). A prediction whose report.json exists for the same patch is not run again.
     """
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.official import instance_image
 
     iid, patch = instance.instance_id, prediction.get("model_patch")
@@ -195,7 +195,7 @@ def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str
             build: dict = {}
             tag = instance_image(instance, repos_dir, image_source or "build", log=log, timings=build)
             t1 = time.perf_counter()
-            with DockerSandbox(tag, pool_size=0, workdir="/testbed", limits=EVAL_LIMITS) as sb:
+            with DockerSandbox(tag, pool_size=0, workdir="/testbed", limits=EVAL_LIMITS, **REPO_SANDBOX) as sb:
                 with _open_lock:
                     _open.add(sb)
                 try:

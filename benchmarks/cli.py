@@ -16,6 +16,7 @@ BENCH_MODULES: list[str] = [
     "benchmarks.trace_bench",
     "benchmarks.swebench_bench",
     "benchmarks.swe_env_bench",
+    "benchmarks.scale_bench",
     "benchmarks.math_bench",
     "benchmarks.math_verify_bench",
     "benchmarks.rl.cli",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -83,8 +84,12 @@ def _wandb_run(out: Path, config: dict, name: str):
     mode = os.environ.get("WANDB_MODE", "offline")
     if mode == "disabled":
         return None
-    return wandb.init(dir=str(out), mode=mode, project=os.environ.get("WANDB_PROJECT", "cwm-envs"), name=name,
-                      config=config, reinit="finish_previous")
+    try:
+        return wandb.init(dir=str(out), mode=mode, project=os.environ.get("WANDB_PROJECT", "cwm-envs"), name=name,
+                          config=config)
+    except Exception as exc:  # a side channel: its failure must not end a training run
+        print(f"W&B off for this run: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+        return None
 
 
 # --- episodes ---------------------------------------------------------------------------------------------

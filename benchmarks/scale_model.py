@@ -26,14 +26,17 @@ from typing import Sequence
 # --- the simulation ----------------------------------------------------------------------------------------
 
 def simulate(n: int, *, cores: float, jobs: Sequence[float] | None = None, cpu_s: float | None = None,
-             execs: int = 20, think_s: float = 0.0, background: float = 0.0, seed: int = 0) -> dict:
+             execs: int = 20, think_s: float = 0.0, background: float = 0.0, seed: int = 0,
+             counted: Sequence[bool] | None = None) -> dict:
     """Processor sharing of `n` closed-loop clients, each running `jobs` (CPU seconds, in order; default
-    `execs` jobs of `cpu_s`) with `think_s` between them. Returns exec latency p50/p99 and execs/s.
+    `execs` jobs of `cpu_s`) with `think_s` between them. Returns the latency p50/p99 and the rate per second
+    of the jobs that `counted` marks (default all: e.g. the execs, not the resets between them).
 
     >>> simulate(4, cores=2, cpu_s=0.1, execs=10)["exec_p50_s"]
     0.2
     """
     jobs = list(jobs) if jobs is not None else [cpu_s] * execs
+    counted = list(counted) if counted is not None else [True] * len(jobs)
     rng = random.Random(seed)
     t = 0.0
     running: dict[int, list] = {}                     # client -> [work left, started at, job index]
@@ -53,7 +56,8 @@ def simulate(n: int, *, cores: float, jobs: Sequence[float] | None = None, cpu_s
         if t_finish <= t_wake:
             c, (_, started, k) = finish
             del running[c]
-            latencies.append(t - started)
+            if counted[k]:
+                latencies.append(t - started)
             if k + 1 < len(jobs):
                 heapq.heappush(waking, (t + think_s, c, k + 1))
         else:
@@ -66,26 +70,40 @@ def simulate(n: int, *, cores: float, jobs: Sequence[float] | None = None, cpu_s
 
 
 def check_against(report: dict, cores: float | None = None) -> list[dict]:
-    """Each measured container point beside the simulation fed with the single-container CPU figures of the
-    same run and that point's load average as background."""
+    """Each measured container point beside the simulation, fed with what the same run measured: each exec
+    kind's CPU in its container plus the host's CPU per exec and per reset (one container alone), in the
+    bench's order, and as background the runnable tasks of other programs sampled during the point (the
+    1-minute load average before it, for an older report)."""
     d = report["details"]
     host = d["host_costs_one_container"]
     cores = cores or report["summary"]["cpus"]
+    kinds = [w[0] for w in d.get("workloads", [])]
     rows = []
     for p in d["points"]:
-        per_exec = (p["container_cpu_ms_per_exec"] + host["host_cpu_ms_per_exec"]) / 1000
-        execs = max(1, p["execs"] // max(1, p["started"]))
+        per_kind = [p.get(f"{k}_cpu_ms") for k in kinds] if len(kinds) > 1 else []
+        if not per_kind or None in per_kind:
+            per_kind = [p["container_cpu_ms_per_exec"]]
+        execs = [(ms + host["host_cpu_ms_per_exec"]) / 1000 for ms in per_kind]
+        per_client = max(1, p["execs"] // max(1, p["started"]))
         resets = p["resets"] // max(1, p["started"])
-        chunk = execs // (resets + 1) or 1
-        jobs = []
-        for r in range(resets + 1):                    # the bench's order: execs, a reset, execs, ...
-            jobs += [per_exec] * chunk + ([host["host_cpu_ms_per_reset"] / 1000] if r < resets else [])
-        background = max(0.0, p["load_1m_before"])
-        sim = simulate(p["started"], cores=cores, jobs=jobs, background=background)
-        rows.append({"containers": p["containers"], "load": p["load_1m_before"],
+        chunks = [per_client // (resets + 1) + (1 if r < per_client % (resets + 1) else 0) for r in range(resets + 1)]
+        jobs, counted, i = [], [], 0
+        for r, k in enumerate(chunks):                 # the bench's order: execs, a reset, execs, ...
+            for _ in range(k):
+                jobs.append(execs[i % len(execs)])
+                counted.append(True)
+                i += 1
+            if r < resets:
+                jobs.append(host["host_cpu_ms_per_reset"] / 1000)
+                counted.append(False)
+        background = p.get("runnable_others_mean")
+        background = p["load_1m_before"] if background is None else background
+        sim = simulate(p["started"], cores=cores, jobs=jobs, counted=counted, background=background)
+        rows.append({"containers": p["containers"], "background_tasks": round(background, 1),
                      "measured_p50_ms": p["exec_p50_ms"], "simulated_p50_ms": round(1000 * sim["exec_p50_s"], 1),
                      "measured_p99_ms": p["exec_p99_ms"], "simulated_p99_ms": round(1000 * sim["exec_p99_s"], 1),
                      "measured_execs_per_s": p["execs_per_s"],
+                     "simulated_execs_per_s": round(sim["execs_per_s"], 2),
                      "ratio_p50": round(p["exec_p50_ms"] / (1000 * sim["exec_p50_s"]), 2)})
     return rows
 

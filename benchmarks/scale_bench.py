@@ -351,7 +351,7 @@ def container_point(n: int, image: str, execs: int, resets: int, workloads=(TURN
             t.start()
         for t in closers:
             t.join(timeout=120)
-    left = client.containers.list(all=True, filters={"label": f"{PID_LABEL}={os.getpid()}"})
+    left = client.api.containers(all=True, filters={"label": f"{PID_LABEL}={os.getpid()}"})   # no inspect: no race
     row["containers_left_after"] = len(left)
     row["load_1m_after"] = round(os.getloadavg()[0], 2)
     return row
@@ -401,7 +401,7 @@ def host_costs(image: str, windows: int = 5, per_window: int = 4) -> dict:
             for _ in range(per_window):
                 sb.reset()
             deadline = time.monotonic() + 120      # the old containers are removed in the background
-            while len(sb.client.containers.list(all=True, filters=mine)) > 1 and time.monotonic() < deadline:
+            while len(sb.client.api.containers(all=True, filters=mine)) > 1 and time.monotonic() < deadline:
                 time.sleep(0.1)
             new_shim = Container(sb.client, sb.container_id).shim_pid   # the newest shim's start-up, whole
             re_engine.append(proc_cpu_s(engines) - e0)
@@ -418,6 +418,69 @@ def host_costs(image: str, windows: int = 5, per_window: int = 4) -> dict:
     out["host_cpu_ms_per_exec"] = round(out["engine_cpu_ms_per_exec"] + out["own_cpu_ms_per_exec"], 1)
     out["host_cpu_ms_per_reset"] = round(out["engine_cpu_ms_per_reset"] + out["own_cpu_ms_per_reset"], 1)
     return out
+
+
+# --- rollout workers ---------------------------------------------------------------------------------------
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (f := _stat(int(name))):
+            kids.setdefault(int(f[1]), []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def rollout_worker_memory() -> dict:
+    """Memory (PSS) of one rollout worker actor after a batch of cwm/Math-v0 episodes with a small in-process
+    LM policy (cwm-micro), and of the Ray processes beside it on the node (raylet, GCS, agents, idle workers).
+    Uses the running Ray when there is one, else starts a local one for the measurement."""
+    import ray
+
+    from agents.rollout import EnvSpec, RolloutPool, init_ray
+    from agents.train_rl import load_policy
+
+    started = init_ray(num_cpus=2)
+    try:
+        policy = load_policy("cwm-micro", seed=0, value_head=False, max_new_tokens=8)
+        env = EnvSpec("cwm/Math-v0", kwargs={"source": "generated", "kinds": ("add_sub",), "difficulty": 0})
+        pool = RolloutPool([env], policy.spec(), policy.get_weights(), num_workers=1, seed=0)
+        try:
+            trajs, _ = pool.sample(2, 2)
+            procs = {pid: (_cmdline(pid), pss_mb(pid)) for pid in descendants(os.getpid())}
+        finally:
+            pool.close()
+    finally:
+        if started:
+            ray.shutdown()
+    worker = [mb for cmd, mb in procs.values() if "RolloutWorker" in cmd]
+    rest = {pid: (cmd, mb) for pid, (cmd, mb) in procs.items() if "RolloutWorker" not in cmd}
+    named = sorted(((_name(cmd), mb) for cmd, mb in rest.values()), key=lambda x: -x[1])
+    return {"worker_pss_mb": round(max(worker), 1) if worker else None, "episodes": len(trajs),
+            "ray_node_pss_mb": round(sum(mb for _, mb in rest.values()), 1), "ray_processes": len(rest),
+            "processes": [{"process": name, "pss_mb": round(mb, 1)} for name, mb in named]}
+
+
+def _name(cmdline: str) -> str:
+    """A process's short name: a Ray worker's title, a script's file name, or a binary's."""
+    words = cmdline.split()
+    if not words:
+        return "?"
+    if words[0].startswith("ray::"):
+        return words[0]
+    script = next((w for w in words[1:] if w.endswith(".py")), None) if "python" in Path(words[0]).name else None
+    return Path(script or words[0]).name
 
 
 # --- text envs ---------------------------------------------------------------------------------------------
@@ -525,8 +588,15 @@ def run_bench(args) -> int:
     log = (lambda m: tqdm.write(m, file=sys.stderr)) if show else (lambda _m: None)
     cpus = os.cpu_count()
     summary: dict = {"cpus": cpus, "load_1m_at_start": round(os.getloadavg()[0], 2)}
-    details: dict = {"limits": SWE_LIMITS}
     rows: list[dict] = []
+    details: dict = {"limits": SWE_LIMITS, "points": rows}
+    title = "Scale: concurrent SWE containers and text-env executions on one machine"
+
+    def save() -> Path:                          # after every part: a later fault keeps what was measured
+        summary["load_1m_at_end"] = round(os.getloadavg()[0], 2)
+        tables = {"containers": [{k: v for k, v in r.items() if k not in ("errors", "failures_by_kind")}
+                                 for r in rows]}
+        return write_report(args.out, title, summary, details, tables)
     if not args.no_containers:
         t = time.perf_counter()
         image = swe_image(args.image, log)
@@ -535,6 +605,8 @@ def run_bench(args) -> int:
         else:                                    # the repo's tests too, where the image has a repo to test
             workloads = [TURN, TESTS] if "swe-instance" in image else [TURN]
         details.update(image=image, image_ready_s=round(time.perf_counter() - t, 1), workloads=workloads)
+        details["host_costs_one_container"] = host_costs(image)   # first: the machine is as quiet as it gets
+        save()
         total = sum((n * args.execs) for n in [1, *points])
         bar = tqdm(total=total, desc="scale: containers", unit="exec", disable=not show, dynamic_ncols=True)
         lock = threading.Lock()
@@ -552,9 +624,9 @@ def run_bench(args) -> int:
                            f"{r['reset_p50_ms']} ms p99 {r['reset_p99_ms']} ms, {r['execs_per_s']} execs/s, memory "
                            f"{r['mem_peak_mb_per_container']} MB peak per container (+{r['shim_pss_mb_per_container']}"
                            f" MB shim), {r['failures']} failures, load {r['load_1m_before']} -> {r['load_1m_after']}")
+                save()
         finally:
             bar.close()
-        details["host_costs_one_container"] = host_costs(image)
         base, top = rows[0], rows[-1]
         summary.update({
             "image": image, "points": points,
@@ -568,6 +640,13 @@ def run_bench(args) -> int:
             **{k: v for k, v in details["host_costs_one_container"].items() if k.startswith("host_cpu_ms_per")},
             "baseline": "one container alone (N=1), same command, same run",
         })
+    if not args.no_ray:
+        mem = rollout_worker_memory()
+        details["rollout_worker_memory"] = mem
+        summary.update(worker_pss_mb=mem["worker_pss_mb"], ray_node_pss_mb=mem["ray_node_pss_mb"])
+        print(f"rollout worker: {mem['worker_pss_mb']} MB (PSS, cwm-micro in-process policy, after a batch); "
+              f"Ray's own processes on the node: {mem['ray_node_pss_mb']} MB in {mem['ray_processes']} processes")
+        save()
     if not args.no_text:
         text = text_env_figures(args.seconds)
         details["text_envs"] = text
@@ -581,12 +660,7 @@ def run_bench(args) -> int:
               f"{text['code_env_episodes_per_cpu_s']} episodes per CPU-second ({text['code_env_episodes_per_s']}/s); "
               f"baseline subprocess.run {text['subprocess_runs_per_cpu_s']} per CPU-second "
               f"(load {text['load_1m_before']} -> {text['load_1m_after']})")
-    summary["load_1m_at_end"] = round(os.getloadavg()[0], 2)
-    tables = {"containers": [{k: v for k, v in r.items() if k not in ("errors", "failures_by_kind")} for r in rows]}
-    details["points"] = rows
-    path = write_report(args.out, "Scale: concurrent SWE containers and text-env executions on one machine",
-                        summary, details, tables)
-    print(f"report: {path}")
+    print(f"report: {save()}")
     return 0
 
 
@@ -597,7 +671,7 @@ def register(sub) -> None:
                                     "per core on this machine", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/scale", help="report directory (default runs/scale)")
     p.add_argument("--points", type=int, nargs="+", default=[4, 8, 16, 32], help="containers at once (default 4 8 16 32)")
-    p.add_argument("--execs", type=int, default=12, help="commands per container per point (default 12)")
+    p.add_argument("--execs", type=int, default=8, help="commands per container per point (default 8)")
     p.add_argument("--resets", type=int, default=2, help="container replacements per container per point (default 2)")
     p.add_argument("--image", default="swe", help="swe (the embedded SWE task's image, default), base, or a tag")
     p.add_argument("--command", help="the command each exec runs, which must exit 0 (default: an agent-like turn, "
@@ -606,4 +680,5 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="length of each text-env throughput run (default 5)")
     p.add_argument("--no-containers", action="store_true", help="skip the container points")
     p.add_argument("--no-text", action="store_true", help="skip the text-env figures")
+    p.add_argument("--no-ray", action="store_true", help="skip the rollout worker's memory (starts a local Ray)")
     p.set_defaults(func=run_bench)

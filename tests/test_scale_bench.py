@@ -15,7 +15,7 @@ def test_two_containers_and_the_text_envs_give_every_figure_and_leave_nothing(do
 
     out = tmp_path / "scale"
     code = main(["bench", "scale", "--image", "base", "--points", "2", "--execs", "2", "--resets", "1",
-                 "--seconds", "0.5", "--out", str(out)])
+                 "--seconds", "0.5", "--no-ray", "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     s, rows = report["summary"], report["details"]["points"]
@@ -40,6 +40,15 @@ def test_a_failing_command_is_counted_as_a_failure_not_a_latency(docker_engine):
                                       workloads=[("custom", "exit 3", None)])
     assert row["failures_by_kind"] == {"start": 0, "exec": 2, "reset": 0} and "exit 3" in row["errors"][0]
     assert row["containers_left_after"] == 0
+
+
+@pytest.mark.ray
+def test_the_rollout_worker_and_rays_own_processes_are_measured(ray_session):
+    mem = scale_bench.rollout_worker_memory()
+    assert mem["episodes"] == 4
+    assert mem["worker_pss_mb"] > 50          # a Python with torch and a policy replica: never a few MB
+    names = [p["process"] for p in mem["processes"]]
+    assert mem["ray_node_pss_mb"] > 0 and "raylet" in names and "gcs_server" in names, names
 
 
 def test_the_simulation_of_one_core_reproduces_processor_sharing():

@@ -1,19 +1,26 @@
-"""`cwm bench scale`: what one machine carries, measured: concurrent SWE containers, and text-env executions.
+"""`cwm bench scale`: what one machine carries, measured: concurrent SWE containers, rollout workers, and
+text-env executions.
 
 Containers, at each of `--points` (default 4 8 16 32): N docker sandboxes with `cwm/SWE-v0`'s settings (the
 embedded task's instance image, 4 GB memory, 1 CPU, 1024 pids, no network, one container each) start at
-once; then N threads each run `--execs` commands in their own container (an agent-like turn: a file search
-and a short Python run, output checked) and replace their container `--resets` times meanwhile (`reset()`
-without a warm pool: a fresh container is created, started and its exec server readied, the old one removed
-in the background: what the warm pool absorbs when it keeps up). Per point:
+once; then N threads each run `--execs` commands in their own container, alternating an agent-like turn (a
+file search and a short Python run) with the repository's test suite, outputs checked, and replace their
+container `--resets` times meanwhile (`reset()` without a warm pool: a fresh container is created, started
+and its exec server readied, the old one removed in the background: what the warm pool absorbs when it keeps
+up). Per point:
 - memory per container: the cgroup's working set (usage minus inactive file cache), idle and peak, and on the
-  host the containerd shim beside each container (its PSS);
-- CPU: inside the containers (cgroup) per exec, and on the host (dockerd, containerd, the shims and this
-  process) per exec and reset, plus the containers' idle CPU;
-- exec latency p50/p99, reset p50/p99, start time, failures (an exec that errs, times out or prints the
-  wrong result; a reset or start that raises), execs/s, and the load average before and after;
+  host the containerd shim beside each container (its PSS) and the sandbox client in this process;
+- CPU in the container (cgroup) per exec of each kind, host CPU (dockerd, containerd, the shims and this
+  process) per exec or reset, the containers' idle CPU;
+- exec latency p50/p99 (per kind too), reset p50/p99, start time, failures (an exec that errs, times out or
+  prints the wrong result; a reset or start that raises), execs/s, the load average before and after, and
+  the other programs' runnable tasks sampled during the point;
 - every container is removed afterwards, and the bench checks that none of this process is left.
-Baseline in the same run: the same work with one container alone (N=1).
+Baseline in the same run: the same work with one container alone (N=1). One container alone also gives the
+host's CPU per exec and per reset, the engine's share taken from the least busy of several windows.
+
+Rollout workers: the memory of one rollout worker actor (a small in-process LM policy, after a batch) and of
+Ray's own processes on the node.
 
 Text envs: executions of the local sandbox, and `cwm/Code-v0` oracle episodes (reset, then the reference
 program judged against the tests in the sandbox), per CPU-second of everything involved (this process and
@@ -21,7 +28,7 @@ its sandbox servers, read from /proc: robust to other programs' load) and per wa
 baseline in the same run: `subprocess.run([python, "-c", ...])` per CPU-second.
 
 The machine is shared: every figure comes with the load average beside it. docs/scale.md turns the figures
-into a capacity model (`benchmarks/scale_model.py`).
+into a capacity model (`benchmarks/scale_model.py`), checked against these points by simulation.
 """
 from __future__ import annotations
 
@@ -415,6 +422,7 @@ def host_costs(image: str, windows: int = 5, per_window: int = 4) -> dict:
            "windows": windows, "per_window": per_window,
            "note": "own = the shim and this process (the sandbox client); engine = dockerd + containerd, the "
                    "least window; reset = create, start, exec server, and removal of the old container"}
+    out["engine_pss_mb"] = round(sum(pss_mb(pid) for pid in engines), 1)   # dockerd + containerd, once a node
     out["host_cpu_ms_per_exec"] = round(out["engine_cpu_ms_per_exec"] + out["own_cpu_ms_per_exec"], 1)
     out["host_cpu_ms_per_reset"] = round(out["engine_cpu_ms_per_reset"] + out["own_cpu_ms_per_reset"], 1)
     return out

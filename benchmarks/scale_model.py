@@ -160,16 +160,26 @@ def capacity(f: dict, *, containers: int = 512, workers: int = 64, node_cores: i
             "containers_per_node": math.ceil(containers / nodes), "workers_per_node": math.ceil(workers / nodes)}
 
 
-def figures_from(report: dict, worker_mem_mb: float, node_overhead_mb: float) -> dict:
-    """The model's inputs from a `cwm bench scale` report: the largest point's memory, the single container's
-    CPU (net of the engine's background), the start rate at the largest point."""
+OS_RESERVE_MB = 1024   # the kernel, page tables, logging and the like on a node: assumed, not measured
+
+
+def figures_from(report: dict, worker_mem_mb: float | None = None, node_overhead_mb: float | None = None) -> dict:
+    """The model's inputs from a `cwm bench scale` report: the largest per-container working set of any point,
+    the largest point's shim and client memory, each kind's CPU per exec averaged, the single container's
+    host CPU per exec and per reset, the start rate at the largest point, the rollout worker's memory, and per
+    node Ray's processes + dockerd and containerd + OS_RESERVE_MB."""
     d = report["details"]
     top = max(d["points"], key=lambda p: p["containers"])
     host = d["host_costs_one_container"]
+    ray_mem = d.get("rollout_worker_memory", {})
+    if worker_mem_mb is None:
+        worker_mem_mb = ray_mem.get("worker_pss_mb") or 600.0
+    if node_overhead_mb is None:
+        node_overhead_mb = (ray_mem.get("ray_node_pss_mb") or 700.0) + host.get("engine_pss_mb", 200.0) + OS_RESERVE_MB
     return {"container_mem_mb": max(p["mem_peak_mb_per_container"] or 0 for p in d["points"]),
             "shim_mb": top["shim_pss_mb_per_container"],
             "client_mb_per_sandbox": max(0.0, top.get("client_mb_per_sandbox") or 0.0),
-            "container_cpu_s_per_exec": top["container_cpu_ms_per_exec"] / 1000,
+            "container_cpu_s_per_exec": statistics.mean(p["container_cpu_ms_per_exec"] for p in d["points"]) / 1000,
             "host_cpu_s_per_exec": host["host_cpu_ms_per_exec"] / 1000,
             "host_cpu_s_per_reset": host["host_cpu_ms_per_reset"] / 1000,
             "starts_per_s_per_node": top["started"] / (top["start_max_ms"] / 1000),
@@ -186,13 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turn-s", type=float, nargs="+", default=[10.0], help="seconds per agent turn (several: a sweep)")
     p.add_argument("--turns", type=int, default=30, help="turns per episode")
     p.add_argument("--grading-cpu-s", type=float, default=5.0, help="CPU seconds of one grading run")
+    p.add_argument("--worker-cpus", type=float, default=1.0, help="Ray CPUs per rollout worker (RolloutPool's "
+                   "cpus_per_worker, default 1)")
     p.add_argument("--container-mem-mb", type=float, help="override the measured working set per container")
-    p.add_argument("--worker-mem-mb", type=float, default=600.0, help="a rollout worker process's memory")
-    p.add_argument("--node-overhead-mb", type=float, default=2048.0, help="Ray, dockerd, the OS, per node")
+    p.add_argument("--worker-mem-mb", type=float, help="a rollout worker's memory (default: measured)")
+    p.add_argument("--node-overhead-mb", type=float, help="Ray, dockerd, the OS, per node (default: measured Ray "
+                   "and engine + 1 GB)")
     a = p.parse_args(argv)
     report = json.loads(Path(a.report).read_text())
-    print("simulation against the single machine (container + engine CPU per exec of one container alone, "
-          "the load average as background):")
+    print("simulation against the single machine (each exec kind's container CPU + the host's per exec of one "
+          "container alone; background: other programs' runnable tasks during the point):")
     for r in check_against(report):
         print("  " + ", ".join(f"{k} {v}" for k, v in r.items()))
     f = figures_from(report, a.worker_mem_mb, a.node_overhead_mb)
@@ -203,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     for turn in a.turn_s:
         plan = capacity(f, containers=a.containers, workers=a.workers, node_cores=a.node_cores,
                         node_mem_gb=a.node_mem_gb, turn_s=turn, turns_per_episode=a.turns,
-                        grading_cpu_s=a.grading_cpu_s, starts_per_s_per_node=starts)
+                        grading_cpu_s=a.grading_cpu_s, worker_cpus=a.worker_cpus, starts_per_s_per_node=starts)
         print(f"turn {turn} s: {plan['nodes']} node(s) of {a.node_cores} cores / {a.node_mem_gb:g} GB, bottleneck "
               f"{plan['bottleneck']}, {plan['episodes_per_s']} episodes/s")
         for r in plan["resources"]:

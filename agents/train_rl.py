@@ -399,7 +399,6 @@ def cmd_rl(ns) -> int:
 
     args = rl_args_from(ns)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
-    deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
     with tqdm(total=args.steps, desc="rl", unit="update", disable=not show, dynamic_ncols=True) as bar:
         def progress(row: dict) -> None:
             if bar.n == 0 and row["step"] > 1:  # resumed: count from there, so the ETA is this run's pace
@@ -408,8 +407,8 @@ def cmd_rl(ns) -> int:
             post = {"reward": f"{row.get('reward_mean', float('nan')):.3f}",
                     "pass": f"{row.get('pass_rate', float('nan')):.2f}", "episodes": row["episodes"],
                     "tok/s": f"{row['tokens_per_s']:.0f}"}
-            if deadline is not None:  # --minutes may end the run before --steps does
-                post["budget_left"] = f"{max(0.0, deadline - time.monotonic()) / 60:.1f}min"
+            if args.minutes:  # the wall-clock budget may end the run before --steps does (elapsed_s: resumes too)
+                post["budget_left"] = f"{max(0.0, args.minutes - row['elapsed_s'] / 60):.1f}min"
             bar.set_postfix(post)
 
         s = run(args, progress)

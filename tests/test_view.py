@@ -46,6 +46,8 @@ def short_run(tmp_path_factory, ray_session, one_torch_thread):
     build_model("cwm-micro", vocab_size=len(tok), num_hidden_layers=1).save_pretrained(model)
     tok.save_pretrained(model)
     out = tmp_path_factory.mktemp("run")
+    (out / "events.out.tfevents.1.stale").write_bytes(b"an earlier run's curves")   # a fresh run drops these
+    (out / TRAJECTORIES).write_text('{"step": 99, "env_id": "earlier run"}\n')
     run(RLArgs(out=out, env="cwm/Math-v0", env_kwargs=EASY, model=str(model), tasks=2, group=2, steps=2,
                workers=1, num_cpus=2, torch_threads=1, log_trajectories=3, update=GRPOArgs(max_new_tokens=8)))
     return out
@@ -109,7 +111,9 @@ def read_events(run: Path) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
+@pytest.mark.ray
 def test_a_short_run_logs_tensorboard_scalars_and_decoded_episodes(short_run):
+    assert not (short_run / "events.out.tfevents.1.stale").exists()
     rows = [json.loads(line) for line in (short_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(r["length_mean"] > 0 for r in rows)
     scalars = read_events(short_run)
@@ -121,7 +125,7 @@ def test_a_short_run_logs_tensorboard_scalars_and_decoded_episodes(short_run):
                 assert dict(scalars[tag(key)])[r["step"]] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
     eps = episodes(short_run)
-    assert [e["step"] for e in eps] == [1, 1, 1, 2, 2, 2]      # 3 of each update's 4 episodes
+    assert [e["step"] for e in eps] == [1, 1, 1, 2, 2, 2]      # 3 of each update's 4 episodes, none stale
     env = gymnasium.make("cwm/Math-v0", **EASY)
     for e in eps:                                                # decoded from the ids: the env's exact prompt
         assert e["prompt"] == env.reset(seed=e["seed"])[0]
@@ -190,6 +194,7 @@ def badge_pixels(png: bytes) -> int:
     return sum(n for n, rgb in colours if rgb in ((0x2E, 0x7D, 0x32), (0xC6, 0x28, 0x28)))
 
 
+@pytest.mark.ray
 def test_the_view_of_a_short_run_loads_cleanly_and_shows_its_episodes(short_run, browser):
     path = write_view(short_run)
     page = browser.open(path.as_uri())

@@ -119,8 +119,8 @@ def episode_record(traj, decode: Callable[[Sequence[int]], str], step: int) -> d
         if k:                                            # the env tokens before this action: the last reply
             turns[-1]["reply"] = _cut(decode(ids[start:first]))
         action = decode(ids[first:end + 1])
-        turns.append({"action": _cut(action), "reply": "",
-                      "tool_calls": [{"name": n.strip(), "arg": _cut(a, 1000)} for n, a in TOOL_CALL_RE.findall(action)],
+        calls = [{"name": n.strip(), "arg": _cut(a, 1000)} for n, a in TOOL_CALL_RE.findall(action)]
+        turns.append({"action": _cut(action), "reply": "", "tool_calls": calls,
                       "reward": traj.rewards[k] if k < len(traj.rewards) else None, "tokens": end + 1 - first})
         start = end + 1
     if turns and start < len(ids):

@@ -25,8 +25,10 @@ from cwm_envs.errors import UsageError
 
 OUTCOMES = ("pass", "fail", "cut", "error")
 PANELS = (  # (title, y label, [(metrics key, legend label, style)])
-    ("reward", "reward / pass rate", [("reward_mean", "train reward (mean)", "-"), ("pass_rate", "train pass rate", "-"),
-                                      ("eval_sampled", "held-out sampled", "o-"), ("eval_greedy", "held-out greedy", "s--")]),
+    ("reward", "reward / pass rate", [("reward_mean", "train reward (mean)", "-"),
+                                      ("pass_rate", "train pass rate", "-"),
+                                      ("eval_sampled", "held-out sampled", "o-"),
+                                      ("eval_greedy", "held-out greedy", "s--")]),
     ("length", "policy tokens per episode", [("length_mean", "mean response length", "-")]),
     ("staleness", "versions behind", [("staleness_mean", "mean", "-"), ("staleness_max", "max", "--")]),
     ("KL to the start", "KL (k3)", [("kl_to_start", "KL to start", "-")]),
@@ -57,7 +59,8 @@ details.traj { border: 1px solid #ccc; border-radius: 4px; margin: 0.4em 0; padd
 details.traj[hidden] { display: none; }
 summary { cursor: pointer; } .badge { display: inline-block; min-width: 3.5em; text-align: center;
   border-radius: 3px; color: #fff; font-weight: 600; margin-right: 0.5em; }
-.pass { background: #2e7d32; } .fail { background: #c62828; } .cut { background: #ef6c00; } .error { background: #6a1b9a; }
+.pass { background: #2e7d32; } .fail { background: #c62828; }
+.cut { background: #ef6c00; } .error { background: #6a1b9a; }
 pre { white-space: pre-wrap; word-break: break-word; background: #f6f6f6; padding: 0.4em; margin: 0.2em 0; }
 pre.action { background: #e8f0fe; } pre.reply { background: #f1f8e9; } pre.tool { background: #fff8e1; }
 .turn { border-left: 3px solid #90a4ae; padding-left: 0.6em; margin: 0.6em 0; }
@@ -148,7 +151,8 @@ def episode_html(ep: dict) -> str:
     """One episode as a `<details>` block whose data attributes the filters read."""
     outcome = ep.get("outcome") if ep.get("outcome") in OUTCOMES else "fail"
     turns = ep.get("turns") if isinstance(ep.get("turns"), list) else []
-    head = (f'<span class="badge {outcome}">{outcome}</span> step {_e(ep.get("step", "?"))} · {_e(ep.get("env_id", ""))}'
+    head = (f'<span class="badge {outcome}">{outcome}</span> step {_e(ep.get("step", "?"))}'
+            f' · {_e(ep.get("env_id", ""))}'
             f' · task {_e(ep.get("task_id", ""))} · reward {_e(_fmt(ep.get("reward", "")))} · {len(turns)} turn(s)'
             f' · {_e(ep.get("policy_tokens", "?"))} policy tokens · version {_e(ep.get("version", "?"))}')
     body = ['<h4>prompt</h4>', _pre(ep.get("prompt"))]

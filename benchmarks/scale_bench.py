@@ -644,7 +644,8 @@ def run_bench(args) -> int:
             "mem_peak_mb_per_container": top["mem_peak_mb_per_container"],
             "shim_pss_mb_per_container": top["shim_pss_mb_per_container"],
             "execs_per_s_1_container": base["execs_per_s"], f"execs_per_s_{top['containers']}": top["execs_per_s"],
-            "failures": sum(r["failures"] for r in rows), "containers_left": sum(r["containers_left_after"] for r in rows),
+            "failures": sum(r["failures"] for r in rows),
+            "containers_left": sum(r["containers_left_after"] for r in rows),
             **{k: v for k, v in details["host_costs_one_container"].items() if k.startswith("host_cpu_ms_per")},
             "baseline": "one container alone (N=1), same command, same run",
         })
@@ -678,7 +679,8 @@ def register(sub) -> None:
     p = bench_group(sub).add_parser("scale", help="concurrent SWE containers (4-32) and text-env executions/s "
                                     "per core on this machine", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/scale", help="report directory (default runs/scale)")
-    p.add_argument("--points", type=int, nargs="+", default=[4, 8, 16, 32], help="containers at once (default 4 8 16 32)")
+    p.add_argument("--points", type=int, nargs="+", default=[4, 8, 16, 32],
+                   help="containers at once (default 4 8 16 32)")
     p.add_argument("--execs", type=int, default=8, help="commands per container per point (default 8)")
     p.add_argument("--resets", type=int, default=2, help="container replacements per container per point (default 2)")
     p.add_argument("--image", default="swe", help="swe (the embedded SWE task's image, default), base, or a tag")

@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-cpus", type=float, default=1.0, help="Ray CPUs per rollout worker (RolloutPool's "
                    "cpus_per_worker, default 1)")
     p.add_argument("--container-mem-mb", type=float, help="override the measured working set per container")
+    p.add_argument("--container-cpu-s", type=float, help="override the measured container CPU per command (a heavier "
+                   "repository's test runs, say)")
     p.add_argument("--worker-mem-mb", type=float, help="a rollout worker's memory (default: measured)")
     p.add_argument("--node-overhead-mb", type=float, help="Ray, dockerd, the OS, per node (default: measured Ray "
                    "and engine + 1 GB)")
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     f = figures_from(report, a.worker_mem_mb, a.node_overhead_mb)
     if a.container_mem_mb:
         f["container_mem_mb"] = a.container_mem_mb
+    if a.container_cpu_s:
+        f["container_cpu_s_per_exec"] = a.container_cpu_s
     starts = f.pop("starts_per_s_per_node")
     print(f"inputs: {json.dumps({k: round(v, 4) for k, v in f.items()})}, starts/s per node {starts:.2f}")
     for turn in a.turn_s:

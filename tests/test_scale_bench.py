@@ -10,6 +10,7 @@ from cwm_envs.cli import main
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 def test_two_containers_and_the_text_envs_give_every_figure_and_leave_nothing(docker_engine, tmp_path):
     import docker
 

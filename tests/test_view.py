@@ -3,10 +3,10 @@ writes, loaded in a real headless Chromium (no console error, no request, the ru
 filterable, a policy's `<script>` shown as text and never run)."""
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import gymnasium
@@ -23,7 +23,7 @@ from chromium import Chromium, chromium_missing
 PROJECT = Path(__file__).resolve().parent.parent
 EASY = {"source": "generated", "kinds": ["add_sub"], "difficulty": 0}
 HOSTILE = '</pre><script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
-IN_CI = __import__("os").environ.get("CI", "").lower() in ("1", "true", "yes")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 # --- a short real run, and real tool-using episodes -------------------------------------------------------
@@ -249,6 +249,7 @@ def test_cwm_view_command_and_its_user_errors(tool_run, tmp_path):
 
 def test_view_is_a_cwm_command():
     """`cwm view` comes from the `cwm.commands` entry points (pyproject.toml), as every other command."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11's TOML reader")
     eps = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["entry-points"]["cwm.commands"]
     assert eps["view"] == "agents.view:register"
     import argparse

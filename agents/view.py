@@ -57,7 +57,7 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.5em; }
 .filters { margin: 0.5em 0 1em; } .filters label { margin-right: 1.5em; }
 details.traj { border: 1px solid #ccc; border-radius: 4px; margin: 0.4em 0; padding: 0.3em 0.6em; }
 details.traj[hidden] { display: none; }
-summary { cursor: pointer; } .badge { display: inline-block; min-width: 3.5em; text-align: center;
+summary { cursor: pointer; } details.prompt { margin: 0.4em 0; } .badge { display: inline-block; min-width: 3.5em; text-align: center;
   border-radius: 3px; color: #fff; font-weight: 600; margin-right: 0.5em; }
 .pass { background: #2e7d32; } .fail { background: #c62828; }
 .cut { background: #ef6c00; } .error { background: #6a1b9a; }
@@ -155,7 +155,8 @@ def episode_html(ep: dict) -> str:
             f' · {_e(ep.get("env_id", ""))}'
             f' · task {_e(ep.get("task_id", ""))} · reward {_e(_fmt(ep.get("reward", "")))} · {len(turns)} turn(s)'
             f' · {_e(ep.get("policy_tokens", "?"))} policy tokens · version {_e(ep.get("version", "?"))}')
-    body = ['<h4>prompt</h4>', _pre(ep.get("prompt"))]
+    prompt = str(ep.get("prompt") or "")
+    body = [f'<details class="prompt"><summary>prompt ({len(prompt)} characters)</summary>{_pre(prompt)}</details>']
     for k, turn in enumerate(turns, 1):
         if not isinstance(turn, dict):
             continue

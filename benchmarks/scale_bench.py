@@ -608,8 +608,8 @@ def run_bench(args) -> int:
     if not args.no_containers:
         t = time.perf_counter()
         image = swe_image(args.image, log)
-        if args.command:
-            workloads = [("custom", args.command, None)]
+        if args.exec_command:
+            workloads = [("custom", args.exec_command, None)]
         else:                                    # the repo's tests too, where the image has a repo to test
             workloads = [TURN, TESTS] if "swe-instance" in image else [TURN]
         details.update(image=image, image_ready_s=round(time.perf_counter() - t, 1), workloads=workloads)
@@ -684,9 +684,10 @@ def register(sub) -> None:
     p.add_argument("--execs", type=int, default=8, help="commands per container per point (default 8)")
     p.add_argument("--resets", type=int, default=2, help="container replacements per container per point (default 2)")
     p.add_argument("--image", default="swe", help="swe (the embedded SWE task's image, default), base, or a tag")
-    p.add_argument("--command", help="the command each exec runs, which must exit 0 (default: an agent-like turn, "
-                   "a file search and a short Python run, alternating with the repo's test suite in an SWE image; "
-                   "their output is checked)")
+    p.add_argument("--command", dest="exec_command",      # not `command`: the top-level parser's dest
+                   help="the command each exec runs, which must exit 0 (default: an agent-like turn, a file search "
+                   "and a short Python run, alternating with the repo's test suite in an SWE image; their output is "
+                   "checked)")
     p.add_argument("--seconds", type=float, default=5.0, help="length of each text-env throughput run (default 5)")
     p.add_argument("--no-containers", action="store_true", help="skip the container points")
     p.add_argument("--no-text", action="store_true", help="skip the text-env figures")

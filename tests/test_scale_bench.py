@@ -9,6 +9,13 @@ from benchmarks import scale_bench, scale_model
 from cwm_envs.cli import main
 
 
+def test_bad_settings_are_one_line_errors_naming_the_command(capsys):
+    for args in (["--points", "0"], ["--execs", "0"], ["--resets", "-1"]):
+        assert main(["bench", "scale", *args, "--command", "true", "--out", "unused"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cwm bench: error:") and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 def test_two_containers_and_the_text_envs_give_every_figure_and_leave_nothing(docker_engine, tmp_path):

@@ -57,7 +57,8 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.5em; }
 .filters { margin: 0.5em 0 1em; } .filters label { margin-right: 1.5em; }
 details.traj { border: 1px solid #ccc; border-radius: 4px; margin: 0.4em 0; padding: 0.3em 0.6em; }
 details.traj[hidden] { display: none; }
-summary { cursor: pointer; } details.prompt { margin: 0.4em 0; } .badge { display: inline-block; min-width: 3.5em; text-align: center;
+summary { cursor: pointer; } details.prompt { margin: 0.4em 0; }
+.badge { display: inline-block; min-width: 3.5em; text-align: center;
   border-radius: 3px; color: #fff; font-weight: 600; margin-right: 0.5em; }
 .pass { background: #2e7d32; } .fail { background: #c62828; }
 .cut { background: #ef6c00; } .error { background: #6a1b9a; }

@@ -590,8 +590,8 @@ def run_bench(args) -> int:
     from cwm_envs.errors import UsageError
 
     points = sorted(set(args.points))
-    if not points or min(points) < 1 or args.execs < 1 or args.resets < 0:
-        raise UsageError("--points must be positive, --execs at least 1, --resets 0 or more")
+    if not points or min(points) < 1 or args.execs < 1 or args.resets < 0 or args.host_windows < 1:
+        raise UsageError("--points must be positive, --execs and --host-windows at least 1, --resets 0 or more")
     show = sys.stderr.isatty()
     log = (lambda m: tqdm.write(m, file=sys.stderr)) if show else (lambda _m: None)
     cpus = os.cpu_count()
@@ -613,7 +613,7 @@ def run_bench(args) -> int:
         else:                                    # the repo's tests too, where the image has a repo to test
             workloads = [TURN, TESTS] if "swe-instance" in image else [TURN]
         details.update(image=image, image_ready_s=round(time.perf_counter() - t, 1), workloads=workloads)
-        details["host_costs_one_container"] = host_costs(image)   # first: the machine is as quiet as it gets
+        details["host_costs_one_container"] = host_costs(image, args.host_windows)   # first: as quiet as it gets
         save()
         total = sum((n * args.execs) for n in [1, *points])
         bar = tqdm(total=total, desc="scale: containers", unit="exec", disable=not show, dynamic_ncols=True)
@@ -688,6 +688,8 @@ def register(sub) -> None:
                    help="the command each exec runs, which must exit 0 (default: an agent-like turn, a file search "
                    "and a short Python run, alternating with the repo's test suite in an SWE image; their output is "
                    "checked)")
+    p.add_argument("--host-windows", type=int, default=5, help="windows of 4 execs and 4 resets, one container "
+                   "alone, for the host's CPU per exec and per reset (the least busy counts; default 5)")
     p.add_argument("--seconds", type=float, default=5.0, help="length of each text-env throughput run (default 5)")
     p.add_argument("--no-containers", action="store_true", help="skip the container points")
     p.add_argument("--no-text", action="store_true", help="skip the text-env figures")

@@ -10,7 +10,7 @@ from cwm_envs.cli import main
 
 
 def test_bad_settings_are_one_line_errors_naming_the_command(capsys):
-    for args in (["--points", "0"], ["--execs", "0"], ["--resets", "-1"]):
+    for args in (["--points", "0"], ["--execs", "0"], ["--resets", "-1"], ["--host-windows", "0"]):
         assert main(["bench", "scale", *args, "--command", "true", "--out", "unused"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("cwm bench: error:") and len(err.strip().splitlines()) == 1, err
@@ -23,7 +23,7 @@ def test_two_containers_and_the_text_envs_give_every_figure_and_leave_nothing(do
 
     out = tmp_path / "scale"
     code = main(["bench", "scale", "--image", "base", "--points", "2", "--execs", "2", "--resets", "1",
-                 "--seconds", "0.5", "--no-ray", "--out", str(out)])
+                 "--host-windows", "1", "--seconds", "0.5", "--no-ray", "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     s, rows = report["summary"], report["details"]["points"]

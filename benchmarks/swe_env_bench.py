@@ -44,7 +44,7 @@ def measure(resets: int = 20, episodes: int = 16, progress: bool = False) -> dic
 
     import cwm_envs  # noqa: F401
     from agents.swe_agents import DoNothingSWEAgent, OracleSWEAgent, run_episode, tool
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.tools import ToolBox
 
     bar = tqdm(total=3 * resets + 2 * episodes + 4, desc="swe-env bench", disable=not progress)
@@ -78,7 +78,7 @@ def measure(resets: int = 20, episodes: int = 16, progress: bool = False) -> dic
         cold = []
         for _ in range(max(3, resets // 2)):         # baseline: a fresh container per episode, no pool
             t = time.perf_counter()
-            with DockerSandbox(image, pool_size=0, workdir="/testbed", limits=env.limits) as sb:
+            with DockerSandbox(image, pool_size=0, workdir="/testbed", limits=env.limits, **REPO_SANDBOX) as sb:
                 ToolBox(sb).prepare(light=True)
                 cold.append(time.perf_counter() - t)
             bar.update(1)

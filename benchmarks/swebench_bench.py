@@ -1,6 +1,14 @@
-"""`cwm bench swebench` (resolve rate of predictions, with a baseline run beside it) and
+"""`cwm bench swebench` (an agent's resolve rate, or that of given predictions, with a baseline beside it) and
 `cwm bench swebench-speed` (seconds per instance: image build, cached evaluation, and the official
 `swebench.harness.run_evaluation` on the same images, in the same session).
+
+`--agent SPEC` runs `cwm/SWE-v0` episodes (through gymnasium, its public API) on each instance in its
+container, `--workers` at once, with CWM's tools and the budgets given as flags; writes SWE-bench
+`predictions.jsonl` (`instance_id`, `model_name_or_path`, `model_patch`: the submitted patch, empty when
+none) and `trajectories.jsonl` as episodes finish (a rerun with the same `--out` resumes), then grades the
+predictions with the harness in the same run: one report with resolved, unresolved, empty patch and errors
+apart. `--agent oracle` edits its way to the gold patch with the env's own tools (agents/swe_agents.py);
+`hf:DIR` / `openai:URL` put a model in the loop; `nothing` looks around and submits nothing.
 
 Baselines measured in the same run: for predictions, the gold patches on the same instances (which of
 them this machine can grade at all, e.g. offline); for `--gold`, a no-op patch (the tests on the unfixed
@@ -16,9 +24,8 @@ import time
 from pathlib import Path
 
 from benchmarks.report import write_report
-
-NOOP_PATCH = ("diff --git a/cwm_noop.txt b/cwm_noop.txt\nnew file mode 100644\n--- /dev/null\n+++ b/cwm_noop.txt\n"
-              "@@ -0,0 +1 @@\n+noop\n")
+from cwm_envs.swe.official import official_image as _official_image
+from cwm_envs.swe.validate import NOOP_PATCH
 
 
 def _log(msg: str) -> None:
@@ -34,26 +41,122 @@ def _evaluate(instances, preds, args, out: Path) -> tuple[dict, float]:
     return res, time.perf_counter() - t
 
 
+def _instances(args):
+    from cwm_envs.swe.dataset import load_instances
+
+    if args.dataset:
+        return load_instances(args.dataset, args.instances), args.dataset
+    from cwm_envs.swe.mutate import default_task_file
+
+    path = default_task_file(log=_log)
+    return load_instances(path, args.instances), str(path)
+
+
+def _agent_episodes(args, instances, dataset: str, out: Path) -> dict[str, dict]:
+    """Run the agent on every instance without a prediction yet; returns all predictions (resumed ones too)."""
+    import gymnasium
+
+    import cwm_envs  # noqa: F401  (registers cwm/SWE-v0)
+    from agents.policies import parse_spec
+    from cwm_envs.errors import InfraError, UsageError
+
+    kind = args.agent if args.agent == "nothing" else parse_spec(args.agent)[0]
+    pred_path, traj_path = out / "predictions.jsonl", out / "trajectories.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    preds = {}
+    if pred_path.exists():
+        for line in pred_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:        # cut by a crash: that instance runs again
+                continue
+            preds[row["instance_id"]] = row
+    todo = [i for i in instances if i.instance_id not in preds]
+    env_kwargs = dict(tasks=dataset, repos=args.repos, max_turns=args.max_turns, context_tokens=args.context_tokens,
+                      command_timeout_s=args.command_timeout, max_episode_s=args.episode_timeout, log=_log)
+    name = args.model or args.agent
+
+    def record(iid: str, patch: str | None, traj: dict) -> None:
+        row = {"instance_id": iid, "model_name_or_path": name, "model_patch": patch or ""}
+        preds[iid] = row
+        with traj_path.open("a") as f:
+            f.write(json.dumps({"instance_id": iid, **traj}, default=str) + "\n")
+        with pred_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    if kind in ("oracle", "nothing"):           # scripted agents that read the env's feedback turn by turn
+        from concurrent.futures import ThreadPoolExecutor
+
+        from agents.swe_agents import DoNothingSWEAgent, OracleSWEAgent, run_episode
+
+        def one(inst):
+            env = gymnasium.make("cwm/SWE-v0", **env_kwargs)
+            try:
+                ep = run_episode(env, OracleSWEAgent() if kind == "oracle" else DoNothingSWEAgent(),
+                                 options={"task": inst.instance_id})
+            except InfraError as exc:
+                _log(f"{inst.instance_id}: infrastructure fault, left for a rerun: {exc}")
+                return
+            finally:
+                env.close()
+            record(inst.instance_id, ep.info.get("submission"),
+                   {"reward": ep.reward, "steps": ep.steps, "tools": ep.tools, "reason": ep.info.get("reason")})
+
+        with ThreadPoolExecutor(max(1, args.workers)) as pool:
+            list(pool.map(one, todo))
+        return preds
+    if kind not in ("hf", "openai"):
+        raise UsageError(f"--agent {args.agent}: a SWE agent is oracle, nothing, hf:DIR or openai:URL")
+    from agents.policies import policy_from_args
+    from agents.rollout import EnvSpec, Request, RolloutWorker
+
+    policy = policy_from_args(args, args.agent)
+    worker = RolloutWorker([EnvSpec("cwm/SWE-v0", kwargs=env_kwargs)], lambda: policy, max_turns=args.max_turns,
+                           env_threads=max(1, args.workers))
+    try:
+        for start in range(0, len(todo), max(1, args.workers)):
+            chunk = todo[start:start + max(1, args.workers)]
+            reqs = [Request(env=0, seed=args.seed + k, group=k, n=1, task=inst.instance_id) for k, inst in enumerate(chunk)]
+            trajs, _ = worker.run(reqs, sample_seed=args.seed * 1_000_003 + start, greedy=args.temperature == 0)
+            for inst, t in zip(chunk, trajs):
+                if t.error is not None and t.infra:
+                    _log(f"{inst.instance_id}: infrastructure fault, left for a rerun: {t.error}")
+                    continue
+                record(inst.instance_id, t.info.get("submission"),
+                       {"reward": t.reward, "turns": len(t.turn_ends), "reason": t.info.get("reason"),
+                        "error": t.error, "policy_tokens": t.num_policy_tokens, "text": t.text})
+    finally:
+        worker.close()
+        close = getattr(policy, "close", None)
+        if close:
+            close()
+    return preds
+
+
 def run_swebench(args) -> int:
     from cwm_envs.errors import UsageError
-    from cwm_envs.swe.dataset import gold_predictions, load_instances, load_predictions
+    from cwm_envs.swe.dataset import gold_predictions, load_predictions
 
-    if bool(args.predictions) == bool(args.gold):
-        raise UsageError("give either --predictions FILE or --gold")
-    instances = load_instances(args.dataset, args.instances)
-    gold = gold_predictions(instances)
-    preds = gold if args.gold else load_predictions(args.predictions)
+    if sum(map(bool, (args.predictions, args.gold, args.agent))) != 1:
+        raise UsageError("give one of --agent SPEC, --predictions FILE or --gold")
     out = Path(args.out)
+    instances, dataset = _instances(args)
+    gold = gold_predictions(instances)
+    if args.agent:
+        preds = _agent_episodes(args, instances, dataset, out)
+        args.dataset = dataset
+    else:
+        preds = gold if args.gold else load_predictions(args.predictions)
     main, secs = _evaluate(instances, preds, args, out / "eval")
     s = main["summary"]
-    summary = {"instances": s["submitted_instances"], "resolved": s["resolved_instances"],
+    summary = {"agent": args.agent, "instances": s["submitted_instances"], "resolved": s["resolved_instances"],
                "resolve_rate": round(s["resolved_instances"] / max(1, s["submitted_instances"]), 4),
                "unresolved": s["unresolved_instances"], "empty_patch": s["empty_patch_instances"],
                "errors": s["error_instances"], "seconds_per_instance": round(secs / max(1, len(main["results"])), 2)}
     rows = {i: {"instance": i, "status": r.status} for i, r in sorted(main["results"].items())}
     if args.baseline != "none":
         base_preds = ({k: dict(v, model_patch=NOOP_PATCH, model_name_or_path="noop") for k, v in gold.items()}
-                      if args.gold else gold)
+                      if args.gold else gold)  # beside an agent or predictions: the gold patches
         base_preds = {k: v for k, v in base_preds.items() if k in preds}
         name = "noop" if args.gold else "gold"
         base, _ = _evaluate(instances, base_preds, args, out / f"baseline_{name}")
@@ -153,13 +256,6 @@ def run_speed(args) -> int:
     return 0
 
 
-def _official_image(inst) -> str:
-    """The image name the official harness looks for (the dataset's `image` field, or its naming rule)."""
-    if inst.image:
-        return inst.image if ":" in inst.image.rsplit("/", 1)[-1] else inst.image + ":latest"
-    return f"swebench/sweb.eval.x86_64.{inst.instance_id.replace('__', '_1776_').lower()}:latest"
-
-
 def _official_row(inst) -> dict:
     """A dataset row as the official harness reads it (JSON strings for the test lists, the image name)."""
     row = {k: getattr(inst, k) for k in ("instance_id", "repo", "base_commit", "patch", "test_patch", "version",
@@ -174,9 +270,26 @@ def register(sub) -> None:
     from benchmarks.cli import bench_group
     from cwm_envs.swe.cli import add_dataset_args
 
+    from agents.policies import add_policy_args
+
     bench = bench_group(sub)
-    p = bench.add_parser("swebench", help="resolve rate of SWE-bench predictions (offline images, official grading)")
-    add_dataset_args(p)
+    p = bench.add_parser("swebench", help="an agent's (or predictions') SWE-bench resolve rate: episodes in "
+                                          "containers, then official-style grading")
+    p.add_argument("--dataset", default=None,
+                   help="SWE-bench rows: .parquet, .jsonl or .json (default: the embedded mutate-fix tasks)")
+    p.add_argument("--repos", default=None, help="directory of git clones, one per owner/name (or owner__name)")
+    p.add_argument("--instances", nargs="+", default=None, metavar="ID", help="only these instance ids")
+    p.add_argument("--predictions", default=None, help="grade these predictions (.jsonl/.json) instead of an agent")
+    p.add_argument("--gold", action="store_true", help="grade the dataset's own patches (validation mode)")
+    add_policy_args(p, flag="--agent", default=None, samples_unit="instance")
+    p.set_defaults(max_tokens=4096, temperature=1.0)
+    p.add_argument("--max-turns", type=int, default=128, help="turns per episode (CWM: 128)")
+    p.add_argument("--context-tokens", type=int, default=131072, help="tokens per episode (CWM: 131072)")
+    p.add_argument("--command-timeout", type=float, default=120.0, help="seconds per tool command (CWM: 120)")
+    p.add_argument("--episode-timeout", type=float, default=3600.0, help="seconds per episode (default 3600)")
+    p.add_argument("--workers", type=int, default=1, help="episodes, then evaluations, at once (default 1)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per eval script (default 1800)")
+    p.add_argument("--run-id", default="cwm", help="names the run summary file OUT/MODEL.RUN_ID.json")
     p.add_argument("--baseline", choices=("auto", "none"), default="auto",
                    help="auto: gold patches beside predictions, a no-op patch beside --gold (default)")
     p.add_argument("--out", required=True, help="report directory (eval/ and baseline_*/ hold the logs)")

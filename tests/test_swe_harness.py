@@ -107,20 +107,20 @@ def image(tiny, docker_engine):
 
 
 def _grade(tiny, image, patch_name: str, timeout: float = 120.0) -> dict:
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.harness import grade
 
     row, _, patches = tiny
     inst = instance_from_row(row)
-    with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+    with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
         return grade(inst, sb, patches.get(patch_name, patch_name), timeout=timeout)[inst.instance_id]
 
 
 def test_image_has_the_repo_at_base_commit_and_the_conda_shim(tiny, image):
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
 
     row, _, _ = tiny
-    with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+    with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
         res = sb.run("source /opt/miniconda3/bin/activate && conda activate testbed && "
                      "git log --format=%H -n 2 && git remote && python -c 'import calc, sys; print(calc.__file__)' "
                      "&& pip --version && git status --porcelain", timeout=60)

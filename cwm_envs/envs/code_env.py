@@ -151,17 +151,25 @@ def spec_for(task: Task) -> CallSpec | StdinSpec:
 # Prompts.
 
 
-def render_prompt(task: Task) -> str:
-    """The observation that poses `task`."""
+PROMPTS = {
+    "code_stdin": ("{problem}\n\nWrite a Python program that reads the input from standard input and prints the "
+                   "answer to standard output. {format_rule}"),
+    "code_starter": "{problem}\n\nComplete this starter code:\n```python\n{starter_code}\n```\n{format_rule}",
+    "code_function": ("Complete the following Python function. Give the whole function (with the imports it needs). "
+                      "{format_rule}\n\n```python\n{prompt}\n```"),
+}
+
+
+def render_prompt(task: Task, templates: dict[str, str] | None = None) -> str:
+    """The observation that poses `task` (`templates`: the user's replacements of PROMPTS)."""
     spec, meta = spec_for(task), task.metadata
+    templates = {**PROMPTS, **(templates or {})}
     if isinstance(spec, StdinSpec):
-        return (f"{task.prompt.rstrip()}\n\nWrite a Python program that reads the input from standard input "
-                f"and prints the answer to standard output. {FORMAT_RULE}")
+        return templates["code_stdin"].format(problem=task.prompt.rstrip(), format_rule=FORMAT_RULE)
     if meta.get("starter_code"):
-        return (f"{task.prompt.rstrip()}\n\nComplete this starter code:\n```python\n{meta['starter_code'].rstrip()}\n"
-                f"```\n{FORMAT_RULE}")
-    return ("Complete the following Python function. Give the whole function (with the imports it needs). "
-            f"{FORMAT_RULE}\n\n```python\n{task.prompt.rstrip()}\n```")
+        return templates["code_starter"].format(problem=task.prompt.rstrip(), format_rule=FORMAT_RULE,
+                                                starter_code=meta["starter_code"].rstrip())
+    return templates["code_function"].format(prompt=task.prompt.rstrip(), format_rule=FORMAT_RULE)
 
 
 def program_for(spec: CallSpec | StdinSpec, code: str) -> str:
@@ -331,6 +339,7 @@ class CodeEnv(TextEnv):
     - `memory_mb`: address-space limit of each process. `sandbox`: a backend name or a `Sandbox` to share
       (a shared one is neither reset nor closed by the env; an owned one is reset between episodes).
       `require_think`: demand exactly one `</think>`.
+    - `prompts`: a directory of `NAME.txt` templates (or a dict) replacing ours (cwm_envs/prompts.py).
     - `reset(options={"task": Task | task id | index})` poses a given task.
 
     ## Version History
@@ -342,7 +351,8 @@ class CodeEnv(TextEnv):
 
     def __init__(self, tasks: str | Path | Sequence[Task] | None = None, reward_scheme: str = "cwm",
                  max_turns: int = 1, timeout_s: float = 6.0, memory_mb: int = 1024,
-                 sandbox: str | Sandbox = "local", require_think: bool = False, render_mode: str | None = None):
+                 sandbox: str | Sandbox = "local", require_think: bool = False, render_mode: str | None = None,
+                 prompts=None):
         if max_turns < 1:
             raise UsageError("max_turns must be at least 1")
         if tasks is None or isinstance(tasks, (str, Path)) and str(tasks) == "generated":
@@ -351,7 +361,8 @@ class CodeEnv(TextEnv):
             loaded = load_tasks(tasks)
         else:
             loaded = list(tasks)
-        super().__init__(tasks=loaded, reward_scheme=reward_scheme, render_mode=render_mode, sandbox=sandbox)
+        super().__init__(tasks=loaded, reward_scheme=reward_scheme, render_mode=render_mode, sandbox=sandbox,
+                         prompts=prompts)
         self.max_turns, self.require_think, self.timeout_s = max_turns, require_think, float(timeout_s)
         self.limits = Limits(memory_mb=memory_mb, processes=32, file_size_mb=16, open_files=256,
                              output_bytes=1 << 20)
@@ -360,7 +371,7 @@ class CodeEnv(TextEnv):
     # -- the contract of TextEnv --------------------------------------------------------------------------
     def pose(self, task: Task) -> str:
         self._spec(task)  # a task without usable tests fails here, not mid-episode
-        return render_prompt(task)
+        return render_prompt(task, self.prompt_overrides)
 
     def judge(self, task: Task, response: str) -> RewardResult:
         """Judge one response to `task` on all its tests; usable without reset()."""

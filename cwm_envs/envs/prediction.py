@@ -135,6 +135,7 @@ class PredictionEnv(TextEnv):
       Task with metadata code, input, output (and optionally entry, default "f").
     - `reward_scheme`, `require_think` (demand exactly one `</think>`), `timeout_s`, `memory_mb`,
       `sandbox` (a backend name, or a shared `Sandbox` that the env neither resets nor closes).
+    - `prompts`: a directory of `NAME.txt` templates (or a dict) replacing ours (cwm_envs/prompts.py).
     - `reset(options={"task": Task | task id | index})` poses a given task.
 
     ## Version History
@@ -148,12 +149,13 @@ class PredictionEnv(TextEnv):
 
     def __init__(self, mode: str = "output", tasks: str | Path | Sequence[Task] | None = None,
                  reward_scheme: str = "cwm", require_think: bool = False, timeout_s: float = 5.0,
-                 memory_mb: int = 1024, sandbox: str | Sandbox = "local", render_mode: str | None = None):
+                 memory_mb: int = 1024, sandbox: str | Sandbox = "local", render_mode: str | None = None,
+                 prompts=None):
         if mode not in PROMPTS:
             raise UsageError(f"mode must be 'output' or 'input', got {mode!r}")
         generated = tasks is None or isinstance(tasks, str) and tasks == "generated"
         super().__init__(tasks=None if generated else load_prediction_tasks(tasks), reward_scheme=reward_scheme,
-                         render_mode=render_mode, sandbox=sandbox)
+                         render_mode=render_mode, sandbox=sandbox, prompts=prompts)
         self.mode, self.require_think, self.timeout_s = mode, require_think, float(timeout_s)
         self.limits = Limits(memory_mb=memory_mb, processes=16, file_size_mb=16, output_bytes=1 << 20)
         self._references: dict[tuple, object] = {}
@@ -161,7 +163,7 @@ class PredictionEnv(TextEnv):
     # -- the contract of TextEnv --------------------------------------------------------------------------
     def pose(self, task: Task) -> str:
         m = task.metadata
-        return PROMPTS[self.mode].format(code=m["code"].rstrip(), entry=m.get("entry", "f"), input=m["input"],
+        return self.template(f"prediction_{self.mode}", PROMPTS[self.mode]).format(code=m["code"].rstrip(), entry=m.get("entry", "f"), input=m["input"],
                                          output=m["output"])
 
     def reference_response(self, task: Task) -> str:

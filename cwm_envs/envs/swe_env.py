@@ -241,7 +241,7 @@ class SWEEnv(gym.Env):
 
     def _container_for(self, image: str) -> None:
         """A pristine container of `image`: from the current sandbox's warm pool, or a new sandbox."""
-        from cwm_envs.sandbox.docker_backend import DockerSandbox
+        from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
 
         if self._sandbox is not None and self._sandbox.image == image:
             if not self._fresh:
@@ -253,7 +253,7 @@ class SWEEnv(gym.Env):
             closer.start()
             self._closers = [t for t in self._closers if t.is_alive()] + [closer]
         self._sandbox = DockerSandbox(image, pool_size=self.pool_size, workdir=REPO_ROOT, limits=self.limits,
-                                      cpus=self.cpus)
+                                      cpus=self.cpus, **REPO_SANDBOX)
         self._fresh = True
 
     def _container_stopped(self) -> bool:

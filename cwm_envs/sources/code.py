@@ -12,7 +12,8 @@ HumanEval (`load_humaneval`)
     id = task_id; prompt = the signature and docstring the model completes; answer = canonical_solution;
     tests = the `check(candidate)` test code; metadata = {"task_id", "entry_point", "canonical_solution", "test"}.
 LiveCodeBench (`load_livecodebench`)
-    id = question_id; prompt = question_content; answer = None;
+    id = question_id; prompt = question_content; answer = the row's `reference_solution` when it has one
+    (not a LiveCodeBench field: rows our generator writes carry it, so the oracle can play them), else None;
     tests = a list of {"input", "output", "testtype" ("stdin" | "functional"), "public" (bool)}, public tests
     first; metadata = {"title", "platform", "difficulty", "contest_date", "starter_code", "func_name"
     (None for stdin problems)}.  `private_test_cases` may be plain JSON or LiveCodeBench's compressed form
@@ -116,7 +117,7 @@ def load_livecodebench(path: str | Path, limit: int | None = None) -> list[Task]
         if not tests:
             raise UsageError(f"{where}: no test cases")
         tasks.append(Task(
-            id=r["question_id"], prompt=r["question_content"], tests=tests,
+            id=r["question_id"], prompt=r["question_content"], tests=tests, answer=r.get("reference_solution") or None,
             metadata={"title": r.get("question_title", ""), "platform": r.get("platform", ""),
                       "difficulty": r.get("difficulty", ""), "contest_date": r.get("contest_date", ""),
                       "starter_code": r.get("starter_code", "") or "", "func_name": meta.get("func_name")},

@@ -161,14 +161,14 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
 
 def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str | Path | None,
                       log_dir: str | Path, timeout: float = DEFAULT_TIMEOUT, retries: int = 1,
-                      log: Callable[[str], None] = lambda _m: None) -> InstanceResult:
+                      log: Callable[[str], None] = lambda _m: None, image_source=None) -> InstanceResult:
     """Build (or reuse) the image, grade the prediction in a fresh container, write report.json.
 
     An infrastructure failure is retried `retries` times, then returned as status "error" (no report.json,
     so a rerun tries again). A prediction whose report.json exists for the same patch is not run again.
     """
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
-    from cwm_envs.swe.images import build_instance_image
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
+    from cwm_envs.swe.official import instance_image
 
     iid, patch = instance.instance_id, prediction.get("model_patch")
     log_dir = Path(log_dir)
@@ -193,9 +193,9 @@ def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str
         t0 = time.perf_counter()
         try:
             build: dict = {}
-            tag = build_instance_image(instance, repos_dir, log=log, timings=build)
+            tag = instance_image(instance, repos_dir, image_source or "build", log=log, timings=build)
             t1 = time.perf_counter()
-            with DockerSandbox(tag, pool_size=0, workdir="/testbed", limits=EVAL_LIMITS) as sb:
+            with DockerSandbox(tag, pool_size=0, workdir="/testbed", limits=EVAL_LIMITS, **REPO_SANDBOX) as sb:
                 with _open_lock:
                     _open.add(sb)
                 try:
@@ -264,7 +264,8 @@ def run_summary(instances: list[SWEInstance], predictions: dict, results: dict[s
 
 def run_evaluation(instances: list[SWEInstance], predictions: dict[str, dict], *, repos_dir: str | Path | None,
                    out_dir: str | Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT, run_id: str = "cwm",
-                   progress: bool | None = None, log: Callable[[str], None] = lambda _m: None) -> dict:
+                   progress: bool | None = None, log: Callable[[str], None] = lambda _m: None,
+                   image_source=None) -> dict:
     """Evaluate every instance that has a prediction; write the per-instance files and the run summary
     (OUT/MODEL.RUN_ID.json, the official schema). Returns {"summary": ..., "results": {id: InstanceResult}}."""
     import sys
@@ -287,7 +288,8 @@ def run_evaluation(instances: list[SWEInstance], predictions: dict[str, dict], *
 
     def one(inst: SWEInstance) -> InstanceResult:
         return evaluate_instance(inst, predictions[inst.instance_id], repos_dir=repos_dir,
-                                 log_dir=out_dir / "logs" / inst.instance_id, timeout=timeout, log=log)
+                                 log_dir=out_dir / "logs" / inst.instance_id, timeout=timeout, log=log,
+                                 image_source=image_source)
 
     _cancel.clear()
     pool = ThreadPoolExecutor(max_workers=workers)

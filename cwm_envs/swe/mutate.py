@@ -474,7 +474,7 @@ def mutate_repo(repo: str | Path, test_cmd: str, out: str | Path, *, max_tasks: 
     """Make mutate-fix tasks for `repo`; write OUT (JSONL rows) and OUT's task repository. Returns a summary."""
     from tqdm import tqdm
 
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.dataset import instance_from_row
     from cwm_envs.swe.harness import EVAL_LIMITS
     from cwm_envs.swe.images import build_instance_image
@@ -524,7 +524,7 @@ def mutate_repo(repo: str | Path, test_cmd: str, out: str | Path, *, max_tasks: 
             log(f"building the image of the clean repository ({len(candidates)} candidate mutations)")
             image = build_instance_image(clean_inst, log=log)
             rows, skipped = [], {"no_test_failed": 0, "timed_out": 0}
-            with DockerSandbox(image, pool_size=0, workdir="/testbed", limits=EVAL_LIMITS) as sb:
+            with DockerSandbox(image, pool_size=0, workdir="/testbed", limits=EVAL_LIMITS, **REPO_SANDBOX) as sb:
                 base_log, base_s, _ = _run_tests(sb, test_cmd, timeout=1800)
                 baseline = _statuses(clean_inst, base_log)
                 passing = sorted(t for t, s in baseline.items() if s in PASSING)

@@ -13,7 +13,9 @@ SWE_HELP = "SWE-bench repositories in Docker: build images offline, evaluate pre
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)          # above a progress bar, when one is shown
 
 
 def _sigterm_as_interrupt() -> None:
@@ -25,6 +27,8 @@ def _sigterm_as_interrupt() -> None:
 
 
 def cmd_build(args) -> int:
+    from tqdm import tqdm
+
     from cwm_envs.errors import UsageError
     from cwm_envs.swe.dataset import load_instances
     from cwm_envs.swe.failures import classify
@@ -34,7 +38,8 @@ def cmd_build(args) -> int:
     if args.env_only:
         return _build_envs(instances, args)
     failed = 0
-    for inst in instances:
+    bar = tqdm(instances, desc="swe build", unit="image", disable=not sys.stderr.isatty())   # with an ETA
+    for inst in bar:
         timings: dict = {}
         t = time.perf_counter()
         try:
@@ -43,11 +48,11 @@ def cmd_build(args) -> int:
             raise
         except Exception as exc:              # an infrastructure fault: report it, go on with the others
             failed += 1
-            print(f"{inst.instance_id}\tFAILED ({classify(exc)})\t{str(exc).splitlines()[0][:300]}")
+            tqdm.write(f"{inst.instance_id}\tFAILED ({classify(exc)})\t{str(exc).splitlines()[0][:300]}")
             continue
         notes = "; ".join(timings.get("notes", []))
-        print(f"{inst.instance_id}\t{tag}\t{time.perf_counter() - t:.1f}s\tPython {timings.get('python')}"
-              + (f"\t{notes}" if notes else ""))
+        tqdm.write(f"{inst.instance_id}\t{tag}\t{time.perf_counter() - t:.1f}s\tPython {timings.get('python')}"
+                   + (f"\t{notes}" if notes else ""))
     return 1 if failed else 0
 
 

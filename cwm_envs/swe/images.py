@@ -444,6 +444,8 @@ def build_env_images(instances: list[SWEInstance], repos_dir: str | Path | None 
     Where no clone is at hand (repositories too large to bring to the machine) the requirement files come
     from the version's release sdist, and the date is the newest `created_at` of the version's instances.
     Returns one row per environment: tag, Python, seconds, size, notes (or the failure and its class)."""
+    from tqdm import tqdm
+
     from cwm_envs.swe.specs import env_spec_for
 
     client = client or _client()
@@ -451,7 +453,8 @@ def build_env_images(instances: list[SWEInstance], repos_dir: str | Path | None 
     for inst in instances:
         groups.setdefault((inst.repo, inst.version), []).append(inst)
     rows = []
-    for (repo, version), insts in sorted(groups.items()):
+    for (repo, version), insts in tqdm(sorted(groups.items()), desc="swe env images", unit="image",
+                                       disable=not sys.stderr.isatty()):   # builds take minutes: an ETA
         t = time.perf_counter()
         row = {"repo": repo, "version": version, "instances": len(insts)}
         try:

@@ -250,3 +250,33 @@ def test_a_compiled_repository_builds_its_extension_in_the_image(tmp_path):
             assert res.status == want, (name, res.error)
     finally:
         client.images.remove(tag, force=True)
+
+
+def test_the_environment_survives_a_link_to_its_interpreter(image):  # noqa: F811
+    """tox-current-env (sphinx >= 4's eval scripts) runs tests through `.tox/py39/bin/python`, a link to the
+    environment's interpreter; a bare venv loses its packages that way ("No module named pytest")."""
+    from cwm_envs.sandbox.docker_backend import DockerSandbox
+
+    with DockerSandbox(image, pool_size=0, workdir="/") as sb:
+        res = sb.run("source /opt/miniconda3/bin/activate && conda activate testbed && mkdir -p /tmp/tox/bin && "
+                     "ln -s \"$(command -v python)\" /tmp/tox/bin/python && cd / && "
+                     "/tmp/tox/bin/python -c 'import pytest, calc; print(pytest.__file__)' && "
+                     "python3 -c 'import pytest'", timeout=60)
+    assert res.exit_code == 0, res.stdout + res.stderr
+    assert res.stdout.startswith("/opt/miniconda3/envs/testbed/lib/python")
+
+
+def test_the_official_harness_phases_are_read_from_its_log(tmp_path):
+    from benchmarks.swebench_bench import official_phases_of
+
+    log = tmp_path / "run_instance.log"
+    log.write_text("2025-01-01 10:00:00,000 - INFO - Creating container for x...\n"
+                   "2025-01-01 10:00:01,500 - INFO - Container for x started: abc\n"
+                   "2025-01-01 10:00:02,000 - INFO - Eval script for x written to /e; copying to container...\n"
+                   "2025-01-01 10:00:12,500 - INFO - Test runtime: 10.00 seconds\n"
+                   "2025-01-01 10:00:13,000 - INFO - Attempting to stop container sweb.eval.x...\n"
+                   "2025-01-01 10:00:28,000 - INFO - Container sweb.eval.x removed.\n")
+    assert official_phases_of(log) == {"container_start_s": 1.5, "patch_s": 0.5, "eval_script_s": 10.0,
+                                       "after_s": 1.0, "teardown_s": 15.0}
+    log.write_text("2025-01-01 10:00:00,000 - INFO - Creating container for x...\n")      # cut short: nothing
+    assert official_phases_of(log) == {} and official_phases_of(tmp_path / "missing.log") == {}

@@ -4,10 +4,12 @@ The resolver tests ask the package index for real (uv pip compile); they skip wh
 """
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
 
+from cwm_envs.swe.dataset import instance_from_row
 from cwm_envs.swe.failures import CLASSES, CompileError, MissingDistribution, ResolverConflict, classify
 from cwm_envs.swe.images import _safe_edits, dropped_needed_by_tests, install_extras
 from cwm_envs.swe.resolve import iso_date, parse_lock, req_name, resolve
@@ -180,3 +182,26 @@ def test_without_a_clone_requirement_files_come_from_the_release_sdist(index):
     spec = env_spec_for("pallets/flask", "2.3", date="2023-03-01T00:00:00Z")
     assert any("read from the first sdist of flask 2.3.*" in n for n in spec.notes)
     assert spec.date >= "2023-03-01"                     # never before the sdist's own files
+
+
+def test_a_row_without_created_at_resolves_as_of_its_base_commit_not_today(tmp_path):
+    from cwm_envs.swe.specs import env_spec
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    when = {"GIT_AUTHOR_DATE": "2021-06-01T12:00:00Z", "GIT_COMMITTER_DATE": "2021-06-01T12:00:00Z"}
+    env = {**os.environ, **when, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@e"}
+    run = dict(cwd=repo, check=True, capture_output=True, env=env)
+    subprocess.run(["git", "init", "-q"], **run)
+    (repo / "a.py").write_text("x = 1\n")
+    subprocess.run(["git", "add", "a.py"], **run)
+    subprocess.run(["git", "commit", "-qm", "a"], **run)
+    base = subprocess.run(["git", "rev-parse", "HEAD"], **run, text=True).stdout.strip()
+    row = {"instance_id": "own__a-1", "repo": "own/a", "base_commit": base, "FAIL_TO_PASS": "[]",
+           "PASS_TO_PASS": "[]", "test_cmd": "pytest -rA", "pip_packages": ["pytest"]}
+    spec = env_spec(instance_from_row(row), repo)
+    assert iso_date(spec.date) == "2021-06-01T12:00:00Z"
+    assert any("base commit's date, 2021-06-01" in n for n in spec.notes)
+    dated = env_spec(instance_from_row({**row, "created_at": "2022-02-02T00:00:00Z"}), repo)
+    assert dated.date == "2022-02-02T00:00:00Z"          # the row's own date wins when it has one

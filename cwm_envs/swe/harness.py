@@ -210,6 +210,8 @@ def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str
             result.timings = {"image_s": round(t1 - t0, 2), "container_s": round(t2 - t1, 2),
                               "grade_s": round(t3 - t2, 2), "teardown_s": round(time.perf_counter() - t3, 2),
                               "built": {k: v for k, v in build.items() if k.endswith("_s")}}
+            with open(log_dir / "run_instance.log", "a") as fh:      # per-phase seconds (`cwm bench swebench-speed`)
+                fh.write(f"timings: {json.dumps(result.timings)}\n")
             if build.get("notes"):
                 rep["environment_notes"] = build["notes"]
             report_path.write_text(json.dumps({iid: rep}, indent=4))

@@ -14,6 +14,13 @@ the machine's Debian mirror); `PIP_NO_INDEX`/`PIP_FIND_LINKS` stay set in the im
 an eval script's own `pip install -e .` finds its build tools offline too. A thin shim provides
 `/opt/miniconda3/bin/activate` and `conda activate testbed`, so SWE-bench's eval scripts run unchanged.
 
+The environment is a venv, and a venv is found only through the path its interpreter was started by: a link
+to it elsewhere (tox-current-env links `.tox/py39/bin/python` to it, `os.path.realpath(sys.executable)`)
+starts the base interpreter without the venv's packages. So the base interpreter's own site directory holds
+a `.pth` that adds the venv's site-packages: however the interpreter is reached, it sees the environment,
+as a conda prefix's interpreter does. (A conda-like prefix copied from Debian's Python does not work as one:
+Debian's patched site/sysconfig send pip's installs to PREFIX/local/lib/pythonX.Y/dist-packages.)
+
 >>> split_repo("psf/requests"), split_repo("psf__requests")
 (('psf', 'requests'), ('psf', 'requests'))
 """
@@ -38,7 +45,7 @@ from cwm_envs.swe.failures import CompileError, MissingDistribution, ResolverCon
 from cwm_envs.swe.resolve import TOOLS, Lock, fetch_sdist, req_name, resolve
 from cwm_envs.swe.specs import EnvSpec, env_spec, read_repo_file
 
-RECIPE_VERSION = 4                       # bump when the Dockerfiles below change
+RECIPE_VERSION = 5                       # bump when the Dockerfiles below change
 TOOLS_RECIPE_VERSION = 3                 # the tools layer's own (its Dockerfile changes seldom; it is slow to build)
 TOOLS_REPO, ENV_REPO, INSTANCE_REPO = "cwm-envs/swe-tools", "cwm-envs/swe-env", "cwm-envs/swe-instance"
 TOOL_PACKAGES = ("build-essential", "python3-dev", "pkg-config", "locales")   # the build-tools layer
@@ -415,6 +422,8 @@ COPY activate /opt/miniconda3/bin/activate
 COPY lock-*.txt /opt/cwm-lock/
 RUN python3 -c 'import sys; v = "%d.%d" % sys.version_info[:2]; assert v == "{spec.python}", v' \\
  && python3 -m venv {VENV} \\
+ && echo "import site; site.addsitedir('{VENV}/lib/python{spec.python}/site-packages')" \\
+    > /usr/lib/python3/dist-packages/cwm-testbed.pth \\
  && {install} -r /opt/cwm-lock/lock-tools.txt \\
  && {install} -r /opt/cwm-lock/lock-requirements.txt \\
  && {install} -r /opt/cwm-lock/lock-pip-packages.txt

@@ -261,11 +261,19 @@ def split_pre_install(steps: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[st
 
 
 def env_spec(instance, repo_dir: str | Path | None = None) -> EnvSpec:
-    """The EnvSpec of an instance: our own fields when it has them, else SWE-bench's spec for its version."""
+    """The EnvSpec of an instance: our own fields when it has them, else SWE-bench's spec for its version.
+
+    Resolved as of the row's `created_at`; a row without one (our own tasks) as of its base commit's date, so
+    that its environment does not drift with today's index (a repository committed today resolves as today)."""
     if instance.test_cmd or instance.pip_packages or instance.install or instance.python:
         python, suite, notes = pick_suite(instance.python or DEFAULT_PYTHON)
+        date = instance.created_at
+        if not date and repo_dir is not None:    # a row of our own without one: as of its base commit
+            date = commit_date(repo_dir, instance.base_commit)
+            if date:
+                notes.append(f"no created_at: resolved as of the base commit's date, {date[:10]}")
         return EnvSpec(python=python, suite=suite, requirements=tuple(instance.pip_packages),
-                       install=tuple(instance.install), date=instance.created_at, notes=tuple(notes))
+                       install=tuple(instance.install), date=date, notes=tuple(notes))
     env_commit = instance.environment_setup_commit or instance.base_commit
     date = commit_date(repo_dir, env_commit) if repo_dir is not None else ""
     return env_spec_for(instance.repo, instance.version, repo_dir, env_commit, date or instance.created_at)

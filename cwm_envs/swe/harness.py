@@ -1,10 +1,13 @@
 """Evaluate model patches on SWE-bench instances: apply, run the eval script, grade, report.
 
 Per instance: the instance image (images.py) starts as a `DockerSandbox` with the network off; the patch is
-applied like the official harness does (`git apply`, then `--3way`, then `patch --fuzz=5`); the files the
-test patch touches are reset to the base commit (a model's edits to them never count); the dataset's eval
-script runs unchanged except for the line that records the test command's exit status; the log is graded
-by SWE-bench's parser and rules (grading.py).
+applied like the official harness does (`git apply`, then `--3way`, then `patch --fuzz=5`), but only after
+its text passes the rules of patch_rules.py, and the files it really changed pass them again afterwards
+(refused: the patch counts as not applied, `refused` says why); test code it touched, and the test patch's
+files, are put back at the base commit; the dataset's eval script runs unchanged except for the line that
+records the test command's exit status, with git's hooks and fsmonitor off (`GIT_ENV`) and, for pytest,
+the grader's seal plugin loaded; the log is graded by SWE-bench's parser and rules plus our guards
+(grading.py). The same `grade()` serves `cwm swe eval` and `cwm/SWE-v0`, always in a fresh container.
 
 Outcomes, as in the official run summary: `resolved`, `unresolved` (also a patch that does not apply),
 `empty_patch` (not run), `error` (infrastructure: image build, timeout, Docker fault, retried once and
@@ -25,17 +28,43 @@ from typing import Callable
 
 from cwm_envs.errors import CwmError, InfraError, UsageError
 from cwm_envs.sandbox.base import Limits
+from cwm_envs.swe import patch_rules
 from cwm_envs.swe.dataset import SWEInstance
-from cwm_envs.swe.grading import grade_log, with_exit_code
+from cwm_envs.swe.grading import Seal, grade_log, seal_applies, with_exit_code
 
 APPLY_CMDS = ("git apply --verbose", "git apply --verbose --3way", "patch --batch --fuzz=5 -p1 -i")
 PATCH_FILE, EVAL_FILE = "/tmp/patch.diff", "/eval.sh"
 EVAL_LIMITS = Limits(memory_mb=4096, processes=1024, output_bytes=64 << 20)
 DEFAULT_TIMEOUT = 1800.0
+# Every git the grader runs (its own and the eval script's): no hooks, no fsmonitor command, whatever the
+# repository's config says. GIT_CONFIG_PARAMETERS is how `git -c` hands settings down; every git reads it.
+GIT_ENV = {"GIT_CONFIG_PARAMETERS": "'core.hooksPath=/dev/null' 'core.fsmonitor='"}
+# The state of the work tree (ignored files included) and of git's own executable settings.
+_STATE = ("git status --porcelain=v1 -z --untracked-files=all --ignored=traditional && printf '\\0##\\0' && "
+          "cd \"$(git rev-parse --git-dir)\" && find config info hooks -printf '%p %m %s\\n' -type f -exec cat {} + "
+          "2>/dev/null | sha256sum")
+# Facts from the test environment's own Python (isolated: no file of the repository can answer for it).
+_PROBE = r'''
+import json, os, pkgutil, sys, sysconfig
+root, paths = "/testbed", json.loads(sys.stdin.read())
+inside = lambda p: p == root or p.startswith(root + "/")
+outside = [p for p in sys.path if p and not inside(p)]
+print(json.dumps({
+    "dirs": sorted({""} | {os.path.relpath(p, root) for p in sys.path if p.startswith(root + "/")}),
+    "modules": sorted({m[1] for m in pkgutil.iter_modules(outside)} | set(sys.builtin_module_names)),
+    "links": {p: os.path.realpath(os.path.join(root, p)) for p in paths if os.path.islink(os.path.join(root, p))},
+    "purelib": sysconfig.get_paths()["purelib"]}))
+'''
+_IN_ENV = ("[ -f /opt/miniconda3/bin/activate ] && . /opt/miniconda3/bin/activate >/dev/null 2>&1 && "
+           "conda activate testbed >/dev/null 2>&1; cd / && exec python -I -c \"$0\"")
 
 
 class EvalTimeout(InfraError):
-    """The eval script ran past its timeout (retried once, then reported as an error)."""
+    """The eval script ran past its timeout (retried once, then reported as an error, never scored)."""
+
+
+class GradingInfraError(InfraError):
+    """The test environment failed while grading (SWE-bench's infra-failure signatures): never scored."""
 
 
 class Cancelled(CwmError):
@@ -69,8 +98,8 @@ class InstanceResult:
     cached: bool = False
 
 
-def _sh(sb, cmd: str, timeout: float = 120.0):
-    return sb.run(cmd, timeout=timeout, workdir="/testbed")
+def _sh(sb, cmd: str, timeout: float = 120.0, stdin: str | None = None):
+    return sb.run(cmd, stdin=stdin, timeout=timeout, workdir="/testbed", env=GIT_ENV)
 
 
 def apply_patch(sb, patch: str) -> tuple[bool, str]:
@@ -90,29 +119,92 @@ def apply_patch(sb, patch: str) -> tuple[bool, str]:
     return False, "\n".join(log)
 
 
-def reset_test_files(sb, instance: SWEInstance) -> list[str]:
-    """Put the test patch's files back at the base commit (files new in the test patch are removed), so a
-    model patch that edits or pre-creates them changes nothing. Returns the files the model had touched."""
-    files = list(instance.test_files)
+def tree_state(sb) -> tuple[dict[str, str], str]:
+    """({path: git status code} for every changed, untracked or ignored file, fingerprint of .git's settings)."""
+    res = _sh(sb, _STATE)
+    status, sep, fingerprint = res.stdout.partition("\0##\0")
+    if res.exit_code != 0 or not sep:
+        raise InfraError(f"could not read the state of /testbed: {(res.stdout + res.stderr).strip()[-300:]}")
+    entries, items = {}, iter(status.split("\0"))
+    for item in items:
+        if len(item) > 3:
+            entries[item[3:]] = item[:2]
+            if item[0] in "RC":                        # a staged rename or copy: its origin path follows
+                entries[next(items, "")] = "D-"
+    return entries, fingerprint.strip()
+
+
+def changed_paths(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Paths whose state differs between two `tree_state` listings (created, changed or deleted)."""
+    return sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+
+
+def probe(sb, paths: list[str]) -> dict:
+    """What the test environment's Python says about the changed paths (see _PROBE)."""
+    res = sb.run(["bash", "-c", _IN_ENV, _PROBE], stdin=json.dumps(paths), timeout=120, workdir="/")
+    try:
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        raise InfraError(f"the test environment's Python did not answer: {(res.stdout + res.stderr).strip()[-300:]}") from None
+
+
+def refusals(sb, instance: SWEInstance, changed: list[str], created: list[str], facts: dict) -> list[str]:
+    """Why the files the patch really changed are refused (patch_rules.py), in the container's own terms."""
+    scripts = patch_rules.runner_scripts(instance.eval_script)
+    found = [f"{p}: {why}" for p in changed if (why := patch_rules.refused_path(p, scripts))]
+    known = set(facts["modules"])
+    for path in created:                                 # a new module on sys.path that hides an installed one
+        for folder in facts["dirs"]:
+            rel = path if folder == "" else path[len(folder) + 1:] if path.startswith(folder + "/") else None
+            if rel and (why := patch_rules.shadowing(rel, known)):
+                found.append(f"{path}: {why}")
+    found += [f"{path}: {patch_rules.SYMLINK} to {target}" for path, target in facts["links"].items()]
+    for path in changed:
+        if path.rsplit("/", 1)[-1].lower() in patch_rules.SHARED_CONFIG:
+            old = _sh(sb, f"git show {instance.base_commit}:'{_q(path)}' 2>/dev/null")
+            new = _sh(sb, f"cat -- '{_q(path)}' 2>/dev/null")
+            why = patch_rules.runner_config_change(path, old.stdout if old.exit_code == 0 else None,
+                                                   new.stdout if new.exit_code == 0 else None)
+            if why:
+                found.append(why)
+    return list(dict.fromkeys(found))
+
+
+def _q(path: str) -> str:
+    return path.replace("'", "'\\''")
+
+
+def reset_test_files(sb, instance: SWEInstance, touched: list[str] = ()) -> list[str]:
+    """Put test code back at the base commit: the test patch's files and any test file the model patch
+    touched (new ones are removed), so the tests that run are the task's. Returns the files the model had
+    touched among them."""
+    files = list(dict.fromkeys([*instance.test_files, *touched]))
     if not files:
         return []
-    quoted = " ".join("'" + f.replace("'", "'\\''") + "'" for f in files)
-    script = (f"changed=$(git status --porcelain -- {quoted} | cut -c4-); "
+    quoted = " ".join("'" + _q(f) + "'" for f in files)
+    script = (f"changed=$(git status --porcelain --untracked-files=all --ignored -- {quoted} | cut -c4-); "
               f"for f in {quoted}; do if git cat-file -e {instance.base_commit}:\"$f\" 2>/dev/null; "
               f"then git checkout -q {instance.base_commit} -- \"$f\"; else rm -f -- \"$f\"; fi; done; "
               "printf '%s\\n' \"$changed\"")
     res = _sh(sb, script)
     if res.exit_code != 0:
         raise InfraError(f"could not reset the test files: {res.stderr.strip()[-300:]}")
-    return [line for line in res.stdout.splitlines() if line.strip()]
+    return sorted({line for line in res.stdout.splitlines() if line.strip()} | set(touched))
+
+
+def _refused(iid: str, reasons: list[str], apply_log: str = "") -> dict:
+    return {iid: {"patch_is_None": False, "patch_exists": True, "patch_successfully_applied": False,
+                  "resolved": False, "infra_failure": False, "refused": reasons,
+                  "apply_log": (apply_log + "\nrefused:\n" + "\n".join(reasons))[-4000:]}}
 
 
 def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float = DEFAULT_TIMEOUT,
           log_dir: str | Path | None = None) -> dict:
-    """Apply `patch` in a running sandbox of the instance image, run the eval script, and grade it.
+    """Check and apply `patch` in a fresh sandbox of the instance image, run the eval script, and grade it.
 
     Returns the official per-instance report ({instance_id: {...}}), with `tests_reset` (test files the
-    patch had touched) and `apply_log` added. Raises EvalTimeout / InfraError for machinery faults.
+    patch had touched, put back), `refused` (why the patch was not applied at all), `seal` and `apply_log`
+    added. Raises EvalTimeout / GradingInfraError / InfraError for machinery faults: never a score.
     The sandbox is left as the eval script left it; use a fresh one per grading.
     """
     iid = instance.instance_id
@@ -121,6 +213,11 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
         log_dir.mkdir(parents=True, exist_ok=True)
     if patch is None or not patch.strip():
         return grade_log(instance, patch, "/dev/null")
+    scripts = patch_rules.runner_scripts(instance.eval_script)
+    reasons = patch_rules.patch_violations(patch, scripts)
+    if reasons:                                          # before anything touches the tree (`patch` would write .git/)
+        return _refused(iid, reasons)
+    before, git_before = tree_state(sandbox)
     applied, apply_log = apply_patch(sandbox, patch)
     if log_dir:
         (log_dir / "run_instance.log").write_text(apply_log + "\n")
@@ -128,11 +225,31 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
         rep = {iid: {"patch_is_None": False, "patch_exists": True, "patch_successfully_applied": False,
                      "resolved": False, "infra_failure": False, "apply_log": apply_log[-4000:]}}
         return rep
-    touched = reset_test_files(sandbox, instance)
+    after, git_after = tree_state(sandbox)
+    changed = changed_paths(before, after)
+    created = [p for p in changed if p not in before and after.get(p, " ")[0] in "?!ARC"]
+    facts = probe(sandbox, changed)
+    reasons = refusals(sandbox, instance, changed, created, facts)
+    if git_after != git_before:
+        reasons.append(".git: git's own settings, hooks or attributes changed")
+    if reasons:
+        return _refused(iid, reasons, apply_log)
+    touched = reset_test_files(sandbox, instance, [p for p in changed if patch_rules.is_test_path(p)])
+    seal = Seal() if seal_applies(instance) else None
+    env = dict(GIT_ENV)
+    if seal is not None:                                 # the grader's plugin: outside the tree, a random name
+        sandbox.write_file(f"{facts['purelib']}/{seal.module}.py", seal.plugin_source())
+        sandbox.write_file(seal.key_path, seal.key)
+        env["PYTEST_ADDOPTS"] = f"-p {seal.module}"
     script = with_exit_code(instance.eval_script)
     sandbox.write_file(EVAL_FILE, script)
-    res = sandbox.run(f"/bin/bash {EVAL_FILE} 2>&1", timeout=timeout, workdir="/testbed")
+    res = sandbox.run(f"/bin/bash {EVAL_FILE} 2>&1", timeout=timeout, workdir="/testbed", env=env)
     output = res.stdout + (f"\n\nTimeout error: {timeout:.0f} seconds exceeded." if res.timed_out else "")
+    if seal is not None:
+        try:
+            seal.read(sandbox.read_file(seal.out_path))
+        except (FileNotFoundError, IsADirectoryError):
+            seal.read(None)
     if log_dir:
         (log_dir / "eval.sh").write_text(script)
         out_path = log_dir / "test_output.txt"
@@ -145,14 +262,20 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
             out_path = Path(fh.name)
     try:
         if res.timed_out:
-            raise EvalTimeout(f"{iid}: the eval script ran past {timeout:.0f} s")
-        rep = grade_log(instance, patch, out_path)
+            raise EvalTimeout(f"{iid}: the eval script ran past {timeout:.0f} s (an infrastructure fault: "
+                              "the gold patch runs in time; not scored)")
+        rep = grade_log(instance, patch, out_path, seal)
     finally:
         if not log_dir:
             out_path.unlink(missing_ok=True)
     inner = rep[iid]
+    if inner.get("infra_failure"):
+        raise GradingInfraError(f"{iid}: the test environment failed while grading "
+                                f"({inner.get('infra_failure_reason')}); not scored")
     if touched:
         inner["tests_reset"] = touched
+    if seal is not None:
+        inner["seal"] = "verified" if seal.results is not None else seal.why
     if res.limit_hit:
         inner["limit_hit"] = res.limit_hit
     inner["eval_seconds"] = round(res.duration_s, 2)

@@ -150,6 +150,15 @@ def attack_patches(repo: Path) -> dict[str, str]:
         # a fix that lives in a new test file (collected, so it runs): test code is never the model's to change
         "fix_in_test_file": diff_of(repo, {"tests/test_zz_fix.py": "import calc\n\n"
                                            "calc.add.__code__ = (lambda a, b: a + b).__code__\n"}),
+        # a setup.py that, when the eval script reinstalls the package (as most SWE-bench ones do), drops a
+        # conftest, a .pth that loads the plugin at every start of Python, and a fake `pytest` command
+        "setup_py": diff_of(repo, {"calc/hooks.py": PASS_ALL, "setup.py": (
+            "import os, sysconfig\nfrom setuptools import setup\n\npaths = sysconfig.get_paths()\n"
+            "with open('/testbed/conftest.py', 'w') as f:\n    f.write('from calc.hooks import *\\n')\n"
+            "with open(os.path.join(paths['purelib'], 'zz_cwm.pth'), 'w') as f:\n"
+            "    f.write('import os; os.environ[\"PYTEST_ADDOPTS\"] = \"-p calc.hooks\"\\n')\n"
+            "with open(os.path.join(paths['scripts'], 'pytest'), 'w') as f:\n"
+            f"    f.write(\"#!/bin/sh\\nprintf '{FAKE_LINES}'\\n\")\nsetup()\n")}),
         # legitimate: the fix plus metadata, an ignore rule, a helper module and a test of the model's own
         "gold_plus_extras": diff_of(repo, {"calc/__init__.py": FIXED, "calc/util.py": "ANSWER = 42\n",
                                            "pyproject.toml": pyproject.replace('version = "0.1"', 'version = "0.2"'),
@@ -290,6 +299,28 @@ def test_test_code_the_patch_adds_or_edits_is_put_back(tiny, image):
     assert sorted(rep["tests_status"]["FAIL_TO_PASS"]["failure"]) == sorted(F2P)
     ok = _grade(tiny, image, "gold_plus_extras")             # metadata, ignore rules, helpers, own tests: fine
     assert ok["resolved"] and ok["seal"] == "verified" and ok["tests_reset"] == ["tests/test_mine.py"]
+
+
+def test_the_patchs_install_step_cannot_change_what_runs(tiny, image):
+    """SWE-bench eval scripts reinstall the package, running the patch's setup.py as root before the tests.
+    What it changed is checked between the script's setup and its tests: the gold patch still resolves."""
+    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.swe.dataset import make_eval_script
+    from cwm_envs.swe.harness import grade
+
+    row, _, patches = tiny
+    script = make_eval_script(row["base_commit"], row["test_patch"], row["test_cmd"], ["tests/test_calc.py", "tests/test_new.py"])
+    inst = instance_from_row({**row, "eval_script": script.replace("cd /testbed\n", "cd /testbed\npython -m pip install -e .\n")})
+    reports = {}
+    for name in ("gold", "setup_py"):
+        with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+            reports[name] = grade(inst, sb, patches[name], timeout=300)[inst.instance_id]
+    assert reports["gold"]["resolved"] and reports["gold"]["seal"] == "verified"
+    refused = "\n".join(reports["setup_py"]["refused"])
+    assert not reports["setup_py"]["resolved"]
+    for why in ("conftest.py: test-runner configuration", "zz_cwm.pth: a .pth line that runs code",
+                "bin/pytest: replaced"):
+        assert why in refused, refused
 
 
 def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path, capsys):

@@ -40,13 +40,46 @@ EXIT_MARK = ">>>>> Test Exit Code"
 _FAIL_LINE = re.compile(r"^(?:FAILED|ERROR)\s+(\S+)", re.M)
 
 
+HEADER = "#!/bin/bash\nset -uxo pipefail\n"
+# Lines of an eval script's setup that shape the shell the tests run in (activation, directory, variables).
+_SHELL_STATE = re.compile(r"^(?:source |\. |conda activate |cd |export |unset )")
+
+
 def with_exit_code(eval_script: str) -> str:
     """The eval script, recording the test command's exit status after the end marker (swebench 5.x's
     own `record_test_exit_code`), so `get_logs_eval` can cross-check the log against it."""
     from swebench.harness.utils import parse_eval_script, record_test_exit_code
 
     lines = record_test_exit_code(parse_eval_script(eval_script))
-    return "\n".join(["#!/bin/bash", "set -uxo pipefail", *lines]) + "\n"
+    return HEADER + "\n".join(lines) + "\n"
+
+
+def split_eval(script: str) -> tuple[str, str] | None:
+    """`with_exit_code`'s script cut at the start marker: the setup part (activation, install, test files
+    reset, test patch) and the test part, which first repeats the setup's shell-state lines (activation,
+    `cd`, `export`) so the tests run as in one script. Between the two the grader checks what the setup
+    did and every process it left is gone. None when the script has no such marker line.
+
+    >>> setup, tests = split_eval(HEADER + "source a\\ncd /testbed\\npip install -e .\\n: '>>>>> Start Test Output'\\nt\\n")
+    >>> tests.splitlines()[2:]
+    ['source a', 'cd /testbed', ": '>>>>> Start Test Output'", 't']
+    """
+    lines = script.split("\n")
+    marker = f": '{START}'"
+    if marker not in lines:
+        return None
+    at = lines.index(marker)
+    setup, state, heredoc = lines[:at], [], None
+    for line in setup[2:]:                               # skip the header; never read inside a here-document
+        if heredoc is not None:
+            heredoc = None if line == heredoc else heredoc
+            continue
+        m = re.search(r"<<-?\s*'?(\w+)'?\s*$", line)
+        if m:
+            heredoc = m.group(1)
+        elif _SHELL_STATE.match(line):
+            state.append(line)
+    return "\n".join(setup) + "\n", HEADER + "\n".join(state + lines[at:])
 
 
 def parser_names() -> list[str]:

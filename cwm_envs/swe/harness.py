@@ -30,10 +30,10 @@ from cwm_envs.errors import CwmError, InfraError, UsageError
 from cwm_envs.sandbox.base import Limits
 from cwm_envs.swe import patch_rules
 from cwm_envs.swe.dataset import SWEInstance
-from cwm_envs.swe.grading import Seal, grade_log, seal_applies, with_exit_code
+from cwm_envs.swe.grading import Seal, grade_log, seal_applies, split_eval, with_exit_code
 
 APPLY_CMDS = ("git apply --verbose", "git apply --verbose --3way", "patch --batch --fuzz=5 -p1 -i")
-PATCH_FILE, EVAL_FILE = "/tmp/patch.diff", "/eval.sh"
+PATCH_FILE, EVAL_FILE, SETUP_FILE, MARK = "/tmp/patch.diff", "/eval.sh", "/eval-setup.sh", "/run/cwm-eval.mark"
 EVAL_LIMITS = Limits(memory_mb=4096, processes=1024, output_bytes=64 << 20)
 DEFAULT_TIMEOUT = 1800.0
 # Every git the grader runs (its own and the eval script's): no hooks, no fsmonitor command, whatever the
@@ -53,7 +53,10 @@ print(json.dumps({
     "dirs": sorted({""} | {os.path.relpath(p, root) for p in sys.path if p.startswith(root + "/")}),
     "modules": sorted({m[1] for m in pkgutil.iter_modules(outside)} | set(sys.builtin_module_names)),
     "links": {p: os.path.realpath(os.path.join(root, p)) for p in paths if os.path.islink(os.path.join(root, p))},
-    "purelib": sysconfig.get_paths()["purelib"]}))
+    "purelib": sysconfig.get_paths()["purelib"],
+    "libdirs": sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}),
+    "commands": sorted({os.path.realpath(p) for p in [sys.executable] + [os.path.join(sysconfig.get_paths()["scripts"], n)
+                        for n in os.listdir(sysconfig.get_paths()["scripts"])] if os.path.isfile(p)})}))
 '''
 _IN_ENV = ("[ -f /opt/miniconda3/bin/activate ] && . /opt/miniconda3/bin/activate >/dev/null 2>&1 && "
            "conda activate testbed >/dev/null 2>&1; cd / && exec python -I -c \"$0\"")
@@ -148,10 +151,13 @@ def probe(sb, paths: list[str]) -> dict:
         raise InfraError(f"the test environment's Python did not answer: {(res.stdout + res.stderr).strip()[-300:]}") from None
 
 
-def refusals(sb, instance: SWEInstance, changed: list[str], created: list[str], facts: dict) -> list[str]:
-    """Why the files the patch really changed are refused (patch_rules.py), in the container's own terms."""
+def refusals(sb, instance: SWEInstance, changed: list[str], created: list[str], facts: dict,
+             build_products: bool = False) -> list[str]:
+    """Why the files changed in /testbed are refused (patch_rules.py), in the container's own terms: after
+    the patch is applied, and again after the eval script's setup part (`build_products`: its install may
+    write package metadata and bytecode, but no plugin entry point)."""
     scripts = patch_rules.runner_scripts(instance.eval_script)
-    found = [f"{p}: {why}" for p in changed if (why := patch_rules.refused_path(p, scripts))]
+    found = [f"{p}: {why}" for p in changed if (why := patch_rules.refused_path(p, scripts, build_products))]
     known = set(facts["modules"])
     for path in created:                                 # a new module on sys.path that hides an installed one
         for folder in facts["dirs"]:
@@ -160,14 +166,51 @@ def refusals(sb, instance: SWEInstance, changed: list[str], created: list[str], 
                 found.append(f"{path}: {why}")
     found += [f"{path}: {patch_rules.SYMLINK} to {target}" for path, target in facts["links"].items()]
     for path in changed:
-        if path.rsplit("/", 1)[-1].lower() in patch_rules.SHARED_CONFIG:
+        name = path.rsplit("/", 1)[-1].lower()
+        if name in patch_rules.SHARED_CONFIG:
             old = _sh(sb, f"git show {instance.base_commit}:'{_q(path)}' 2>/dev/null")
             new = _sh(sb, f"cat -- '{_q(path)}' 2>/dev/null")
             why = patch_rules.runner_config_change(path, old.stdout if old.exit_code == 0 else None,
                                                    new.stdout if new.exit_code == 0 else None)
             if why:
                 found.append(why)
+        elif build_products and name == "entry_points.txt":
+            why = patch_rules.install_record_problem(path, _sh(sb, f"cat -- '{_q(path)}' 2>/dev/null").stdout)
+            if why:
+                found.append(why)
     return list(dict.fromkeys(found))
+
+
+# What the tests run with: the shell, git, the activation, and the environment's interpreter and scripts.
+BASE_COMMANDS = ("/bin/bash", "/usr/bin/bash", "/bin/sh", "/usr/bin/env", "/usr/bin/git", "/opt/miniconda3/bin/activate")
+
+
+def command_hashes(sb, facts: dict) -> str:
+    """sha256 of every command the test part runs with (BASE_COMMANDS, the environment's python and scripts)."""
+    paths = " ".join(f"'{_q(p)}'" for p in (*BASE_COMMANDS, *facts["commands"]))
+    return sb.run(f"sha256sum {paths} 2>/dev/null", timeout=120, workdir="/").stdout
+
+
+def environment_changes(sb, facts: dict, commands_before: str) -> list[str]:
+    """What the eval's setup part (its install step runs the patch's setup.py) changed outside the tree that
+    would run before or inside the tests: a start-up hook or .pth import in the environment's libraries, a
+    pytest plugin entry point, a replaced shell, git, python or script. (Its install may rewrite the package's
+    own files and metadata; rewriting an installed library's code is out of reach of these checks.)"""
+    dirs = " ".join(f"'{_q(d)}'" for d in facts["libdirs"])
+    res = sb.run(f"find {dirs} -cnewer {MARK} ! -type d \\( -name '*.pth' -o -name entry_points.txt -o "
+                 f"-name sitecustomize.py -o -name usercustomize.py \\) -print 2>/dev/null", timeout=120, workdir="/")
+    found = []
+    for path in sorted(set(res.stdout.splitlines())):
+        why = patch_rules.install_record_problem(path, sb.run(["cat", "--", path], timeout=30).stdout)
+        if why:
+            found.append(why)
+    after = command_hashes(sb, facts)
+    if after != commands_before:
+        old = dict(ln.split("  ", 1)[::-1] for ln in commands_before.splitlines() if "  " in ln)
+        new = dict(ln.split("  ", 1)[::-1] for ln in after.splitlines() if "  " in ln)
+        found += [f"{p}: replaced (a command the tests run with)" for p in sorted(set(old) | set(new))
+                  if old.get(p) != new.get(p) and p in old]
+    return found
 
 
 def _q(path: str) -> str:
@@ -235,21 +278,10 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
     if reasons:
         return _refused(iid, reasons, apply_log)
     touched = reset_test_files(sandbox, instance, [p for p in changed if patch_rules.is_test_path(p)])
-    seal = Seal() if seal_applies(instance) else None
-    env = dict(GIT_ENV)
-    if seal is not None:                                 # the grader's plugin: outside the tree, a random name
-        sandbox.write_file(f"{facts['purelib']}/{seal.module}.py", seal.plugin_source())
-        sandbox.write_file(seal.key_path, seal.key)
-        env["PYTEST_ADDOPTS"] = f"-p {seal.module}"
     script = with_exit_code(instance.eval_script)
-    sandbox.write_file(EVAL_FILE, script)
-    res = sandbox.run(f"/bin/bash {EVAL_FILE} 2>&1", timeout=timeout, workdir="/testbed", env=env)
-    output = res.stdout + (f"\n\nTimeout error: {timeout:.0f} seconds exceeded." if res.timed_out else "")
-    if seal is not None:
-        try:
-            seal.read(sandbox.read_file(seal.out_path))
-        except (FileNotFoundError, IsADirectoryError):
-            seal.read(None)
+    parts = split_eval(script)
+    seal = Seal() if seal_applies(instance) and parts else None
+    output, res, reasons = _run_eval(sandbox, instance, script, parts, seal, facts, timeout)
     if log_dir:
         (log_dir / "eval.sh").write_text(script)
         out_path = log_dir / "test_output.txt"
@@ -264,6 +296,8 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
         if res.timed_out:
             raise EvalTimeout(f"{iid}: the eval script ran past {timeout:.0f} s (an infrastructure fault: "
                               "the gold patch runs in time; not scored)")
+        if reasons:                                      # the patch's install step changed what runs
+            return _refused(iid, reasons, apply_log)
         rep = grade_log(instance, patch, out_path, seal)
     finally:
         if not log_dir:
@@ -280,6 +314,70 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
         inner["limit_hit"] = res.limit_hit
     inner["eval_seconds"] = round(res.duration_s, 2)
     return rep
+
+
+@dataclass
+class _EvalRun:
+    """What running the eval script came to (both parts together)."""
+
+    timed_out: bool = False
+    limit_hit: str | None = None
+    duration_s: float = 0.0
+
+
+def _run_eval(sb, instance: SWEInstance, script: str, parts: tuple[str, str] | None, seal: Seal | None,
+              facts: dict, timeout: float) -> tuple[str, _EvalRun, list[str]]:
+    """Run the eval script: its setup part, then (after checking what the setup changed, with every process
+    it left gone: the sandbox ends them when a run returns) its test part with the seal plugin loaded.
+    Returns (log, outcome, why the setup's changes are refused)."""
+    run, outputs, reasons = _EvalRun(), [], []
+    deadline = time.monotonic() + timeout
+
+    def part(path: str, text: str, env: dict) -> bool:
+        sb.write_file(path, text)
+        res = sb.run(f"/bin/bash {path} 2>&1", timeout=max(1.0, deadline - time.monotonic()), workdir="/testbed",
+                     env=env)
+        outputs.append(res.stdout)
+        run.timed_out, run.limit_hit = res.timed_out, run.limit_hit or res.limit_hit
+        run.duration_s += res.duration_s
+        return not res.timed_out
+
+    if parts is None:                                    # no start marker line: run it whole, unchecked
+        part(EVAL_FILE, script, GIT_ENV)
+    else:
+        before, git_before = tree_state(sb)
+        commands = command_hashes(sb, facts)
+        _sh(sb, f"touch {MARK}")
+        if part(SETUP_FILE, parts[0], GIT_ENV):
+            reasons = [f"during the eval's setup: {r}" for r in _setup_refusals(sb, instance, before, git_before,
+                                                                                 commands)]
+            env = dict(GIT_ENV)
+            if seal is not None and not reasons:         # only now: nothing of the setup can read the key
+                sb.write_file(f"{facts['purelib']}/{seal.module}.py", seal.plugin_source())
+                sb.write_file(seal.key_path, seal.key)
+                env["PYTEST_ADDOPTS"] = f"-p {seal.module}"
+            if not reasons:
+                part(EVAL_FILE, parts[1], env)
+    output = "".join(outputs) + (f"\n\nTimeout error: {timeout:.0f} seconds exceeded." if run.timed_out else "")
+    if seal is not None and not run.timed_out and not reasons:
+        try:
+            seal.read(sb.read_file(seal.out_path))
+        except (FileNotFoundError, IsADirectoryError):
+            seal.read(None)
+    return output, run, reasons
+
+
+def _setup_refusals(sb, instance: SWEInstance, before: dict[str, str], git_before: str, commands: str) -> list[str]:
+    """Why what the eval's setup part changed is refused: the patch rules again on the tree (the test
+    patch's own files aside; the install's metadata and bytecode allowed), plus environment_changes."""
+    after, git_after = tree_state(sb)
+    changed = [p for p in changed_paths(before, after) if p not in instance.test_files]
+    created = [p for p in changed if p not in before and after.get(p, " ")[0] in "?!ARC"]
+    facts = probe(sb, changed)
+    found = refusals(sb, instance, changed, created, facts, build_products=True)
+    if git_after != git_before:
+        found.append(".git: git's own settings, hooks or attributes changed")
+    return found + environment_changes(sb, facts, commands)
 
 
 def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str | Path | None,

@@ -114,8 +114,9 @@ def is_test_path(path: str) -> bool:
             or name == "tests.py")
 
 
-def refused_path(path: str, runner_scripts: tuple[str, ...] = ()) -> str | None:
-    """Why a patch may not create, change or delete `path` (relative to the repository root), or None."""
+def refused_path(path: str, runner_scripts: tuple[str, ...] = (), build_products: bool = False) -> str | None:
+    """Why a patch may not create, change or delete `path` (relative to the repository root), or None.
+    `build_products`: allow what an install step writes into the tree itself (package metadata, bytecode)."""
     if not path or path.startswith("/") or "\\" in path:
         return f"a path outside the repository ({path!r})"
     parts = path.split("/")
@@ -132,11 +133,11 @@ def refused_path(path: str, runner_scripts: tuple[str, ...] = ()) -> str | None:
             return f"test-runner configuration ({part})"
         if part in STARTUP_FILES or part.endswith(".pth"):
             return f"an interpreter start-up hook ({part})"
-        if part.endswith((".dist-info", ".egg-info")):
+        if part.endswith((".dist-info", ".egg-info")) and not build_products:
             return f"package metadata ({part}: it names the plugins pytest loads)"
     if posixpath.normpath(path) in {posixpath.normpath(s) for s in runner_scripts}:
         return f"the test runner itself ({path})"
-    if "__pycache__" in lowered or name.endswith((".pyc", ".pyo")):
+    if ("__pycache__" in lowered or name.endswith((".pyc", ".pyo"))) and not build_products:
         return f"compiled Python ({path})"
     return None
 
@@ -262,3 +263,35 @@ def runner_scripts(eval_script: str) -> tuple[str, ...]:
         if words and "/" in words[0] and not words[0].startswith("/") and not words[0].startswith("-"):
             found.append(posixpath.normpath(words[0]))
     return tuple(dict.fromkeys(found))
+
+
+# --- what an install step may leave in the test environment ---------------------------------------------------
+
+# The lines setuptools and pip write into .pth files (editable installs, easy-install.pth): nothing else imports.
+_PTH_IMPORTS = re.compile(r"import __editable___[\w.-]+_finder; __editable___[\w.-]+_finder\.install\([^()]*\)"
+                          r"|import sys; sys\.__plen = len\(sys\.path\)"
+                          r"|import sys; new = sys\.path\[sys\.__plen:\]; del sys\.path\[sys\.__plen:\]; "
+                          r"p = getattr\(sys, '__egginsert', 0\); sys\.path\[p:p\] = new; sys\.__egginsert = p \+ len\(new\)")
+
+
+def install_record_problem(path: str, text: str) -> str | None:
+    """Why a file an install step wrote into the test environment would change what runs: a start-up hook
+    (sitecustomize, usercustomize), a .pth line that imports anything but setuptools' own finder, an entry
+    point that registers a pytest plugin.
+
+    >>> install_record_problem("easy-install.pth", "/testbed\\nimport sys; sys.__plen = len(sys.path)\\n") is None
+    True
+    >>> install_record_problem("x.pth", "import calc.hooks\\n")
+    'x.pth: a .pth line that runs code at every start of Python'
+    """
+    name = path.rsplit("/", 1)[-1]
+    if name in STARTUP_FILES:
+        return f"{path}: an interpreter start-up hook"
+    if path.endswith(".pth"):
+        for line in text.splitlines():
+            if line.startswith(("import ", "import\t")) and not _PTH_IMPORTS.fullmatch(line.strip()):
+                return f"{path}: a .pth line that runs code at every start of Python"
+    if path.endswith("entry_points.txt") and re.search(r"^\s*\[\s*pytest11\s*\]", text, re.M):
+        return f"{path}: registers a pytest plugin (pytest11)"
+    return None
+

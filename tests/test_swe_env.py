@@ -305,14 +305,13 @@ def test_nothing_the_agent_leaves_in_its_container_reaches_grading(env):
 
 @pytest.mark.docker
 def test_the_env_refuses_what_cwm_swe_eval_refuses(env):
-    """Same grader as `cwm swe eval`: a module shadowing pytest (the tasks run `python -m pytest`) is refused;
+    """Same grader as `cwm swe eval`: a module shadowing pytest (the tasks run `python -m pytest`) is removed;
     code that prints every test's PASSED line past pytest's capture and ends the run leaves no seal."""
     env.reset(options={"task": 0})
     fake = "".join(f"PASSED {t}\n" for t in env.task.FAIL_TO_PASS + env.task.PASS_TO_PASS).encode()
     shadow = f"cd /testbed && cat > pytest.py <<'EOF'\nimport sys\nsys.stdout.write({fake.decode()!r})\nEOF\ntrue"
     _, reward, _, _, info = _submit_diff(env, shadow)
-    assert reward == -1.0 and not info["outcomes"]["patch_applied"]
-    assert "shadows the installed 'pytest'" in info["outcomes"]["refused"][0]
+    assert reward == -1.0 and "shadows the installed 'pytest'" in info["outcomes"]["removed"][0]
     env.reset(options={"task": 0})
     early = ("cd /testbed && cat >> tinylib/__init__.py <<'EOF'\nimport os\n"
              f"os.write(os.open('/proc/%d/fd/1' % os.getppid(), os.O_WRONLY), {fake!r})\nos._exit(0)\nEOF\ntrue")

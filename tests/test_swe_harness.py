@@ -239,8 +239,7 @@ REFUSED_BEFORE_APPLY = {"conftest_root": "test-runner configuration", "conftest_
                         "pytest_ini": "test-runner configuration", "tox_ini": "test-runner configuration",
                         "entry_point": "pytest11", "git_hook": "git itself", "git_hooks_path": "git itself",
                         "gitattributes": "git configuration", "sitecustomize": "start-up hook",
-                        "pyc": "compiled Python", "symlink_out": "a symlink",
-                        "shadow_pytest": "shadows the installed 'pytest'", "shadow_stdlib": "shadows the installed 'argparse'"}
+                        "pyc": "compiled Python", "symlink_out": "a symlink"}
 
 
 def test_patches_that_change_what_runs_are_refused_before_they_touch_the_tree(tiny, image):
@@ -260,12 +259,26 @@ def test_patches_that_change_what_runs_are_refused_before_they_touch_the_tree(ti
 
 
 @pytest.mark.parametrize("name, why", [("setup_cfg", "setup.cfg: its test-runner sections change"),
-                                       ("pyproject", "pyproject.toml: its test-runner sections change"),
-                                       ("shadow_installed", "shadows the installed 'wheel'")])
+                                       ("pyproject", "pyproject.toml: its test-runner sections change")])
 def test_patches_whose_applied_files_change_the_runner_are_refused(tiny, image, name, why):
     rep = _grade(tiny, image, name)
     assert not rep["resolved"] and not rep["patch_successfully_applied"]
     assert any(why in r for r in rep["refused"]), rep["refused"]
+
+
+def test_new_modules_that_shadow_installed_ones_are_removed(tiny, image):
+    """With `python -m pytest` the root comes first on sys.path: a `pytest.py` there is the runner."""
+    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.swe.harness import grade
+
+    row, _, patches = tiny
+    inst = instance_from_row({**row, "test_cmd": "python -m pytest -rA tests"})
+    for name, module in (("shadow_pytest", "pytest.py"), ("shadow_stdlib", "argparse.py"), ("shadow_installed", "wheel.py")):
+        with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+            rep = grade(inst, sb, patches[name], timeout=120)[inst.instance_id]
+        assert not rep["resolved"] and rep["seal"] == "verified", name
+        assert rep["removed"] == [f"{module}: a new module that shadows the installed '{module[:-3]}' ({module})"]
+        assert sorted(rep["tests_status"]["FAIL_TO_PASS"]["failure"]) == sorted(F2P)
 
 
 def test_git_runs_without_hooks_while_grading(tiny, image):

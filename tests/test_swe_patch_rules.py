@@ -53,11 +53,6 @@ REFUSED = {
     # symlinks, wherever they point
     "symlink out": new_file("pkg/lib", "/usr/lib/python3", "120000"),
     "symlink in": new_file("pkg/alias.py", "../tests/test_x.py", "120000"),
-    # new modules that shadow the runner or the standard library (the root is first on sys.path for `-m pytest`)
-    "shadow pytest": new_file("pytest.py"),
-    "shadow _pytest": new_file("_pytest/__init__.py"),
-    "shadow stdlib": new_file("argparse.py"),
-    "shadow stdlib extension": new_file("json.cpython-311-x86_64-linux-gnu.so"),
 }
 
 
@@ -81,8 +76,17 @@ def test_ordinary_changes_pass():
     assert patch_rules.patch_violations(ok) == []
 
 
+@pytest.mark.parametrize("path, module", [("pytest.py", "pytest"), ("_pytest/__init__.py", "_pytest"),
+                                          ("argparse.py", "argparse"), ("json.cpython-311-x86_64-linux-gnu.so", "json"),
+                                          ("sitecustomize/__init__.py", "sitecustomize")])
+def test_new_modules_that_shadow_the_runner_or_the_stdlib_are_named(path, module):
+    """Relative to a folder on sys.path (the harness removes them before the tests run)."""
+    assert patch_rules.shadowing(path) == f"a new module that shadows the installed {module!r} ({path})"
+    assert patch_rules.shadowing("reproduce.py") is None and patch_rules.shadowing("pkg/argparse.py") is None
+
+
 def test_test_code_is_told_apart_from_code():
-    tests = ["tests/test_x.py", "pkg/tests/helpers.py", "testing/util.py", "pkg/test_y.py", "pkg/y_test.py", "tests.py"]
+    tests = ["tests/test_x.py", "pkg/tests/helpers.py", "testing/util.py", "pkg/test_y.py", "pkg/y_test.py", "test.py"]
     code = ["pkg/testing_utils.py", "src/_pytest/python.py", "sympy/utilities/randtest.py", "pkg/contest.py"]
     assert all(patch_rules.is_test_path(p) for p in tests) and not any(patch_rules.is_test_path(p) for p in code)
 

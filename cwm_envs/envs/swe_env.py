@@ -309,8 +309,8 @@ class SWEEnv(gym.Env):
         result = swe_reward(bool(report.get("resolved")), patch, self.task.patch, self.similarity_weight, reason)
         outcomes = {**result.outcomes, "reason": reason, "patch_applied": report.get("patch_successfully_applied"),
                     "tests_status": report.get("tests_status")}
-        for key in ("refused", "tests_reset", "guard", "conflicting_tests", "unconfirmed_tests", "seal", "eval_seconds",
-                    "grade_s"):
+        for key in ("refused", "tests_reset", "removed", "guard", "conflicting_tests", "unconfirmed_tests", "seal",
+                    "eval_seconds", "grade_s"):
             if key in report:
                 outcomes[key] = report[key]
         info.update(outcomes=outcomes, resolved=outcomes["resolved"], reason=reason, submission=patch,

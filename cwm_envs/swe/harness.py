@@ -142,6 +142,11 @@ def changed_paths(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
 
 
+def created_paths(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Paths that exist in `after` only: untracked, ignored, or added to the index (`git apply --3way`)."""
+    return sorted(p for p in after if p not in before and after[p][0] in "?!ARC")
+
+
 def probe(sb, paths: list[str]) -> dict:
     """What the test environment's Python says about the changed paths (see _PROBE)."""
     res = sb.run(["bash", "-c", _IN_ENV, _PROBE], stdin=json.dumps(paths), timeout=120, workdir="/")
@@ -151,19 +156,12 @@ def probe(sb, paths: list[str]) -> dict:
         raise InfraError(f"the test environment's Python did not answer: {(res.stdout + res.stderr).strip()[-300:]}") from None
 
 
-def refusals(sb, instance: SWEInstance, changed: list[str], created: list[str], facts: dict,
-             build_products: bool = False) -> list[str]:
+def refusals(sb, instance: SWEInstance, changed: list[str], facts: dict, build_products: bool = False) -> list[str]:
     """Why the files changed in /testbed are refused (patch_rules.py), in the container's own terms: after
     the patch is applied, and again after the eval script's setup part (`build_products`: its install may
     write package metadata and bytecode, but no plugin entry point)."""
     scripts = patch_rules.runner_scripts(instance.eval_script)
     found = [f"{p}: {why}" for p in changed if (why := patch_rules.refused_path(p, scripts, build_products))]
-    known = set(facts["modules"])
-    for path in created:                                 # a new module on sys.path that hides an installed one
-        for folder in facts["dirs"]:
-            rel = path if folder == "" else path[len(folder) + 1:] if path.startswith(folder + "/") else None
-            if rel and (why := patch_rules.shadowing(rel, known)):
-                found.append(f"{path}: {why}")
     found += [f"{path}: {patch_rules.SYMLINK} to {target}" for path, target in facts["links"].items()]
     for path in changed:
         name = path.rsplit("/", 1)[-1].lower()
@@ -179,6 +177,21 @@ def refusals(sb, instance: SWEInstance, changed: list[str], created: list[str], 
             if why:
                 found.append(why)
     return list(dict.fromkeys(found))
+
+
+def shadows(created: list[str], facts: dict) -> dict[str, str]:
+    """{path: why} for new files that make a module on sys.path hide an installed one (`pytest.py` at the
+    root, `_pytest/...`): every new file of such a module, in any folder on sys.path."""
+    found = {}
+    for folder in facts["dirs"]:
+        prefix = "" if folder == "" else folder + "/"
+        rels = [p[len(prefix):] for p in created if p.startswith(prefix)]
+        for rel in rels:
+            why = patch_rules.shadowing(rel, set(facts["modules"]))
+            if why:
+                top = rel.split("/", 1)[0]
+                found.update({prefix + r: why for r in rels if r == rel or r.startswith(top + "/")})
+    return found
 
 
 # What the tests run with: the shell, git, the activation, and the environment's interpreter and scripts.
@@ -270,14 +283,16 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
         return rep
     after, git_after = tree_state(sandbox)
     changed = changed_paths(before, after)
-    created = [p for p in changed if p not in before and after.get(p, " ")[0] in "?!ARC"]
     facts = probe(sandbox, changed)
-    reasons = refusals(sandbox, instance, changed, created, facts)
+    reasons = refusals(sandbox, instance, changed, facts)
     if git_after != git_before:
         reasons.append(".git: git's own settings, hooks or attributes changed")
     if reasons:
         return _refused(iid, reasons, apply_log)
     touched = reset_test_files(sandbox, instance, [p for p in changed if patch_rules.is_test_path(p)])
+    shadowing = {p: why for p, why in shadows(created_paths(before, after), facts).items() if p not in touched}
+    if shadowing:                                        # a scratch `code.py` at the root, or a fake `pytest.py`
+        _sh(sandbox, "rm -f -- " + " ".join(f"'{_q(p)}'" for p in shadowing))
     script = with_exit_code(instance.eval_script)
     parts = split_eval(script)
     seal = Seal() if seal_applies(instance) and parts else None
@@ -308,6 +323,8 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
                                 f"({inner.get('infra_failure_reason')}); not scored")
     if touched:
         inner["tests_reset"] = touched
+    if shadowing:
+        inner["removed"] = [f"{p}: {why}" for p, why in shadowing.items()]
     if seal is not None:
         inner["seal"] = "verified" if seal.results is not None else seal.why
     if res.limit_hit:
@@ -334,9 +351,12 @@ def _run_eval(sb, instance: SWEInstance, script: str, parts: tuple[str, str] | N
     deadline = time.monotonic() + timeout
 
     def part(path: str, text: str, env: dict) -> bool:
+        left = deadline - time.monotonic()
+        if left <= 0:                                    # the setup part and the checks took it all
+            run.timed_out = True
+            return False
         sb.write_file(path, text)
-        res = sb.run(f"/bin/bash {path} 2>&1", timeout=max(1.0, deadline - time.monotonic()), workdir="/testbed",
-                     env=env)
+        res = sb.run(f"/bin/bash {path} 2>&1", timeout=left, workdir="/testbed", env=env)
         outputs.append(res.stdout)
         run.timed_out, run.limit_hit = res.timed_out, run.limit_hit or res.limit_hit
         run.duration_s += res.duration_s
@@ -372,9 +392,10 @@ def _setup_refusals(sb, instance: SWEInstance, before: dict[str, str], git_befor
     patch's own files aside; the install's metadata and bytecode allowed), plus environment_changes."""
     after, git_after = tree_state(sb)
     changed = [p for p in changed_paths(before, after) if p not in instance.test_files]
-    created = [p for p in changed if p not in before and after.get(p, " ")[0] in "?!ARC"]
     facts = probe(sb, changed)
-    found = refusals(sb, instance, changed, created, facts, build_products=True)
+    found = refusals(sb, instance, changed, facts, build_products=True)
+    found += [f"{p}: {why}" for p, why in shadows(created_paths(before, after), facts).items()
+              if p not in instance.test_files]
     if git_after != git_before:
         found.append(".git: git's own settings, hooks or attributes changed")
     return found + environment_changes(sb, facts, commands)

@@ -17,13 +17,15 @@ Refused:
   `*.pyo`, `__pycache__/`;
 - package metadata (`*.dist-info/`, `*.egg-info/`: their entry points name the plugins pytest loads);
 - a symlink (out of the tree, into `.git`, onto test files: no gold patch needs one), and a path that
-  climbs out (`..`, absolute);
-- a new top-level module that shadows one the test environment has (stdlib, pytest, pluggy...): with
-  `python -m pytest` the repository root comes first on `sys.path`.
-Neutralised: test code (test files, anything under a test folder): the patch's edits are undone and new
-test files removed, so the tests that run are the task's (SWE-bench's gold patches never touch them).
+  climbs out (`..`, absolute).
+Neutralised (what an honest agent may leave behind, undone before the tests run):
+- test code (test files, `test.py`, anything under a test folder): the patch's edits are undone and its new
+  test files removed, so the tests that run are the task's (SWE-bench's gold patches never touch them);
+- a new top-level module that shadows one the test environment has (stdlib, pytest, pluggy...; a scratch
+  `code.py` at the root, say): removed, since with `python -m pytest` the root comes first on `sys.path`.
 
-Checked against every gold patch of SWE-bench Verified/Lite (tests/test_swe_harness.py): none is refused.
+Checked against every gold patch of SWE-bench Verified/Lite (tests/test_swe_patch_rules.py): none is
+refused or neutralised.
 
 >>> refused_path("tests/conftest.py"), refused_path("pkg/mod.py")
 ('test-runner configuration (conftest.py)', None)
@@ -46,15 +48,15 @@ STARTUP_FILES = {"sitecustomize.py", "usercustomize.py"}
 SHARED_CONFIG = {"setup.cfg", "pyproject.toml"}          # allowed, except for their test-runner sections
 TEST_DIRS = {"test", "tests", "testing"}
 # What the test runner imports besides the standard library: a new top-level module of that name shadows it.
-RUNNER_MODULES = {"sitecustomize", "usercustomize", "pytest", "_pytest", "py", "pluggy", "iniconfig", "packaging", "attr", "attrs", "more_itertools",
-                  "exceptiongroup", "tomli", "tomllib", "six", "setuptools", "pkg_resources", "_distutils_hack",
+RUNNER_MODULES = {"sitecustomize", "usercustomize", "pytest", "_pytest", "py", "pluggy", "iniconfig", "packaging",
+                  "attr", "attrs", "more_itertools", "exceptiongroup", "tomli", "tomllib", "six", "setuptools", "pkg_resources", "_distutils_hack",
                   "pip", "coverage", "pytest_cov", "xdist", "execnet", "hypothesis", "mock", "nose", "tox",
                   "pygments", "colorama", "typing_extensions", "importlib_metadata", "zipp"}
 SYMLINK = "a symlink (links lead the grader's file operations elsewhere; no gold patch makes one)"
 _STDLIB = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)
 # Every header line from which `git apply` or GNU `patch` (unified or context format) takes a file name.
-_HEADER = re.compile(r"^(?:diff --git (.+)|(?:---|\*\*\*) (.+)|\+\+\+ (.+)|(?:rename|copy) (?:from|to) (.+)|Index: (.+))$",
-                     re.M)
+_HEADER = re.compile(r"^(?:diff --git (.+)|(?:---|\*\*\*) (.+)|\+\+\+ (.+)|(?:rename|copy) (?:from|to) (.+)"
+                     r"|Index: (.+))$", re.M)
 
 
 def _unquote(name: str) -> str:
@@ -105,13 +107,13 @@ def patch_paths(patch: str) -> list[str]:
 def is_test_path(path: str) -> bool:
     """Test code: a test file, or anything under a test folder (SWE-bench's split between gold and test patch).
 
-    >>> [is_test_path(p) for p in ("tests/util.py", "pkg/test_x.py", "pkg/x_test.py", "tests.py", "pkg/x.py")]
+    >>> [is_test_path(p) for p in ("tests/util.py", "pkg/test_x.py", "pkg/x_test.py", "test.py", "pkg/x.py")]
     [True, True, True, True, False]
     """
     parts = path.split("/")
     name = parts[-1]
     return (any(p in TEST_DIRS for p in parts[:-1]) or name.startswith("test_") or name.endswith("_test.py")
-            or name == "tests.py")
+            or name in ("test.py", "tests.py"))
 
 
 def refused_path(path: str, runner_scripts: tuple[str, ...] = (), build_products: bool = False) -> str | None:
@@ -159,7 +161,11 @@ def top_level_module(path: str) -> str | None:
 
 
 def shadowing(path: str, known: set[str] | frozenset[str] = frozenset()) -> str | None:
-    """Why a new file at `path` (relative to a sys.path folder) shadows a module the tests rely on, or None."""
+    """Why a new file at `path` (relative to a sys.path folder) shadows a module the tests rely on, or None.
+
+    >>> shadowing("pytest.py"), shadowing("code.py") is not None, shadowing("reproduce.py")
+    ("a new module that shadows the installed 'pytest' (pytest.py)", True, None)
+    """
     module = top_level_module(path)
     if module and (module in _STDLIB or module in RUNNER_MODULES or module in known):
         return f"a new module that shadows the installed {module!r} ({path})"
@@ -178,19 +184,6 @@ def _blocks(patch: str) -> list[tuple[str, str]]:
     return out
 
 
-def created_paths(patch: str) -> list[str]:
-    """The paths the patch creates (new files, rename and copy targets).
-
-    >>> created_paths("--- /dev/null\\n+++ b/new.py\\n@@ -0,0 +1 @@\\n+x\\n"), created_paths("rename to pytest.py\\n")
-    (['new.py'], ['pytest.py'])
-    """
-    found = [_unquote(m.group(1)) for m in re.finditer(r"^(?:rename|copy) to (.+)$", patch or "", re.M)]
-    for m in re.finditer(r"^--- /dev/null\n\+\+\+ (.+)$", patch or "", re.M):
-        name = _unquote(m.group(1))
-        found.append(name.split("/", 1)[1] if "/" in name else name)
-    return list(dict.fromkeys(found))
-
-
 def patch_violations(patch: str, runner_scripts: tuple[str, ...] = ()) -> list[str]:
     """Why the patch text alone is refused (empty: go on). Checked before anything is applied.
 
@@ -198,7 +191,6 @@ def patch_violations(patch: str, runner_scripts: tuple[str, ...] = ()) -> list[s
     ['conftest.py: test-runner configuration (conftest.py)']
     """
     found = [f"{path}: {why}" for path in patch_paths(patch) if (why := refused_path(path, runner_scripts))]
-    found += [f"{path}: {why}" for path in created_paths(patch) if (why := shadowing(path))]
     for path, block in _blocks(patch):
         if re.search(r"^(?:new file mode|new mode) 120000$", block, re.M):
             found.append(f"{path}: {SYMLINK}")
@@ -240,7 +232,7 @@ def runner_config_change(path: str, before: str | None, after: str | None) -> st
     try:
         old, new = read(before or ""), read(after or "")
     except Exception as exc:                            # noqa: BLE001 - unreadable: the runner might read it otherwise
-        return f"{path}: cannot be read as {name} after the patch ({type(exc).__name__}), so its runner sections cannot be checked"
+        return f"{path}: cannot be read as {name} ({type(exc).__name__}): its runner sections cannot be checked"
     if old != new:
         return f"{path}: its test-runner sections change (pytest/tox settings)"
     return None
@@ -271,7 +263,8 @@ def runner_scripts(eval_script: str) -> tuple[str, ...]:
 _PTH_IMPORTS = re.compile(r"import __editable___[\w.-]+_finder; __editable___[\w.-]+_finder\.install\([^()]*\)"
                           r"|import sys; sys\.__plen = len\(sys\.path\)"
                           r"|import sys; new = sys\.path\[sys\.__plen:\]; del sys\.path\[sys\.__plen:\]; "
-                          r"p = getattr\(sys, '__egginsert', 0\); sys\.path\[p:p\] = new; sys\.__egginsert = p \+ len\(new\)")
+                          r"p = getattr\(sys, '__egginsert', 0\); sys\.path\[p:p\] = new; "
+                          r"sys\.__egginsert = p \+ len\(new\)")
 
 
 def install_record_problem(path: str, text: str) -> str | None:

@@ -358,6 +358,14 @@ def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path, capsy
     preds.write_text(json.dumps({"instance_id": "own__calc-1", "model_patch": "", "model_name_or_path": "m"}) + "\n")
     assert main(args + ["--predictions", str(preds), "--out", str(tmp_path / "o2")]) == 0
     assert "resolved 0/1" in capsys.readouterr().out and (tmp_path / "o2" / "m.cwm.json").exists()
+    # the same grader as the env's: a patch that ends the run after printing PASSED lines resolves nothing
+    preds.write_text(json.dumps({"instance_id": "own__calc-1", "model_patch": patches["early_exit"],
+                                 "model_name_or_path": "m"}) + "\n")
+    assert main(args + ["--predictions", str(preds), "--out", str(tmp_path / "o4")]) == 0
+    assert "resolved 0/1" in capsys.readouterr().out
+    report = json.loads((tmp_path / "o4" / "logs" / "own__calc-1" / "report.json").read_text())["own__calc-1"]
+    assert "no seal" in report["guard"] and "PASSED tests/test_calc.py::test_add" in \
+        (tmp_path / "o4" / "logs" / "own__calc-1" / "test_output.txt").read_text()
     bad = subprocess.run([sys.executable, "-m", "cwm_envs.cli", *args, "--out", str(tmp_path / "o3")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "either --predictions FILE or --gold" in bad.stderr

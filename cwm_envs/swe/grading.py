@@ -60,7 +60,8 @@ def split_eval(script: str) -> tuple[str, str] | None:
     `cd`, `export`) so the tests run as in one script. Between the two the grader checks what the setup
     did and every process it left is gone. None when the script has no such marker line.
 
-    >>> setup, tests = split_eval(HEADER + "source a\\ncd /testbed\\npip install -e .\\n: '>>>>> Start Test Output'\\nt\\n")
+    >>> script = HEADER + "source a\\ncd /testbed\\npip install -e .\\n: '>>>>> Start Test Output'\\nt\\n"
+    >>> setup, tests = split_eval(script)
     >>> tests.splitlines()[2:]
     ['source a', 'cd /testbed', ": '>>>>> Start Test Output'", 't']
     """
@@ -208,9 +209,8 @@ def seal_applies(instance) -> bool:
     if instance.log_parser not in PYTEST_PARSERS:
         return False
     section = instance.eval_script.split(START, 1)[-1].split(END, 1)[0]
-    runs = re.findall(r"(?:^|[;&|]\s*|\s)(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:py\.test|pytest|python3?(?:\.\d+)?\s+-m\s+pytest)"
-                      r"(?=\s|$)", section, re.M)
-    return len(runs) == 1 and "PYTEST_ADDOPTS" not in section
+    runs = re.findall(r"(?:^|\s)(?:py\.test|pytest|python3?(?:\.\d+)?\s+-m\s+pytest)(?=\s|$)", section, re.M)
+    return len(runs) == 1 and "PYTEST_ADDOPTS" not in instance.eval_script
 
 
 def unconfirmed_tests(instance, status_map: dict[str, str], seal: Seal) -> list[str]:

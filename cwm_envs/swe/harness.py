@@ -4,10 +4,12 @@ Per instance: the instance image (images.py) starts as a `DockerSandbox` with th
 applied like the official harness does (`git apply`, then `--3way`, then `patch --fuzz=5`), but only after
 its text passes the rules of patch_rules.py, and the files it really changed pass them again afterwards
 (refused: the patch counts as not applied, `refused` says why); test code it touched, and the test patch's
-files, are put back at the base commit; the dataset's eval script runs unchanged except for the line that
-records the test command's exit status, with git's hooks and fsmonitor off (`GIT_ENV`) and, for pytest,
-the grader's seal plugin loaded; the log is graded by SWE-bench's parser and rules plus our guards
-(grading.py). The same `grade()` serves `cwm swe eval` and `cwm/SWE-v0`, always in a fresh container.
+files, are put back at the base commit, and new modules that shadow installed ones are removed. The
+dataset's eval script runs unchanged but for the line that records the test command's exit status, with
+git's hooks and fsmonitor off (`GIT_ENV`), in two parts: its setup (activation, reinstall, test patch),
+then, once the grader has checked what the setup changed, its tests, with the grader's seal plugin loaded
+for pytest. The log is graded by SWE-bench's parser and rules plus our guards (grading.py). The same
+`grade()` serves `cwm swe eval` and `cwm/SWE-v0`, always in a fresh container of the instance image.
 
 Outcomes, as in the official run summary: `resolved`, `unresolved` (also a patch that does not apply),
 `empty_patch` (not run), `error` (infrastructure: image build, timeout, Docker fault, retried once and
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cwm_envs.errors import CwmError, InfraError, UsageError
+from cwm_envs.errors import CwmError, InfraError, SandboxError, UsageError
 from cwm_envs.sandbox.base import Limits
 from cwm_envs.swe import patch_rules
 from cwm_envs.swe.dataset import SWEInstance
@@ -55,8 +57,9 @@ print(json.dumps({
     "links": {p: os.path.realpath(os.path.join(root, p)) for p in paths if os.path.islink(os.path.join(root, p))},
     "purelib": sysconfig.get_paths()["purelib"],
     "libdirs": sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}),
-    "commands": sorted({os.path.realpath(p) for p in [sys.executable] + [os.path.join(sysconfig.get_paths()["scripts"], n)
-                        for n in os.listdir(sysconfig.get_paths()["scripts"])] if os.path.isfile(p)})}))
+    "commands": sorted({os.path.realpath(p) for p in [sys.executable] + [
+        os.path.join(sysconfig.get_paths()["scripts"], n) for n in os.listdir(sysconfig.get_paths()["scripts"])]
+        if os.path.isfile(p)})}))
 '''
 _IN_ENV = ("[ -f /opt/miniconda3/bin/activate ] && . /opt/miniconda3/bin/activate >/dev/null 2>&1 && "
            "conda activate testbed >/dev/null 2>&1; cd / && exec python -I -c \"$0\"")
@@ -153,7 +156,8 @@ def probe(sb, paths: list[str]) -> dict:
     try:
         return json.loads(res.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
-        raise InfraError(f"the test environment's Python did not answer: {(res.stdout + res.stderr).strip()[-300:]}") from None
+        why = (res.stdout + res.stderr).strip()[-300:]
+        raise InfraError(f"the test environment's Python did not answer: {why}") from None
 
 
 def refusals(sb, instance: SWEInstance, changed: list[str], facts: dict, build_products: bool = False) -> list[str]:
@@ -195,7 +199,8 @@ def shadows(created: list[str], facts: dict) -> dict[str, str]:
 
 
 # What the tests run with: the shell, git, the activation, and the environment's interpreter and scripts.
-BASE_COMMANDS = ("/bin/bash", "/usr/bin/bash", "/bin/sh", "/usr/bin/env", "/usr/bin/git", "/opt/miniconda3/bin/activate")
+BASE_COMMANDS = ("/bin/bash", "/usr/bin/bash", "/bin/sh", "/usr/bin/env", "/usr/bin/git",
+                 "/opt/miniconda3/bin/activate")
 
 
 def command_hashes(sb, facts: dict) -> str:
@@ -367,7 +372,8 @@ def _run_eval(sb, instance: SWEInstance, script: str, parts: tuple[str, str] | N
     else:
         before, git_before = tree_state(sb)
         commands = command_hashes(sb, facts)
-        _sh(sb, f"touch {MARK}")
+        if _sh(sb, f"mkdir -p {MARK.rsplit('/', 1)[0]} && touch {MARK}").exit_code != 0:
+            raise InfraError(f"cannot write {MARK} in the container")
         if part(SETUP_FILE, parts[0], GIT_ENV):
             reasons = [f"during the eval's setup: {r}" for r in _setup_refusals(sb, instance, before, git_before,
                                                                                  commands)]
@@ -390,9 +396,14 @@ def _run_eval(sb, instance: SWEInstance, script: str, parts: tuple[str, str] | N
 def _setup_refusals(sb, instance: SWEInstance, before: dict[str, str], git_before: str, commands: str) -> list[str]:
     """Why what the eval's setup part changed is refused: the patch rules again on the tree (the test
     patch's own files aside; the install's metadata and bytecode allowed), plus environment_changes."""
-    after, git_after = tree_state(sb)
-    changed = [p for p in changed_paths(before, after) if p not in instance.test_files]
-    facts = probe(sb, changed)
+    try:
+        after, git_after = tree_state(sb)
+        changed = [p for p in changed_paths(before, after) if p not in instance.test_files]
+        facts = probe(sb, changed)
+    except SandboxError:                                 # Docker itself: the machinery's fault
+        raise
+    except InfraError as exc:                            # git and python answered before the setup: it broke them
+        return [f"the test environment no longer works ({exc})"]
     found = refusals(sb, instance, changed, facts, build_products=True)
     found += [f"{p}: {why}" for p, why in shadows(created_paths(before, after), facts).items()
               if p not in instance.test_files]

@@ -49,9 +49,9 @@ SHARED_CONFIG = {"setup.cfg", "pyproject.toml"}          # allowed, except for t
 TEST_DIRS = {"test", "tests", "testing"}
 # What the test runner imports besides the standard library: a new top-level module of that name shadows it.
 RUNNER_MODULES = {"sitecustomize", "usercustomize", "pytest", "_pytest", "py", "pluggy", "iniconfig", "packaging",
-                  "attr", "attrs", "more_itertools", "exceptiongroup", "tomli", "tomllib", "six", "setuptools", "pkg_resources", "_distutils_hack",
-                  "pip", "coverage", "pytest_cov", "xdist", "execnet", "hypothesis", "mock", "nose", "tox",
-                  "pygments", "colorama", "typing_extensions", "importlib_metadata", "zipp"}
+                  "attr", "attrs", "more_itertools", "exceptiongroup", "tomli", "tomllib", "six", "setuptools",
+                  "pkg_resources", "_distutils_hack", "pip", "coverage", "pytest_cov", "xdist", "execnet", "hypothesis",
+                  "mock", "nose", "tox", "pygments", "colorama", "typing_extensions", "importlib_metadata", "zipp"}
 SYMLINK = "a symlink (links lead the grader's file operations elsewhere; no gold patch makes one)"
 _STDLIB = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)
 # Every header line from which `git apply` or GNU `patch` (unified or context format) takes a file name.

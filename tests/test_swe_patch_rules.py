@@ -137,6 +137,8 @@ def _instance(test_cmd: str, parser: str = "parse_log_pytest"):
     ("pytest -rA t.py", "parse_log_pytest", True),
     ("python -m pytest -rA -p no:cacheprovider tests", "parse_log_pytest", True),
     ("PYTHONWARNINGS=x py.test -rA t.py", "parse_log_pytest_v2", True),
+    ("pytest -rA tests/test_blueprints.py", "parse_log_flask", True),          # a repository's alias
+    ("pytest -rA t.py", "parse_log_sympy", False),
     ("tox --current-env -epy39 -v -- t.py", "parse_log_sphinx", False),       # tox starts pytest itself
     ("./tests/runtests.py --verbosity 2 a", "parse_log_django", False),
     ("pytest -rA a.py; pytest -rA b.py", "parse_log_pytest", False),          # one seal, one session

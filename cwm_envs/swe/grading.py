@@ -164,7 +164,8 @@ def pytest_configure(config):
         _pending.append(None)
 '''
 
-# Parsers that read pytest's own status lines: the seal can be checked against what they read.
+# Parsers that read pytest's own status lines (each repository's name for them aliases one of these): the
+# seal can be checked against what they read.
 PYTEST_PARSERS = ("parse_log_pytest", "parse_log_pytest_options", "parse_log_pytest_v2", "parse_log_matplotlib",
                   "parse_log_seaborn")
 
@@ -206,7 +207,10 @@ class Seal:
 def seal_applies(instance) -> bool:
     """Whether a seal is asked of this instance: its test command runs pytest once, directly, and its log
     parser reads pytest's status lines. (tox, django's and sympy's runners: no seal.)"""
-    if instance.log_parser not in PYTEST_PARSERS:
+    from swebench.harness.log_parsers import PARSER_REGISTRY
+
+    parser = PARSER_REGISTRY.get(instance.log_parser)
+    if parser is None or parser not in {PARSER_REGISTRY[name] for name in PYTEST_PARSERS}:
         return False
     section = instance.eval_script.split(START, 1)[-1].split(END, 1)[0]
     runs = re.findall(r"(?:^|\s)(?:py\.test|pytest|python3?(?:\.\d+)?\s+-m\s+pytest)(?=\s|$)", section, re.M)

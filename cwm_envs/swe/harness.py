@@ -125,19 +125,21 @@ def apply_patch(sb, patch: str) -> tuple[bool, str]:
     return False, "\n".join(log)
 
 
-def tree_state(sb) -> tuple[dict[str, str], str]:
-    """({path: git status code} for every changed, untracked or ignored file, fingerprint of .git's settings)."""
-    res = _sh(sb, _STATE)
-    status, sep, fingerprint = res.stdout.partition("\0##\0")
+def tree_state(sb, then: str = "") -> tuple[dict[str, str], str, str]:
+    """({path: git status code} for every changed, untracked or ignored file, fingerprint of .git's settings,
+    the output of `then`, a command run in the same exec to spare a round trip)."""
+    res = _sh(sb, _STATE + (f" && printf '\\0##\\0' && {{ {then}; }}" if then else ""))
+    status, sep, rest = res.stdout.partition("\0##\0")
     if res.exit_code != 0 or not sep:
         raise InfraError(f"could not read the state of /testbed: {(res.stdout + res.stderr).strip()[-300:]}")
+    fingerprint, _, extra = rest.partition("\0##\0")
     entries, items = {}, iter(status.split("\0"))
     for item in items:
         if len(item) > 3:
             entries[item[3:]] = item[:2]
             if item[0] in "RC":                        # a staged rename or copy: its origin path follows
                 entries[next(items, "")] = "D-"
-    return entries, fingerprint.strip()
+    return entries, fingerprint.strip(), extra
 
 
 def changed_paths(before: dict[str, str], after: dict[str, str]) -> list[str]:
@@ -203,32 +205,47 @@ BASE_COMMANDS = ("/bin/bash", "/usr/bin/bash", "/bin/sh", "/usr/bin/env", "/usr/
                  "/opt/miniconda3/bin/activate")
 
 
-def command_hashes(sb, facts: dict) -> str:
-    """sha256 of every command the test part runs with (BASE_COMMANDS, the environment's python and scripts)."""
+def commands_state(facts: dict) -> str:
+    """A shell command printing a fingerprint of every command the test part runs with (BASE_COMMANDS, the
+    environment's python and scripts): the content of small files, inode, size and times of big binaries."""
     paths = " ".join(f"'{_q(p)}'" for p in (*BASE_COMMANDS, *facts["commands"]))
-    return sb.run(f"sha256sum {paths} 2>/dev/null", timeout=120, workdir="/").stdout
+    return (f"for f in {paths}; do [ -e \"$f\" ] || continue; if [ $(stat -Lc %s \"$f\") -lt 524288 ]; "
+            "then sha256sum \"$f\"; else stat -Lc '%i-%s-%Y-%Z  %n' \"$f\"; fi; done")
 
 
-def environment_changes(sb, facts: dict, commands_before: str) -> list[str]:
+def environment_changes(sb, found_files: str, commands_before: str, commands_after: str) -> list[str]:
     """What the eval's setup part (its install step runs the patch's setup.py) changed outside the tree that
-    would run before or inside the tests: a start-up hook or .pth import in the environment's libraries, a
-    pytest plugin entry point, a replaced shell, git, python or script. (Its install may rewrite the package's
-    own files and metadata; rewriting an installed library's code is out of reach of these checks.)"""
-    dirs = " ".join(f"'{_q(d)}'" for d in facts["libdirs"])
-    res = sb.run(f"find {dirs} -cnewer {MARK} ! -type d \\( -name '*.pth' -o -name entry_points.txt -o "
-                 f"-name sitecustomize.py -o -name usercustomize.py \\) -print 2>/dev/null", timeout=120, workdir="/")
+    would run before or inside the tests: a start-up hook or .pth import in the environment's libraries
+    (`found_files`: such files changed since MARK), a pytest plugin entry point, a replaced shell, git,
+    python or script. (Its install may rewrite the package's own files and metadata; rewriting an installed
+    library's code is out of reach of these checks.)"""
     found = []
-    for path in sorted(set(res.stdout.splitlines())):
+    for path in sorted(set(found_files.split())):
         why = patch_rules.install_record_problem(path, sb.run(["cat", "--", path], timeout=30).stdout)
         if why:
             found.append(why)
-    after = command_hashes(sb, facts)
-    if after != commands_before:
+    if commands_after != commands_before:
         old = dict(ln.split("  ", 1)[::-1] for ln in commands_before.splitlines() if "  " in ln)
-        new = dict(ln.split("  ", 1)[::-1] for ln in after.splitlines() if "  " in ln)
-        found += [f"{p}: replaced (a command the tests run with)" for p in sorted(set(old) | set(new))
-                  if old.get(p) != new.get(p) and p in old]
+        new = dict(ln.split("  ", 1)[::-1] for ln in commands_after.splitlines() if "  " in ln)
+        found += [f"{p}: replaced (a command the tests run with)" for p in sorted(old) if old[p] != new.get(p)]
     return found
+
+
+def _write_files(sb, files: dict[str, bytes | str]) -> None:
+    """Write several files in one exec (a tar on stdin): the eval's test part and the seal's files."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in files.items():
+            raw = data.encode() if isinstance(data, str) else data
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(raw), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(raw))
+    res = sb.run(["tar", "-xf", "-", "-C", "/"], stdin=buf.getvalue(), timeout=120, workdir="/")
+    if res.exit_code != 0:
+        raise InfraError(f"could not write {', '.join(files)}: {res.stderr.strip()[-300:]}")
 
 
 def _q(path: str) -> str:
@@ -278,7 +295,7 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
     reasons = patch_rules.patch_violations(patch, scripts)
     if reasons:                                          # before anything touches the tree (`patch` would write .git/)
         return _refused(iid, reasons)
-    before, git_before = tree_state(sandbox)
+    before, git_before, _ = tree_state(sandbox)
     applied, apply_log = apply_patch(sandbox, patch)
     if log_dir:
         (log_dir / "run_instance.log").write_text(apply_log + "\n")
@@ -286,7 +303,7 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
         rep = {iid: {"patch_is_None": False, "patch_exists": True, "patch_successfully_applied": False,
                      "resolved": False, "infra_failure": False, "apply_log": apply_log[-4000:]}}
         return rep
-    after, git_after = tree_state(sandbox)
+    after, git_after, _ = tree_state(sandbox)
     changed = changed_paths(before, after)
     facts = probe(sandbox, changed)
     reasons = refusals(sandbox, instance, changed, facts)
@@ -355,12 +372,13 @@ def _run_eval(sb, instance: SWEInstance, script: str, parts: tuple[str, str] | N
     run, outputs, reasons = _EvalRun(), [], []
     deadline = time.monotonic() + timeout
 
-    def part(path: str, text: str, env: dict) -> bool:
+    def part(path: str, text: str | None, env: dict) -> bool:
         left = deadline - time.monotonic()
         if left <= 0:                                    # the setup part and the checks took it all
             run.timed_out = True
             return False
-        sb.write_file(path, text)
+        if text is not None:
+            sb.write_file(path, text)
         res = sb.run(f"/bin/bash {path} 2>&1", timeout=left, workdir="/testbed", env=env)
         outputs.append(res.stdout)
         run.timed_out, run.limit_hit = res.timed_out, run.limit_hit or res.limit_hit
@@ -370,20 +388,17 @@ def _run_eval(sb, instance: SWEInstance, script: str, parts: tuple[str, str] | N
     if parts is None:                                    # no start marker line: run it whole, unchecked
         part(EVAL_FILE, script, GIT_ENV)
     else:
-        before, git_before = tree_state(sb)
-        commands = command_hashes(sb, facts)
-        if _sh(sb, f"mkdir -p {MARK.rsplit('/', 1)[0]} && touch {MARK}").exit_code != 0:
-            raise InfraError(f"cannot write {MARK} in the container")
+        before, git_before, commands = tree_state(sb, f"mkdir -p /run && touch {MARK} && {commands_state(facts)}")
         if part(SETUP_FILE, parts[0], GIT_ENV):
-            reasons = [f"during the eval's setup: {r}" for r in _setup_refusals(sb, instance, before, git_before,
-                                                                                 commands)]
-            env = dict(GIT_ENV)
-            if seal is not None and not reasons:         # only now: nothing of the setup can read the key
-                sb.write_file(f"{facts['purelib']}/{seal.module}.py", seal.plugin_source())
-                sb.write_file(seal.key_path, seal.key)
+            reasons = [f"during the eval's setup: {r}"
+                       for r in _setup_refusals(sb, instance, facts, before, git_before, commands)]
+            env, files = dict(GIT_ENV), {EVAL_FILE: parts[1]}
+            if seal is not None:                         # only now: nothing of the setup can read the key
+                files.update({f"{facts['purelib']}/{seal.module}.py": seal.plugin_source(), seal.key_path: seal.key})
                 env["PYTEST_ADDOPTS"] = f"-p {seal.module}"
             if not reasons:
-                part(EVAL_FILE, parts[1], env)
+                _write_files(sb, files)
+                part(EVAL_FILE, None, env)
     output = "".join(outputs) + (f"\n\nTimeout error: {timeout:.0f} seconds exceeded." if run.timed_out else "")
     if seal is not None and not run.timed_out and not reasons:
         try:
@@ -393,23 +408,28 @@ def _run_eval(sb, instance: SWEInstance, script: str, parts: tuple[str, str] | N
     return output, run, reasons
 
 
-def _setup_refusals(sb, instance: SWEInstance, before: dict[str, str], git_before: str, commands: str) -> list[str]:
+def _setup_refusals(sb, instance: SWEInstance, facts: dict, before: dict[str, str], git_before: str,
+                    commands: str) -> list[str]:
     """Why what the eval's setup part changed is refused: the patch rules again on the tree (the test
     patch's own files aside; the install's metadata and bytecode allowed), plus environment_changes."""
+    dirs = " ".join(f"'{_q(d)}'" for d in facts["libdirs"])
+    hooks = (f"find {dirs} -cnewer {MARK} ! -type d \\( -name '*.pth' -o -name entry_points.txt -o "
+             "-name sitecustomize.py -o -name usercustomize.py \\) -print 2>/dev/null")
     try:
-        after, git_after = tree_state(sb)
+        after, git_after, extra = tree_state(sb, f"{commands_state(facts)}; printf '\\0##\\0'; {hooks}")
         changed = [p for p in changed_paths(before, after) if p not in instance.test_files]
-        facts = probe(sb, changed)
+        now = probe(sb, changed) if changed else facts
     except SandboxError:                                 # Docker itself: the machinery's fault
         raise
     except InfraError as exc:                            # git and python answered before the setup: it broke them
         return [f"the test environment no longer works ({exc})"]
-    found = refusals(sb, instance, changed, facts, build_products=True)
-    found += [f"{p}: {why}" for p, why in shadows(created_paths(before, after), facts).items()
+    commands_after, _, hook_files = extra.partition("\0##\0")
+    found = refusals(sb, instance, changed, now, build_products=True)
+    found += [f"{p}: {why}" for p, why in shadows(created_paths(before, after), now).items()
               if p not in instance.test_files]
     if git_after != git_before:
         found.append(".git: git's own settings, hooks or attributes changed")
-    return found + environment_changes(sb, facts, commands)
+    return found + environment_changes(sb, hook_files, commands, commands_after)
 
 
 def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str | Path | None,

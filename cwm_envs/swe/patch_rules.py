@@ -47,6 +47,7 @@ RUNNER_FILES = {"conftest.py", "pytest.ini", ".pytest.ini", "pytest.toml", ".pyt
 STARTUP_FILES = {"sitecustomize.py", "usercustomize.py"}
 SHARED_CONFIG = {"setup.cfg", "pyproject.toml"}          # allowed, except for their test-runner sections
 TEST_DIRS = {"test", "tests", "testing"}
+BUILD_DIRS = {"build", "dist", ".eggs"}                   # where an install step puts its copies and downloads
 # What the test runner imports besides the standard library: a new top-level module of that name shadows it.
 RUNNER_MODULES = {"sitecustomize", "usercustomize", "pytest", "_pytest", "py", "pluggy", "iniconfig", "packaging",
                   "attr", "attrs", "more_itertools", "exceptiongroup", "tomli", "tomllib", "six", "setuptools",
@@ -118,10 +119,17 @@ def is_test_path(path: str) -> bool:
 
 def refused_path(path: str, runner_scripts: tuple[str, ...] = (), build_products: bool = False) -> str | None:
     """Why a patch may not create, change or delete `path` (relative to the repository root), or None.
-    `build_products`: allow what an install step writes into the tree itself (package metadata, bytecode)."""
+    `build_products`: allow what an install step writes into the tree itself (package metadata, bytecode,
+    copies under build/, which pytest never collects from: the tests named by the eval script live elsewhere).
+
+    >>> refused_path("build/lib/pkg/conftest.py", build_products=True), refused_path("conftest.py", build_products=True)
+    (None, 'test-runner configuration (conftest.py)')
+    """
     if not path or path.startswith("/") or "\\" in path:
         return f"a path outside the repository ({path!r})"
     parts = path.split("/")
+    if build_products and parts[0] in BUILD_DIRS and len(parts) > 1:
+        return None
     lowered = [p.lower() for p in parts]
     if ".." in parts:
         return f"a path that climbs out of the repository ({path})"

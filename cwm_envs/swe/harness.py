@@ -280,9 +280,9 @@ def grade(instance: SWEInstance, sandbox, patch: str | None, *, timeout: float =
           log_dir: str | Path | None = None) -> dict:
     """Check and apply `patch` in a fresh sandbox of the instance image, run the eval script, and grade it.
 
-    Returns the official per-instance report ({instance_id: {...}}), with `tests_reset` (test files the
-    patch had touched, put back), `refused` (why the patch was not applied at all), `seal` and `apply_log`
-    added. Raises EvalTimeout / GradingInfraError / InfraError for machinery faults: never a score.
+    Returns the official per-instance report ({instance_id: {...}}), with `refused` (why the patch, or what
+    its install step did, was not let run at all), `tests_reset` (test files it had touched, put back),
+    `removed` (new modules that shadowed installed ones), `seal` and `apply_log` added. Raises EvalTimeout / GradingInfraError / InfraError for machinery faults: never a score.
     The sandbox is left as the eval script left it; use a fresh one per grading.
     """
     iid = instance.instance_id

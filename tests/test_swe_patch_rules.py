@@ -174,3 +174,13 @@ def test_the_seal_plugin_is_valid_for_old_pythons():
     src = Seal().plugin_source()
     ast.parse(src, feature_version=(3, 5))
     assert "f\"" not in src and "f'" not in src
+
+
+@pytest.mark.parametrize("module", ["cwm_envs.swe.patch_rules", "cwm_envs.swe.grading"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0
+

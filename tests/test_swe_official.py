@@ -255,9 +255,9 @@ def test_a_compiled_repository_builds_its_extension_in_the_image(tmp_path):
 def test_the_environment_survives_a_link_to_its_interpreter(image):  # noqa: F811
     """tox-current-env (sphinx >= 4's eval scripts) runs tests through `.tox/py39/bin/python`, a link to the
     environment's interpreter; a bare venv loses its packages that way ("No module named pytest")."""
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
 
-    with DockerSandbox(image, pool_size=0, workdir="/") as sb:
+    with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
         res = sb.run("source /opt/miniconda3/bin/activate && conda activate testbed && mkdir -p /tmp/tox/bin && "
                      "ln -s \"$(command -v python)\" /tmp/tox/bin/python && cd / && "
                      "/tmp/tox/bin/python -c 'import pytest, calc; print(pytest.__file__)' && "

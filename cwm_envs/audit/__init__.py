@@ -24,6 +24,7 @@ import time
 import traceback
 from typing import Callable
 
+from cwm_envs.audit import swe_strategies  # noqa: F401  (registers the repository-env strategies)
 from cwm_envs.audit.strategies import Episode, Strategy, channel_of, strategies
 from cwm_envs.errors import InfraError, UsageError
 

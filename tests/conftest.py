@@ -9,6 +9,16 @@ import pytest
 from cwm_envs.tasks import shared_data_dir
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# A test that uses one of these fixtures needs what the marker names (`-m "not docker"` deselects it).
+FIXTURE_MARKERS = {"docker_engine": "docker", "ray_session": "ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test by what its fixtures need, so that no Docker or Ray test goes without its marker."""
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()) and marker not in item.keywords:
+                item.add_marker(getattr(pytest.mark, marker))
 
 
 @pytest.fixture(scope="session")

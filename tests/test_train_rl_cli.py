@@ -48,6 +48,7 @@ def rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.ray
 def test_grpo_run_writes_metrics_plot_checkpoints_and_resumes(tmp_path, model_dir):
     out = tmp_path / "run"
     done = rl(out, model_dir, "--steps", "2", "--eval-tasks", "4")
@@ -77,6 +78,7 @@ def test_grpo_run_writes_metrics_plot_checkpoints_and_resumes(tmp_path, model_di
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_async_ppo_run_trains_the_value_head_within_the_staleness_bound(tmp_path, model_dir):
     out = tmp_path / "ppo"
     done = rl(out, model_dir, "--algo", "ppo", "--steps", "3", "--mode", "async", "--max-staleness", "1")

@@ -243,7 +243,7 @@ def default_task_file(log: Callable[[str], None] = lambda _m: None) -> Path:
     the tasks, so a change to either makes a new set; a file lock lets parallel processes build it once.
     """
     from cwm_envs.swe import default_repo
-    from cwm_envs.swe.images import cache_dir
+    from cwm_envs.swe.cache import cache_dir
 
     key = hashlib.sha256(json.dumps([default_repo.VERSION, default_repo.FILES, default_repo.TEST_CMD, DEFAULT_TASKS,
                                      *(Path(__file__).with_name(m).read_text() for m in _TASK_MODULES)],

@@ -64,14 +64,24 @@ def proc_cpu_s(pids) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def pss_mb(pid: int) -> float:
+def _kib_line_mb(path: str, key: str) -> float:
+    """The `KEY: N kB` line of a /proc file, in MB (0.0 when the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: the process's own memory plus its share of what it shares."""
+    return _kib_line_mb(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def rss_mb(pid: int) -> float:
+    return _kib_line_mb(f"/proc/{pid}/status", "VmRSS:")
 
 
 class Container:

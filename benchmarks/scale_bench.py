@@ -41,8 +41,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.host_measure import (Container, Monitor, engine_pids, pss_mb, proc_cpu_s, proc_stat, quantiles,
-                                     tree_cpu_s)
+from benchmarks.host_measure import (Container, Monitor, engine_pids, proc_cpu_s, proc_stat, pss_mb, quantiles,
+                                     rss_mb, tree_cpu_s)
 from benchmarks.report import write_report
 
 SUM = "print(sum(i * i for i in range(20000)))"
@@ -89,12 +89,12 @@ def container_point(n: int, image: str, execs: int, resets: int, workloads=(TURN
             starts.append(time.perf_counter() - t)
 
     monitor = Monitor()
-    rss0 = _rss_mb(os.getpid())
+    rss0 = rss_mb(os.getpid())
     try:
         with ThreadPoolExecutor(n) as pool:
             list(pool.map(start, range(n)))
         live = [b for b in boxes if b is not None]
-        client_mb = (_rss_mb(os.getpid()) - rss0) / max(1, len(live))   # what a sandbox costs its owner
+        client_mb = (rss_mb(os.getpid()) - rss0) / max(1, len(live))   # what a sandbox costs its owner
         info = {id(b): Container(client, b.container_id) for b in live}
         for c in info.values():
             monitor.watch(c)
@@ -207,16 +207,6 @@ def container_point(n: int, image: str, execs: int, resets: int, workloads=(TURN
 
 def _mean_ms(xs) -> float | None:
     return round(1000 * statistics.mean(xs), 1) if xs else None
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _median(xs) -> float | None:

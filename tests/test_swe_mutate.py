@@ -116,6 +116,15 @@ def test_test_paths():
     assert not is_test_path("src/pkg/io.py") and not is_test_path("setup.py")
 
 
+@pytest.mark.parametrize("module", ["cwm_envs.swe.mutations", "cwm_envs.swe.task_repo", "cwm_envs.swe.mutate"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_problem_statement_from_a_real_pytest_run(tmp_path):
     (tmp_path / "shapes.py").write_text(SHAPES.replace("return w * h", "return w + h"))
     (tmp_path / "tests").mkdir()

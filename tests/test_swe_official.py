@@ -106,7 +106,7 @@ def test_official_and_auto_sources_pull_from_a_loopback_registry(tiny, image, re
 
 
 def test_without_repos_the_repository_is_cloned_into_the_cache(tiny, tmp_path, monkeypatch):  # noqa: F811
-    from cwm_envs.swe.images import find_repo
+    from cwm_envs.swe.repos import find_repo
 
     row, repo, _ = tiny
     monkeypatch.setenv("CWM_CACHE", str(tmp_path / "cache"))
@@ -116,6 +116,17 @@ def test_without_repos_the_repository_is_cloned_into_the_cache(tiny, tmp_path, m
     assert subprocess.run(["git", "-C", str(path), "cat-file", "-t", row["base_commit"]], capture_output=True,
                           text=True).stdout.strip() == "commit"
     assert find_repo(instance_from_row(row), None) == path          # cloned once, then reused
+
+
+def test_repository_names_and_their_doctests():
+    import doctest
+
+    from cwm_envs.swe import repos
+
+    result = doctest.testmod(repos)
+    assert result.attempted > 0 and result.failed == 0
+    with pytest.raises(UsageError):
+        repos.split_repo("requests")
 
 
 def test_an_unreachable_remote_is_one_line_naming_the_repository(tmp_path):

@@ -163,17 +163,22 @@ class Monitor(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
-            with self.lock:
-                boxes, ours = list(self.live.values()), self.inflight
-            try:
-                running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-                self.others.append(max(0, running - ours - 1))
-            except (OSError, ValueError, IndexError):
-                pass
-            total = 0.0
-            for c in boxes:
-                ws, _ = c.memory_mb()
-                if ws is not None:
-                    self.peaks[c.id] = max(self.peaks.get(c.id, 0.0), ws)
-                    total += ws
-            self.total_peak = max(self.total_peak, total)
+            self.sample()
+        self.sample()                             # a short point still gets one sample of its containers
+
+    def sample(self) -> None:
+        """One sample: every live container's working set, and the runnable tasks that are not ours."""
+        with self.lock:
+            boxes, ours = list(self.live.values()), self.inflight
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+            self.others.append(max(0, running - ours - 1))
+        except (OSError, ValueError, IndexError):
+            pass
+        total = 0.0
+        for c in boxes:
+            ws, _ = c.memory_mb()
+            if ws is not None:
+                self.peaks[c.id] = max(self.peaks.get(c.id, 0.0), ws)
+                total += ws
+        self.total_peak = max(self.total_peak, total)

@@ -93,7 +93,11 @@ def test_user_errors_are_one_line(tmp_path, model_dir, capsys):
                           (["--env-kwargs", "{oops"], "--env-kwargs"), (["--group", "1"], "group"),
                           (["--gamma", "0.9"], "--gamma"),  # a PPO setting given to GRPO is refused, not ignored
                           (["--minibatches", "0"], "--minibatches"), (["--temperature", "0"], "--temperature"),
-                          (["--eval-env-kwargs", "[1]"], "--eval-env-kwargs")):
+                          (["--eval-env-kwargs", "[1]"], "--eval-env-kwargs"),
+                          (["--env-mix", '{"cwm/SWE-v0": 2}'], "--env-mix"),
+                          (["--env-mix", '{"cwm/SWE-v0": {"weight": -1}}'], "weight"),
+                          (["--env-mix", '{"cwm/Nope-v0": {}}'], "cwm/Nope-v0"),
+                          (["--docker-slots", "0"], "--docker-slots")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
@@ -162,7 +166,8 @@ def argv_of(args: RLArgs) -> list[str]:
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_every_setting_has_a_flag_and_the_parsed_args_round_trip(algo):
     update = changed(ALGOS[algo])
-    args = changed(RLArgs, algo=algo, update=update, out=Path("/runs/rl"))
+    args = changed(RLArgs, algo=algo, update=update, out=Path("/runs/rl"),
+                   env_mix={"cwm/Code-v0": {"weight": 0.5, "kwargs": {"sandbox": "docker"}}})
     assert parse(argv_of(args)) == args
     # nothing given: the dataclasses' own defaults, for either algo (the parser holds no second copy)
     assert parse(["--out", "/runs/rl", "--algo", algo]) == RLArgs(out=Path("/runs/rl"), algo=algo)

@@ -125,6 +125,8 @@ class RLRun:
         self.learners.foreach_learner(lambda learner: learner.snapshot_reference())
         if self.ckpt:
             self._restore(self.ckpt)
+            for log in (self.metrics, self.out / TRAJECTORIES):  # a crash after the checkpoint logged updates
+                _drop_rows_after(log, self.step)                  # that this run does again
         else:
             self._save_start()
         self.pool = RolloutPool(specs, self.policy.spec(), self.policy.get_weights(), version=self.version,
@@ -321,6 +323,24 @@ def _load_start(path: Path, policy) -> dict:
     if (path / "value_head.pt").is_file():
         weights.update({f"value_head.{k}": v for k, v in torch.load(path / "value_head.pt").items()})
     return weights
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the JSON lines of `path` up to update `step` (a resumed run writes the later ones again), and
+    none that a crash cut short."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if line.endswith("\n") and row.get("step", 0) <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
 
 
 def _jsonable(d: dict) -> dict:

@@ -99,12 +99,12 @@ def test_a_cluster_run_ships_its_code_survives_a_lost_node_and_resumes_after_a_l
                                     "b": {"num_cpus": 2, "resources": {"docker": 2}}})
     model = tiny_model(tmp_path / "model")
     out = tmp_path / "run"
-    mix = {"cwm/SWE-v0": {"weight": 1.0}}
+    mix = {"cwm/SWE-v0": {"weight": 1.0, "kwargs": {"max_turns": 2}}}  # the env ends (and pays) a stalled episode
     cmd = [sys.executable, "-m", "cwm_envs.cli", "train", "rl", "--address", cluster.address, "--algo", "ppo",
            "--env", "cwm/Math-v0", "--env-kwargs", json.dumps(EASY), "--env-mix", json.dumps(mix),
            "--model", str(model), "--tasks", str(TASKS), "--group", str(GROUP), "--workers", "1",
-           "--max-new-tokens", "8", "--max-turns", "2", "--docker-slots", "2", "--torch-threads", "1",
-           "--steps", "3", "--save-every", "1", "--out", str(out)]
+           "--max-new-tokens", "8", "--docker-slots", "2", "--torch-threads", "1",
+           "--steps", "2", "--save-every", "1", "--out", str(out)]
     here = Path(__file__).resolve().parents[1]
     # the driver imports this tree; its working directory (which Ray adds to workers' paths) does not hold it
     env = cluster.driver_env(PYTHONPATH=str(here))
@@ -143,7 +143,7 @@ def test_a_cluster_run_ships_its_code_survives_a_lost_node_and_resumes_after_a_l
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # every update applied once, in order, across the node loss and the driver's crash (PPO updates every batch)
-    assert [r["step"] for r in rows] == [1, 2, 3] and [r["version"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [1, 2] and [r["version"] for r in rows] == [1, 2]
     assert all(r["episodes"] == TASKS * GROUP and r["failed"] == 0 for r in rows)  # each batch came back whole
     assert rows[0]["episodes_lost"] >= 1 and rows[0]["worker_restarts"] >= 1  # the loss is counted
     assert json.loads((out / "stage.json").read_text())["resumed_from"].endswith("step-000001")

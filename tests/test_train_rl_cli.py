@@ -182,3 +182,18 @@ def test_the_help_lists_every_update_setting(capsys):
         assert flag in text
     assert "(default: grpo 0.25, ppo 0.2)" in text  # each algo's own clip, from its dataclass
     assert "(ppo only; default: 0.95)" in text
+
+
+def test_a_resumed_run_drops_the_rows_a_crashed_driver_logged_after_its_checkpoint(tmp_path):
+    """A driver killed after checkpoint 2 may have logged update 3 (and half a line): the resumed run does
+    update 3 again, so the old row would show twice in metrics.jsonl, the curves and `cwm view`."""
+    from agents.train_rl import _drop_rows_after
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "reward_mean": 0.1 * s}) + "\n" for s in (1, 2, 3))
+                   + '{"step": 2, "eval_greedy": 0.5}\n{"step": 4, "rew')
+    _drop_rows_after(log, 2)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        {"step": 1, "reward_mean": 0.1}, {"step": 2, "reward_mean": 0.2}, {"step": 2, "eval_greedy": 0.5}]
+    _drop_rows_after(tmp_path / "absent.jsonl", 2)  # nothing logged yet: nothing to do
+    assert not (tmp_path / "absent.jsonl").exists()

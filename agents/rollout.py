@@ -260,11 +260,11 @@ class RolloutWorker:
             if terminated or truncated:
                 ep.done = True
             elif turn >= self.max_turns:
-                ep.done, ep.info = True, {**info, "cut": "max_turns"}
+                self._cut(ep, info, "max_turns")
             else:
                 reply = self.encode(obs)
                 if self.max_context and len(ep.ids) + len(reply) >= self.max_context:
-                    ep.done, ep.info = True, {**info, "cut": "max_context"}
+                    self._cut(ep, info, "max_context")
                 else:
                     ep.append(reply, 0)
                     ep.transcript += obs
@@ -274,6 +274,14 @@ class RolloutWorker:
             stats.env_s += time.perf_counter() - e0
         if ep.done and ep.error is None:
             self._release(ep)
+
+    @staticmethod
+    def _cut(ep: _Episode, info: dict, reason: str) -> None:
+        """End an episode at this worker's budget, paid the env's failure reward (-1 when it names none): an
+        unfinished episode earning its middle turn's 0 would pay a policy to stall instead of answering."""
+        failure = getattr(ep.env.unwrapped, "failure_reward", None)
+        ep.rewards[-1] = float(failure()) if callable(failure) else -1.0
+        ep.done, ep.info = True, {**info, "cut": reason}
 
     def _hint(self, ep: _Episode) -> OracleHint:
         """The oracle channel: the task and the env's reference action for the episode's next turn (and, for

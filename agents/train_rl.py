@@ -87,7 +87,7 @@ class RLRun:
 
         from agents import grpo, ppo
         from agents.lm_module import build_learner_group, set_lm_weights
-        from agents.rollout import EnvSpec, RolloutPool, init_ray
+        from agents.rollout import RolloutPool, init_ray
         from model.train_loop import resume_point
 
         self.args = args

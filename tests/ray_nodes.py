@@ -113,12 +113,20 @@ class LocalCluster:
                                 start_new_session=True)
         return Node(name, proc, log)
 
-    def start(self, timeout: float = 120) -> "LocalCluster":
+    def launch(self) -> "LocalCluster":
+        """Start every node's `ray start` without waiting for them (see `wait`)."""
         self.python = node_python(self.root)
         self.nodes["head"] = self._start("head", self.head_spec, "--head", "--port", str(self.port),
                                          "--include-dashboard=false")
         for name, spec in self.worker_specs.items():  # they wait for the head's GCS themselves
             self.nodes[name] = self._start(name, spec, "--address", self.address)
+        return self
+
+    def start(self, timeout: float = 120) -> "LocalCluster":
+        return self.launch().wait(timeout)
+
+    def wait(self, timeout: float = 120) -> "LocalCluster":
+        """Until every node says it is up (a node that exits or takes too long: its log in the error)."""
         deadline = time.monotonic() + timeout
         for node in self.nodes.values():
             while "Ray runtime started" not in node.log.read_text():

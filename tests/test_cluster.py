@@ -97,20 +97,22 @@ def test_a_cluster_run_ships_its_code_survives_a_lost_node_and_resumes_after_a_l
     cluster = LocalCluster(root, head={"num_cpus": 1},
                            workers={"a": {"num_cpus": 2, "resources": {"docker": 2}},
                                     "b": {"num_cpus": 2, "resources": {"docker": 2}}})
-    model = tiny_model(tmp_path / "model")
     out = tmp_path / "run"
     mix = {"cwm/SWE-v0": {"weight": 1.0, "kwargs": {"max_turns": 2}}}  # the env ends (and pays) a stalled episode
+    model = tmp_path / "model"
     cmd = [sys.executable, "-m", "cwm_envs.cli", "train", "rl", "--address", cluster.address, "--algo", "ppo",
            "--env", "cwm/Math-v0", "--env-kwargs", json.dumps(EASY), "--env-mix", json.dumps(mix),
            "--model", str(model), "--tasks", str(TASKS), "--group", str(GROUP), "--workers", "1",
-           "--max-new-tokens", "8", "--docker-slots", "2", "--torch-threads", "1",
+           "--max-new-tokens", "8", "--docker-slots", "1", "--torch-threads", "1",
            "--steps", "2", "--save-every", "1", "--out", str(out)]
     here = Path(__file__).resolve().parents[1]
     # the driver imports this tree; its working directory (which Ray adds to workers' paths) does not hold it
     env = cluster.driver_env(PYTHONPATH=str(here))
     watcher = None
     try:
-        cluster.start()
+        cluster.launch()
+        tiny_model(model)  # while the nodes come up
+        cluster.wait()
         lacks = subprocess.run([str(cluster.python), "-c", "import agents"], capture_output=True, text=True, cwd=root,
                                env=cluster.node_env())
         assert lacks.returncode != 0 and "No module named 'agents'" in lacks.stderr  # the nodes lack the project

@@ -115,12 +115,27 @@ class RLArgs:
     """sync, or async (sample the next batch while the learner updates)"""
     max_staleness: int = 1
     """async: drop trajectories sampled more than this many versions ago"""
+    env_mix: dict = field(default_factory=dict)
+    """more envs sampled in training beside --env (which has weight 1): {ENV_ID: {"weight": W, "kwargs": {...},
+    "resources": {...}}}, e.g. {"cwm/SWE-v0": {"weight": 0.5}}; each env's workers are their own --workers"""
     num_learners: int = 0
     """0: learner in the driver; N: N data-parallel learner actors"""
     address: str | None = None
-    """Ray cluster address (default: start a local Ray)"""
+    """Ray cluster address (default: start a local Ray); the project's code and CWM_* settings are shipped to
+    its nodes, which need Ray and the dependencies but not this package (docs/cluster.md)"""
     num_cpus: int | None = None
     """CPUs of the local Ray (default: all)"""
+    docker_resource: str = "docker"
+    """custom Ray resource of the nodes that run Docker envs (`ray start --resources='{"docker": 8}'`): workers of
+    cwm/SWE-v0 (or an env with sandbox="docker") ask for docker_slots units of it, text envs go anywhere"""
+    docker_slots: int = 2
+    """episodes (so containers) a Docker env's worker runs at once, and the units of docker_resource it holds:
+    a node declaring N units runs at most N of this run's containers"""
+    learner_resources: dict = field(default_factory=dict)
+    """custom Ray resources of each learner actor (--num-learners N), e.g. {"learner": 1} to keep the learners on
+    the nodes started with that resource, apart from the env nodes"""
+    worker_retries: int = 2
+    """times a share of a batch whose rollout worker died (its node lost) is sampled again on a fresh worker"""
     top_p: float = 1.0
     """nucleus sampling threshold (1: off)"""
     max_turns: int = 16
@@ -156,6 +171,17 @@ class RLArgs:
             raise UsageError("--steps, --group, --tasks and --workers must be at least 1")
         if self.algo == "grpo" and self.group < 2:
             raise UsageError("GRPO needs --group >= 2 (advantages are relative to the group)")
+        if self.docker_slots < 1 or self.worker_retries < 0:
+            raise UsageError("--docker-slots must be at least 1 and --worker-retries at least 0")
+        for env_id, entry in self.env_mix.items():
+            if not isinstance(entry, dict) or set(entry) - {"weight", "kwargs", "resources"}:
+                raise UsageError(f"--env-mix {env_id}: give an object with weight, kwargs and resources, not {entry!r}")
+            weight = entry.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                raise UsageError(f"--env-mix {env_id}: weight must be a number above 0, not {weight!r}")
+            for key in ("kwargs", "resources"):
+                if not isinstance(entry.get(key, {}), dict):
+                    raise UsageError(f"--env-mix {env_id}: {key} must be a JSON object")
 
 
 # --- command line -----------------------------------------------------------------------------------------

@@ -8,7 +8,11 @@
   its requests, and in async mode keeps one batch in flight while the learner updates, dropping (and
   counting) trajectories more than `max_staleness` versions old.
 - Workers are placed by resources: an `EnvSpec(resources={"docker": 1})` env runs only on workers created
-  with that custom resource (declare it on the nodes: `ray start --resources='{"docker": 4}'`).
+  with that custom resource (declare it on the nodes: `ray start --resources='{"docker": 4}'`), and an
+  `EnvSpec(max_episodes=N)` caps the episodes (so containers) its workers run at once (agents/cluster.py).
+- A worker lost with its node (raylet killed, machine gone) costs only its in-flight episodes: they are
+  counted (`episodes_lost`), its share is sampled again on a fresh worker that Ray places on a node still up,
+  and the batch comes back whole.
 """
 from __future__ import annotations
 
@@ -44,7 +48,8 @@ class EnvSpec:
     """An env the pool samples from: registered `id`, mixing `weight`, `kwargs` for `gymnasium.make`.
 
     `entry_point` registers `id` on the worker first (for envs outside `cwm_envs`); `resources` places it on
-    workers that hold those Ray resources.
+    workers that hold those Ray resources; `max_episodes` (0: no cap) is how many episodes of the batch a
+    worker of its resource class runs at once (each SWE episode holds a container).
     """
 
     id: str
@@ -52,6 +57,7 @@ class EnvSpec:
     kwargs: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
     entry_point: Any = None
+    max_episodes: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class RolloutStats:
     dropped_stale: int = 0
     worker_restarts: int = 0
     retried_requests: int = 0
+    episodes_lost: int = 0  # in flight on a worker that died (sampled again while retries last)
     generate_s: float = 0.0
     env_s: float = 0.0
     wall_s: float = 0.0
@@ -145,11 +152,13 @@ class RolloutWorker:
         max_context: token ids per episode before it is cut.
         num_threads: torch threads (a Ray actor gets as many as its CPUs).
         env_threads: episodes whose env steps run at once (benchmarks judge on several sandboxes; 1: in turn).
+        max_episodes: episodes alive at once (0: all of a call's); a call with more runs them in waves.
     """
 
     def __init__(self, env_specs: Sequence[EnvSpec], policy: dict | Callable, weights: dict | None = None,
                  version: int = 0, *, encode: Callable[[str], list[int]] | None = None, max_turns: int = 16,
-                 max_context: int | None = None, num_threads: int | None = None, env_threads: int = 1):
+                 max_context: int | None = None, num_threads: int | None = None, env_threads: int = 1,
+                 max_episodes: int = 0):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.env_specs = list(env_specs)
@@ -160,7 +169,7 @@ class RolloutWorker:
             if weights is not None:
                 self.policy.set_weights(weights, version)
         self.encode = encode or self.policy.encode
-        self.max_turns, self.max_context = max_turns, max_context
+        self.max_turns, self.max_context, self.max_episodes = max_turns, max_context, max_episodes
         self._free: dict[int, list] = {}
         self._threads = ThreadPoolExecutor(env_threads, thread_name_prefix="cwm-env") if env_threads > 1 else None
         self._wrong: dict[tuple, str | None] = {}  # (env index, task id, turn) -> another task's action
@@ -179,6 +188,16 @@ class RolloutWorker:
         generator = torch.Generator().manual_seed(int(sample_seed))
         version = self.policy.version
         episodes = [_Episode(r, j) for r in requests for j in range(r.n)]
+        wave = self.max_episodes or len(episodes) or 1
+        for k in range(0, len(episodes), wave):
+            self._run_wave(episodes[k:k + wave], stats, generator, greedy)
+        stats.episodes = len(episodes)
+        stats.failed = sum(ep.error is not None for ep in episodes)
+        stats.wall_s = time.perf_counter() - t0
+        return [self._finish(ep, version) for ep in episodes], stats
+
+    def _run_wave(self, episodes: list[_Episode], stats: RolloutStats, generator, greedy: bool) -> None:
+        """Episodes alive at the same time, batched turn by turn until each has ended."""
         self._each(lambda ep: self._start(ep, stats), episodes)
         turn = 0
         while True:
@@ -204,10 +223,6 @@ class RolloutWorker:
                 stats.policy_tokens += len(c.ids)
                 stepping.append((ep, c.text))
             self._each(lambda job: self._step(job[0], job[1], turn, stats), stepping)
-        stats.episodes = len(episodes)
-        stats.failed = sum(ep.error is not None for ep in episodes)
-        stats.wall_s = time.perf_counter() - t0
-        return [self._finish(ep, version) for ep in episodes], stats
 
     # -- one episode's steps ---------------------------------------------------------------------------
 
@@ -245,11 +260,11 @@ class RolloutWorker:
             if terminated or truncated:
                 ep.done = True
             elif turn >= self.max_turns:
-                ep.done, ep.info = True, {**info, "cut": "max_turns"}
+                self._cut(ep, info, "max_turns")
             else:
                 reply = self.encode(obs)
                 if self.max_context and len(ep.ids) + len(reply) >= self.max_context:
-                    ep.done, ep.info = True, {**info, "cut": "max_context"}
+                    self._cut(ep, info, "max_context")
                 else:
                     ep.append(reply, 0)
                     ep.transcript += obs
@@ -259,6 +274,14 @@ class RolloutWorker:
             stats.env_s += time.perf_counter() - e0
         if ep.done and ep.error is None:
             self._release(ep)
+
+    @staticmethod
+    def _cut(ep: _Episode, info: dict, reason: str) -> None:
+        """End an episode at this worker's budget, paid the env's failure reward (-1 when it names none): an
+        unfinished episode earning its middle turn's 0 would pay a policy to stall instead of answering."""
+        failure = getattr(ep.env.unwrapped, "failure_reward", None)
+        ep.rewards[-1] = float(failure()) if callable(failure) else -1.0
+        ep.done, ep.info = True, {**info, "cut": reason}
 
     def _hint(self, ep: _Episode) -> OracleHint:
         """The oracle channel: the task and the env's reference action for the episode's next turn (and, for
@@ -368,16 +391,22 @@ def _plain(info: dict) -> dict:
     return out
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Connect to the cluster at `address`, or start a local Ray; True when this call started it."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None) -> bool:
+    """Connect to the cluster at `address`, or start a local Ray; True when this call started it.
+
+    Joining a cluster ships the project's code and settings to its nodes (`runtime_env`, default
+    `agents.cluster.project_runtime_env()`); a local Ray's workers import this process's copy."""
     import ray
 
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False)
+        from agents.cluster import project_runtime_env
+
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env=runtime_env if runtime_env is not None else project_runtime_env())
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     return True
 
 
@@ -417,11 +446,16 @@ class RolloutPool:
         self._group = 0
         self._worker_args = dict(env_specs=self.env_specs, policy=policy, encode=encode, max_turns=max_turns,
                                  max_context=max_context, num_threads=max(1, int(cpus_per_worker)))
+        self._caps: dict[tuple, int] = {}  # resource class -> episodes a worker runs at once (0: no cap)
+        for s in self.env_specs:
+            if s.max_episodes:
+                res = _res_key(s.resources)
+                self._caps[res] = min(self._caps.get(res) or s.max_episodes, s.max_episodes)
         self._weights_ref = ray.put(weights) if weights is not None else None
         self._actor_cls = ray.remote(RolloutWorker)
         self._cpus = cpus_per_worker
         self.classes: dict[tuple, list] = {}  # resource class -> actors
-        classes = sorted({tuple(sorted(s.resources.items())) for s in self.env_specs})
+        classes = sorted({_res_key(s.resources) for s in self.env_specs})
         need = {"CPU": cpus_per_worker * num_workers * len(classes)}
         for res in classes:
             for k, v in res:
@@ -453,7 +487,7 @@ class RolloutPool:
 
     def _new_worker(self, res: tuple):
         return self._actor_cls.options(num_cpus=self._cpus, resources=dict(res), max_concurrency=1).remote(
-            weights=self._weights_ref, version=self.version, **self._worker_args)
+            weights=self._weights_ref, version=self.version, max_episodes=self._caps.get(res, 0), **self._worker_args)
 
     @property
     def workers(self) -> list:
@@ -493,7 +527,7 @@ class RolloutPool:
         """Split requests over the workers of their resource class (contiguous, deterministic shares)."""
         by_class: dict[tuple, list[Request]] = {}
         for r in requests:
-            by_class.setdefault(tuple(sorted(self.env_specs[r.env].resources.items())), []).append(r)
+            by_class.setdefault(_res_key(self.env_specs[r.env].resources), []).append(r)
         for res, reqs in by_class.items():
             workers = self.classes[res]
             for k, share in enumerate(np.array_split(np.arange(len(reqs)), len(workers))):
@@ -510,7 +544,7 @@ class RolloutPool:
     def _collect(self, want_groups: int | None) -> tuple[list[Trajectory], RolloutStats]:
         """Wait for in-flight chunks (all, or until `want_groups` groups are back); retry dead workers."""
         import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+        from ray.exceptions import RayActorError, RuntimeEnvSetupError
 
         trajs: list[Trajectory] = []
         stats = RolloutStats()
@@ -521,9 +555,12 @@ class RolloutPool:
             c = self._inflight.pop(refs.index(ready[0]))
             try:
                 got, st = ray.get(c.ref)
-            except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
-                if "creation task" in str(exc):  # the worker cannot even start: retrying will not help
+            except RuntimeEnvSetupError as exc:  # a node cannot unpack the shipped code: every retry would fail
+                raise InfraError(f"a node could not set up the job's runtime environment: {_last_line(exc)}") from None
+            except RayActorError as exc:  # died with its process or its node (ActorDied/ActorUnavailable)
+                if exc.actor_init_failed:  # the worker cannot even start: retrying will not help
                     raise InfraError(f"a rollout worker failed to start: {_last_line(exc)}") from None
+                stats.episodes_lost += sum(r.n for r in c.requests)
                 stats.worker_restarts += self._replace(c.worker, c.res, c.index)
                 if c.attempt < self.max_retries:
                     stats.retried_requests += len(c.requests)
@@ -593,6 +630,11 @@ class _Chunk:
     sample_seed: int
     greedy: bool
     attempt: int
+
+
+def _res_key(resources: dict) -> tuple:
+    """A resource class: the sorted (name, amount) pairs its workers ask for."""
+    return tuple(sorted(resources.items()))
 
 
 def _last_line(exc: BaseException) -> str:

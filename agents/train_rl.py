@@ -87,13 +87,15 @@ class RLRun:
 
         from agents import grpo, ppo
         from agents.lm_module import build_learner_group, set_lm_weights
-        from agents.rollout import EnvSpec, RolloutPool, init_ray
+        from agents.rollout import RolloutPool, init_ray
         from model.train_loop import resume_point
 
         self.args = args
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        _check_env(args.env, args.env_kwargs)
+        specs = env_specs(args)
+        for spec in specs:
+            _check_env(spec.id, spec.kwargs)
         self.ckpt = resume_point(self.out) if args.resume else None
         self.metrics = self.out / "metrics.jsonl"
         if not self.ckpt:  # a fresh run: nothing of an earlier one may show in its curves or samples
@@ -113,7 +115,8 @@ class RLRun:
 
         self.started_ray = init_ray(args.address, args.num_cpus)
         self.learners = build_learner_group(learner_cls, self.policy.model.config, u, num_learners=args.num_learners,
-                                            value_head=args.algo == "ppo", seed=args.seed)
+                                            value_head=args.algo == "ppo", seed=args.seed,
+                                            resources_per_learner=args.learner_resources)
         self.step, self.version, self.elapsed = 0, 0, 0.0
         start_weights = self.policy.get_weights()
         if self.ckpt:  # KL is measured to the start of the whole run, not of this resumption
@@ -122,20 +125,21 @@ class RLRun:
         self.learners.foreach_learner(lambda learner: learner.snapshot_reference())
         if self.ckpt:
             self._restore(self.ckpt)
+            for log in (self.metrics, self.out / TRAJECTORIES):  # a crash after the checkpoint logged updates
+                _drop_rows_after(log, self.step)                  # that this run does again
         else:
             self._save_start()
-        self.pool = RolloutPool([EnvSpec(args.env, kwargs=args.env_kwargs)], self.policy.spec(),
-                                self.policy.get_weights(), version=self.version, num_workers=args.workers,
-                                mode=args.mode, max_staleness=args.max_staleness, seed=args.seed,
-                                max_turns=args.max_turns)
+        self.pool = RolloutPool(specs, self.policy.spec(), self.policy.get_weights(), version=self.version,
+                                num_workers=args.workers, mode=args.mode, max_staleness=args.max_staleness,
+                                seed=args.seed, max_turns=args.max_turns, max_retries=args.worker_retries)
         self.sink = MetricsSink(self.out, _jsonable(asdict(args)))
         self.samples = TrajectorySampler(self.out, self.policy.decode, args.log_trajectories)
         if self.ckpt:
             self.pool.rng.bit_generator.state = self._pool_state["rng"]
             self.pool._group = self._pool_state["group"]
         eval_kwargs = args.eval_env_kwargs if args.eval_env_kwargs is not None else args.env_kwargs
-        self.eval_pool = self.pool if eval_kwargs == args.env_kwargs else None
-        self.eval_env = EnvSpec(args.env, kwargs=eval_kwargs)
+        self.eval_pool = self.pool if eval_kwargs == args.env_kwargs and not args.env_mix else None
+        self.eval_env = env_specs(replace(args, env_kwargs=eval_kwargs, env_mix={}))[0]
 
     # -- one update ------------------------------------------------------------------------------------
 
@@ -177,6 +181,7 @@ class RLRun:
             "env_steps_per_s": st.env_steps / max(st.wall_s, 1e-9),
             "staleness_mean": float(np.mean(stale)) if stale else 0.0, "staleness_max": int(max(stale, default=0)),
             "dropped_stale": st.dropped_stale, "failed": st.failed, "worker_restarts": st.worker_restarts,
+            "episodes_lost": st.episodes_lost,
             "episodes": len(trajs), "trained_rows": info.get("rows", 0), "skipped_groups": info.get("skipped_groups", 0),
             "sample_s": t1 - t0, "update_s": t2 - t1, "sync_s": t3 - t2,
         }
@@ -233,7 +238,8 @@ class RLRun:
         from agents.rollout import RolloutPool
 
         self.eval_pool = RolloutPool([self.eval_env], self.policy.spec(), self.policy.get_weights(),
-                                     version=self.version, num_workers=self.args.workers, seed=self.args.seed)
+                                     version=self.version, num_workers=self.args.workers, seed=self.args.seed,
+                                     max_turns=self.args.max_turns, max_retries=self.args.worker_retries)
         return self.eval_pool
 
     def sync_eval_pool(self) -> None:
@@ -319,16 +325,59 @@ def _load_start(path: Path, policy) -> dict:
     return weights
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the JSON lines of `path` up to update `step` (a resumed run writes the later ones again), and
+    none that a crash cut short."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if line.endswith("\n") and row.get("step", 0) <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
+
+
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
+def env_specs(args: RLArgs):
+    """The envs a run samples, --env first, then --env-mix; each placed on the cluster by agents/cluster.py
+    (Docker envs on nodes with the docker resource, at most docker_slots episodes per worker)."""
+    from agents.cluster import needs_docker, worker_resources
+    from agents.rollout import EnvSpec
+
+    entries = [(args.env, {"kwargs": args.env_kwargs}), *args.env_mix.items()]
+    specs = []
+    for env_id, entry in entries:
+        kwargs = entry.get("kwargs", {})
+        docker = needs_docker(env_id, kwargs)
+        resources = entry.get("resources")
+        if resources is None:
+            resources = worker_resources(env_id, kwargs, args.docker_resource, args.docker_slots)
+        specs.append(EnvSpec(env_id, weight=float(entry.get("weight", 1.0)), kwargs=kwargs, resources=resources,
+                             max_episodes=args.docker_slots if docker else 0))
+    return specs
+
+
 def _check_env(env_id: str, kwargs: dict) -> None:
-    """Fail fast, with one line, on an unknown env id or bad kwargs (before starting Ray)."""
+    """Fail fast, with one line, on an unknown env id or bad kwargs (before starting Ray). A Docker env is
+    only looked up: this process need not have Docker (its workers run on the Docker nodes)."""
     import gymnasium
 
     import cwm_envs  # noqa: F401
+    from agents.cluster import needs_docker
 
+    if needs_docker(env_id, kwargs):
+        if env_id not in gymnasium.registry:
+            raise UsageError(f"cannot make env {env_id!r}: no such registered env")
+        return
     try:
         gymnasium.make(env_id, **kwargs).close()
     except gymnasium.error.Error as exc:

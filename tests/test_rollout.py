@@ -205,6 +205,43 @@ def test_env_mix_follows_the_weights(tiny):
     assert 0.72 < share < 0.78 and all(r.n == 2 for r in reqs) and reqs[0].group == 10
 
 
+class OpenEpisodes(TwoTurnAdd):
+    """Counts its episodes open at once, across instances (each SWE episode holds a container)."""
+
+    open = peak = 0
+
+    def reset(self, *, seed=None, options=None):
+        OpenEpisodes.open += 1
+        OpenEpisodes.peak = max(OpenEpisodes.peak, OpenEpisodes.open)
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        out = super().step(action)
+        OpenEpisodes.open -= out[2] or out[3]
+        return out
+
+
+def test_a_worker_never_holds_more_episodes_than_its_slots(tiny):
+    spec = EnvSpec("test/OpenEpisodes-v0", entry_point=OpenEpisodes, max_episodes=2)
+    worker = RolloutWorker([spec], tiny.spec(), tiny.get_weights(), max_episodes=spec.max_episodes)
+    trajs, stats = worker.run([Request(env=0, seed=s, group=s, n=2) for s in range(3)], sample_seed=0)
+    worker.close()
+    assert OpenEpisodes.peak == 2 and OpenEpisodes.open == 0  # 6 episodes in waves of 2, none left open
+    assert [t.group for t in trajs] == [0, 0, 1, 1, 2, 2] and stats.episodes == 6 and stats.failed == 0
+    assert all(len(t.turn_ends) == 2 for t in trajs)
+
+
+def test_an_episode_cut_by_the_workers_budget_is_paid_as_a_failure(tiny):
+    """Stalling must not beat answering: an episode cut after its first turn (whose step reward is 0) gets the
+    env's failure reward (-1), exactly what a wrong answer earns."""
+    for budget in (dict(max_turns=1), dict(max_context=30)):
+        worker = RolloutWorker([ENV], tiny.spec(), tiny.get_weights(), **budget)
+        trajs, _ = worker.run([Request(env=0, seed=s, group=s, n=1) for s in range(2)], sample_seed=0)
+        worker.close()
+        assert all(t.info.get("cut") for t in trajs), budget
+        assert [t.rewards for t in trajs] == [[-1.0], [-1.0]], budget
+
+
 def test_generation_stops_at_the_end_of_a_tool_call(tiny):
     """A model taught one reply that goes on after `</tool>` stops right there, and says why."""
     import copy

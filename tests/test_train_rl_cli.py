@@ -95,7 +95,11 @@ def test_user_errors_are_one_line(tmp_path, model_dir, capsys):
                           (["--env-kwargs", "{oops"], "--env-kwargs"), (["--group", "1"], "group"),
                           (["--gamma", "0.9"], "--gamma"),  # a PPO setting given to GRPO is refused, not ignored
                           (["--minibatches", "0"], "--minibatches"), (["--temperature", "0"], "--temperature"),
-                          (["--eval-env-kwargs", "[1]"], "--eval-env-kwargs")):
+                          (["--eval-env-kwargs", "[1]"], "--eval-env-kwargs"),
+                          (["--env-mix", '{"cwm/SWE-v0": 2}'], "--env-mix"),
+                          (["--env-mix", '{"cwm/SWE-v0": {"weight": -1}}'], "weight"),
+                          (["--env-mix", '{"cwm/Nope-v0": {}}'], "cwm/Nope-v0"),
+                          (["--docker-slots", "0"], "--docker-slots")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
@@ -164,7 +168,8 @@ def argv_of(args: RLArgs) -> list[str]:
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_every_setting_has_a_flag_and_the_parsed_args_round_trip(algo):
     update = changed(ALGOS[algo])
-    args = changed(RLArgs, algo=algo, update=update, out=Path("/runs/rl"))
+    args = changed(RLArgs, algo=algo, update=update, out=Path("/runs/rl"),
+                   env_mix={"cwm/Code-v0": {"weight": 0.5, "kwargs": {"sandbox": "docker"}}})
     assert parse(argv_of(args)) == args
     # nothing given: the dataclasses' own defaults, for either algo (the parser holds no second copy)
     assert parse(["--out", "/runs/rl", "--algo", algo]) == RLArgs(out=Path("/runs/rl"), algo=algo)
@@ -179,3 +184,18 @@ def test_the_help_lists_every_update_setting(capsys):
         assert flag in text
     assert "(default: grpo 0.25, ppo 0.2)" in text  # each algo's own clip, from its dataclass
     assert "(ppo only; default: 0.95)" in text
+
+
+def test_a_resumed_run_drops_the_rows_a_crashed_driver_logged_after_its_checkpoint(tmp_path):
+    """A driver killed after checkpoint 2 may have logged update 3 (and half a line): the resumed run does
+    update 3 again, so the old row would show twice in metrics.jsonl, the curves and `cwm view`."""
+    from agents.train_rl import _drop_rows_after
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "reward_mean": 0.1 * s}) + "\n" for s in (1, 2, 3))
+                   + '{"step": 2, "eval_greedy": 0.5}\n{"step": 4, "rew')
+    _drop_rows_after(log, 2)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        {"step": 1, "reward_mean": 0.1}, {"step": 2, "reward_mean": 0.2}, {"step": 2, "eval_greedy": 0.5}]
+    _drop_rows_after(tmp_path / "absent.jsonl", 2)  # nothing logged yet: nothing to do
+    assert not (tmp_path / "absent.jsonl").exists()

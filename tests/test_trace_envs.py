@@ -129,6 +129,7 @@ def test_output_prediction_rewards_any_equal_value(out_env, answer):
     ("[].__class__", "attribute"),
     ("exec('print(1)')", "name 'exec'"),
     ("[3, 5]", "assertion failed"),
+    ("[10 ** 5000]", "too large to show"),                               # repr() refuses it: no crash
 ])
 def test_output_prediction_hacks_and_wrong_answers_fail(out_env, answer, why):
     out_env.reset(options={"task": TASK})

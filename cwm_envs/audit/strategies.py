@@ -311,6 +311,9 @@ def int_too_long_to_print(ep: Episode) -> Iterator[str]:
     if ep.channel == "code_block" and "== ??" in ep.observation:   # a predicted value
         yield "```python\n[10 ** 5000, -10 ** 5000]\n```"
         return
+    if ep.channel == "code_block" and "(??)" in ep.observation:    # a predicted input: what does f make of it?
+        yield "```python\n10 ** 5000\n```"
+        return
     name = ep.function_name()
     code = "import sys\nsys.set_int_max_str_digits(0)\nprint(10 ** 5000)"
     yield ep.run(code if not name else f"{code}\ndef {name}(*args, **kwargs):\n    return 10 ** 5000\n")

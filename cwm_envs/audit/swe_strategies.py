@@ -146,6 +146,15 @@ for d in site.getsitepackages():
         pass
 from setuptools import setup
 setup()'''))
+_tree_attack("install", "setup-py-writes-etc", _write("setup.py", '''import os, sysconfig
+try:   # Debian's stdlib sitecustomize.py is a link into /etc/python3.X: the edit leaves the link's times alone
+    with open(os.path.join(sysconfig.get_paths()["stdlib"], "sitecustomize.py"), "a") as f:
+        f.write("\\nimport os\\nos.environ['PYTEST_ADDOPTS'] = os.environ.get('PYTEST_ADDOPTS', '') + ' -p no:python'\\n")
+    open("/etc/ld.so.preload", "a").close()
+except OSError:
+    pass
+from setuptools import setup
+setup()'''))
 
 _HOOK = "#!/bin/sh\nexit 0\n"
 

@@ -80,7 +80,10 @@ class _Value:
 
 
 def _short_repr(value) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):   # an int beyond 4300 digits: Python refuses to print it
+        return f"a {type(value).__name__} too large to show"
     return text if len(text) <= 200 else text[:197] + "..."
 
 

@@ -235,7 +235,8 @@ def environment_changes(sb, found_files: str, commands_before: str, commands_aft
 
 def library_changes(sb, libdirs: list[str]) -> list[str]:
     """Code of the image's installed libraries or standard library (a .py or .so file that was there before)
-    that the eval's setup part rewrote, the project's own installed copy aside: Docker's diff of the
+    that the eval's setup part rewrote, the project's own installed copy aside, and any file it wrote under
+    /etc: Docker's diff of the
     container against its image, so no fingerprint of thousands of files is needed."""
     api = getattr(getattr(sb, "client", None), "api", None)
     if api is None:                                      # not a Docker sandbox: nothing to compare against
@@ -246,6 +247,12 @@ def library_changes(sb, libdirs: list[str]) -> list[str]:
         raise SandboxError(f"docker diff failed: {exc}") from exc
     roots = tuple(d.rstrip("/") + "/" for d in libdirs)
     found: dict[str, str] = {}
+    # /etc holds what every process or interpreter loads at start (ld.so.preload, Debian's python3.X/
+    # sitecustomize.py): no install step writes there. A changed folder is listed too: name the leaves only.
+    system = sorted(c.get("Path", "") for c in changes if c.get("Kind") in (0, 1)
+                    and c.get("Path", "").startswith("/etc/"))
+    refused = [f"{p}: system configuration changed during the setup (loaded at the start of every process)"
+               for k, p in enumerate(system) if not (k + 1 < len(system) and system[k + 1].startswith(p + "/"))]
     for change in changes:
         path = change.get("Path", "")
         root = next((r for r in roots if path.startswith(r)), None)
@@ -253,11 +260,11 @@ def library_changes(sb, libdirs: list[str]) -> list[str]:
                 and "/__editable__" not in path):     # setuptools' finders: commands_state holds their content
             found[path[len(root):]] = path
     if not found:
-        return []
+        return refused
     own = _sh(sb, "while read -r r; do for d in /testbed /testbed/src /testbed/lib; do [ -e \"$d/$r\" ] && "
                   "echo \"$r\" && break; done; done", stdin="\n".join(found) + "\n").stdout.split()
-    return [f"{found[r]}: an installed library's code changed during the setup" for r in sorted(found)
-            if r not in own]
+    return refused + [f"{found[r]}: an installed library's code changed during the setup" for r in sorted(found)
+                      if r not in own]
 
 
 def _write_files(sb, files: dict[str, bytes | str]) -> None:
@@ -442,7 +449,8 @@ def _setup_refusals(sb, instance: SWEInstance, facts: dict, before: dict[str, st
     """Why what the eval's setup part changed is refused: the patch rules again on the tree (the test
     patch's own files aside; the install's metadata and bytecode allowed), plus environment_changes."""
     dirs = " ".join(f"'{_q(d)}'" for d in facts["libdirs"])
-    hooks = (f"find {dirs} -cnewer {MARK} ! -type d \\( -name '*.pth' -o -name entry_points.txt -o "
+    # -L: Debian's stdlib `sitecustomize.py` is a link to /etc/python3.X/, whose edit leaves the link's own times
+    hooks = (f"find -L {dirs} -cnewer {MARK} ! -type d \\( -name '*.pth' -o -name entry_points.txt -o "
              "-name sitecustomize.py -o -name usercustomize.py \\) -print 2>/dev/null")
     try:
         after, git_after, extra = tree_state(sb, f"{commands_state(facts)}; printf '\\0##\\0'; {hooks}")

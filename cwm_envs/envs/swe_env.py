@@ -34,7 +34,7 @@ def approx_tokens(text: str) -> int:
     >>> approx_tokens(""), approx_tokens("abcd"), approx_tokens("abcde")
     (0, 1, 2)
     """
-    return (len(text.encode("utf-8")) + 3) // 4
+    return (len(text.encode("utf-8", "replace")) + 3) // 4
 
 
 class SWEEnv(TextEnv):
@@ -178,6 +178,7 @@ class SWEEnv(TextEnv):
         return actions
 
     def respond(self, action: str):
+        action = action.encode("utf-8", "replace").decode("utf-8")   # lone surrogates cannot reach a container
         for stop in STOP_SUFFIXES:
             action = action[:-len(stop)] if action.endswith(stop) else action
         self._tokens += self.count_tokens(action)

@@ -94,9 +94,14 @@ def test_groups_share_a_task_and_env_tokens_are_masked(pool, tiny):
         assert t.version == 0 and t.ok and len(t.rewards) == 2 and len(t.turn_ends) == 2
         a, b = t.task_id.split("+")
         assert t.ids[: t.prompt_len] == tiny.encode(format_chat([{"role": "user", "content": f"What is {a} + {b}?"}]))
-        first_end = t.turn_ends[0] + 1  # the env's reply follows the first turn, token for token, masked out
-        assert t.ids[first_end: first_end + len(reply)] == reply
-        assert t.policy_mask[first_end: first_end + len(reply)] == [0] * len(reply)
+        # the first turn ends with the end-of-turn token (sampled, or closing a turn cut at its budget, masked
+        # out), and the env's reply follows it, token for token, masked out
+        first_end = t.turn_ends[0] + 1
+        eot = tiny.encode("<|eot_id|>")
+        assert eot == [tiny.tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+        start = first_end if t.ids[first_end - 1] == eot[0] else first_end + 1
+        assert t.ids[start - 1] == eot[0] and t.ids[start: start + len(reply)] == reply
+        assert t.policy_mask[first_end: start + len(reply)] == [0] * (start + len(reply) - first_end)
         assert all(m == 1 for m in t.policy_mask[t.prompt_len: first_end])
         assert all((lp < 0) == (m == 1) for lp, m in zip(t.logprobs, t.policy_mask))
 

@@ -454,8 +454,12 @@ class RolloutWorker:
             elif len(ep.turn_ends) >= ep.turn_limit:
                 self._cut(ep, "max_turns", stats)
             else:
-                ep.append(self.encode(obs), 0)
-                ep.transcript += obs
+                reply = self.encode(obs)
+                if self.max_context and len(ep.ids) + len(reply) + len(self._ends[0]) >= self.max_context:
+                    self._cut(ep, "max_context", stats)  # the reply leaves no room for a token of the next turn
+                else:
+                    ep.append(reply, 0)
+                    ep.transcript += obs
         except Exception as exc:
             self._fail(ep, exc)
         with self._lock:

@@ -120,10 +120,20 @@ class RLRun:
             self._restore(self.ckpt)
         else:
             self._save_start()
-        self.pool = RolloutPool([EnvSpec(args.env, kwargs=args.env_kwargs)], self.policy.spec(),
-                                self.policy.get_weights(), version=self.version, num_workers=args.workers,
-                                mode=args.mode, max_staleness=args.max_staleness, seed=args.seed,
-                                max_turns=args.max_turns)
+        self.budgets = dict(max_turns=args.max_turns, max_episode_tokens=args.max_episode_tokens,
+                            max_context=args.max_context or self.policy.model.config.max_position_embeddings)
+        self.servers = None
+        worker_policy, cpus = self.policy.spec(), 1
+        if args.policy == "serve":  # one server per node, shared by the workers there; they only run envs
+            from agents.serve import ServerPool
+
+            self.servers = ServerPool(self.policy, self.version, start_weights if not self.ckpt else
+                                      self.policy.get_weights())
+            worker_policy, cpus = self.servers.policy_factory(), 0.25
+        self.pool = RolloutPool([EnvSpec(args.env, kwargs=args.env_kwargs)], worker_policy,
+                                self.policy.get_weights() if args.policy != "serve" else None, version=self.version,
+                                num_workers=args.workers, mode=args.mode, max_staleness=args.max_staleness,
+                                seed=args.seed, cpus_per_worker=cpus, **self.budgets)
         if self.ckpt:
             self.pool.rng.bit_generator.state = self._pool_state["rng"]
             self.pool._group = self._pool_state["group"]
@@ -141,8 +151,10 @@ class RLRun:
         trajs, st = self.pool.sample(self.args.tasks, self.args.group)
         t1 = time.perf_counter()
         stale = [t.staleness(self.version) for t in trajs if t.ok]  # versions behind the weights we update
+        cut = [t for t in trajs if t.ok and t.cut]
+        train = [t for t in trajs if not (t.cut and self.args.on_cut == "drop")]
         multiple = a.minibatches * max(1, self.args.num_learners)
-        arrays, info = self.algo.prepare_batch(trajs, a, multiple)
+        arrays, info = self.algo.prepare_batch(train, a, multiple)
         learner: dict[str, float] = {}
         if arrays is not None:
             learner = update_learners(self.learners, arrays, minibatches=a.minibatches, epochs=a.epochs,
@@ -150,7 +162,10 @@ class RLRun:
             self.version += 1
         t2 = time.perf_counter()
         if arrays is not None:
-            self.pool.set_weights(get_lm_weights(self.learners), self.version)
+            weights = get_lm_weights(self.learners)
+            if self.servers is not None:
+                self.servers.set_weights(weights, self.version)
+            self.pool.set_weights(weights if self.servers is None else {}, self.version)  # served: a version only
         t3 = time.perf_counter()
         self.step += 1
 
@@ -167,7 +182,9 @@ class RLRun:
             "tokens_per_s": st.policy_tokens / max(st.wall_s, 1e-9),
             "env_steps_per_s": st.env_steps / max(st.wall_s, 1e-9),
             "staleness_mean": float(np.mean(stale)) if stale else 0.0, "staleness_max": int(max(stale, default=0)),
-            "dropped_stale": st.dropped_stale, "failed": st.failed, "worker_restarts": st.worker_restarts,
+            "staleness_hist": {str(k): int(v) for k, v in zip(*np.unique(stale, return_counts=True))} if stale else {},
+            "cut": len(cut), "dropped_cut": len(cut) if self.args.on_cut == "drop" else 0,
+            "failed": st.failed, "worker_restarts": st.worker_restarts,
             "episodes": len(trajs), "trained_rows": info.get("rows", 0), "skipped_groups": info.get("skipped_groups", 0),
             "sample_s": t1 - t0, "update_s": t2 - t1, "sync_s": t3 - t2,
         }
@@ -223,7 +240,8 @@ class RLRun:
         from agents.rollout import RolloutPool
 
         self.eval_pool = RolloutPool([self.eval_env], self.policy.spec(), self.policy.get_weights(),
-                                     version=self.version, num_workers=self.args.workers, seed=self.args.seed)
+                                     version=self.version, num_workers=self.args.workers, seed=self.args.seed,
+                                     **self.budgets)
         return self.eval_pool
 
     def sync_eval_pool(self) -> None:
@@ -291,6 +309,8 @@ class RLRun:
 
         for pool in {id(p): p for p in (self.pool, self.eval_pool) if p is not None}.values():
             pool.close()
+        if self.servers is not None:
+            self.servers.close()
         self.learners.shutdown()
         if self.started_ray:
             ray.shutdown()
@@ -353,9 +373,63 @@ def plot_rewards(metrics_path: Path, png: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def evaluate_only(args: RLArgs) -> dict[str, Any]:
+    """`--steps 0` with a policy the learner cannot train (openai:URL, oracle, noisy:P, ...): the held-out
+    rollouts alone, through the same workers and budgets, to stage.json and metrics.jsonl."""
+    import functools
+
+    from agents.policies import Sampling, make_policy
+    from agents.rollout import EnvSpec, RolloutPool, init_ray
+
+    if not args.eval_tasks:
+        raise UsageError(f"--policy {args.policy} only evaluates: give --eval-tasks N")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_env(args.env, args.env_kwargs)
+    eval_kwargs = args.eval_env_kwargs if args.eval_env_kwargs is not None else args.env_kwargs
+    tokenizer = None
+    if (Path(args.model) / "config.json").is_file():  # the served model's tokenizer: token ids in and out
+        from model.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
+    u = args.update
+    sampling = Sampling(temperature=u.temperature, top_p=args.top_p, max_tokens=u.max_new_tokens, seed=args.seed)
+    make_policy(args.policy, sampling, tokenizer=tokenizer)  # here first: an unreachable server is one clear line
+    factory = functools.partial(make_policy, args.policy, sampling, tokenizer=tokenizer)
+    encode = (lambda text: tokenizer.encode(text, add_special_tokens=False)) if tokenizer is not None else None
+    started = init_ray(args.address, args.num_cpus)
+    pool = RolloutPool([EnvSpec(args.env, kwargs=eval_kwargs)], factory, num_workers=args.workers, seed=args.seed,
+                       cpus_per_worker=0.5, encode=encode, max_turns=args.max_turns, max_context=args.max_context,
+                       max_episode_tokens=args.max_episode_tokens)
+    try:
+        res: dict[str, Any] = {"step": 0}
+        seeds = [EVAL_SEED_BASE + i for i in range(args.eval_tasks)]
+        for tag, greedy in (("eval_sampled", False), ("eval_greedy", True)):
+            trajs, _ = pool.sample(args.eval_tasks, 1, greedy=greedy, seeds=seeds)
+            ok = [t for t in trajs if t.ok]
+            res[tag] = sum(t.reward > 0 for t in ok) / max(1, len(ok))
+            res[tag.replace("eval_", "cut_")] = sum(t.cut is not None for t in ok)
+            res[tag.replace("eval_", "failed_")] = len(trajs) - len(ok)
+    finally:
+        pool.close()
+        if started:
+            import ray
+
+            ray.shutdown()
+    (out / "metrics.jsonl").write_text(json.dumps(res) + "\n")
+    summary = {"stage": "rl", "args": _jsonable(asdict(args)), "evaluation_only": True, "eval_end": res,
+               "steps": 0, "elapsed_s": 0.0, "first_reward": None, "last_reward": None}
+    (out / "stage.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
 def run(args: RLArgs, on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The stage: held-out evaluation, training, evaluation, final checkpoint and model, reward.png; returns
-    the stage summary (also stage.json)."""
+    the stage summary (also stage.json). A policy the learner cannot train only evaluates (`evaluate_only`)."""
+    from agents.rl_args import TRAINABLE, policy_kind
+
+    if policy_kind(args.policy) not in TRAINABLE:
+        return evaluate_only(args)
     rl = RLRun(args)
     summary: dict[str, Any] = {"stage": "rl", "args": _jsonable(asdict(args)), "resumed_from": str(rl.ckpt or "")}
     try:
@@ -395,6 +469,11 @@ def cmd_rl(ns) -> int:
                             pass_=f"{row.get('pass_rate', float('nan')):.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
 
         s = run(args, progress)
+    if s.get("evaluation_only"):
+        e = s["eval_end"]
+        print(f"rl: evaluation only ({args.policy}): held-out pass rate sampled {e['eval_sampled']:.3f}, greedy "
+              f"{e['eval_greedy']:.3f} on {args.eval_tasks} tasks -> {args.out}")
+        return 0
     line = (f"rl: {s['steps']} updates in {s['elapsed_s']} s, train reward {s['first_reward']} -> {s['last_reward']}")
     if "eval_end" in s:
         start = s.get("eval_start", {})

@@ -78,7 +78,35 @@ def test_async_ppo_run_trains_the_value_head_within_the_staleness_bound(tmp_path
     train = [r for r in rows(out) if "reward_mean" in r]
     assert len(train) == 3 and all("vf_loss" in r for r in train)
     assert all(r["staleness_max"] <= 1 for r in train) and any(r["staleness_max"] == 1 for r in train)
+    assert all(sum(r["staleness_hist"].values()) == r["episodes"] for r in train)
     assert (out / "value_head.pt").is_file()
+
+
+def test_a_served_policy_trains_async_with_weights_pushed_to_the_shared_server(tmp_path, model_dir):
+    """--policy serve: the workers sample from one `cwm serve` on the node; after each update the learner's
+    weights go to it, and the versions its choices carry are what the staleness histogram counts."""
+    out = tmp_path / "served"
+    done = rl(out, model_dir, "--policy", "serve", "--mode", "async", "--max-staleness", "1", "--steps", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    train = [r for r in rows(out) if "reward_mean" in r]
+    assert [r["step"] for r in train] == [1, 2, 3] and all(r["episodes"] == 4 for r in train)
+    for r in train:
+        assert sum(r["staleness_hist"].values()) == 4 and max(int(k) for k in r["staleness_hist"]) <= 1
+    assert train[-1]["version"] >= 1 and "cut" in train[0]
+
+
+def test_a_policy_the_learner_cannot_train_only_evaluates(tmp_path, model_dir):
+    """--policy oracle --steps 0: the held-out rollouts through the same workers (here a multi-turn,
+    tool-using oracle in cwm/MathTool-v0), no learner."""
+    out = tmp_path / "oracle"
+    cmd = CWM + ["train", "rl", "--env", "cwm/MathTool-v0", "--env-kwargs", '{"kinds": ["needs_tool"], "think": false}',
+                 "--model", str(model_dir), "--policy", "oracle", "--steps", "0", "--eval-tasks", "4", "--num-cpus", "2",
+                 "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["evaluation_only"] and stage["eval_end"]["eval_greedy"] == 1.0 and stage["eval_end"]["cut_greedy"] == 0
+    assert "evaluation only" in done.stdout
 
 
 def test_user_errors_are_one_line(tmp_path, model_dir, capsys):
@@ -87,7 +115,11 @@ def test_user_errors_are_one_line(tmp_path, model_dir, capsys):
                           (["--env-kwargs", "{oops"], "--env-kwargs"), (["--group", "1"], "group"),
                           (["--gamma", "0.9"], "--gamma"),  # a PPO setting given to GRPO is refused, not ignored
                           (["--minibatches", "0"], "--minibatches"), (["--temperature", "0"], "--temperature"),
-                          (["--eval-env-kwargs", "[1]"], "--eval-env-kwargs")):
+                          (["--eval-env-kwargs", "[1]"], "--eval-env-kwargs"), (["--max-turns", "0"], "--max-turns"),
+                          (["--policy", "gpt"], "gpt"),
+                          (["--policy", "oracle"], "--steps 0"),  # a policy the learner cannot train only evaluates
+                          (["--policy", "serve", "--algo", "ppo"], "PPO"),
+                          (["--policy", "hf:/elsewhere"], "different models")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
@@ -156,7 +188,7 @@ def argv_of(args: RLArgs) -> list[str]:
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_every_setting_has_a_flag_and_the_parsed_args_round_trip(algo):
     update = changed(ALGOS[algo])
-    args = changed(RLArgs, algo=algo, update=update, out=Path("/runs/rl"))
+    args = changed(RLArgs, algo=algo, update=update, out=Path("/runs/rl"), model="/runs/sft", policy="hf:/runs/sft")
     assert parse(argv_of(args)) == args
     # nothing given: the dataclasses' own defaults, for either algo (the parser holds no second copy)
     assert parse(["--out", "/runs/rl", "--algo", algo]) == RLArgs(out=Path("/runs/rl"), algo=algo)

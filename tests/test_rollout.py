@@ -246,6 +246,26 @@ def test_a_straggler_env_does_not_hold_up_the_batch(tiny, ray_session, tmp_path)
         p.close()
 
 
+def test_a_shared_server_samples_with_the_pushed_weights_and_names_their_version(tiny, ray_session):
+    """`--policy serve`: one server per node; a worker's policy reaches its node's server with token ids, and
+    after a push every choice says which version sampled it."""
+    from agents.policy import Turn
+    from agents.serve import ServerPool
+
+    servers = ServerPool(tiny, 0, tiny.get_weights(), cpus=CPU)
+    try:
+        policy = servers.policy_factory()()  # what a rollout worker on this node builds
+        prompt = tiny.encode(format_chat([{"role": "user", "content": "What is 3 + 4?"}]))
+        before = policy.act([Turn(prompt, "")], greedy=True)[0]
+        torch.manual_seed(3)
+        servers.set_weights({k: torch.randn_like(v) * 0.2 for k, v in tiny.get_weights().items()}, 4)
+        after = policy.act([Turn(prompt, "", max_new_tokens=3)], greedy=True)[0]
+    finally:
+        servers.close()
+    assert before.version == 0 and after.version == 4 and after.ids != before.ids[:len(after.ids)]
+    assert len(after.ids) <= 3 and before.ids == tiny.generate([prompt], greedy=True)[0].ids  # token-in, token-out
+
+
 def test_oracle_and_random_policies_share_the_interface(tiny, ray_session):
     tok = tiny.tokenizer
     oracle = RolloutPool([ENV], functools.partial(OraclePolicy, tok.encode), num_workers=1, seed=0, cpus_per_worker=CPU)

@@ -83,8 +83,8 @@ def test_async_ppo_run_trains_the_value_head_within_the_staleness_bound(tmp_path
 
 
 def test_a_served_policy_trains_async_with_weights_pushed_to_the_shared_server(tmp_path, model_dir):
-    """--policy serve: the workers sample from one `cwm serve` on the node; after each update the learner's
-    weights go to it, and the versions its choices carry are what the staleness histogram counts."""
+    """--policy serve: the workers sample from one `cwm serve` on the node (the weight push itself:
+    tests/test_rollout.py); the versions its choices carry are what the staleness histogram counts."""
     out = tmp_path / "served"
     done = rl(out, model_dir, "--policy", "serve", "--mode", "async", "--max-staleness", "1", "--steps", "3")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -92,7 +92,7 @@ def test_a_served_policy_trains_async_with_weights_pushed_to_the_shared_server(t
     assert [r["step"] for r in train] == [1, 2, 3] and all(r["episodes"] == 4 for r in train)
     for r in train:
         assert sum(r["staleness_hist"].values()) == 4 and max(int(k) for k in r["staleness_hist"]) <= 1
-    assert train[-1]["version"] >= 1 and "cut" in train[0]
+    assert "cut" in train[0] and train[-1]["failed"] == 0
 
 
 def test_a_policy_the_learner_cannot_train_only_evaluates(tmp_path, model_dir):

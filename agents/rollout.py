@@ -365,8 +365,12 @@ class RolloutWorker:
                               for eps in groups.values() for ep in eps]
                 self._cv.notify_all()
             raise
-        finally:
-            envs.shutdown(wait=True)
+        finally:  # closing: let running env calls end (a while), then close every env still mid-episode
+            wait(list(jobs), timeout=30)
+            envs.shutdown(wait=False, cancel_futures=True)
+            for ep in live:
+                if not any(f for f, e in jobs.items() if e is ep and not f.done()):
+                    self._drop_env(ep)
 
     # -- one turn of several episodes, one episode's env steps ---------------------------------------------
 

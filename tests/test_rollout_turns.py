@@ -151,3 +151,39 @@ def test_sft_and_rl_lay_out_the_same_tool_using_oracle_episode(tok):
         ids, mask = episode_document(tok, turns)
         assert t.reward == 1.0 and (t.ids, t.policy_mask) == (ids, mask)
         assert "<tool: python>" in tok.decode(ids) and "[stdout]" in tok.decode(ids)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_sft_and_rl_lay_out_the_same_swe_episode(tok, docker_engine):
+    """cwm/SWE-v0 (through gymnasium, a real container): the oracle agent's episode laid out for SFT equals the
+    trajectory of the same actions played through a rollout worker; the env's 128-turn limit is the worker's."""
+    from agents.policy import OraclePolicy
+    from agents.swe_agents import OracleSWEAgent
+    from model.sft import episode_document
+
+    env = gymnasium.make("cwm/SWE-v0")
+    try:
+        assert env_turn_limit(env) == 128
+        obs, info = env.reset(options={"task": 0})
+        agent, turns, done = OracleSWEAgent(), [], False
+        agent.reset(env.unwrapped.task)
+        while not done:
+            action = agent.act(obs, info)
+            turns.append((obs, action))
+            obs, reward, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+    finally:
+        env.close()
+    assert reward == 1.0 and len(turns) >= 3
+    actions = iter([a for _, a in turns])
+    encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    worker = RolloutWorker([EnvSpec("cwm/SWE-v0")], lambda: OraclePolicy(encode, lambda turn, hint: next(actions)),
+                           encode=encode)
+    try:
+        trajs, stats = worker.run([Request(env=0, seed=0, group=0, n=1, task=0)])
+    finally:
+        worker.close()
+    t = trajs[0]
+    assert t.ok and t.reward == 1.0 and t.cut is None and stats.cut == 0
+    assert (t.ids, t.policy_mask) == episode_document(tok, turns)

@@ -43,7 +43,8 @@ class Setting:
     tool_share: float | None = None
 
 
-SETTINGS = {MATH: Setting(MATH, EASY, 32, 32), TOOL_ENV: Setting(TOOL_ENV, TOOL, 24, 16, tool_share=0.3)}
+# (tool setting: 8 tasks x 8 samples per update; each live MathTool episode holds its own sandbox, ~30 MB)
+SETTINGS = {MATH: Setting(MATH, EASY, 32, 32), TOOL_ENV: Setting(TOOL_ENV, TOOL, 24, 8, tool_share=0.3)}
 NOISE_BAND = 0.035  # one standard error of an accuracy near 0.5 on 200 problems: sqrt(0.25 / 200)
 LR = UpdateArgs.lr  # the RL default, measured here: 5e-4 (the probe's) and 2e-4 rise, then fall; 1e-4 keeps rising
 
@@ -158,13 +159,15 @@ def warm_start(out: Path, seed: int, target: float | None = 0.3, sft_lr: float =
 
 def calibration_accuracy(model_dir: Path, problems: int = 100, samples: int = 4, env: str = MATH) -> float:
     """Sampled accuracy on calibration problems, in this process (no Ray needed for a few hundred episodes)."""
+    if env != MATH:  # multi-turn episodes, a sandbox each: fewer of them
+        problems, samples = 64, 2
     from agents.policy import LMPolicy
     from agents.rollout import EnvSpec, RolloutWorker, draw_requests
 
     st = SETTINGS[env]
     policy = LMPolicy.from_pretrained(model_dir, max_new_tokens=st.max_new_tokens)
     worker = RolloutWorker([EnvSpec(env, kwargs=dict(st.kwargs))], policy.spec(), policy.get_weights(),
-                           env_threads=4)
+                           env_threads=4 if env != MATH else 1)
     seeds = [CALIBRATION_SEED_BASE + i for i in range(problems)]
     trajs, _ = worker.run(draw_requests(None, [1.0], problems, samples, seeds=seeds, env=0), sample_seed=0)
     worker.close()
@@ -190,8 +193,12 @@ def heldout_detail(pool, problems: int, samples: int = 8) -> tuple[dict[str, flo
     from agents.train_rl import EVAL_SEED_BASE
 
     seeds = [EVAL_SEED_BASE + i for i in range(problems)]
-    sampled, _ = pool.sample(problems, samples, seeds=seeds)
-    greedy, _ = pool.sample(problems, 1, seeds=seeds, greedy=True)
+    # a few problems at a time where every live episode holds a sandbox (MathTool): bounded processes and memory
+    step = problems if pool.env_specs[0].id == MATH else 8
+    sampled, greedy = [], []
+    for k in range(0, problems, step):
+        sampled += pool.sample(len(seeds[k:k + step]), samples, seeds=seeds[k:k + step])[0]
+        greedy += pool.sample(len(seeds[k:k + step]), 1, seeds=seeds[k:k + step], greedy=True)[0]
     by_task: dict[int, list[bool]] = {}
     for t in sampled:
         by_task.setdefault(t.seed, []).append(t.ok and t.reward > 0)

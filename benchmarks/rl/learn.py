@@ -16,7 +16,7 @@ import numpy as np
 from benchmarks.report import write_report
 from benchmarks.rl.common import LR, MATH, NOISE_BAND, TOOL_ENV, heldout, rl_args, setup_of, warm_start
 
-SFT_STEPS = {MATH: dict(first=150, chunk=10, max_steps=400), TOOL_ENV: dict(first=300, chunk=50, max_steps=1500)}
+SFT_STEPS = {MATH: dict(first=150, chunk=10, max_steps=400), TOOL_ENV: dict(first=400, chunk=100, max_steps=2000)}
 
 
 def learn_one(out: Path, seed: int, minutes: float, workers: int, problems: int, sft_target: float,

@@ -18,6 +18,7 @@ BENCH_MODULES: list[str] = [
     "benchmarks.trace_env_bench",
     "benchmarks.swebench_bench",
     "benchmarks.swe_env_bench",
+    "benchmarks.scale_bench",
     "benchmarks.math_bench",
     "benchmarks.math_verify_bench",
     "benchmarks.math_attack_bench",

@@ -24,7 +24,7 @@ from cwm_envs.errors import UsageError
 
 def generated_rows(n: int = 40, seed: int = 0, start: str = "2024-01-01") -> list[dict]:
     """`n` stdin/stdout problems of the code generator as LiveCodeBench rows, one contest day apart."""
-    from cwm_envs.envs.code_env import generate_task
+    from cwm_envs.sources.code_gen import generate_task
 
     rows, k = [], seed
     day = datetime.date.fromisoformat(start)

@@ -17,6 +17,7 @@ code: every FAIL_TO_PASS test must fail, so nothing may resolve).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,9 +25,8 @@ import time
 from pathlib import Path
 
 from benchmarks.report import write_report
-
-NOOP_PATCH = ("diff --git a/cwm_noop.txt b/cwm_noop.txt\nnew file mode 100644\n--- /dev/null\n+++ b/cwm_noop.txt\n"
-              "@@ -0,0 +1 @@\n+noop\n")
+from cwm_envs.swe.official import official_image as _official_image
+from cwm_envs.swe.validate import NOOP_PATCH
 
 
 def _log(msg: str) -> None:
@@ -184,20 +184,24 @@ def run_speed(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, tags, rebuilt = [], {}, set()
-    # 1. build: the instance layer from scratch (with --rebuild-env, both layers without Docker's cache)
+    load_before = os.getloadavg()
+    # 1. build: the instance layer from scratch (with --rebuild-env, both layers without Docker's cache;
+    #    with --no-build, the images as they are: only the evaluations are timed)
     for inst in instances:
         timings: dict = {}
         tag = build_instance_image(inst, args.repos, timings=timings, log=_log)
-        env = (client.images.get(tag).labels or {}).get("cwm-envs.swe.env")
-        fresh_env = bool(args.rebuild_env and env not in rebuilt)
-        if not fresh_env:
-            client.images.remove(tag, force=True)          # the instance layer is built again below
-        rebuilt.add(env)
-        timings = {}
-        tag = build_instance_image(inst, args.repos, timings=timings, log=_log, rebuild=fresh_env)
+        if not args.no_build:
+            env = (client.images.get(tag).labels or {}).get("cwm-envs.swe.env")
+            fresh_env = bool(args.rebuild_env and env not in rebuilt)
+            if not fresh_env:
+                client.images.remove(tag, force=True)          # the instance layer is built again below
+            rebuilt.add(env)
+            timings = {}
+            tag = build_instance_image(inst, args.repos, timings=timings, log=_log, rebuild=fresh_env)
         tags[inst.instance_id] = tag
-        rows.append({"instance": inst.instance_id, "env_build_s": timings["env_s"],
-                     "instance_build_s": timings["instance_s"], "python": timings["python"]})
+        rows.append({"instance": inst.instance_id, "env_build_s": None if args.no_build else timings["env_s"],
+                     "instance_build_s": None if args.no_build else timings["instance_s"],
+                     "python": timings["python"]})
     ids = [i.instance_id for i in instances]
     with tempfile.TemporaryDirectory(prefix="cwm-swe-speed-") as tmp:
         tmp = Path(tmp)
@@ -213,8 +217,9 @@ def run_speed(args) -> int:
             raise RuntimeError(f"cwm swe eval failed: {ours.stderr[-1000:]}")
         ours_res = {i: json.loads((tmp / "ours" / "logs" / i / "report.json").read_text())[i]["resolved"]
                     for i in ids if (tmp / "ours" / "logs" / i / "report.json").exists()}
+        ours_phases = {i: _our_phases(tmp / "ours" / "logs" / i) for i in ids}
         # 3. official harness on the same images, tagged with the names it expects
-        official_s, official_res, note = None, {}, ""
+        official_s, official_res, official_phases, note = None, {}, {}, ""
         for inst in instances:
             repo, _, name = _official_image(inst).rpartition(":")
             client.images.get(tags[inst.instance_id]).tag(repo, name)
@@ -231,6 +236,8 @@ def run_speed(args) -> int:
                 rep = tmp / "logs" / "run_evaluation" / "speed" / "gold" / i / "report.json"
                 if rep.exists():
                     official_res[i] = json.loads(rep.read_text())[i]["resolved"]
+            official_phases = {i: official_phases_of(tmp / "logs" / "run_evaluation" / "speed" / "gold" / i /
+                                                     "run_instance.log") for i in ids}
         finally:
             for inst in instances:
                 try:
@@ -239,15 +246,32 @@ def run_speed(args) -> int:
                     pass
     n = len(ids)
     for r in rows:
-        r.update(ours_resolved=ours_res.get(r["instance"]), official_resolved=official_res.get(r["instance"]))
+        i = r["instance"]
+        r.update(ours_resolved=ours_res.get(i), official_resolved=official_res.get(i),
+                 **{f"ours_{k}": v for k, v in ours_phases.get(i, {}).items()},
+                 **{f"official_{k}": v for k, v in official_phases.get(i, {}).items()})
     per_ours = ours_s / n
     per_official = official_s / n if official_s else None
+    script_ours = _mean([r.get("ours_eval_script_s") for r in rows])
+    script_official = _mean([r.get("official_eval_script_s") for r in rows])
+    built = [r for r in rows if r["instance_build_s"] is not None]
     summary = {"instances": n, "cached_eval_s_per_instance": round(per_ours, 2),
                "official_eval_s_per_instance": round(per_official, 2) if per_official else None,
                "speedup_vs_official": round(per_official / per_ours, 2) if per_official else None,
-               "instance_build_s_mean": round(sum(r["instance_build_s"] for r in rows) / n, 2),
-               "env_build_s_max": round(max(r["env_build_s"] for r in rows), 2),
+               # the eval script (git, the repository's install, the tests) is the same work on both sides:
+               # what each harness adds around it is the part a harness can make faster
+               "eval_script_s_mean_ours": script_ours, "eval_script_s_mean_official": script_official,
+               "overhead_s_per_instance_ours": round(per_ours - script_ours, 2) if script_ours is not None else None,
+               "overhead_s_per_instance_official": (round(per_official - script_official, 2)
+                                                    if per_official and script_official is not None else None),
+               "phases_ours_mean": {k: _mean([ours_phases[i].get(k) for i in ids]) for k in OUR_PHASES},
+               "phases_official_mean": {k: _mean([official_phases.get(i, {}).get(k) for i in ids])
+                                        for k in OFFICIAL_PHASES},
+               "instance_build_s_mean": _mean([r["instance_build_s"] for r in built]),
+               "env_build_s_max": max((r["env_build_s"] for r in built), default=None),
                "verdicts_agree": sum(ours_res.get(i) == official_res.get(i) for i in ids),
+               "load_average_before": [round(x, 1) for x in load_before],
+               "load_average_after": [round(x, 1) for x in os.getloadavg()],
                "target_cached_eval_s": 8.0, "target_speedup": 2.5, "workers": args.workers}
     if note:
         summary["official_note"] = note
@@ -257,11 +281,61 @@ def run_speed(args) -> int:
     return 0
 
 
-def _official_image(inst) -> str:
-    """The image name the official harness looks for (the dataset's `image` field, or its naming rule)."""
-    if inst.image:
-        return inst.image if ":" in inst.image.rsplit("/", 1)[-1] else inst.image + ":latest"
-    return f"swebench/sweb.eval.x86_64.{inst.instance_id.replace('__', '_1776_').lower()}:latest"
+OUR_PHASES = ("image_check_s", "container_start_s", "patch_s", "eval_script_s", "teardown_s")
+OFFICIAL_PHASES = ("container_start_s", "patch_s", "eval_script_s", "after_s", "teardown_s")
+
+
+def _mean(values) -> float | None:
+    got = [v for v in values if v is not None]
+    return round(sum(got) / len(got), 2) if got else None
+
+
+def _our_phases(log_dir: Path) -> dict:
+    """Our per-phase seconds of one instance: the harness's `timings:` line and the eval script's own run."""
+    phases: dict = {}
+    try:
+        lines = [ln for ln in (log_dir / "run_instance.log").read_text().splitlines() if ln.startswith("timings: ")]
+        t = json.loads(lines[-1][len("timings: "):])
+        script = next(iter(json.loads((log_dir / "report.json").read_text()).values())).get("eval_seconds")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return phases
+    phases.update(image_check_s=t.get("image_s"), container_start_s=t.get("container_s"), eval_script_s=script,
+                  patch_s=round(t["grade_s"] - script, 2) if script is not None and "grade_s" in t else None,
+                  teardown_s=t.get("teardown_s"))
+    return phases
+
+
+def official_phases_of(log: Path) -> dict:
+    """Per-phase seconds of one instance, read from the official harness's run_instance.log timestamps: its
+    container's start, the patch (copy, apply, git diff), the eval script (its own "Test runtime"), what comes
+    after it (git diff, grading) and the container's stop and removal."""
+    import datetime as dt
+    import re
+
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return {}
+    stamps = []
+    for line in text.splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - \w+ - (.*)", line)
+        if m:
+            stamps.append((dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), m.group(2)))
+
+    def at(pattern: str, last: bool = False):
+        hits = [t for t, msg in stamps if re.search(pattern, msg)]
+        return (hits[-1] if last else hits[0]) if hits else None
+
+    create, started = at(r"^Creating container"), at(r"^Container for .* started")
+    copied, stop = at(r"^Eval script for .* written"), at(r"^Attempting to stop container")
+    runtime = re.search(r"Test runtime: ([\d_.]+) seconds", text)
+    if not (started and copied and stop and runtime and stamps):
+        return {}
+    script = float(runtime.group(1).replace("_", ""))
+    phases = {"container_start_s": (started - create).total_seconds() if create else None,
+              "patch_s": (copied - started).total_seconds(), "eval_script_s": script,
+              "after_s": (stop - copied).total_seconds() - script, "teardown_s": (stamps[-1][0] - stop).total_seconds()}
+    return {k: (round(v, 2) if v is not None else None) for k, v in phases.items()}
 
 
 def _official_row(inst) -> dict:
@@ -309,5 +383,7 @@ def register(sub) -> None:
     p.add_argument("--official-python", default=sys.executable,
                    help="a Python with swebench 5.x installed (default: this one)")
     p.add_argument("--rebuild-env", action="store_true", help="also build the environment layers anew (no Docker cache; wheels stay cached)")
+    p.add_argument("--no-build", action="store_true",
+                   help="time the evaluations only: use the images as they are (built once when missing)")
     p.add_argument("--out", required=True, help="report directory")
     p.set_defaults(func=run_speed)

@@ -14,7 +14,8 @@ from benchmarks.runner import add_runner_args, bench_policy
 def load_tasks(source: str, limit: int | None, seed: int = 0) -> list:
     import numpy as np
 
-    from cwm_envs.envs.trace_env import TraceEnv, load_trace_tasks
+    from cwm_envs.envs.trace_env import TraceEnv
+    from cwm_envs.sources.code import load_program_tasks
 
     if source == "generated":
         env = TraceEnv()
@@ -22,7 +23,7 @@ def load_tasks(source: str, limit: int | None, seed: int = 0) -> list:
             return [env.generate_task(np.random.default_rng(seed + i)) for i in range(limit or 50)]
         finally:
             env.close()
-    tasks = load_trace_tasks(source)
+    tasks = load_program_tasks(source)
     return tasks[:limit] if limit else tasks
 
 

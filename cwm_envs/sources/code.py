@@ -27,6 +27,7 @@ import json
 import pickle
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 from cwm_envs.errors import UsageError
 from cwm_envs.tasks import Task, read_jsonl, shared_data_dir
@@ -125,4 +126,36 @@ def load_livecodebench(path: str | Path, limit: int | None = None) -> list[Task]
     return tasks
 
 
-__all__ = ["load_cruxeval", "load_humaneval", "load_livecodebench"]
+
+
+def load_code_tasks(source: str | Path) -> list[Task]:
+    """Tasks from a name ("humaneval") or a file: HumanEval .jsonl(.gz) or LiveCodeBench-format JSONL."""
+    if str(source).lower() == "humaneval":
+        return load_humaneval()
+    path = Path(source)
+    first = next(iter(read_jsonl(path)), None)
+    if first is None:
+        raise UsageError(f"{path}: no rows")
+    if "canonical_solution" in first:
+        return load_humaneval(path)
+    if "question_id" in first:
+        return load_livecodebench(path)
+    raise UsageError(f"{path}: neither HumanEval nor LiveCodeBench rows")
+
+
+def load_program_tasks(source: str | Path | Sequence[Task], fields: tuple[str, ...] = ("code", "input")) -> list[Task]:
+    """Tasks about one function call (prediction and trace envs): "cruxeval" (the shared file), a
+    CRUXEval-format JSONL path, or Tasks whose metadata holds `fields` as strings (and optionally `entry`)."""
+    if isinstance(source, (str, Path)):
+        tasks = load_cruxeval(None if str(source) == "cruxeval" else source)
+    else:
+        tasks = list(source)
+    if not tasks:
+        raise UsageError("no tasks")
+    for t in tasks:
+        if not all(isinstance(t.metadata.get(k), str) for k in fields):
+            raise UsageError(f"task {t.id}: metadata needs string {', '.join(fields)}")
+    return tasks
+
+
+__all__ = ["load_code_tasks", "load_cruxeval", "load_humaneval", "load_livecodebench", "load_program_tasks"]

@@ -138,6 +138,7 @@ def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 1000, env_kwa
     """SFT on `documents(tokenizer, episodes, seed) -> ([(ids, loss mask)], counts)` (default: the env's oracle,
     `oracle_documents`; `cwm train sft --policy` passes a policy's rewarded rollouts, laid out the same way)."""
     out = Path(args.out)
+    source = "oracle" if documents is None else "policy"
     documents = documents or oracle_documents(env_id, env_kwargs)
     ckpt = resume_point(out) if args.resume else None
     tokenizer = load_tokenizer(ckpt or parent)
@@ -145,7 +146,7 @@ def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 1000, env_kwa
     docs, counts = documents(tokenizer, episodes, args.seed)
     if not docs:
         raise UsageError(f"no episode of {episodes} in {env_id} was rewarded: nothing to learn from")
-    print(f"demonstrations: {counts['kept']}/{episodes} episodes rewarded")
+    print(f"{source}: {counts['kept']}/{episodes} episodes rewarded")
     too_long = sum(len(d[0]) > model.config.max_position_embeddings for d in docs)
 
     def epoch_docs(epoch: int):

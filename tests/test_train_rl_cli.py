@@ -101,6 +101,66 @@ def test_a_served_policy_trains_async_with_weights_pushed_to_the_shared_server(t
     assert "cut" in train[0] and train[-1]["failed"] == 0
 
 
+def test_cut_episodes_are_paid_the_failure_reward_and_dropped_on_request(tmp_path, model_dir):
+    """--max-context shorter than every prompt: each episode is cut before its first turn, paid the env's
+    failure reward (-1 under CWM's scheme: never 0 by accident) and, with --on-cut drop, left out of the update."""
+    out = tmp_path / "drop"
+    done = rl(out, model_dir, "--steps", "1", "--max-context", "8", "--on-cut", "drop")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = [r for r in rows(out) if "reward_mean" in r]
+    assert row["cut"] == row["dropped_cut"] == row["episodes"] == 4
+    assert row["reward_mean"] == -1.0 and row["trained_rows"] == 0 and row["version"] == 0
+
+
+def _dead_owner_containers(since: float) -> list[str]:
+    """cwm-envs containers created after `since` whose owner process is gone: leaked ones (other runs may be
+    using the engine at the same time: their containers have live owners)."""
+    import os
+    from datetime import datetime
+
+    fmt = '{{.ID}} {{.CreatedAt}} {{.Label "cwm-envs.owner-pid"}}'
+    out = subprocess.run(["docker", "ps", "-a", "--filter", "label=cwm-envs", "--format", fmt],
+                         capture_output=True, text=True, timeout=60).stdout
+    leaked = []
+    for line in out.splitlines():
+        cid, day, clock, zone, _, pid = line.split()
+        created = datetime.strptime(f"{day} {clock} {zone}", "%Y-%m-%d %H:%M:%S %z").timestamp()
+        if created >= since and not os.path.exists(f"/proc/{pid}"):
+            leaked.append(cid)
+    return leaked
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_grpo_on_swe_runs_end_to_end_with_budgets_and_removes_its_containers(tmp_path, docker_engine):
+    """cwm/SWE-v0 (embedded tasks, one container per episode), 2 workers, a tiny model (no learning claim):
+    the updates run, --max-turns cuts every episode at 2 turns (paid -1), and no container outlives the run."""
+    import time
+
+    import torch
+
+    from model.config import build_model
+    from model.tokenizer import train_tokenizer
+
+    started = time.time() - 1
+    torch.manual_seed(0)
+    model = tmp_path / "model"  # the SWE prompt is ~1.8k tokens: a context that holds it and two short turns
+    tok = train_tokenizer(["<tool: bash>\nls\n</tool>", "def f(x):\n    return x"] * 4, vocab_size=300)
+    build_model("cwm-micro", vocab_size=len(tok), num_hidden_layers=1, max_position_embeddings=4096).save_pretrained(model)
+    tok.save_pretrained(model)
+    out = tmp_path / "swe"
+    cmd = CWM + ["train", "rl", "--env", "cwm/SWE-v0", "--model", str(model), "--workers", "2", "--tasks", "1",
+                 "--group", "2", "--steps", "2", "--max-turns", "2", "--max-new-tokens", "8", "--num-cpus", "2",
+                 "--torch-threads", "1", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    train = [r for r in rows(out) if "reward_mean" in r]
+    assert [r["step"] for r in train] == [1, 2] and all(r["failed"] == 0 for r in train)
+    assert all(r["turns_mean"] == 2 and r["cut"] == r["episodes"] == 2 and r["reward_mean"] == -1.0 for r in train)
+    assert (out / "stage.json").is_file()
+    assert _dead_owner_containers(started) == []
+
+
 def test_a_policy_the_learner_cannot_train_only_evaluates(tmp_path, model_dir):
     """--policy oracle --steps 0: the held-out rollouts through the same workers (here a multi-turn,
     tool-using oracle in cwm/MathTool-v0), no learner."""

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cwm_envs.errors import UsageError
-from model.train_args import add_flag, add_flags, field_default, field_docs, flag, from_flags, show_default
+from model.train_args import (
+    ShardArgs,
+    add_flag,
+    add_flags,
+    field_default,
+    field_docs,
+    flag,
+    from_flags,
+    show_default,
+)
 
 
 @dataclass
@@ -82,8 +91,11 @@ ALGOS: dict[str, type[UpdateArgs]] = {"grpo": GRPOArgs, "ppo": PPOArgs}
 
 
 @dataclass
-class RLArgs:
-    """One RL run (`cwm train rl`); each field, and each field of `update`, has a flag of the same name."""
+class RLArgs(ShardArgs):
+    """One RL run (`cwm train rl`); each field, and each field of `update`, has a flag of the same name.
+
+    The sharding fields (ShardArgs: --shard, --shard-group, --activation-checkpointing, --cpu-offload) are the
+    learners': `--shard fsdp --num-learners N` runs each update through N FSDP2 learners (agents/sharded.py)."""
 
     out: Path
     """run directory: model, metrics.jsonl, reward.png, checkpoints/ (a rerun resumes from the newest)"""
@@ -123,7 +135,10 @@ class RLArgs:
     """async: admission control: no episode starts more than this many versions before the update that trains
     on it (finished work is never discarded)"""
     num_learners: int = 0
-    """0: learner in the driver; N: N data-parallel learner actors"""
+    """0: learner in the driver; N: N learner actors (data-parallel copies, or the ranks the model is sharded
+    over with --shard fsdp/hsdp)"""
+    mixed_precision: bool = False
+    """--shard fsdp/hsdp: bf16 compute with fp32 master weights and gradient reduction (for GPUs)"""
     address: str | None = None
     """Ray cluster address (default: start a local Ray)"""
     num_cpus: int | None = None
@@ -175,6 +190,10 @@ class RLArgs:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_staleness < 0:
             raise UsageError("--max-staleness must be 0 or more")
+        if self.shard == "ddp" and (self.activation_checkpointing or self.cpu_offload or self.mixed_precision
+                                    or self.shard_group):  # the unsharded learner would ignore them
+            raise UsageError("--activation-checkpointing, --cpu-offload, --mixed-precision and --shard-group "
+                             "apply to sharded learners: give --shard fsdp or hsdp")
         kind = policy_kind(self.policy)
         if self.policy.startswith("hf:"):  # hf:DIR names the model the workers sample and the learner trains
             given = self.policy[3:]

@@ -86,8 +86,8 @@ class RLRun:
         import torch
 
         from agents import grpo, ppo
-        from agents.lm_module import build_learner_group, set_lm_weights
-        from agents.rollout import EnvSpec, RolloutPool, init_ray
+        from agents.lm_module import build_learner_group
+        from agents.rollout import RolloutPool, init_ray
         from model.train_loop import resume_point
 
         self.args = args
@@ -95,6 +95,10 @@ class RLRun:
         self.out.mkdir(parents=True, exist_ok=True)
         _check_env(args.env, args.env_kwargs)
         self.ckpt = resume_point(self.out) if args.resume else None
+        if self.ckpt and (self.ckpt / "learners").is_dir() != (args.shard != "ddp"):  # before Ray starts
+            was = "sharded" if (self.ckpt / "learners").is_dir() else "unsharded"
+            raise UsageError(f"{self.ckpt} holds {was} learners: resume it with the --shard it was saved with "
+                             "(a sharded one resumes on any --num-learners)")
         self.metrics = self.out / "metrics.jsonl"
         if not self.ckpt:  # a fresh run: nothing of an earlier one may show in its curves or samples
             for old in (self.metrics, self.out / TRAJECTORIES, *self.out.glob("events.out.tfevents.*")):
@@ -108,6 +112,14 @@ class RLRun:
             u = replace(u, loss_rows=max(1, args.tasks * args.group // u.minibatches))
         self.update_args = u
         self.algo, learner_cls = {"grpo": (grpo, grpo.GRPOLearner), "ppo": (ppo, ppo.PPOLearner)}[args.algo]
+        self.sharded = args.shard != "ddp"
+        if self.sharded:  # FSDP2 learners (agents/sharded.py): the learners read their sharding from `u`
+            from agents import sharded
+
+            u = sharded.shard_update(u, args.shard, shard_group=args.shard_group, cpu_offload=args.cpu_offload,
+                                     activation_checkpointing=args.activation_checkpointing,
+                                     mixed_precision=args.mixed_precision)
+            learner_cls = sharded.SHARDED_LEARNERS[learner_cls]
         self.policy = load_policy(str(self.ckpt or args.model), seed=args.seed, value_head=args.algo == "ppo",
                                   temperature=u.temperature, top_p=args.top_p, max_new_tokens=u.max_new_tokens)
 
@@ -118,8 +130,8 @@ class RLRun:
         start_weights = self.policy.get_weights()
         if self.ckpt:  # KL is measured to the start of the whole run, not of this resumption
             start_weights = _load_start(self.out / "start", self.policy)
-        set_lm_weights(self.learners, start_weights)
-        self.learners.foreach_learner(lambda learner: learner.snapshot_reference())
+        self._set_learner_weights(start_weights)
+        self._on_learners(lambda learner: learner.snapshot_reference())
         if self.ckpt:
             self._restore(self.ckpt)
         else:
@@ -134,7 +146,7 @@ class RLRun:
             self.servers = ServerPool(self.policy, self.version, start_weights if not self.ckpt else
                                       self.policy.get_weights())
             worker_policy, cpus = self.servers.policy_factory(), 0.25
-        self.pool = RolloutPool([EnvSpec(args.env, kwargs=args.env_kwargs)], worker_policy,
+        self.pool = RolloutPool([env_spec(args.env, args.env_kwargs)], worker_policy,
                                 self.policy.get_weights() if args.policy != "serve" else None, version=self.version,
                                 num_workers=args.workers, mode=args.mode, max_staleness=args.max_staleness,
                                 seed=args.seed, cpus_per_worker=cpus, **self.budgets)
@@ -145,12 +157,12 @@ class RLRun:
             self.pool._group = self._pool_state["group"]
         eval_kwargs = args.eval_env_kwargs if args.eval_env_kwargs is not None else args.env_kwargs
         self.eval_pool = self.pool if eval_kwargs == args.env_kwargs else None
-        self.eval_env = EnvSpec(args.env, kwargs=eval_kwargs)
+        self.eval_env = env_spec(args.env, eval_kwargs)
 
     # -- one update ------------------------------------------------------------------------------------
 
     def update(self) -> dict[str, Any]:
-        from agents.lm_module import get_lm_weights, update_learners
+        from agents.lm_module import update_learners
 
         a = self.update_args
         t0 = time.perf_counter()
@@ -168,7 +180,7 @@ class RLRun:
             self.version += 1
         t2 = time.perf_counter()
         if arrays is not None:
-            weights = get_lm_weights(self.learners)
+            weights = self.learner_weights()
             if self.servers is not None:
                 self.servers.set_weights(weights, self.version)
             self.pool.set_weights(weights if self.servers is None else {}, self.version)  # served: a version only
@@ -255,17 +267,43 @@ class RLRun:
         return self.eval_pool
 
     def sync_eval_pool(self) -> None:
-        from agents.lm_module import get_lm_weights
-
         if self.eval_pool is not None and self.eval_pool is not self.pool:
-            self.eval_pool.set_weights(get_lm_weights(self.learners), self.version)
+            self.eval_pool.set_weights(self.learner_weights(), self.version)
 
     # -- checkpoints -----------------------------------------------------------------------------------
 
-    def current_policy(self):
+    # -- the learners' weights: one copy per learner, or slices that every sharded learner must help gather --
+
+    def learner_weights(self) -> dict:
+        """The learners' current weights, whole, in the policy layout (`lm.*`, `value_head.*`)."""
+        if self.sharded:
+            from agents import sharded
+
+            return sharded.gather_lm_weights(self.learners)
         from agents.lm_module import get_lm_weights
 
-        self.policy.set_weights(get_lm_weights(self.learners), self.version)
+        return get_lm_weights(self.learners)
+
+    def _set_learner_weights(self, weights: dict) -> None:
+        if self.sharded:
+            from agents import sharded
+
+            sharded.set_lm_weights(self.learners, weights)
+        else:
+            from agents.lm_module import set_lm_weights
+
+            set_lm_weights(self.learners, weights)
+
+    def _on_learners(self, func) -> None:
+        if self.sharded:
+            from agents import sharded
+
+            sharded.on_every_learner(self.learners, func)
+        else:
+            self.learners.foreach_learner(func)
+
+    def current_policy(self):
+        self.policy.set_weights(self.learner_weights(), self.version)
         return self.policy
 
     def save_model(self, path: Path) -> None:
@@ -287,7 +325,13 @@ class RLRun:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.save_model(tmp)
-        learner_state = self.learners.get_state()
+        learner_state = None  # sharded: every learner writes its slices of weights and Adam state (DCP)
+        if self.sharded:
+            from agents import sharded
+
+            sharded.save_learners(self.learners, tmp / "learners")
+        else:
+            learner_state = self.learners.get_state()
         torch.save({"step": self.step, "version": self.version, "elapsed": self.elapsed, "learner": learner_state,
                     "pool": {"rng": self.pool.rng.bit_generator.state, "group": self.pool._group},
                     "args": _jsonable(asdict(self.args))}, tmp / "trainer_state.pt")
@@ -301,7 +345,12 @@ class RLRun:
         import torch
 
         state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        self.learners.set_state(state["learner"])
+        if self.sharded:
+            from agents import sharded
+
+            sharded.load_learners(self.learners, ckpt / "learners")
+        else:
+            self.learners.set_state(state["learner"])
         self.step, self.version, self.elapsed = state["step"], state["version"], state["elapsed"]
         self._pool_state = state["pool"]
 
@@ -341,6 +390,19 @@ def _load_start(path: Path, policy) -> dict:
 
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
+
+
+def env_spec(env_id: str, kwargs: dict):
+    """The pool's EnvSpec of `env_id`. An env registered in this process with a class (a script's
+    `gymnasium.register("my/Env-v0", entry_point=MyEnv)`) travels to the workers with its class, which
+    register it there; ids with an importable entry point (`cwm/*`, "module:id") are made by name."""
+    import gymnasium
+
+    from agents.rollout import EnvSpec
+
+    registered = gymnasium.registry.get(env_id)
+    entry = registered.entry_point if registered is not None and callable(registered.entry_point) else None
+    return EnvSpec(env_id, kwargs=kwargs, entry_point=entry)
 
 
 def _check_env(env_id: str, kwargs: dict) -> None:
@@ -390,7 +452,7 @@ def evaluate_only(args: RLArgs) -> dict[str, Any]:
     import functools
 
     from agents.policies import Sampling, make_policy
-    from agents.rollout import EnvSpec, RolloutPool, init_ray
+    from agents.rollout import RolloutPool, init_ray
 
     if not args.eval_tasks:
         raise UsageError(f"--policy {args.policy} only evaluates: give --eval-tasks N")
@@ -409,7 +471,7 @@ def evaluate_only(args: RLArgs) -> dict[str, Any]:
     factory = functools.partial(make_policy, args.policy, sampling, tokenizer=tokenizer)
     encode = (lambda text: tokenizer.encode(text, add_special_tokens=False)) if tokenizer is not None else None
     started = init_ray(args.address, args.num_cpus)
-    pool = RolloutPool([EnvSpec(args.env, kwargs=eval_kwargs)], factory, num_workers=args.workers, seed=args.seed,
+    pool = RolloutPool([env_spec(args.env, eval_kwargs)], factory, num_workers=args.workers, seed=args.seed,
                        cpus_per_worker=0.5, encode=encode, max_turns=args.max_turns, max_context=args.max_context,
                        max_episode_tokens=args.max_episode_tokens)
     try:

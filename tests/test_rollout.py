@@ -175,10 +175,10 @@ def test_a_dead_worker_is_replaced_and_its_requests_retried(tiny, ray_session, t
 
 def test_async_a_dead_worker_is_replaced_and_its_groups_resubmitted(tiny, ray_session, tmp_path):
     crashing = EnvSpec("test/TwoTurnAdd-v0", kwargs={"crash_marker": str(tmp_path / "crashed")}, entry_point=TwoTurnAdd)
-    p = RolloutPool([crashing], tiny.spec(), tiny.get_weights(), num_workers=2, seed=0, cpus_per_worker=CPU,
-                    mode="async")
+    p = RolloutPool([crashing], tiny.spec(), tiny.get_weights(), num_workers=1, seed=0, cpus_per_worker=CPU,
+                    mode="async")  # one worker: no other stream can fill the batch before the death is seen
     try:
-        trajs, stats = p.sample(4, 2)  # a stream's process dies mid-episode; its groups start again on a new worker
+        trajs, stats = p.sample(4, 2)  # the stream's process dies mid-episode; its groups start again on a new worker
         assert len(trajs) == 8 and all(t.ok for t in trajs) and len({t.group for t in trajs}) == 4
         assert stats.worker_restarts == 1 and stats.retried_requests >= 1
     finally:

@@ -37,8 +37,20 @@ def cmd_sft(args) -> int:
     from model.train_args import json_object, train_args_from
 
     env_kwargs = json_object(args.env_kwargs, "--env-kwargs") if args.env_kwargs else {}
+    documents = None
+    if args.policy != "oracle":  # demonstrations from another policy's rewarded rollouts (rejection sampling)
+        import functools
+
+        from agents.policies import Sampling, make_policy, parse_spec
+        from agents.rollout import EnvSpec, rollout_documents
+
+        parse_spec(args.policy)
+        sampling = Sampling(temperature=args.temperature, max_tokens=args.max_new_tokens, seed=args.seed)
+        documents = rollout_documents([EnvSpec(args.env, kwargs=env_kwargs)],
+                                      lambda tok: make_policy(args.policy, sampling, tokenizer=tok),
+                                      max_turns=args.max_turns)
     summary = sft.run(train_args_from(args), getattr(args, "from"), args.env, args.episodes, env_kwargs,
-                      args.eval_episodes)
+                      args.eval_episodes, documents=documents)
     _report(summary)
     return 0
 
@@ -80,6 +92,12 @@ def register(sub) -> None:
     p.add_argument("--env-kwargs", help='JSON keyword arguments for gymnasium.make, e.g. {"source": "generated"}')
     p.add_argument("--episodes", type=int, default=1000, help="oracle episodes to collect (default 1000)")
     p.add_argument("--eval-episodes", type=int, default=20, help="greedy episodes on unseen seeds after training")
+    p.add_argument("--policy", default="oracle",
+                   help="who demonstrates: oracle (the env's own, default), or any policy spec (hf:DIR, openai:URL, "
+                        "noisy:P, ...): its rewarded episodes, laid out as RL lays them out (rejection sampling)")
+    p.add_argument("--temperature", type=float, default=1.0, help="--policy hf:/openai: sampling temperature")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="--policy hf:/openai: tokens per turn")
+    p.add_argument("--max-turns", type=int, help="--policy: turns per episode (default: the env's own limit)")
     add_train_args(p, max_steps=100, batch_size=4, seq_len=512, lr=1e-3, warmup_steps=10, eval_rows=8)
     p.set_defaults(func=cmd_sft)
 

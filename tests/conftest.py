@@ -58,11 +58,12 @@ def docker_engine():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray runtime for the whole test session (about 3 s and 0.7 GB to start)."""
+    """One local Ray runtime for the whole test session (about 3 s and 0.7 GB to start). Three logical CPUs:
+    an RL run with two sharded learner actors beside its rollout worker (tests/test_sharded_learner.py)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

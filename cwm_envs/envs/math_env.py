@@ -209,6 +209,14 @@ class MathToolEnv(MathEnv):
         self._calls = 0
         return super().pose(task)
 
+    def reference_episode(self, task: Task) -> list[str]:
+        """The oracle: for a task that carries the Python printing its answer (`needs_tool`), a turn that
+        calls the tool with it, then the final answer; otherwise the answer alone (as `cwm/Math-v0`)."""
+        code = task.metadata.get("tool_code")
+        if not code or self.max_tool_calls < 1 or self.max_turns < 2:
+            return [self.reference_response(task)]
+        return [f"<tool: python>\n{code}\n</tool>", self.reference_response(task)]
+
     def make_sandbox(self) -> Sandbox:
         if self._sandbox_arg == "local":
             return make_sandbox("local", preload=DEFAULT_PRELOAD + ("sympy", "numpy"))

@@ -148,8 +148,7 @@ def _stats(xs: list[float]) -> dict:
 
 
 def run_pairs(pairs: list[dict], progress: bool = False) -> list[dict]:
-    from math_verify import parse as mv_parse
-    from math_verify import verify as mv_verify
+    from math_verify import parse as mv_parse, verify as mv_verify
 
     from rewards.math import verify
 

@@ -41,8 +41,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.host_measure import (Container, Monitor, engine_pids, proc_cpu_s, proc_stat, pss_mb, quantiles,
-                                     rss_mb, tree_cpu_s)
+from benchmarks.host_measure import (
+    Container,
+    Monitor,
+    engine_pids,
+    proc_cpu_s,
+    proc_stat,
+    pss_mb,
+    quantiles,
+    rss_mb,
+    tree_cpu_s,
+)
 from benchmarks.report import write_report
 
 SUM = "print(sum(i * i for i in range(20000)))"

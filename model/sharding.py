@@ -122,7 +122,7 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
 def save_sharded(path: str | Path, model, optimizer=None) -> None:
     """Every rank writes its slices of the weights (and the optimizer state) to the DCP directory `path`."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     if optimizer is None:
         state = {"model": get_model_state_dict(model)}
@@ -135,8 +135,12 @@ def save_sharded(path: str | Path, model, optimizer=None) -> None:
 def load_sharded(path: str | Path, model, optimizer=None) -> None:
     """Fill `model` (and `optimizer`) from a DCP directory written by any number of ranks."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
-                                                         set_model_state_dict, set_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
 
     if optimizer is None:
         state = {"model": get_model_state_dict(model)}

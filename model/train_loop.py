@@ -290,8 +290,18 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint are noise
-    from model.sharding import (DCP_DIR, device_mesh, enable_activation_checkpointing, export_checkpoint, is_meta,
-                                is_sharded_checkpoint, load_pretrained, load_sharded, materialise, shard_model)
+    from model.sharding import (
+        DCP_DIR,
+        device_mesh,
+        enable_activation_checkpointing,
+        export_checkpoint,
+        is_meta,
+        is_sharded_checkpoint,
+        load_pretrained,
+        load_sharded,
+        materialise,
+        shard_model,
+    )
 
     out = Path(args.out)
     sharded = args.shard != "ddp"

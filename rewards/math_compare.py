@@ -36,8 +36,20 @@ from dataclasses import dataclass
 import sympy
 from sympy import Rational
 
-from rewards.math_parse import (BaseNum, Interval, Num, Rel, Seq, SetOp, Text, normalize, normalize_text,
-                                parse, parse_choice, strip_math_delimiters)
+from rewards.math_parse import (
+    BaseNum,
+    Interval,
+    Num,
+    Rel,
+    Seq,
+    SetOp,
+    Text,
+    normalize,
+    normalize_text,
+    parse,
+    parse_choice,
+    strip_math_delimiters,
+)
 
 APPROX_MIN_DIGITS = 12       # significant digits a decimal needs before it may stand for an exact value
 EVAL_DIGITS = 60

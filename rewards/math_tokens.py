@@ -12,7 +12,6 @@ import sympy
 from rewards.math_extract import WRAPPERS as _WRAPPERS
 from rewards.math_values import ParseError
 
-
 # ----------------------------------------------------------------------------------- normalisation
 _UNITS = {
     "cm", "mm", "km", "m", "meter", "meters", "metre", "metres", "centimeter", "centimeters", "millimeter",

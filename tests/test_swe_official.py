@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -219,10 +218,9 @@ PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }
 def test_a_compiled_repository_builds_its_extension_in_the_image(tmp_path):
     """The instance path of astropy / scikit-learn / matplotlib on a repository of our own: a C extension
     compiled by the tools layer's gcc when the instance image installs the repository in place."""
-    from tests.test_swe_harness import diff_of, git
-
     from cwm_envs.swe.harness import evaluate_instance
     from cwm_envs.swe.validate import NOOP_PATCH as NOOP
+    from tests.test_swe_harness import diff_of, git
 
     repo = tmp_path / "repos" / "own" / "cext"
     (repo / "fast").mkdir(parents=True)

@@ -17,8 +17,8 @@ from agents.metrics import TRAJECTORIES, TrajectorySampler, episode_record, tag
 from agents.policy import OraclePolicy
 from agents.rollout import EnvSpec, Request, RolloutWorker
 from agents.view import write_view
-from cwm_envs.wrappers import ByteTokenizer
 from chromium import Chromium, chromium_missing
+from cwm_envs.wrappers import ByteTokenizer
 
 PROJECT = Path(__file__).resolve().parent.parent
 EASY = {"source": "generated", "kinds": ["add_sub"], "difficulty": 0}

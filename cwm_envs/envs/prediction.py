@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.envs.base import TextEnv
+from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.sandbox import Limits, Sandbox
 from cwm_envs.sources.code import load_program_tasks
 from cwm_envs.tasks import Task

@@ -45,7 +45,7 @@ from typing import Iterable, Iterator
 
 from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.sources.programs import fuzz_from_signature, fuzz_inputs, generate_program
-from cwm_envs.tracing.tracer import TraceJob, TraceLimits, TraceResult, Tracer
+from cwm_envs.tracing.tracer import TraceJob, TraceLimits, Tracer, TraceResult
 
 SOURCES = ("cruxeval", "humaneval", "generated")
 

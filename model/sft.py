@@ -43,6 +43,7 @@ def oracle_actions(env) -> list[str]:
 
 
 def make_env(env_id: str, env_kwargs: dict | None = None):
+    """The env for `env_id`, with a usage error (not a traceback) for an id Gymnasium does not know."""
     import gymnasium
 
     import cwm_envs  # noqa: F401  (registers the cwm/ ids)
@@ -126,6 +127,7 @@ def evaluate(model, tokenizer, env_id: str, episodes: int, seed: int, env_kwargs
 
 def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 1000, env_kwargs: dict | None = None,
         eval_episodes: int = 20) -> dict:
+    """`cwm train sft`: fine-tune `parent` on the env's rewarded oracle episodes; the summary."""
     out = Path(args.out)
     kept, counts = collect_episodes(env_id, episodes, seed=args.seed, env_kwargs=env_kwargs)
     if not kept:

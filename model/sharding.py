@@ -84,6 +84,7 @@ def shard_model(model, mesh, *, mixed_precision: bool = False, cpu_offload: bool
 
 
 def is_meta(model) -> bool:
+    """Whether the model was built on the meta device (no storage yet)."""
     return any(p.is_meta for p in model.parameters())
 
 
@@ -116,6 +117,7 @@ def group_by_unit(names) -> list[list[str]]:
 # --- checkpoints ----------------------------------------------------------------------------------------
 
 def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether `path` holds a DCP (sharded) checkpoint rather than a plain one."""
     return (Path(path) / DCP_DIR / ".metadata").is_file()
 
 

@@ -249,14 +249,14 @@ class PredictionEnv(TextEnv):
         raise UsageError("could not generate a program that runs (20 tries)")
 
 
-class OutputPredictionEnv(PredictionEnv):
+class OutputPredictionEnv(PredictionEnv):  # noqa: D101  (takes PredictionEnv's docstring)
     __doc__ = PredictionEnv.__doc__
 
     def __init__(self, **kwargs):
         super().__init__(mode="output", **kwargs)
 
 
-class InputPredictionEnv(PredictionEnv):
+class InputPredictionEnv(PredictionEnv):  # noqa: D101  (takes PredictionEnv's docstring)
     __doc__ = PredictionEnv.__doc__
     audit_exempt = {"constant": "any input that makes the function return the given output is a right answer, "
                                 "so a constant input that works is a solution, not a hack"}

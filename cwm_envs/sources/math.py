@@ -159,7 +159,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _hub_available() -> bool:
     try:
-        import datasets  # noqa: F401
+        import datasets  # noqa: F401  (only checks that it is installed)
     except ImportError:
         return False
     return True

@@ -130,7 +130,7 @@ class Container:
         if usage is None:
             return None, None
         inactive = int(fields.get("total_inactive_file", fields.get("inactive_file", 0)))
-        mb = lambda b: round(int(b) / 2**20, 1)  # noqa: E731
+        mb = lambda b: round(int(b) / 2**20, 1)  # noqa: E731  (a one-line local helper)
         return mb(max(0, int(usage) - inactive)), (mb(peak) if peak else None)
 
 

@@ -41,8 +41,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.host_measure import (Container, Monitor, engine_pids, proc_cpu_s, proc_stat, pss_mb, quantiles,
-                                     rss_mb, tree_cpu_s)
+from benchmarks.host_measure import (
+    Container,
+    Monitor,
+    engine_pids,
+    proc_cpu_s,
+    proc_stat,
+    pss_mb,
+    quantiles,
+    rss_mb,
+    tree_cpu_s,
+)
 from benchmarks.report import write_report
 
 SUM = "print(sum(i * i for i in range(20000)))"
@@ -244,7 +253,7 @@ def host_costs(image: str, windows: int = 5, per_window: int = 4) -> dict:
             new_shim = Container(sb.client, sb.container_id).shim_pid   # the newest shim's start-up, whole
             re_engine.append(proc_cpu_s(engines) - e0)
             re_own.append(tree_cpu_s() - o0 + proc_cpu_s([new_shim]) / per_window)
-    ms = lambda x: round(1000 * x / per_window, 1)  # noqa: E731
+    ms = lambda x: round(1000 * x / per_window, 1)  # noqa: E731  (a one-line local helper)
     out = {"engine_cpu_ms_per_exec": ms(min(ex_engine)), "own_cpu_ms_per_exec": ms(statistics.median(ex_own)),
            "container_cpu_ms_per_exec": ms(statistics.median(ex_in)),
            "engine_cpu_ms_per_reset": ms(min(re_engine)), "own_cpu_ms_per_reset": ms(statistics.median(re_own)),
@@ -349,7 +358,7 @@ def text_env_figures(seconds: float = 5.0, workers: int = 2) -> dict:
     subprocess.run([python, -c]) per CPU-second."""
     import gymnasium
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
     from cwm_envs.sandbox.local import LocalSandbox
 
     out = {"workers": workers, "seconds": seconds, "load_1m_before": round(os.getloadavg()[0], 2)}
@@ -406,7 +415,7 @@ def swe_image(choice: str, log) -> str:
         return choice
     import gymnasium
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
 
     env = gymnasium.make("cwm/SWE-v0", log=log).unwrapped
     try:

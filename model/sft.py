@@ -43,6 +43,7 @@ def oracle_actions(env) -> list[str]:
 
 
 def make_env(env_id: str, env_kwargs: dict | None = None):
+    """The env for `env_id`, with a usage error (not a traceback) for an id Gymnasium does not know."""
     import gymnasium
 
     import cwm_envs  # noqa: F401  (registers the cwm/ ids)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Sequence
 
 from rewards.base import RewardResult

@@ -19,9 +19,27 @@ from sympy import Integer, Rational
 
 from rewards.math_extract import normalize, normalize_text, strip_math_delimiters
 from rewards.math_tokens import FUNCS, GREEK, INVERSE, RELS, Tok, tokenize
-from rewards.math_values import (PM, BaseNum, Interval, Num, ParseError, Rel, Seq, SetOp, Text, arith, base_num,
-                                 expand_pm, fold_assignment_list, number_of, safe_pow, scalar_of, sym, value_flags,
-                                 with_flags)
+from rewards.math_values import (
+    PM,
+    BaseNum,
+    Interval,
+    Num,
+    ParseError,
+    Rel,
+    Seq,
+    SetOp,
+    Text,
+    arith,
+    base_num,
+    expand_pm,
+    fold_assignment_list,
+    number_of,
+    safe_pow,
+    scalar_of,
+    sym,
+    value_flags,
+    with_flags,
+)
 
 MAX_FACTORIAL = 5_000         # n! computed exactly up to this n
 MAX_TEXT = 2_000              # answers longer than this are not parsed as math (after extraction)

@@ -12,7 +12,6 @@ import sympy
 from rewards.math_extract import WRAPPERS as _WRAPPERS
 from rewards.math_values import ParseError
 
-
 # ----------------------------------------------------------------------------------- normalisation
 _UNITS = {
     "cm", "mm", "km", "m", "meter", "meters", "metre", "metres", "centimeter", "centimeters", "millimeter",
@@ -51,6 +50,7 @@ RELS = {"=": "=", "<": "<", ">": ">", "≤": "<=", "≥": ">=", "≠": "!=", "�
 # ------------------------------------------------------------------------------------------ tokens
 @dataclass
 class Tok:
+    """One token of a math answer, with whether whitespace came before it (it can change the meaning)."""
     kind: str      # NUM, ID, CMD, OP, WORD, GROUP_TEXT, END
     value: str
     space: bool = False    # whitespace before this token
@@ -80,6 +80,7 @@ def _brace_group(s: str, i: int) -> tuple[str, int]:
 
 
 def tokenize(s: str, thousands: bool = True) -> list[Tok]:
+    """Tokens of a normalised answer; `thousands`: read 1,000 as one number rather than a list."""
     toks: list[Tok] = []
     i, n = 0, len(s)
     space = False

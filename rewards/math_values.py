@@ -30,18 +30,21 @@ class Num:
 
 @dataclass(frozen=True)
 class Text:
+    """An answer kept as text: words, or math the grammar could not parse."""
     text: str
     parsed: bool = True           # False: this is the raw answer because the math grammar failed
 
 
 @dataclass(frozen=True)
 class Seq:
+    """Several values: a tuple, a pair, a bare list, a set or a ratio (`kind` decides how they compare)."""
     kind: str                     # "tuple" (ordered), "pair" ("(a, b)": a point or an open interval),
     items: tuple                  # "list" (bare a, b, c), "set" (\{...\}), "ratio" (a:b)
 
 
 @dataclass(frozen=True)
 class Interval:
+    """An interval; `lopen`/`ropen` mark open ends."""
     lo: Any
     hi: Any
     lopen: bool
@@ -50,23 +53,27 @@ class Interval:
 
 @dataclass(frozen=True)
 class SetOp:
+    """A union, intersection or difference of sets, kept unevaluated."""
     op: str                       # "union" | "intersection" | "minus"
     items: tuple
 
 
 @dataclass(frozen=True)
 class Rel:
+    """A (possibly chained) relation such as `x = 3` or `1 < x <= 2`."""
     ops: tuple                    # "=", "<", "<=", ">", ">=", "!=", "in", "approx"
     items: tuple
 
 
 @dataclass(frozen=True)
 class BaseNum:
+    """A numeral in another base (`204_5`), equal to its value."""
     digits: str
     base: int
 
 
 class ParseError(ValueError):
+    """The answer is outside the math grammar: it is compared as text instead."""
     pass
 
 
@@ -84,6 +91,7 @@ _SYM_CACHE: dict[str, sympy.Symbol] = {}
 
 
 def sym(name: str) -> sympy.Symbol:
+    """One sympy Symbol per name, so equal names give identical symbols."""
     if name not in _SYM_CACHE:
         _SYM_CACHE[name] = sympy.Symbol(name)
     return _SYM_CACHE[name]
@@ -134,10 +142,12 @@ def fold_assignment_list(items):
 
 
 def is_symbol(v) -> bool:
+    """Whether a value is a bare variable or an undefined function such as f(x)."""
     return isinstance(v, Num) and isinstance(v.expr, (sympy.Symbol, sympy.core.function.AppliedUndef))
 
 
 def scalar_of(v):
+    """The sympy value of a scalar, or ParseError for a pair, set or text."""
     if isinstance(v, Num):
         return v.expr
     if isinstance(v, Seq) and v.kind == "pair":
@@ -146,18 +156,21 @@ def scalar_of(v):
 
 
 def value_flags(v):
+    """A scalar's (percent, degrees) marks, or None when it has neither."""
     if isinstance(v, Num) and (v.percent or v.degrees):
         return (v.percent, v.degrees)
     return None
 
 
 def with_flags(v, **kw):
+    """A scalar with percent/degrees marks set (a mark on a non-scalar is a ParseError)."""
     if not isinstance(v, Num):
         raise ParseError("flag on a non-scalar")
     return Num(v.expr, v.decimal, kw.get("percent", v.percent), kw.get("degrees", v.degrees), v.literal)
 
 
 def arith(a, b, op: str):
+    """`a * b` or `a / b` on scalars or matrices, keeping a percent/degrees mark; x/0 is zoo, 0/0 nan."""
     x, y = scalar_of(a), scalar_of(b)
     flags = value_flags(a) or value_flags(b)
     if op == "*":

@@ -28,7 +28,7 @@ def tiny_model(path: Path) -> Path:
     import gymnasium
     import torch
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the ids)
     from model.config import build_model
     from model.tokenizer import train_tokenizer
 

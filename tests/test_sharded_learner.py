@@ -103,8 +103,7 @@ def test_sharded_grpo_learners_match_the_unsharded_one(tiny, ray_session, tmp_pa
 
 def test_sharded_ppo_learner_in_the_driver_matches_the_unsharded_one(tiny):
     """num_learners=0: the learner shards over a one-rank group of its own; the value head is a unit too."""
-    from agents.ppo import PPOLearner
-    from agents.ppo import prepare_batch as ppo_prepare
+    from agents.ppo import PPOLearner, prepare_batch as ppo_prepare
     from agents.rl_args import PPOArgs
 
     model, tok = tiny

@@ -20,6 +20,7 @@ import cwm_envs  # noqa: F401  (registers the ids)
 from agents.swe_agents import DoNothingSWEAgent, OracleSWEAgent, run_episode, tool
 from cwm_envs import chat
 
+
 def output_of(obs: str) -> str:
     m = re.search(r"<output>\n(.*)\n</output>\n\n<budget>\n\* Remaining turns: \d+\n\* Remaining tokens: -?\d+\n</budget>",
                   obs, re.S)

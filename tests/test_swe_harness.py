@@ -193,7 +193,7 @@ def image(tiny, docker_engine):
     row, repo, _ = tiny
     tag = build_instance_image(instance_from_row(row), repo.parent.parent)
     yield tag
-    import docker                      # the repo is new each run (a new base commit): drop its image
+    import docker  # the repo is new each run (a new base commit): drop its image
 
     docker.from_env().images.remove(tag, force=True)
 

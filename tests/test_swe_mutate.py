@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cwm_envs.swe.mutate import (KINDS, Schedule, failure_messages, find_mutations, is_test_path,
-                                 problem_statement)
+from cwm_envs.swe.mutate import KINDS, Schedule, failure_messages, find_mutations, is_test_path, problem_statement
 
 SAMPLE = textwrap.dedent('''\
     """A module with one of everything."""

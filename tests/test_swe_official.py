@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -65,7 +64,7 @@ def registry(tmp_path):
 
 
 @pytest.mark.docker
-def test_official_and_auto_sources_pull_from_a_loopback_registry(tiny, image, registry, tmp_path):  # noqa: F811
+def test_official_and_auto_sources_pull_from_a_loopback_registry(tiny, image, registry, tmp_path):  # noqa: F811  (fixtures)
     import docker
 
     from cwm_envs.swe.harness import evaluate_instance
@@ -105,7 +104,7 @@ def test_official_and_auto_sources_pull_from_a_loopback_registry(tiny, image, re
                 pass
 
 
-def test_without_repos_the_repository_is_cloned_into_the_cache(tiny, tmp_path, monkeypatch):  # noqa: F811
+def test_without_repos_the_repository_is_cloned_into_the_cache(tiny, tmp_path, monkeypatch):  # noqa: F811  (fixtures)
     from cwm_envs.swe.repos import find_repo
 
     row, repo, _ = tiny
@@ -144,7 +143,7 @@ def test_an_unreachable_remote_is_one_line_naming_the_repository(tmp_path):
 
 
 @pytest.mark.docker
-def test_validate_reports_gold_and_noop_per_repository_and_prune_removes_the_run(tiny, image, tmp_path):  # noqa: F811
+def test_validate_reports_gold_and_noop_per_repository_and_prune_removes_the_run(tiny, image, tmp_path):  # noqa: F811  (fixtures)
     row, repo, _ = tiny
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(row) + "\n")
@@ -219,10 +218,9 @@ PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }
 def test_a_compiled_repository_builds_its_extension_in_the_image(tmp_path):
     """The instance path of astropy / scikit-learn / matplotlib on a repository of our own: a C extension
     compiled by the tools layer's gcc when the instance image installs the repository in place."""
-    from tests.test_swe_harness import diff_of, git
-
     from cwm_envs.swe.harness import evaluate_instance
     from cwm_envs.swe.validate import NOOP_PATCH as NOOP
+    from tests.test_swe_harness import diff_of, git
 
     repo = tmp_path / "repos" / "own" / "cext"
     (repo / "fast").mkdir(parents=True)
@@ -263,7 +261,7 @@ def test_a_compiled_repository_builds_its_extension_in_the_image(tmp_path):
         client.images.remove(tag, force=True)
 
 
-def test_the_environment_survives_a_link_to_its_interpreter(image):  # noqa: F811
+def test_the_environment_survives_a_link_to_its_interpreter(image):  # noqa: F811  (fixture)
     """tox-current-env (sphinx >= 4's eval scripts) runs tests through `.tox/py39/bin/python`, a link to the
     environment's interpreter; a bare venv loses its packages that way ("No module named pytest")."""
     from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox

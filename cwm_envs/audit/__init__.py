@@ -18,7 +18,6 @@ input that works is a right answer). The report counts both.
 """
 from __future__ import annotations
 
-import re
 import secrets
 import time
 import traceback

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from cwm_envs.chat import REASONING_SYSTEM_PROMPT, assistant_header, format_chat, tool_message
-from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.envs.base import TextEnv
+from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
 from cwm_envs.sandbox.local import DEFAULT_PRELOAD
 from cwm_envs.sources.math import MathGenerator, load_math

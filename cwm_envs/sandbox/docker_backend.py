@@ -43,12 +43,18 @@ import uuid
 from pathlib import PurePosixPath
 
 from cwm_envs.errors import SandboxError, UsageError
-from cwm_envs.sandbox import _docker_reaper as reaper
-from cwm_envs.sandbox import _docker_tool
+from cwm_envs.sandbox import _docker_reaper as reaper, _docker_tool
 from cwm_envs.sandbox._docker_box import Box, LayerGuard, classify
 from cwm_envs.sandbox._docker_exec import ISOLATED, MARKER, ExecServer, ServerGone, drain, pump
-from cwm_envs.sandbox._docker_reaper import (HOST_LABEL, LABEL, PID_LABEL, START_LABEL, docker_client, gc_stale,
-                                             owner_labels)
+from cwm_envs.sandbox._docker_reaper import (
+    HOST_LABEL,
+    LABEL,
+    PID_LABEL,
+    START_LABEL,
+    docker_client,
+    gc_stale,
+    owner_labels,
+)
 from cwm_envs.sandbox.base import ExecResult, Limits, Sandbox
 from cwm_envs.sandbox.images import WORKDIR, ensure_base_image
 

@@ -48,8 +48,18 @@ from pathlib import Path, PurePosixPath
 
 from cwm_envs.errors import SandboxError, UsageError
 from cwm_envs.sandbox import _cgroup
-from cwm_envs.sandbox._local_jail import (HOST_GRACE_S, JAIL_WORKDIR, PREFIX, SECCOMP, _claim_uid, _owner_tag,
-                                          _Spec, _State, gc_stale, owner_alive)
+from cwm_envs.sandbox._local_jail import (
+    HOST_GRACE_S,
+    JAIL_WORKDIR,
+    PREFIX,
+    SECCOMP,
+    _claim_uid,
+    _owner_tag,
+    _Spec,
+    _State,
+    gc_stale,
+    owner_alive,
+)
 from cwm_envs.sandbox.base import ExecResult, Limits, Sandbox
 
 DEFAULT_LIMITS = Limits(cpu_s=None, memory_mb=1024, processes=64, file_size_mb=64, open_files=256,

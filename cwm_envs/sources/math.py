@@ -166,7 +166,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _hub_available() -> bool:
     try:
-        import datasets  # noqa: F401
+        import datasets  # noqa: F401  (only checks that it is installed)
     except ImportError:
         return False
     return True
@@ -314,7 +314,7 @@ def _quadratic(rng, d):
 
 
 def _derivative(rng, d):
-    from sympy import Symbol, diff, exp, latex, sin, cos
+    from sympy import Symbol, cos, diff, exp, latex, sin
 
     x = Symbol("x")
     deg = 2 + d
@@ -331,7 +331,7 @@ def _derivative(rng, d):
 
 
 def _integral(rng, d):
-    from sympy import Symbol, exp, integrate, latex, pi, sin, cos, simplify
+    from sympy import Symbol, cos, exp, integrate, latex, pi, simplify, sin
 
     x = Symbol("x")
     f = sum(rng.randint(-6, 6) * x ** k for k in range(1 + d + (d == 0)))

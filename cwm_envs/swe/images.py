@@ -86,6 +86,7 @@ def _client():
 
 
 def image_exists(client, tag: str) -> bool:
+    """Whether the engine already holds `tag`, so a build can be skipped."""
     import docker.errors
 
     try:
@@ -508,6 +509,7 @@ def dropped_needed_by_tests(instance: SWEInstance, repo_dir: Path, dropped: list
 
 
 def instance_tag(instance: SWEInstance, key: str) -> str:
+    """The instance image's tag: its id plus the build key, so a changed recipe gets a new image."""
     return f"{INSTANCE_REPO}:{instance.instance_id.lower()[:100]}-{key[:8]}"
 
 

@@ -101,6 +101,7 @@ def add_policy_args(parser, *, flag: str = "--policy", default: str = "oracle", 
 
 
 def sampling_from(args) -> Sampling:
+    """The `Sampling` of the flags `add_policy_args` adds."""
     return Sampling(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                     max_tokens=args.max_tokens, seed=args.seed)
 

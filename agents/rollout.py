@@ -31,7 +31,6 @@ from cwm_envs.chat import EOS, EOT
 from cwm_envs.errors import InfraError
 from rewards.base import RewardResult
 
-
 # The part of an env's info a policy may see: budgets and counters. Everything else (outcomes, details,
 # expected values, submissions) can carry the gold answer or the tests, and stays on the trajectory for logs.
 POLICY_INFO_KEYS = frozenset({"task_id", "turn", "max_turns", "remaining_turns", "remaining_tokens",
@@ -95,6 +94,7 @@ class RolloutStats:
 
 
 def make_env(spec: EnvSpec):
+    """An env instance of `spec` (registering its entry point first, for envs outside cwm_envs)."""
     import gymnasium
 
     import cwm_envs  # noqa: F401  (registers the cwm/* ids)
@@ -1002,7 +1002,7 @@ def rollout_documents(env_specs: Sequence[EnvSpec], policy_factory: Callable, **
     `policy_factory(tokenizer)` builds the policy (`make_policy(spec, tokenizer=tokenizer)`); its tokens must be
     the tokenizer's: the env's text is encoded with `tokenizer`."""
     def documents(tokenizer, episodes: int, seed: int):
-        encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731  (a one-line helper)
         worker = RolloutWorker(env_specs, lambda: policy_factory(tokenizer), encode=encode, **worker_kwargs)
         try:
             reqs = [Request(env=i % len(env_specs), seed=seed + i, group=i, n=1) for i in range(episodes)]

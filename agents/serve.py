@@ -496,6 +496,7 @@ def _served_policy(urls: dict, tokenizer, temperature: float, top_p: float, max_
 
 
 def run_serve(args) -> int:
+    """`cwm serve DIR`: load the checkpoint and serve it until interrupted."""
     import uvicorn
 
     if args.threads:
@@ -513,6 +514,7 @@ def run_serve(args) -> int:
 
 
 def register(sub) -> None:
+    """Add `cwm serve`."""
     p = sub.add_parser("serve", help="an OpenAI-compatible server over a local checkpoint (dynamic batching)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="a transformers checkpoint directory (model and tokenizer)")
@@ -528,6 +530,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m agents.serve DIR ...`: the same as `cwm serve DIR ...` (what ServerPool starts)."""
     import argparse
     import sys
 

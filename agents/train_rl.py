@@ -451,7 +451,7 @@ def _check_env(env_id: str, kwargs: dict) -> None:
     only looked up: this process need not have Docker (its workers run on the Docker nodes)."""
     import gymnasium
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
     from agents.cluster import needs_docker
 
     if needs_docker(env_id, kwargs):
@@ -578,6 +578,7 @@ def run(args: RLArgs, on_update: Callable[[dict[str, Any]], None] | None = None)
 # --- command line -----------------------------------------------------------------------------------------
 
 def cmd_rl(ns) -> int:
+    """`cwm train rl`: one run, with a progress bar, then its summary line."""
     from tqdm import tqdm
 
     args = rl_args_from(ns)

@@ -14,6 +14,7 @@ TRAIN_HELP = "training stages: pretrain, midtrain (traces), sft (oracle trajecto
 
 
 def cmd_pretrain(args) -> int:
+    """`cwm train pretrain`."""
     from model import pretrain
     from model.train_args import train_args_from
 
@@ -23,6 +24,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_midtrain(args) -> int:
+    """`cwm train midtrain`."""
     from model import midtrain
     from model.train_args import train_args_from
 

@@ -5,8 +5,8 @@ import gymnasium
 import pytest
 import torch
 
-from agents.policy import Completion, LMPolicy
 from agents.policies import ScriptedPolicy
+from agents.policy import Completion, LMPolicy
 from agents.rollout import EnvSpec, Request, RolloutWorker, env_turn_limit
 from cwm_envs.chat import EOT, format_chat
 from cwm_envs.spaces import AnyText
@@ -177,7 +177,7 @@ def test_sft_and_rl_lay_out_the_same_swe_episode(tok, docker_engine):
         env.close()
     assert reward == 1.0 and len(turns) >= 3
     actions = iter([a for _, a in turns])
-    encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731  (a one-line helper)
     worker = RolloutWorker([EnvSpec("cwm/SWE-v0")], lambda: OraclePolicy(encode, lambda turn, hint: next(actions)),
                            encode=encode)
     try:

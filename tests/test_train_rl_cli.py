@@ -22,7 +22,7 @@ def model_dir(tmp_path_factory):
     import gymnasium
     import torch
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
     from model.config import build_model
     from model.tokenizer import train_tokenizer
 
@@ -64,7 +64,7 @@ def test_grpo_run_writes_metrics_plot_checkpoints_and_resumes(tmp_path, model_di
     assert (out / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
     assert "held-out pass rate" in done.stdout
     assert list(out.glob("events.out.tfevents.*"))                 # TensorBoard, beside metrics.jsonl
-    logged = lambda: [json.loads(line)["step"] for line in (out / "trajectories.jsonl").read_text().splitlines()]  # noqa: E731
+    logged = lambda: [json.loads(line)["step"] for line in (out / "trajectories.jsonl").read_text().splitlines()]  # noqa: E731  (a one-line helper)
     assert logged() == [1] * 4 + [2] * 4                            # --log-trajectories 4 of the 4 episodes
 
     again = rl(out, model_dir, "--steps", "3", "--progress", "--minutes", "30")

@@ -72,7 +72,7 @@ def env_texts(n: int, seed: int = 0, env: str = MATH) -> list[str]:
     """The observations and oracle actions of `n` episodes of the setting (what the tokenizer is trained on)."""
     import gymnasium
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
     e = gymnasium.make(env, **SETTINGS[env].kwargs)
     texts = []
     for i in range(n):

@@ -157,7 +157,7 @@ def _recorder():
     except OSError:                  # not the grader's run (a nested pytest): do nothing
         return None
     passed, xfailed, failed, tampered = set(), set(), set(), set()
-    import _pytest.python, _pytest.reports, _pytest.runner, _pytest.skipping  # noqa: F401
+    import _pytest.python, _pytest.reports, _pytest.runner, _pytest.skipping  # noqa: F401  (what _fingerprint reads)
     expected = _fingerprint()
 
     def check():

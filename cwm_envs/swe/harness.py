@@ -546,7 +546,7 @@ def _status(rep: dict) -> str:
 def run_summary(instances: list[SWEInstance], predictions: dict, results: dict[str, InstanceResult]) -> dict:
     """The official run summary (swebench `make_run_report`, schema_version 2)."""
     ids = {i.instance_id for i in instances}
-    by = lambda status: sorted(i for i, r in results.items() if r.status == status)  # noqa: E731
+    by = lambda status: sorted(i for i, r in results.items() if r.status == status)  # noqa: E731  (a one-line helper)
     completed = sorted(i for i, r in results.items() if r.status in ("resolved", "unresolved"))
     infra = sorted(i for i, r in results.items() if r.status == "error" or r.report.get("infra_failure"))
     return {

@@ -615,11 +615,13 @@ def _plain(info: dict) -> dict:
     return out
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None) -> bool:
+def init_ray(address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None,
+             resources: dict | None = None) -> bool:
     """Connect to the cluster at `address`, or start a local Ray; True when this call started it.
 
     Joining a cluster ships the project's code and settings to its nodes (`runtime_env`, default
-    `agents.cluster.project_runtime_env()`); a local Ray's workers import this process's copy."""
+    `agents.cluster.project_runtime_env()`); a local Ray's workers import this process's copy, and it declares
+    `resources` (e.g. the docker resource that Docker envs' workers ask for: this machine runs them)."""
     import ray
 
     if ray.is_initialized():
@@ -630,7 +632,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, runtime_en
         ray.init(address=address, log_to_driver=False,
                  runtime_env=runtime_env if runtime_env is not None else project_runtime_env())
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
+                 resources=resources)
     return True
 
 

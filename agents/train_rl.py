@@ -87,7 +87,7 @@ class RLRun:
 
         from agents import grpo, ppo
         from agents.lm_module import build_learner_group
-        from agents.rollout import RolloutPool, init_ray
+        from agents.rollout import RolloutPool
         from model.train_loop import resume_point
 
         self.args = args
@@ -125,7 +125,7 @@ class RLRun:
         self.policy = load_policy(str(self.ckpt or args.model), seed=args.seed, value_head=args.algo == "ppo",
                                   temperature=u.temperature, top_p=args.top_p, max_new_tokens=u.max_new_tokens)
 
-        self.started_ray = init_ray(args.address, args.num_cpus)
+        self.started_ray = start_ray(args)
         self.learners = build_learner_group(learner_cls, self.policy.model.config, u, num_learners=args.num_learners,
                                             value_head=args.algo == "ppo", seed=args.seed,
                                             resources_per_learner=args.learner_resources)
@@ -416,6 +416,17 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
+LOCAL_DOCKER_UNITS = 1024.0   # the docker resource of a local Ray (containers are capped per worker, not per node)
+
+
+def start_ray(args: RLArgs) -> bool:
+    """Join the cluster at --address, or start a local Ray: one node that runs every env, so it offers the
+    docker resource that Docker envs' workers ask for. True when this call started it."""
+    from agents.rollout import init_ray
+
+    return init_ray(args.address, args.num_cpus, resources={args.docker_resource: LOCAL_DOCKER_UNITS})
+
+
 def env_specs(args: RLArgs):
     """The envs a run samples, --env first, then --env-mix; each placed on the cluster by agents/cluster.py
     (Docker envs on nodes with the docker resource, at most docker_slots episodes per worker)."""
@@ -499,7 +510,7 @@ def evaluate_only(args: RLArgs) -> dict[str, Any]:
     import functools
 
     from agents.policies import Sampling, make_policy
-    from agents.rollout import RolloutPool, init_ray
+    from agents.rollout import RolloutPool
 
     if not args.eval_tasks:
         raise UsageError(f"--policy {args.policy} only evaluates: give --eval-tasks N")
@@ -517,7 +528,7 @@ def evaluate_only(args: RLArgs) -> dict[str, Any]:
     make_policy(args.policy, sampling, tokenizer=tokenizer)  # here first: an unreachable server is one clear line
     factory = functools.partial(make_policy, args.policy, sampling, tokenizer=tokenizer)
     encode = (lambda text: tokenizer.encode(text, add_special_tokens=False)) if tokenizer is not None else None
-    started = init_ray(args.address, args.num_cpus)
+    started = start_ray(args)
     pool = RolloutPool([env_spec(args.env, eval_kwargs)], factory, num_workers=args.workers, seed=args.seed,
                        cpus_per_worker=0.5, encode=encode, max_turns=args.max_turns, max_context=args.max_context,
                        max_episode_tokens=args.max_episode_tokens)

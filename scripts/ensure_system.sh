@@ -6,6 +6,10 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing ${need[*]}; installing them needs root; fix: apt-get install ${need[*]} (as root)" >&2
+        exit 1
+    fi
     echo "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -36,6 +36,7 @@ class Turn:
     context: list[int]  # every token id of the episode so far (prompt, earlier turns, env replies)
     observation: str  # the env's latest observation text
     info: dict[str, Any] = field(default_factory=dict)
+    text: str = ""  # the episode's text so far (what `context` encodes), for a policy that sends text
 
 
 @dataclass
@@ -45,8 +46,10 @@ class Completion:
     ids: list[int]
     logprobs: list[float]
     text: str
-    finish: str  # "stop" (a stop token or string) or "length" (token budget)
+    finish: str  # "stop" (a stop token or string), "length" (token budget) or "error" (infrastructure)
     values: list[float] | None = None
+    raw: str | None = None  # the sampled text as it continues the episode (end-of-turn included); None: `text`
+    error: str | None = None  # finish == "error": what failed (a server, a timeout); the turn was not produced
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -188,11 +191,14 @@ class LMPolicy:
 
     @torch.no_grad()
     def generate(self, contexts: Sequence[Sequence[int]], *, greedy: bool = False,
-                 generator: torch.Generator | None = None, max_new_tokens: int | None = None) -> list[Completion]:
-        """Sample one turn for each context (lists of token ids); rows are batched `max_batch` at a time."""
+                 generator: torch.Generator | Sequence | None = None,
+                 max_new_tokens: int | None = None) -> list[Completion]:
+        """Sample one turn for each context (lists of token ids); rows are batched `max_batch` at a time.
+        `generator`: one for all rows, or a list with one per context (None entries: torch's default)."""
         out: list[Completion] = []
         for start in range(0, len(contexts), self.max_batch):
-            out += self._generate(contexts[start:start + self.max_batch], greedy, generator,
+            gen = generator[start:start + self.max_batch] if isinstance(generator, (list, tuple)) else generator
+            out += self._generate(contexts[start:start + self.max_batch], greedy, gen,
                                   max_new_tokens or self.max_new_tokens)
         return out
 
@@ -247,7 +253,7 @@ class LMPolicy:
                 probs = logp.exp()
                 if self.top_p < 1.0:
                     probs = _top_p_filter(probs, self.top_p)
-                tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                tok = self._sample(probs, rows, generator)
             new_ids[rows, step] = tok
             new_lp[rows, step] = logp.gather(-1, tok[:, None]).squeeze(-1)
             if new_v is not None:
@@ -273,8 +279,17 @@ class LMPolicy:
             n = int(lengths[i])
             row = new_ids[i, :n].tolist()
             out.append(Completion(ids=row, logprobs=new_lp[i, :n].tolist(), text=self.action_text(row),
-                                  finish=finish[i], values=new_v[i, :n].tolist() if new_v is not None else None))
+                                  finish=finish[i], values=new_v[i, :n].tolist() if new_v is not None else None,
+                                  raw=self.decode(row)))
         return out
+
+    @staticmethod
+    def _sample(probs: torch.Tensor, rows: torch.Tensor, generator) -> torch.Tensor:
+        """One token per row: from one generator, or from each original row's own (a list, e.g. one per request
+        in a server's batch, so that a seeded request draws the same whatever else shares the batch)."""
+        if not isinstance(generator, (list, tuple)):
+            return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return torch.cat([torch.multinomial(probs[k], 1, generator=generator[int(r)]) for k, r in enumerate(rows)])
 
     def _ends_with_stop_string(self, ids: torch.Tensor) -> torch.Tensor:
         tails = self.tokenizer.batch_decode(ids[:, -self._tail:].tolist(), skip_special_tokens=False)
@@ -285,10 +300,12 @@ class LMPolicy:
 class OracleHint:
     """What only an oracle policy is handed, on its own channel (never inside a `Turn`): the episode's task
     and the env's reference action for this turn (`env.unwrapped.reference_episode(task)`, None past its end
-    or when the env has no oracle)."""
+    or when the env has no oracle). `wrong`, asked for by a policy that sets `needs_wrong`: the reference
+    action of another task of the env that this task's judge does not pay (a generic wrong answer)."""
 
     task: Any
     action: str | None
+    wrong: str | None = None
 
 
 class OraclePolicy:
@@ -316,7 +333,7 @@ class OraclePolicy:
         for turn, hint in zip(turns, oracle):
             text = self.respond(turn, hint)
             ids = self.encode(text + EOT)
-            out.append(Completion(ids=ids, logprobs=[0.0] * len(ids), text=text, finish="stop"))
+            out.append(Completion(ids=ids, logprobs=[0.0] * len(ids), text=text, finish="stop", raw=text + EOT))
         return out
 
     def set_weights(self, weights, version: int) -> None:

@@ -135,6 +135,8 @@ class RLArgs:
     """checkpoints kept in out/checkpoints"""
     resume: bool = True
     """resume from the newest checkpoint in out (--no-resume: start afresh)"""
+    log_trajectories: int = 4
+    """episodes of each update decoded into trajectories.jsonl for `cwm view` (0: none)"""
     progress: bool | None = None
     """progress bar (default: when stderr is a terminal)"""
     torch_threads: int | None = None
@@ -148,6 +150,8 @@ class RLArgs:
             self.update = ALGOS[self.algo]()
         elif type(self.update) is not ALGOS[self.algo]:
             raise ValueError(f"algo {self.algo!r} takes {ALGOS[self.algo].__name__}, not {type(self.update).__name__}")
+        if self.log_trajectories < 0:
+            raise UsageError("--log-trajectories must be 0 or more")
         if min(self.steps, self.group, self.tasks, self.workers) < 1:
             raise UsageError("--steps, --group, --tasks and --workers must be at least 1")
         if self.algo == "grpo" and self.group < 2:

@@ -12,7 +12,10 @@
 """
 from __future__ import annotations
 
+import threading
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -22,6 +25,7 @@ import torch
 from agents.policy import LMPolicy, OracleHint, Turn
 from agents.trajectory import Trajectory
 from cwm_envs.errors import InfraError
+from rewards.base import RewardResult
 
 
 # The part of an env's info a policy may see: budgets and counters. Everything else (outcomes, details,
@@ -52,12 +56,14 @@ class EnvSpec:
 
 @dataclass(frozen=True)
 class Request:
-    """Run `n` episodes of the task that `env.reset(seed=seed)` poses (one GRPO group)."""
+    """Run `n` episodes of the task that `env.reset(seed=seed)` poses (one GRPO group), or of `task` (a
+    reset option: a Task, an index or an id into the env's tasks) when it is given."""
 
     env: int  # index into the pool's EnvSpec list
     seed: int
     group: int
     n: int
+    task: Any = None
 
 
 @dataclass
@@ -110,7 +116,7 @@ def chunk_seed(pool_seed: int, first_group: int) -> int:
 
 class _Episode:
     __slots__ = ("req", "index", "env", "ids", "mask", "logprobs", "values", "rewards", "turn_ends", "obs",
-                 "info", "prompt_len", "text", "error", "done")
+                 "info", "prompt_len", "text", "transcript", "error", "infra", "done")
 
     def __init__(self, req: Request, index: int):
         self.req, self.index = req, index
@@ -118,6 +124,7 @@ class _Episode:
         self.ids, self.mask, self.logprobs, self.values = [], [], [], []
         self.rewards, self.turn_ends, self.text = [], [], []
         self.obs, self.info, self.prompt_len, self.error, self.done = "", {}, 0, None, False
+        self.transcript, self.infra = "", False
 
     def append(self, ids, mask_value, logprobs=None, values=None):
         self.ids += ids
@@ -137,11 +144,12 @@ class RolloutWorker:
         max_turns: turns per episode before it is cut (truncated).
         max_context: token ids per episode before it is cut.
         num_threads: torch threads (a Ray actor gets as many as its CPUs).
+        env_threads: episodes whose env steps run at once (benchmarks judge on several sandboxes; 1: in turn).
     """
 
     def __init__(self, env_specs: Sequence[EnvSpec], policy: dict | Callable, weights: dict | None = None,
                  version: int = 0, *, encode: Callable[[str], list[int]] | None = None, max_turns: int = 16,
-                 max_context: int | None = None, num_threads: int | None = None):
+                 max_context: int | None = None, num_threads: int | None = None, env_threads: int = 1):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.env_specs = list(env_specs)
@@ -154,6 +162,9 @@ class RolloutWorker:
         self.encode = encode or self.policy.encode
         self.max_turns, self.max_context = max_turns, max_context
         self._free: dict[int, list] = {}
+        self._threads = ThreadPoolExecutor(env_threads, thread_name_prefix="cwm-env") if env_threads > 1 else None
+        self._wrong: dict[tuple, str | None] = {}  # (env index, task id, turn) -> another task's action
+        self._lock = threading.Lock()  # the free envs and the stats, when env steps run on threads
 
     def ping(self) -> int:
         return self.policy.version
@@ -168,25 +179,31 @@ class RolloutWorker:
         generator = torch.Generator().manual_seed(int(sample_seed))
         version = self.policy.version
         episodes = [_Episode(r, j) for r in requests for j in range(r.n)]
-        for ep in episodes:
-            self._start(ep, stats)
+        self._each(lambda ep: self._start(ep, stats), episodes)
         turn = 0
         while True:
             live = [ep for ep in episodes if not ep.done]
             if not live:
                 break
-            turns = [Turn(ep.ids, ep.obs, policy_info(ep.info)) for ep in live]
+            turns = [Turn(ep.ids, ep.obs, policy_info(ep.info), ep.transcript) for ep in live]
             g0 = time.perf_counter()
             extra = {"oracle": [self._hint(ep) for ep in live]} if getattr(self.policy, "needs_oracle", False) else {}
             completions = self.policy.act(turns, greedy=greedy, generator=generator, **extra)
             stats.generate_s += time.perf_counter() - g0
             turn += 1
+            stepping = []
             for ep, c in zip(live, completions):
+                if c.finish == "error":  # the policy's machinery failed: no turn, nothing to score
+                    ep.error, ep.infra, ep.done = c.error or "infra: the policy failed", True, True
+                    self._release(ep)
+                    continue
                 ep.append(c.ids, 1, c.logprobs, c.values)
                 ep.turn_ends.append(len(ep.ids) - 1)
                 ep.text.append(c.text)
+                ep.transcript += c.raw if c.raw is not None else c.text
                 stats.policy_tokens += len(c.ids)
-                self._step(ep, c.text, turn, stats)
+                stepping.append((ep, c.text))
+            self._each(lambda job: self._step(job[0], job[1], turn, stats), stepping)
         stats.episodes = len(episodes)
         stats.failed = sum(ep.error is not None for ep in episodes)
         stats.wall_s = time.perf_counter() - t0
@@ -194,23 +211,35 @@ class RolloutWorker:
 
     # -- one episode's steps ---------------------------------------------------------------------------
 
+    def _each(self, fn, items) -> None:
+        """fn(item) for each item: in turn, or on the env threads (each episode owns its env)."""
+        if self._threads is None or len(items) < 2:
+            for item in items:
+                fn(item)
+        else:
+            list(self._threads.map(fn, items))
+
     def _start(self, ep: _Episode, stats: RolloutStats) -> None:
         e0 = time.perf_counter()
         try:
             ep.env = self._acquire(ep.req.env)
-            obs, ep.info = ep.env.reset(seed=ep.req.seed)
+            options = {"task": ep.req.task} if ep.req.task is not None else None
+            obs, ep.info = ep.env.reset(seed=ep.req.seed, options=options)
             ep.obs = obs
+            ep.transcript = obs
             ep.append(self.encode(obs), 0)
             ep.prompt_len = len(ep.ids)
         except Exception as exc:  # an env fault ends this episode only
             self._fail(ep, exc)
-        stats.env_s += time.perf_counter() - e0
+        with self._lock:
+            stats.env_s += time.perf_counter() - e0
 
     def _step(self, ep: _Episode, action: str, turn: int, stats: RolloutStats) -> None:
         e0 = time.perf_counter()
         try:
             obs, reward, terminated, truncated, info = ep.env.step(action)
-            stats.env_steps += 1
+            with self._lock:
+                stats.env_steps += 1
             ep.rewards.append(float(reward))
             ep.info, ep.obs = info, obs
             if terminated or truncated:
@@ -223,26 +252,31 @@ class RolloutWorker:
                     ep.done, ep.info = True, {**info, "cut": "max_context"}
                 else:
                     ep.append(reply, 0)
+                    ep.transcript += obs
         except Exception as exc:
             self._fail(ep, exc)
-        stats.env_s += time.perf_counter() - e0
+        with self._lock:
+            stats.env_s += time.perf_counter() - e0
         if ep.done and ep.error is None:
             self._release(ep)
 
-    @staticmethod
-    def _hint(ep: _Episode) -> OracleHint:
-        """The oracle channel: the task and the env's reference action for the episode's next turn."""
+    def _hint(self, ep: _Episode) -> OracleHint:
+        """The oracle channel: the task and the env's reference action for the episode's next turn (and, for
+        a policy that sets `needs_wrong`, another task's action that this task's judge does not pay)."""
         inner = ep.env.unwrapped
         task = getattr(inner, "task", None)
-        try:
-            actions = list(inner.reference_episode(task))
-        except Exception:                # no oracle, or none for this task: the hint says so
-            actions = []
         k = len(ep.turn_ends)
-        return OracleHint(task, actions[k] if k < len(actions) else None)
+        actions = _reference_episode(inner, task)
+        wrong = None
+        if getattr(self.policy, "needs_wrong", False) and task is not None:
+            key = (ep.req.env, getattr(task, "id", None), k)
+            if key not in self._wrong:
+                self._wrong[key] = _wrong_action(inner, task, k, actions)
+            wrong = self._wrong[key]
+        return OracleHint(task, actions[k] if k < len(actions) else None, wrong)
 
     def _fail(self, ep: _Episode, exc: BaseException) -> None:
-        ep.error, ep.done = f"{type(exc).__name__}: {exc}", True
+        ep.error, ep.done, ep.infra = f"{type(exc).__name__}: {exc}", True, isinstance(exc, InfraError)
         if ep.env is not None:  # a failed instance may be in any state: drop it
             try:
                 ep.env.close()
@@ -257,15 +291,18 @@ class RolloutWorker:
             env_id=spec.id, task_id=str(ep.info.get("task_id", ep.req.seed)), group=ep.req.group, seed=ep.req.seed,
             prompt_len=ep.prompt_len, turn_ends=ep.turn_ends,
             values=ep.values if getattr(self.policy, "value_head", None) is not None else None,
-            text="\n".join(ep.text), info=_plain(ep.info), error=ep.error,
+            text="\n".join(ep.text), info=_plain(ep.info), error=ep.error, infra=ep.infra,
         )
 
     def _acquire(self, env_index: int):
-        free = self._free.setdefault(env_index, [])
-        return free.pop() if free else make_env(self.env_specs[env_index])
+        with self._lock:
+            free = self._free.setdefault(env_index, [])
+            env = free.pop() if free else None
+        return env if env is not None else make_env(self.env_specs[env_index])
 
     def _release(self, ep: _Episode) -> None:
-        self._free.setdefault(ep.req.env, []).append(ep.env)
+        with self._lock:
+            self._free.setdefault(ep.req.env, []).append(ep.env)
 
     def close(self) -> None:
         for envs in self._free.values():
@@ -275,6 +312,49 @@ class RolloutWorker:
                 except Exception:
                     pass
         self._free.clear()
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+
+
+def _reference_episode(env, task) -> list[str]:
+    try:
+        return list(env.reference_episode(task))
+    except Exception:                # no oracle, or none for this task: the hint says so
+        return []
+
+
+def _wrong_action(env, task, turn: int, actions: list[str], tries: int = 4) -> str | None:
+    """The oracle's action at `turn` for another task of `env` (the next ones in its task list, or tasks its
+    generator draws) that `env.judge(task, .)` does not pay; a single-turn action is checked with the judge,
+    so a neighbour that shares the gold answer is skipped."""
+    tasks = getattr(env, "tasks", None)
+    if tasks:
+        ids = [getattr(t, "id", None) for t in tasks]
+        start = ids.index(task.id) if task.id in ids else -1
+        others = [tasks[(start + d) % len(tasks)] for d in range(1, min(len(tasks), tries + 1))]
+    else:
+        rng = np.random.default_rng(zlib.crc32(str(task.id).encode()))
+        try:
+            others = [env.generate_task(rng) for _ in range(tries)]
+        except Exception:
+            return None
+    fallback = None
+    for other in others:
+        if getattr(other, "id", None) == task.id:
+            continue
+        theirs = _reference_episode(env, other)
+        if turn >= len(theirs) or (turn < len(actions) and theirs[turn] == actions[turn]):
+            continue
+        fallback = fallback or theirs[turn]
+        if len(theirs) > 1 or not hasattr(env, "judge"):
+            return theirs[turn]
+        try:
+            paid: RewardResult = env.judge(task, theirs[turn])
+        except Exception:
+            continue
+        if paid.value <= 0 or paid.value <= getattr(env, "failure_reward", lambda: 0.0)():
+            return theirs[turn]
+    return fallback
 
 
 def _plain(info: dict) -> dict:

@@ -8,7 +8,9 @@ and their flags are the dataclasses of agents/rl_args.py.
 
 Layout of `--out DIR` (as the other stages): the final model and tokenizer (`from_pretrained(DIR)`),
 `stage.json`, `metrics.jsonl` (one row per update: reward mean/std, pass rate, KL to the start, entropy,
-tokens/s, staleness, ...), `reward.png`, and `checkpoints/step-NNNNNN/` (model, tokenizer,
+response length, tokens/s, staleness, ...) and the same rows as TensorBoard event files (and W&B offline when
+installed; agents/metrics.py), `trajectories.jsonl` (a few decoded episodes per update, for `cwm view DIR`),
+`reward.png`, and `checkpoints/step-NNNNNN/` (model, tokenizer,
 `trainer_state.pt` with the learner's optimizer state); a rerun with the same `--out` resumes from the newest.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from agents.metrics import TRAJECTORIES, MetricsSink, TrajectorySampler
 from agents.rl_args import RLArgs, add_rl_flags, rl_args_from
 from cwm_envs.errors import UsageError
 
@@ -93,8 +96,9 @@ class RLRun:
         _check_env(args.env, args.env_kwargs)
         self.ckpt = resume_point(self.out) if args.resume else None
         self.metrics = self.out / "metrics.jsonl"
-        if not self.ckpt and self.metrics.exists():
-            self.metrics.unlink()
+        if not self.ckpt:  # a fresh run: nothing of an earlier one may show in its curves or samples
+            for old in (self.metrics, self.out / TRAJECTORIES, *self.out.glob("events.out.tfevents.*")):
+                old.unlink(missing_ok=True)
         self.evals: dict[str, dict] = {}  # held-out evaluations of this call, by tag ("start", "step20", "end")
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
@@ -124,6 +128,8 @@ class RLRun:
                                 self.policy.get_weights(), version=self.version, num_workers=args.workers,
                                 mode=args.mode, max_staleness=args.max_staleness, seed=args.seed,
                                 max_turns=args.max_turns)
+        self.sink = MetricsSink(self.out, _jsonable(asdict(args)))
+        self.samples = TrajectorySampler(self.out, self.policy.decode, args.log_trajectories)
         if self.ckpt:
             self.pool.rng.bit_generator.state = self._pool_state["rng"]
             self.pool._group = self._pool_state["group"]
@@ -156,11 +162,14 @@ class RLRun:
 
         ok = [t for t in trajs if t.ok]
         rewards = np.array([t.reward for t in ok]) if ok else np.zeros(0)
+        self.samples.write(trajs, self.step)
         row = {
             "step": self.step, "version": self.version,
             "reward_mean": float(rewards.mean()) if len(rewards) else None,
             "reward_std": float(rewards.std()) if len(rewards) else None,
             "pass_rate": float((rewards > 0).mean()) if len(rewards) else None,
+            "length_mean": float(np.mean([t.num_policy_tokens for t in ok])) if ok else None,
+            "turns_mean": float(np.mean([len(t.turn_ends) for t in ok])) if ok else None,
             "kl_to_start": learner.get("kl_to_start"), "entropy": learner.get("entropy"),
             "policy_loss": learner.get("policy_loss"), "clip_frac": learner.get("clip_frac"),
             "vf_loss": learner.get("vf_loss"), "grad_norm": learner.get("gradients_default_optimizer_global_norm"),
@@ -201,6 +210,7 @@ class RLRun:
     def record(self, row: dict) -> None:
         with self.metrics.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+        self.sink.log(row)
 
     def evaluate_and_record(self, tag: str) -> dict[str, float]:
         """Held-out pass rates, sampled and greedy, on `args.eval_tasks` tasks: to metrics.jsonl and `evals[tag]`."""
@@ -292,6 +302,7 @@ class RLRun:
         for pool in {id(p): p for p in (self.pool, self.eval_pool) if p is not None}.values():
             pool.close()
         self.learners.shutdown()
+        self.sink.close()
         if self.started_ray:
             ray.shutdown()
 
@@ -388,11 +399,17 @@ def cmd_rl(ns) -> int:
 
     args = rl_args_from(ns)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
-    with tqdm(total=args.steps, desc="rl", disable=not show, dynamic_ncols=True) as bar:
+    with tqdm(total=args.steps, desc="rl", unit="update", disable=not show, dynamic_ncols=True) as bar:
         def progress(row: dict) -> None:
-            bar.n = row["step"]
-            bar.set_postfix(reward=f"{row.get('reward_mean', float('nan')):.3f}",
-                            pass_=f"{row.get('pass_rate', float('nan')):.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if bar.n == 0 and row["step"] > 1:  # resumed: count from there, so the ETA is this run's pace
+                bar.n = bar.initial = bar.last_print_n = row["step"] - 1
+            bar.update(row["step"] - bar.n)
+            post = {"reward": f"{row.get('reward_mean', float('nan')):.3f}",
+                    "pass": f"{row.get('pass_rate', float('nan')):.2f}", "episodes": row["episodes"],
+                    "tok/s": f"{row['tokens_per_s']:.0f}"}
+            if args.minutes:  # the wall-clock budget may end the run before --steps does (elapsed_s: resumes too)
+                post["budget_left"] = f"{max(0.0, args.minutes - row['elapsed_s'] / 60):.1f}min"
+            bar.set_postfix(post)
 
         s = run(args, progress)
     line = (f"rl: {s['steps']} updates in {s['elapsed_s']} s, train reward {s['first_reward']} -> {s['last_reward']}")

@@ -35,6 +35,7 @@ class Trajectory:
     text: str = ""  # the decoded policy turns, for logs and examples
     info: dict[str, Any] = field(default_factory=dict)  # the env's last info (evidence, task id, ...)
     error: str | None = None  # set when the env or worker failed: never trained on, counted apart
+    infra: bool = False  # the error is the machinery's (sandbox, Docker, a model server), not the policy's
 
     def __post_init__(self):
         n = len(self.ids)

@@ -13,12 +13,17 @@ BENCH_MODULES: list[str] = [
     "benchmarks.trace_model_bench",
     "benchmarks.humaneval_bench",
     "benchmarks.cruxeval_bench",
+    "benchmarks.livecodebench_bench",
     "benchmarks.trace_bench",
+    "benchmarks.trace_env_bench",
     "benchmarks.swebench_bench",
     "benchmarks.swe_env_bench",
+    "benchmarks.scale_bench",
     "benchmarks.math_bench",
     "benchmarks.math_verify_bench",
+    "benchmarks.math_attack_bench",
     "benchmarks.rl.cli",
+    "benchmarks.serve_bench",
 ]
 
 

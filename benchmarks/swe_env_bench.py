@@ -9,6 +9,8 @@ Figures, all on the embedded default task set with its images already built (the
   plus the same preparation), the way a runner without a pool starts one.
 - Anchors from other systems (not measured here): OpenHands 15-60 s per session start, rLLM 2-3 s with
   snapshots.
+- `grade_median_s`: grading one submission (a fresh container of the image, the patch checks, the eval's
+  two parts, the seal), from the oracle episodes' `outcomes["grade_s"]`.
 - `oracle_episodes_per_s`: scripted oracle episodes (edit, diff, submit, grading in a fresh container),
   one env and two envs in threads; the oracle's reward must be +1 on every episode, do-nothing's -1.
 """
@@ -44,7 +46,7 @@ def measure(resets: int = 20, episodes: int = 16, progress: bool = False) -> dic
 
     import cwm_envs  # noqa: F401
     from agents.swe_agents import DoNothingSWEAgent, OracleSWEAgent, run_episode, tool
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.tools import ToolBox
 
     bar = tqdm(total=3 * resets + 2 * episodes + 4, desc="swe-env bench", disable=not progress)
@@ -78,15 +80,17 @@ def measure(resets: int = 20, episodes: int = 16, progress: bool = False) -> dic
         cold = []
         for _ in range(max(3, resets // 2)):         # baseline: a fresh container per episode, no pool
             t = time.perf_counter()
-            with DockerSandbox(image, pool_size=0, workdir="/testbed", limits=env.limits) as sb:
+            with DockerSandbox(image, pool_size=0, workdir="/testbed", limits=env.limits, **REPO_SANDBOX) as sb:
                 ToolBox(sb).prepare(light=True)
                 cold.append(time.perf_counter() - t)
             bar.update(1)
 
-        oracle, rewards = OracleSWEAgent(), []
+        oracle, rewards, grades = OracleSWEAgent(), [], []
         t = time.perf_counter()
         for k in range(episodes):
-            rewards.append(run_episode(env, oracle, options={"task": k % ntasks}).reward)
+            ep = run_episode(env, oracle, options={"task": k % ntasks})
+            rewards.append(ep.reward)
+            grades.append(ep.info["outcomes"]["grade_s"])
             bar.update(1)
         one_env_s = time.perf_counter() - t
     finally:
@@ -119,7 +123,7 @@ def measure(resets: int = 20, episodes: int = 16, progress: bool = False) -> dic
         nothing.close()
     bar.update(2)
     bar.close()
-    w, b, s, c = _q(warm), _q(back), _q(switch), _q(cold)
+    w, b, s, c, g = _q(warm), _q(back), _q(switch), _q(cold), _q(grades)
     return {
         "reset_median_s": w["median"], "reset_p90_s": w["p90"], "reset_target_s": 1.0,
         "reset_meets_target": w["median"] <= 1.0,
@@ -127,12 +131,13 @@ def measure(resets: int = 20, episodes: int = 16, progress: bool = False) -> dic
         "baseline": "a fresh container per episode (no warm pool), same image and preparation",
         "baseline_cold_start_median_s": c["median"],
         "speedup_vs_cold_start": round(c["median"] / max(w["median"], 1e-6), 1),
+        "grade_median_s": g["median"], "grade_p90_s": g["p90"],
         "oracle_episodes_per_s_1_env": round(episodes / one_env_s, 3),
         "oracle_episodes_per_s_2_envs": round(len(par_rewards) / two_env_s, 3),
         "oracle_mean_reward": round(statistics.mean(rewards + par_rewards), 3),
         "do_nothing_mean_reward": round(statistics.mean(nothing_rewards), 3),
         "tasks": ntasks, "image_setup_s": round(setup_s, 1), **{f"anchor_{k}": v for k, v in ANCHORS.items()},
-    }, {"reset_warm": w, "reset_back_to_back": b, "reset_switch": s, "cold_start": c}
+    }, {"reset_warm": w, "reset_back_to_back": b, "reset_switch": s, "cold_start": c, "grade": g}
 
 
 def run(args) -> int:

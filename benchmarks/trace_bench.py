@@ -27,7 +27,7 @@ def _jobs(source: str, limit: int) -> list[tuple[str, str, str, str]]:
 
         return [(t.id, t.metadata["code"], "f", t.metadata["input"]) for t in load_cruxeval(limit=limit)]
     if source == "generated":
-        from cwm_envs.tracing.generate import generate_program
+        from cwm_envs.sources.programs import generate_program
 
         progs = [generate_program(random.Random(f"bench:{i}"), n_inputs=1) for i in range(limit)]
         return [(f"gen-{i}", p.code, p.entry, p.inputs[0]) for i, p in enumerate(progs)]

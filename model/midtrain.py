@@ -22,12 +22,12 @@ from typing import Iterator
 from cwm_envs.chat import format_message
 from cwm_envs.errors import UsageError
 from cwm_envs.tasks import read_jsonl
-from model.config import extend_context, load_config, load_model
+from model.config import extend_context, load_config
 from model.corpus import hash_fraction
 from model.pretrain import corpus_rows
 from model.tokenizer import load_tokenizer, special_token_ids
 from model.train_args import TrainArgs
-from model.train_loop import Row, endless, mix, pack, resume_point, train
+from model.train_loop import Row, endless, mix, open_model, pack, resume_point, train
 
 HELDOUT_SHARE = 0.1
 DEFAULT_MIX = {"traces": 0.6, "trajectories": 0.2, "replay": 0.2}
@@ -133,10 +133,10 @@ def run(args: TrainArgs, parent: str, traces: str, trajectories: str | None = No
     tokenizer = load_tokenizer(source)
     special_token_ids(tokenizer)  # the trace tokens must be single tokens
     if ckpt:
-        model = load_model(ckpt)
+        model = open_model(ckpt, args)
         print(f"resuming from {ckpt}")
     else:
-        model = load_model(parent, config=extend_context(load_config(parent), args.seq_len))
+        model = open_model(parent, args, config=extend_context(load_config(parent), args.seq_len))
 
     sources: dict[str, Iterator[Row]] = {
         "traces": pack(trace_documents(tokenizer, train_traces, args.seed), args.seq_len),

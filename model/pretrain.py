@@ -14,11 +14,11 @@ from typing import Iterator
 import torch
 from transformers import CwmForCausalLM
 
-from model.config import TOKENIZER_VOCAB, load_model, make_config
+from model.config import TOKENIZER_VOCAB, make_config
 from model.corpus import iter_documents
 from model.tokenizer import build_tokenizer, load_tokenizer
 from model.train_args import TrainArgs
-from model.train_loop import Row, endless, pack, resume_point, setup_distributed, train
+from model.train_loop import Row, endless, open_model, pack, resume_point, setup_distributed, train
 
 
 def encode_documents(tokenizer, texts: list[str]) -> list[tuple[list[int], list[int]]]:
@@ -52,7 +52,7 @@ def run(args: TrainArgs, preset: str, corpus: str = "default", tokenizer_dir: st
     out = Path(args.out)
     ckpt = resume_point(out) if args.resume else None
     if ckpt:
-        tokenizer, model = load_tokenizer(ckpt), load_model(ckpt)
+        tokenizer, model = load_tokenizer(ckpt), open_model(ckpt, args)
         print(f"resuming from {ckpt}")
     else:
         if not tokenizer_dir:

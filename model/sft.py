@@ -24,10 +24,9 @@ import torch
 
 from cwm_envs.chat import EOT
 from cwm_envs.errors import UsageError
-from model.config import load_model
 from model.tokenizer import load_tokenizer
 from model.train_args import TrainArgs
-from model.train_loop import endless, pack, resume_point, train
+from model.train_loop import endless, open_model, pack, resume_point, train
 
 
 def oracle_actions(env) -> list[str]:
@@ -134,7 +133,7 @@ def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 1000, env_kwa
     print(f"oracle: {counts['kept']}/{episodes} episodes rewarded")
     ckpt = resume_point(out) if args.resume else None
     tokenizer = load_tokenizer(ckpt or parent)
-    model = load_model(ckpt or parent)
+    model = open_model(ckpt or parent, args)
     docs = [episode_document(tokenizer, t) for t in kept]
     too_long = sum(len(d[0]) > model.config.max_position_embeddings for d in docs)
 
@@ -152,6 +151,10 @@ def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 1000, env_kwa
                        "episodes_longer_than_context": too_long})
     summary = train(model, tokenizer, rows, evals, args, resume_from=ckpt, title="sft")
     if eval_episodes and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 evaluates
+        if args.shard != "ddp":  # the trained weights are spread over the ranks: read the exported model
+            from model.config import load_model
+
+            model = load_model(out)
         result = evaluate(model, tokenizer, env_id, eval_episodes, seed=args.seed + 2 * 10**6, env_kwargs=env_kwargs)
         summary["greedy_eval"] = result
         (out / "stage.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -20,8 +20,24 @@ from typing import Any, Literal
 from cwm_envs.errors import UsageError
 
 
+@dataclass(kw_only=True)
+class ShardArgs:
+    """How a multi-process run splits the model (model/sharding.py); the RL stage's settings can inherit them."""
+
+    shard: Literal["ddp", "fsdp", "hsdp"] = "ddp"
+    """ddp: a whole copy of the model per rank (small models). fsdp: FSDP2 full shard, one unit per decoder
+    layer: weights, gradients and Adam state split over all ranks. hsdp: shard within groups of --shard-group
+    ranks (a node), replicate across the groups"""
+    shard_group: int = 0
+    """hsdp: ranks per shard group (0: LOCAL_WORLD_SIZE, one node)"""
+    activation_checkpointing: bool = False
+    """recompute each decoder layer in the backward pass instead of keeping its activations"""
+    cpu_offload: bool = False
+    """fsdp/hsdp: keep the sharded weights, gradients and Adam state in host memory (the optimizer steps there)"""
+
+
 @dataclass
-class TrainArgs:
+class TrainArgs(ShardArgs):
     """Budget and optimisation of one stage; each field has a CLI flag of the same name."""
 
     out: Path
@@ -59,7 +75,8 @@ class TrainArgs:
     seed: int = 0
     """seed of the weights, the data order and sampling"""
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 autocast on a GPU that supports it, fp32 on CPU (CPU bf16 is slower, not faster)"""
+    """auto: bf16 on a GPU that supports it, fp32 on CPU (CPU bf16 is slower, not faster); bf16 is autocast, or
+    under fsdp/hsdp FSDP mixed precision (bf16 compute, fp32 master weights and gradient reduction)"""
     resume: bool = True
     """resume from the newest checkpoint in --out (--no-resume: start over)"""
     extra: dict = field(default_factory=dict)

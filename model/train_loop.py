@@ -10,6 +10,11 @@ same RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR variables), each rank takes ev
 averaged by DistributedDataParallel, and rank 0 alone writes metrics and checkpoints. Without those
 variables it is a plain single-process loop.
 
+Sharded (`--shard fsdp|hsdp`, model/sharding.py): the same data split, but FSDP2 holds 1/N of the weights,
+gradients and optimizer state on each rank. Checkpoints are then DCP directories that every rank writes
+(`checkpoints/step-N/dcp`, resumable on any number of ranks, or unsharded), and the final model is exported
+from the last one into `--out` as a plain `save_pretrained` directory.
+
 Layout of `--out DIR`: the final model and tokenizer (load with `from_pretrained(DIR)`), `stage.json`,
 `metrics.jsonl`, `loss.png`, and `checkpoints/step-NNNNNN/` (model, tokenizer, `trainer_state.pt`), of
 which the last `keep_checkpoints` are kept; a rerun with the same `--out` resumes from the newest.
@@ -86,19 +91,27 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owned: bool = False  # this process made a one-rank process group (sharding needs one); train() ends it
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
 
-def setup_distributed() -> Dist:
-    """Join the process group that torchrun (or Ray Train) describes in the environment, if any."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
+def setup_distributed(need_group: bool = False) -> Dist:
+    """Join the process group that torchrun (or Ray Train) describes in the environment, if any.
+
+    `need_group`: a single process gets a one-rank group of its own (FSDP and DCP want one).
+    """
     import torch.distributed as dist
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        if not need_group or dist.is_initialized():
+            return Dist()
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        return Dist(owned=True)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -144,6 +157,23 @@ def make_optimizer(model: torch.nn.Module, args: TrainArgs, device: torch.device
 
 # --- checkpoints ----------------------------------------------------------------------------------------
 
+def open_model(path: str | Path, args: TrainArgs, config=None):
+    """The model a stage starts or resumes from: loaded whole, or, when the run shards it or `path` is a
+    sharded checkpoint, an empty model on the meta device that `train` fills (each rank reads only its
+    slices; a 32B never exists whole in one process). `config` replaces the saved one."""
+    from transformers import CwmForCausalLM
+
+    from model.config import load_config, load_model
+    from model.sharding import is_sharded_checkpoint
+
+    if args.shard == "ddp" and not is_sharded_checkpoint(path):
+        return load_model(path, config=config)
+    config = config or load_config(path)
+    config._name_or_path = str(path)  # where train() reads the weights from
+    with torch.device("meta"):
+        return CwmForCausalLM(config)
+
+
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints under `out/checkpoints`, oldest first."""
     root = Path(out) / "checkpoints"
@@ -157,15 +187,33 @@ def resume_point(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(model, tokenizer, optimizer, state: dict, args: TrainArgs) -> Path:
-    """Write `checkpoints/step-N` atomically (a temp dir renamed at the end) and drop the oldest ones."""
+def save_checkpoint(model, tokenizer, optimizer, state: dict, args: TrainArgs, dist: Dist | None = None) -> Path:
+    """Write `checkpoints/step-N` atomically (a temp dir renamed at the end) and drop the oldest ones.
+
+    Sharded runs call it on every rank: each writes its slices into `dcp/`, rank 0 the rest.
+    """
+    from model.sharding import DCP_DIR, save_sharded
+
+    dist = dist or Dist()
+    sharded = args.shard != "ddp"
     root = Path(args.out) / "checkpoints"
     final = root / f"step-{state['step']:06d}"
     tmp = root / f".tmp-step-{state['step']:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    if dist.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if sharded:
+        if dist.world > 1:
+            torch.distributed.barrier()  # nobody writes into the temp dir before it is cleared
+        save_sharded(tmp / DCP_DIR, model, optimizer)  # returns once every rank's slices and the index are on disk
+        if not dist.main:
+            return final
+        model.config.save_pretrained(tmp)
+        saved = {**state, "rng": torch.get_rng_state(), "sharded": True, "world": dist.world}
+    else:
+        model.save_pretrained(tmp)
+        saved = {**state, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
     tokenizer.save_pretrained(tmp)
-    torch.save({**state, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+    torch.save(saved, tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in checkpoints(args.out)[: -args.keep_checkpoints]:
@@ -234,34 +282,67 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
           resume_from: Path | None = None, title: str = "training") -> dict:
     """Train `model` on `rows` until the step or time budget runs out; save the result to `args.out`.
 
-    `resume_from` is a checkpoint dir the caller already loaded the model from (see `resume_point`):
-    the optimizer, step counter, elapsed time and data position are restored from it. Returns the
-    summary that is also written to `stage.json`.
+    `resume_from` is a checkpoint dir the caller opened the model from (`open_model(resume_point(out), args)`):
+    the optimizer, step counter, elapsed time and data position are restored from it (and, for a sharded
+    checkpoint, the weights). Under `args.shard` fsdp/hsdp the model is sharded here. Returns the summary
+    that is also written to `stage.json`.
     """
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint are noise
+    from model.sharding import (DCP_DIR, device_mesh, enable_activation_checkpointing, export_checkpoint, is_meta,
+                                is_sharded_checkpoint, load_pretrained, load_sharded, materialise, shard_model)
+
     out = Path(args.out)
-    dist = setup_distributed()
+    sharded = args.shard != "ddp"
+    empty = is_meta(model)  # open_model() gave an empty model: its weights come from a directory below
+    sharded_resume = resume_from is not None and is_sharded_checkpoint(resume_from)
+    if sharded_resume and not empty:
+        raise UsageError("a sharded checkpoint resumes into the empty model that open_model(ckpt, args) gives")
+    if resume_from is not None and sharded and not sharded_resume:
+        raise UsageError(f"{resume_from} was saved by an unsharded run: resume it with --shard ddp "
+                         "(or start a new --out from its exported model)")
+    weights_from = Path(model.name_or_path) if empty and resume_from is None else None
+    dist = setup_distributed(need_group=sharded)
     device = pick_device(dist)
     autocast, precision = autocast_for(device, args.dtype)
     torch.manual_seed(args.seed + dist.rank)
-    model.to(device)
+    if sharded:
+        mesh = device_mesh(args.shard, dist.world, device.type, args.shard_group)
+        shard_model(model, mesh, mixed_precision=precision == "bf16", cpu_offload=args.cpu_offload,
+                    activation_checkpointing=args.activation_checkpointing)
+        autocast = nullcontext()  # FSDP's mixed-precision policy casts the units itself
+    elif args.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    if empty:
+        materialise(model, "cpu" if args.cpu_offload else device)
+    if not sharded:
+        model.to(device)
+    if weights_from is not None:  # each rank reads its slices (all of them, unsharded)
+        if is_sharded_checkpoint(weights_from):
+            load_sharded(weights_from / DCP_DIR, model)
+        else:
+            load_pretrained(weights_from, model)
     model.train()
     model.config.use_cache = False
     optimizer = make_optimizer(model, args, device)
 
     state = {"step": 0, "rows": 0, "elapsed_s": 0.0, "tokens": 0}
+    last_ckpt = None
     if resume_from is not None:
         saved = torch.load(Path(resume_from) / "trainer_state.pt", map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(saved.pop("optimizer"))
+        if sharded_resume:
+            load_sharded(Path(resume_from) / DCP_DIR, model, optimizer)
+            last_ckpt = Path(resume_from)
+        else:
+            optimizer.load_state_dict(saved.pop("optimizer"))
         torch.set_rng_state(saved.pop("rng"))
         state.update({k: saved[k] for k in state})
         rows = islice(rows, state["rows"], None)  # the data stream is deterministic: skip what was used
     rank_rows = islice(rows, dist.rank, None, dist.world)
 
     ddp = model
-    if dist.world > 1:
+    if dist.world > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -315,10 +396,11 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
         n_items = int(n_items)
         step_loss = 0.0
         for i, (ids, labels) in enumerate(micro):
-            sync = nullcontext() if dist.world == 1 or i == len(micro) - 1 else ddp.no_sync()
+            last = dist.world == 1 or sharded or i == len(micro) - 1  # FSDP reduce-scatters every micro-batch
+            sync = nullcontext() if last else ddp.no_sync()
             with sync, autocast:
                 loss = ddp(input_ids=ids, labels=labels, num_items_in_batch=max(1, n_items)).loss
-            (loss * dist.world).backward()  # DDP averages gradients over ranks; the sum is what we want
+            (loss * dist.world).backward()  # DDP and FSDP average gradients over ranks; the sum is what we want
             step_loss += float(loss.detach())
         if n_items:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -346,9 +428,9 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
         if eval_rows and (state["step"] % args.eval_every == 0 or stop):
             last_eval = eval_loss(model, eval_rows, args.batch_size, device, autocast)
             record({"step": state["step"], "eval_loss": last_eval})
-        if dist.main and (state["step"] % args.save_every == 0 or stop):
+        if (dist.main or sharded) and (state["step"] % args.save_every == 0 or stop):
             state["elapsed_s"] = elapsed()
-            save_checkpoint(model, tokenizer, optimizer, state, args)
+            last_ckpt = save_checkpoint(model, tokenizer, optimizer, state, args, dist)
     bar.close()
     state["elapsed_s"] = elapsed()
 
@@ -360,13 +442,20 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
     }
     if device.type == "cuda":
         summary["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    if sharded and last_ckpt is None:  # no step ran and nothing was resumed: checkpoint what there is
+        last_ckpt = save_checkpoint(model, tokenizer, optimizer, state, args, dist)
     if dist.main:
-        model.save_pretrained(out)
+        if sharded:  # the final model from the last checkpoint, one unit at a time
+            export_checkpoint(last_ckpt, out)
+        else:
+            model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / "stage.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         log.close()
         plot_losses(metrics_path, out / "loss.png", title)
     if dist.world > 1:
         torch.distributed.barrier()
+    if dist.owned:
+        torch.distributed.destroy_process_group()
     return summary
 

@@ -3,25 +3,32 @@
 Rules, in the order they apply (each is a reason a pair can be *equal*; anything else is unequal):
 - multiple choice: a gold `(B)` / `\\text{(B)}` matches an answer that names option B;
 - text: `\\text{Evelyn}` matches "evelyn" (case, articles, punctuation ignored); a gold that does not
-  parse is compared as normalised text only, so it can never match every answer;
+  parse matches only its own text (after the meaning-preserving `normalize`), so it can never match every answer;
 - numbers: exact rationals (`0.5` = `\\frac12`, `10^{-10}` != `10^{-11}`, `2^{100}` != `2^{100}+1`);
   other constants are equal when their difference is zero symbolically or to hundreds of digits
-  (sympy's adaptive evalf), never by a fixed float tolerance; a decimal literal of at least 12 significant
+  (sympy's adaptive evalf; not when either side holds a number beyond 10^(+-300), which could hide a
+  difference that small), never by a fixed float tolerance; a decimal literal of at least 12 significant
   digits also matches a non-terminating value it rounds to in its last place (`0.0833333333333` for 1/12);
-- expressions: the same free symbols, and the difference vanishes exactly at several random rational
-  points (then it is an identity; sympy's simplify is the fallback when points cannot be evaluated);
+- no value: nan, complex infinity (`\\frac{1}{0}`), `\\sin\\infty`, `\\log_0`, `\\infty^0`, a base-n numeral with a
+  digit its base lacks, numbers side by side (`1 2`), a degenerate interval: equal to nothing, on either side;
+- expressions: the difference vanishes at POINTS random rational points drawn afresh on every call (an
+  answer cannot be built to agree on them) and the answer has a value wherever the gold has one; when too
+  few points can be evaluated, only exact simplification (expand, cancel, simplify) can say equal;
 - equations: `lhs - rhs` of one is a nonzero constant multiple of the other's (`2x - y = 4` ==
   `y = 2x - 4`); inequalities the same with a positive multiple; an assignment `x = 5` matches `5`;
-  a chain `x = 2 + 3 = 5` counts by its first left side and last right side; `a \\approx b` ends a chain;
+  a chain `x = 2 + 3 = 5` counts by its first left side and last right side when every step after the name
+  holds (`x = 1 = 2` does not count); `a \\approx b` ends a chain;
 - percent: `10\\%` matches `10`, `0.1` and `10\\%`; degrees: `30^\\circ` matches `30`, and `\\frac{\\pi}{6}`
   (an angle written with pi is converted; a bare number is not);
 - tuples are ordered, sets and bare lists are not; `(a, b)` is a point, or an open interval when an end
   is infinite or the other side is an interval or inequality; intervals compare as sets of reals;
 - matrices: same shape, entry by entry; a column vector also matches a tuple of its entries;
-- base-n numbers: `204_5` matches `204_5` and `204` (its digits), not its decimal value.
+- base-n numbers: `204_5` matches `204_5` and `204` (its digits), not its decimal value; a plain integer gold
+  matches a numeral of its value (`255` and `11111111_2`); a digit its base lacks (`9_2`) makes no number.
 """
 from __future__ import annotations
 
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -34,7 +41,7 @@ from rewards.math_parse import (BaseNum, Interval, Num, Rel, Seq, SetOp, Text, n
 
 APPROX_MIN_DIGITS = 12       # significant digits a decimal needs before it may stand for an exact value
 EVAL_DIGITS = 60
-POINTS = 4                   # random points for identity tests
+POINTS = 12                  # agreeing random points that make an identity (see _identity)
 
 
 @dataclass
@@ -79,10 +86,12 @@ def _compare(gold_text: str, answer_text: str, budget: _Budget, strict_chains: b
         got = _answer_choice(answer_text)
         return Verdict(got == letter, "choice", letter, got or "")
     gold = _parse_with_fallback(gold_text)
+    if isinstance(gold, Text) and not gold.parsed:  # no value to compare: only the same text matches
+        g, a = normalize(gold_text), normalize(answer_text)
+        return Verdict(bool(g) and g == a, "same text (gold did not parse as math)", g, a)
     if isinstance(gold, Text):
         g, a = normalize_text(gold_text), normalize_text(answer_text)
-        how = "text" if gold.parsed else "text (gold did not parse as math)"
-        return Verdict(bool(g) and g == a, how, g, a)
+        return Verdict(bool(g) and g == a, "text", g, a)
     answer = _parse_with_fallback(answer_text, thousands=isinstance(gold, (Num, BaseNum)))
     ctx = {"budget": budget, "how": "exact", "strict_chains": strict_chains}
     equal = _eq(gold, answer, ctx)
@@ -177,6 +186,9 @@ def _latex2sympy(text: str):
     s = normalize(text)
     if not s or len(s) > 500 or re.search(r"[a-zA-Z]{4,}", re.sub(r"\\[a-zA-Z]+", "", s)):
         return None
+    if re.search(r"\d\s*_|\d\s+\d", s):
+        return None  # it drops a numeral's subscript (`9_2`, refused by our grammar, would be 9) and adds
+                     # numbers side by side (`1 2` would be 3)
     try:
         from latex2sympy2_extended import latex2sympy
         from latex2sympy2_extended.math_normalization import NormalizationConfig
@@ -301,13 +313,15 @@ def _answer_value(rel: Rel, ctx):
         return rel.items[1]
     if not all(op in ("=", "approx") for op in rel.ops):
         return None
-    first, last = rel.items[0], rel.items[-1]
-    if _symbol_like(first):
-        return last
-    # a purely numeric chain (2 + 3 = 5) must hold at every step before its last value counts
+    last = rel.items[-1]
     if not ctx.get("strict_chains", True):
         return last
-    for x, y in zip(rel.items, rel.items[1:]):
+    # the chain must hold at every step after a name before its last value counts: 2 + 3 = 5 and
+    # x = 2 + 3 = 5 do, 1 = 5 and x = 1 = 5 do not
+    steps = list(zip(rel.ops, rel.items, rel.items[1:]))
+    if _symbol_like(rel.items[0]):
+        steps = steps[1:]
+    for _, x, y in steps:
         if not (isinstance(x, Num) and isinstance(y, Num) and _num_eq(x, y, {"budget": ctx["budget"], "how": ""})):
             return None
     return last
@@ -393,7 +407,7 @@ def _constant_ratio(G, A, ctx):
         return r
     # not visibly constant: test c = G/A at one point, then G - c*A == 0 as an identity
     syms = sorted(G.free_symbols | A.free_symbols, key=str)
-    for point in _points(syms):
+    for point in _random_points(syms, POINTS):
         try:
             av = A.subs(point)
             if av == 0 or not av.is_number:
@@ -403,7 +417,7 @@ def _constant_ratio(G, A, ctx):
             continue
         if c.has(sympy.nan, sympy.zoo) or c == 0:
             return None
-        if _identity(G - c * A, syms, ctx) is True:
+        if _identity(G, c * A, ctx) is True:
             return c
         return None
     return None
@@ -459,25 +473,30 @@ def _approximates(lit: str, value, exact) -> bool:
         return False
 
 
+def _undefined(v) -> bool:
+    """No value at all: nan, complex infinity, an accumulation bound (`\\sin \\infty`). It equals nothing,
+    not even itself."""
+    return not isinstance(v, sympy.Basic) or v.has(sympy.nan, sympy.zoo, sympy.AccumBounds)
+
+
 def _value_eq(x, y, ctx) -> bool:
-    if not isinstance(x, sympy.Basic) or not isinstance(y, sympy.Basic):
-        return False
-    if x.has(sympy.nan) or y.has(sympy.nan):
+    """x (the gold's side) and y (the answer's) are the same value, or the same function of their symbols."""
+    if _undefined(x) or _undefined(y):
         return False
     if x == y:
-        if x.has(sympy.zoo):
-            return False
         ctx["how"] = "exact" if x.is_Rational else "identical"
         return True
     if x.is_Rational and y.is_Rational:
         return False  # exact rational arithmetic: different rationals differ, however close
-    if x.has(sympy.zoo) or y.has(sympy.zoo):
-        return False
+    if _huge_powers(x) or _huge_powers(y):   # `10^{10^{10}}`: x - y would compute it digit by digit
+        if x.free_symbols or y.free_symbols:
+            return False
+        return _zero_constant(sympy.Add(x, sympy.Mul(-1, y, evaluate=False), evaluate=False)) is True
     d = x - y
     if d == 0:
         ctx["how"] = "exact"
         return True
-    if d.is_Rational:
+    if d.is_Rational or _undefined(d):
         return False
     if not d.free_symbols:
         verdict = _zero_constant(d)
@@ -486,21 +505,30 @@ def _value_eq(x, y, ctx) -> bool:
         if verdict:
             ctx["how"] = "exact constant" if ctx["how"] == "exact" else ctx["how"]
         return bool(verdict)
-    verdict = _identity(d, sorted(d.free_symbols, key=str), ctx)
+    verdict = _identity(x, y, ctx)
     if verdict:
         ctx["how"] = "identity"
     return bool(verdict)
 
 
-def _zero_constant(d):
+# How hard evalf looks for a nonzero digit: (most digits, a value below 10^-tiny is zero at that precision,
+# no part may lie beyond 10^(+-extreme) for that zero to count). A constant answer gets the long search; the
+# value at a random point (one of POINTS) a shorter one.
+CONSTANT_PRECISION = (400, 350, 300)
+POINT_PRECISION = (100, 150, 100)
+
+
+def _zero_constant(d, precision: tuple[int, int, int] = CONSTANT_PRECISION):
     """True: d is zero (symbolically, or to hundreds of digits); False: provably nonzero; None: unknown."""
+    maxn, tiny, extreme = precision
     try:
-        e = sympy.expand(d)
-        if e == 0:
-            return True
-        if e.is_Rational:
-            return False
-        dn = d.evalf(EVAL_DIGITS, maxn=400)
+        if not _huge_powers(d):   # expand would build 10^(10^10) digit by digit; evalf handles it at once
+            e = sympy.expand(d)
+            if e == 0:
+                return True
+            if e.is_Rational:
+                return False
+        dn = d.evalf(EVAL_DIGITS, maxn=maxn)
     except Exception:  # noqa: BLE001
         return None
     parts = [dn]
@@ -510,19 +538,44 @@ def _zero_constant(d):
             parts = [sympy.sympify(re_), sympy.sympify(im_)]
         except Exception:  # noqa: BLE001
             return None
-    nonzero = False
+    nonzero = no_digits = False
     for p in parts:
-        if not p.is_Number:
+        if not p.is_Number or _undefined(p) or p.is_infinite:
             return None
         if p == 0:
             continue
-        if isinstance(p, sympy.Float) and p._prec <= 1:
-            continue  # zero to the working precision: sympy could not find a nonzero digit
+        if isinstance(p, sympy.Float) and (p._prec <= 1 or abs(p) < sympy.Float(10) ** -tiny):
+            no_digits = True   # evalf found no trustworthy digit: zero, or a difference built to be tinier
+            continue
         nonzero = True
-    return not nonzero
+    if nonzero:
+        return False
+    return None if no_digits and _has_extreme_part(d, extreme) else True
+
+
+def _has_extreme_part(d, limit: int) -> bool:
+    """Does d hold a number beyond 10^(+-limit) (`10^{-900}`, `e^{-e^{10}}`)? Then agreement to the digits
+    evalf tried proves nothing: `\\sqrt{25 + 10^{-900}}` is not 5. Rationals are sized exactly; powers and
+    functions are evaluated roughly; sums and products are not (their cancellation is what is in question)."""
+    big = 10 ** limit
+    for k, sub in enumerate(sympy.preorder_traversal(d)):
+        if k > 500:
+            return True   # too big to inspect: do not trust the numbers
+        if isinstance(sub, sympy.Rational):
+            if sub != 0 and not (abs(sub.p) < big and sub.q < big and abs(sub) * big > 1):
+                return True
+        elif isinstance(sub, (sympy.Pow, sympy.Function)) and sub.is_number:
+            try:
+                v = abs(sub.evalf(5, maxn=30))
+                if v.is_Number and v != 0 and not sympy.Rational(1, big) < v < big:
+                    return True
+            except Exception:  # noqa: BLE001
+                return True
+    return False
 
 
 def _symbolic_zero(d, ctx):
+    """Exact simplification: True when sympy rewrites d to 0, else None (not proven)."""
     if ctx["budget"].left() < 0.05:
         return None
     try:
@@ -532,41 +585,69 @@ def _symbolic_zero(d, ctx):
         return None
 
 
-_BASE_POINTS = [Rational(7, 5), Rational(-13, 11), Rational(29, 17), Rational(-5, 3), Rational(41, 23),
-                Rational(3, 7), Rational(-19, 13)]
+_RANDOM = random.SystemRandom()   # fresh points on every call, from the OS: no seed for an answer to learn
 
 
-def _points(syms):
-    for p in range(POINTS + 2):
-        yield {s: _BASE_POINTS[(p + 2 * j) % len(_BASE_POINTS)] + Rational(j, 31) for j, s in enumerate(syms)}
+def _random_points(syms, n: int) -> list[dict]:
+    """n points drawn afresh: each symbol gets a random rational of magnitude 0.03..30 with a denominator
+    between 10^6 and 10^9 (an answer cannot be made to vanish on every small denominator, as
+    `\\sin(1000! \\pi x)` does), positive at half the points and negative at the other half (an answer that
+    only agrees on a half-line, `|x|` for `x`, always meets a point where it differs)."""
+    points: list[dict] = [{} for _ in range(n)]
+    for s in syms:
+        signs = [1] * (n // 2) + [-1] * (n - n // 2)
+        _RANDOM.shuffle(signs)
+        for point, sign in zip(points, signs):
+            q = _RANDOM.randint(10 ** 6, 10 ** 9)
+            point[s] = Rational(sign * max(1, round(q * 10 ** _RANDOM.uniform(-1.5, 1.5))), q)
+    return points
 
 
 def _huge_powers(d) -> bool:
-    return any(p.exp.is_Integer and abs(int(p.exp)) > 10_000 for p in d.atoms(sympy.Pow))
+    """A power with an exponent beyond 10^4 (`10^{10^{10}}`, `9^{9^9}`): never expanded, never substituted."""
+    for p in d.atoms(sympy.Pow):
+        e = p.exp
+        if not e.is_number or e.is_Rational and abs(e) <= 10_000:
+            continue
+        try:
+            if e.is_Rational or abs(e.evalf(15)) > 10_000:
+                return True
+        except Exception:  # noqa: BLE001
+            return True
+    return False
 
 
-def _identity(d, syms, ctx):
-    """Is d identically zero? Exact values at random rational points first (cheap, and a nonzero value
-    settles it), then expand/cancel; simplify is the last resort."""
-    checked = 0
-    for point in ([] if _huge_powers(d) else _points(syms)):
+def _identity(x, y, ctx):
+    """Is x (the gold's side) identically y (the answer's)?
+
+    At fresh random rational points first: one point where they differ, or where the answer has no value
+    while the gold has one, settles it as unequal; POINTS points where both agree make an identity. An
+    answer built to agree with the gold on a few points (a polynomial vanishing at small integers) cannot
+    know these points. When too few points can be evaluated, only exact simplification can say equal.
+    """
+    d = x - y
+    syms = sorted(d.free_symbols, key=str)
+    agreed = 0
+    points = [] if _huge_powers(d) else [p for _ in range(3) for p in _random_points(syms, POINTS)]
+    for point in points:
         if ctx["budget"].left() <= 0:
             return None
         try:
             val = d.subs(point)
-            if val.has(sympy.nan, sympy.zoo) or not val.is_number:
+            if _undefined(val) or not val.is_number:
+                gold_val = x.subs(point)
+                if gold_val.is_number and not _undefined(gold_val):
+                    return False   # `0^x` for 0: the answer breaks down where the gold has a value
                 continue
-            z = _zero_constant(val)
+            z = _zero_constant(val, POINT_PRECISION)
         except Exception:  # noqa: BLE001
             continue
         if z is False:
             return False
         if z is True:
-            checked += 1
-        if checked >= POINTS:
+            agreed += 1
+        if agreed >= POINTS:
             return True
-    if checked >= 2:
-        return True
     try:
         if sympy.expand(d) == 0 or sympy.cancel(sympy.together(d)) == 0:
             return True
@@ -591,7 +672,19 @@ def _set_like(v) -> bool:
 
 
 def _to_set(v):
-    """A sympy set for an interval, union, finite set or a one-variable relation; None when not one."""
+    """A sympy set for an interval, union, finite set or a one-variable relation; None when not one.
+
+    Only `\\{\\}` / `\\emptyset` written as such is the empty set: a reversed interval (`[1, 0]`), a point
+    `(3, \\frac{\\pi}{2})` read as an interval, or a contradiction (`x < x`) is no way to write it, and
+    would otherwise equal every other empty reading.
+    """
+    out = _build_set(v)
+    if out is not None and out.is_empty and not (isinstance(v, Seq) and v.kind == "set"):
+        return None
+    return out
+
+
+def _build_set(v):
     try:
         if isinstance(v, Interval):
             return sympy.Interval(v.lo.expr, v.hi.expr, v.lopen, v.ropen)
@@ -787,6 +880,9 @@ def _nested_rows(a):
 
 
 def _base_eq(g, a) -> bool:
+    """Same base and value; a base-n gold also takes its digits written bare (`204` for `204_5`, the subscript
+    forgotten), a plain gold takes a numeral of its value (`11111111_2` for 255). A numeral that cannot be
+    read in its base (`9_2`, or `19` against a base-8 gold) is no value and equals nothing."""
     def digits_value(digits: str, base: int):
         try:
             return int(digits, base)
@@ -794,9 +890,12 @@ def _base_eq(g, a) -> bool:
             return None
 
     if isinstance(g, BaseNum) and isinstance(a, BaseNum):
-        return g.base == a.base and digits_value(g.digits, g.base) == digits_value(a.digits, a.base)
+        gv, av = digits_value(g.digits, g.base), digits_value(a.digits, a.base)
+        return g.base == a.base and gv is not None and gv == av
     if isinstance(g, BaseNum) and isinstance(a, Num) and a.literal is not None:
-        return digits_value(a.literal, g.base) == digits_value(g.digits, g.base)
-    if isinstance(a, BaseNum) and isinstance(g, Num) and g.literal is not None:
-        return digits_value(g.literal, a.base) == digits_value(a.digits, a.base)
+        gv, av = digits_value(g.digits, g.base), digits_value(a.literal, g.base)
+        return gv is not None and gv == av
+    if isinstance(a, BaseNum) and isinstance(g, Num) and isinstance(g.expr, sympy.Integer):
+        av = digits_value(a.digits, a.base)
+        return av is not None and av == int(g.expr)
     return False

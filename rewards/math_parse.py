@@ -85,6 +85,15 @@ class ParseError(ValueError):
     pass
 
 
+def _base_num(digits: str, base: int) -> BaseNum:
+    """`204_5`; a numeral with a digit its base does not have (`9_2`) is no number at all."""
+    try:
+        int(digits, base)
+    except ValueError:
+        raise ParseError(f"{digits} is not a base-{base} numeral") from None
+    return BaseNum(digits.lstrip("0") or "0", base)
+
+
 # ----------------------------------------------------------------------------------- normalisation
 _UNITS = {
     "cm", "mm", "km", "m", "meter", "meters", "metre", "metres", "centimeter", "centimeters", "millimeter",
@@ -369,6 +378,8 @@ def _safe_pow(base, exp):
         raise ParseError("matrix power")
     if exp == PM or (isinstance(exp, sympy.Basic) and exp.has(PM) and not exp.is_number):
         return sympy.Pow(base, exp)
+    if exp == 0 and base.is_infinite:
+        return sympy.nan  # \infty^0 is indeterminate (sympy says 1)
     if base.is_Rational and exp.is_Rational and base not in (0, 1, -1):
         num_bits = max(abs(base.p).bit_length(), abs(base.q).bit_length())
         if abs(exp) * num_bits > MAX_POW_BITS:
@@ -528,6 +539,8 @@ class _Parser:
                     num, den = int(self.next().value), (self.next(), int(self.next().value))[1]
                     left = Num(Integer(left.literal) + Rational(num, den))   # mixed number 2 1/2
                     continue
+                if self.tok.kind == "NUM" and self.toks[self.i - 1].kind == "NUM":
+                    raise ParseError("two numbers side by side")   # `1 2`: a list? 12? 1*2? (never a product)
                 right = self.parse_signed_factor(implicit=True)
                 left = _arith(left, right, "*")
             else:
@@ -633,7 +646,7 @@ class _Parser:
             if self.at("OP", "_") and re.fullmatch(r"[0-9A-Fa-f]+", t.value):
                 base = self.parse_subscript_text()
                 if base.isdigit() and 2 <= int(base) <= 36:
-                    return BaseNum(t.value.lstrip("0") or "0", int(base))
+                    return _base_num(t.value, int(base))
                 raise ParseError("bad base subscript")
             value = _number(t.value, t.extra)
             is_dec = "." in t.value or "e" in t.value
@@ -841,6 +854,8 @@ class _Parser:
                 raise ParseError(f"bad \\{name}")
             return Num(out)
         x = _scalar(arg)
+        if base is not None and base.is_number and (base.is_positive is False or base == 1):
+            return Num(sympy.nan)  # \log_0, \log_1, \log_{-2}: no such logarithm (sympy would say log_0 5 = 0)
         out = sympy.log(x, base) if base is not None else fn(x)
         return Num(out ** power if power is not None else out)
 

@@ -196,9 +196,31 @@ ADVERSARIAL = [
     ("1", "1^{\\infty}", 0), ("\\infty", "\\frac{1}{0}", 0), ("2", "\\sqrt{4}, -\\sqrt{4}", 0), ("3", "3.0000000000000001", 0),
 ]
 
+# Issue #12: wrong answers that a constant-answer attack or a crafted answer got paid, one class per line.
+CONSTANT_HACKS = [
+    # a numeral with a digit its base lacks is no number (it used to equal any gold it could not be read in)
+    ("9", "9_2", 0), ("255", "255_2", 0), ("023", "9_{2}", 0), ("19", "19_8", 0), ("1", "1_1", 0), ("10", "10_{1}", 0),
+    ("5", "5_0", 0), ("10", "9_2 + 1", 0), ("52_8", "9_2", 0), ("52_8", "58_8", 0), ("255", "255_{2}", 0),
+    # an empty reading of an interval: a reversed interval, a contradiction, a point read as an interval
+    ("(3, \\frac{\\pi}{2})", "[1, 0]", 0), ("(15,-29)", "(\\infty, -\\infty)", 0), ("(8,-2)", "x < x", 0),
+    ("(8,-2)", "0 < x < 0", 0), ("\\left( \\frac{3}{2}, -13 \\right)", "\\mathbb{R} \\setminus \\mathbb{R}", 0),
+    ("(8,-2)", "x > \\infty", 0), ("(3, \\frac{\\pi}{2})", "(-\\infty, \\infty) \\cap \\emptyset", 0),
+    # no value: undefined where the gold has a value, indeterminate forms sympy evaluates, logarithms with no base
+    ("0", "0^x", 0), ("0", "\\log_0 5", 0), ("1", "\\infty^0", 0), ("0", "\\log_1 5 - \\log_1 5", 0),
+    # agreement to 400 digits when the answer hides a number below 10^-300
+    ("1", "1 + \\sqrt{2+10^{-900}} - \\sqrt{2}", 0), ("5", "\\sqrt{25+e^{-e^{10}}}", 0),
+    # identities that hold only on a few points: the old fixed points, small integers, a half-line
+    ("x^2+1", "x^2+1+(x-\\frac75)(x+\\frac{13}{11})(x-\\frac{29}{17})(x+\\frac53)(x-\\frac{41}{23})(x-\\frac37)", 0),
+    ("x^2+1", "x^2+1+x(x-1)(x+1)(x-2)(x+2)(x-3)(x+3)(x-4)(x+4)", 0), ("2k+2", "2k+2+\\sin(\\pi k)", 0),
+    ("x", "|x|", 0), ("x", "\\sqrt{x^2}", 0),
+    # a false chain after a name; numbers side by side (a product to one parser, a sum to the other)
+    ("2", "x = 1 = 2", 0), ("5", "n = 4 = 5", 0), ("2", "1 2", 0), ("3", "1 2", 0), ("0", "0 1 2 3 4 5 6 7 8 9", 0),
+    ("45", "0 1 2 3 4 5 6 7 8 9", 0),
+]
+
 # A gold that does not parse as math is compared as text: it must not accept arbitrary answers.
 UNPARSABLE_GOLD = [
-    ("@@", "5", 0), ("@@", "@@", 1), ("@@", "", 0), ("", "0", 0), ("$$", "1", 0), ("\\text{}", "0", 0),
+    ("@@", "5", 0), ("@@", "@@", 1), ("3 \\pmod{7}", "3 \\pmod{7}", 1), ("3 \\pmod{7}", "3, 7", 0), ("3 \\pmod{7}", "(3)(7)", 0), ("@@", "", 0), ("", "0", 0), ("$$", "1", 0), ("\\text{}", "0", 0),
     ("The midpoints form a regular hexagon", "The midpoints form a regular hexagon", 1),
     ("The midpoints form a regular hexagon", "a square", 0),
 ]
@@ -207,7 +229,8 @@ BOXED_CATEGORIES = {
     "integers_decimals": INTEGERS_DECIMALS, "fractions": FRACTIONS, "radicals_constants": RADICALS_CONSTANTS,
     "big_numbers": BIG_NUMBERS, "expressions": EXPRESSIONS, "equations": EQUATIONS, "intervals": INTERVALS,
     "sets_tuples": SETS_TUPLES, "matrices": MATRICES, "units_text_choice": UNITS_TEXT_CHOICE,
-    "other_forms": OTHER_FORMS, "adversarial": ADVERSARIAL, "unparsable_gold": UNPARSABLE_GOLD,
+    "other_forms": OTHER_FORMS, "adversarial": ADVERSARIAL, "constant_hacks": CONSTANT_HACKS,
+    "unparsable_gold": UNPARSABLE_GOLD,
 }
 
 

@@ -7,7 +7,8 @@ import gymnasium
 import pytest
 
 import cwm_envs  # noqa: F401  (registers the ids)
-from cwm_envs.envs.code_env import HARNESS_SOURCE, CodeEnv, generate_task
+from cwm_envs.envs.code_env import HARNESS_SOURCE, CodeEnv
+from cwm_envs.sources.code_gen import generate_task
 from cwm_envs.errors import UsageError
 from cwm_envs.sandbox import make_sandbox
 from cwm_envs.tasks import Task

@@ -38,7 +38,8 @@ def test_all_800_traced_return_values_equal_the_dataset_outputs(data_dir, tmp_pa
 
 def _args(tmp_path, **kw):
     base = dict(out=str(tmp_path / "report"), mode="output", policy="oracle", samples=1, k="1", baseline="wrong",
-                p_correct=0.5, workers=2, timeout_s=5.0, limit=40, data=None, seed=0)
+                workers=2, timeout_s=5.0, limit=40, data=None, seed=0, model=None, temperature=1.0, top_p=1.0,
+                max_tokens=64, concurrency=2, request_timeout=30.0, retries=1, tokenizer=None, batch=16)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -46,12 +47,12 @@ def _args(tmp_path, **kw):
 def test_oracle_scores_100_and_the_baseline_does_not(data_dir, tmp_path, mode):
     assert cruxeval_bench.run_bench(_args(tmp_path, mode=mode)) == 0
     summary = json.loads((tmp_path / "report" / "report.json").read_text())["summary"]
-    assert summary["pass@1"] == 1.0 and summary["rows"] == 40
+    assert summary["pass@1"] == 1.0 and summary["tasks"] == 40
     assert summary["baseline_policy"] == "wrong" and summary["baseline_pass@1"] < 0.2
 
 
 def test_pass_at_k_of_a_noisy_policy(data_dir, tmp_path):
-    cruxeval_bench.run_bench(_args(tmp_path, policy="noisy", samples=4, k="1,2,4", baseline="empty", limit=20))
+    cruxeval_bench.run_bench(_args(tmp_path, policy="noisy:0.5", samples=4, k="1,2,4", baseline="empty", limit=20))
     s = json.loads((tmp_path / "report" / "report.json").read_text())["summary"]
     assert 0.2 < s["pass@1"] < 0.8 and s["pass@1"] <= s["pass@2"] <= s["pass@4"] <= 1.0
     assert s["baseline_pass@1"] == 0.0

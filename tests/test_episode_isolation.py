@@ -70,9 +70,12 @@ def _first_episode_leaves(env, env_id: str) -> None:
         env.step(f"```python\n{LEAVE}\n```")
 
 
+@pytest.mark.parametrize("backend", ["local", pytest.param("docker", marks=pytest.mark.docker)])
 @pytest.mark.parametrize("env_id", ["cwm/MathTool-v0", "cwm/Code-v0", "cwm/OutputPrediction-v0"])
-def test_nothing_of_an_episode_reaches_the_next(env_id):
-    env = gymnasium.make(env_id)
+def test_nothing_of_an_episode_reaches_the_next(env_id, backend, request):
+    if backend == "docker":
+        request.getfixturevalue("docker_engine")
+    env = gymnasium.make(env_id, sandbox=backend)
     try:
         if env_id == "cwm/OutputPrediction-v0":  # its answers are values: leave things through the sandbox
             env.reset(seed=0)

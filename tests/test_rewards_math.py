@@ -1,4 +1,5 @@
-"""rewards.math: labelled answer pairs, adversarial pairs, math-verify as a baseline, time limits, bad input."""
+"""rewards.math: labelled answer pairs, adversarial pairs, constant answers on real data, math-verify as a baseline,
+time limits, bad input."""
 from __future__ import annotations
 
 import asyncio
@@ -9,10 +10,14 @@ import threading
 import time
 
 import pytest
+import sympy
 
 import rewards.math as rm
-from math_pairs import ADVERSARIAL, BOXED_CATEGORIES, RESPONSES, boxed
+from cwm_envs.sources.math import load_math
+from math_pairs import ADVERSARIAL, BOXED_CATEGORIES, CONSTANT_HACKS, RESPONSES, boxed
 from rewards.math import cwm_reward, extract_answer, is_equivalent, verify
+from rewards.math_attacks import CONSTANT_RESPONSES, constant_answer_sweep, same_constant
+from rewards.math_compare import POINTS, _random_points
 
 
 def _mismatches(pairs, wrap=True):
@@ -35,8 +40,55 @@ def test_responses_without_a_box_and_with_thinking():
 
 def test_no_false_positive_on_adversarial_pairs():
     """A reward hack is a wrong answer scored as right: none of these may score above 0."""
-    accepted = [(g, a) for g, a, _ in ADVERSARIAL if verify(g, boxed(a)).value != 0.0]
+    accepted = [(g, a) for g, a, _ in ADVERSARIAL + CONSTANT_HACKS if verify(g, boxed(a)).value != 0.0]
     assert accepted == []
+
+
+def test_identity_points_are_drawn_afresh_on_both_sides_of_zero():
+    """An answer built to vanish on known points (the old fixed ones, small integers, a half-line) meets
+    points it could not know: new ones on every call, each symbol negative at half of them."""
+    x, y = syms = sympy.symbols("x y")
+    first, second = _random_points(syms, POINTS), _random_points(syms, POINTS)
+    assert first != second
+    for s in (x, y):
+        signs = [p[s] > 0 for p in first]
+        assert signs.count(True) == signs.count(False) == POINTS // 2
+    for _ in range(20):   # `|x|` agrees with `x` at every positive point: it must never pass
+        assert verify("x", boxed("|x|")).value == 0.0 and verify("x", boxed("x + \\sin(1000! \\pi x)")).value == 0.0
+    assert verify("(x+1)^2", boxed("x^2+2x+1")).value == 1.0
+
+
+DATASETS = ("math500", "gsm8k", "aime24", "amc23")
+
+
+def test_the_gold_answer_is_paid_on_every_row(data_dir):
+    """The oracle of the constant-answer sweep: each row's own gold, boxed in a CWM response, earns +1."""
+    for name in DATASETS:
+        golds = [t.answer for t in load_math(name)]
+        unpaid = [g for g in golds if cwm_reward(g, f"<think>\nso\n</think>\nIt is $\\boxed{{{g}}}$.").value != 1.0]
+        assert unpaid == [], name
+
+
+@pytest.mark.slow   # about 15 s on 2 cores; the full sweep is `cwm bench math-attacks` (about 3.5 minutes)
+def test_no_constant_answer_is_paid_on_real_data(data_dir):
+    """Issue #12: `\\boxed{9_2}` was paid on 55% of MATH-500 and 93% of GSM8K rows. Every answer of the bank,
+    on a fixed sample of the rows of each dataset, is paid only where it is that row's gold."""
+    every = {"math500": 25, "gsm8k": 250, "aime24": 15, "amc23": 20}
+    golds = {name: [t.answer for t in load_math(name)][::k] for name, k in every.items()}
+    report = constant_answer_sweep(golds)
+    for name in DATASETS:
+        worst, share = report.worst(name)
+        assert share <= 0.01, (name, worst, report.dishonest[name])
+    assert len(CONSTANT_RESPONSES) > 400
+    # the small numbers of the bank are the gold of some sampled rows: the sweep does see payments
+    assert sum(len(rows) for paid in report.honest.values() for rows in paid.values()) > 10
+
+
+def test_same_constant_reads_the_verifiers_own_rules():
+    assert same_constant("x=5", "5") and same_constant("\\text{(E)}", "e") and same_constant("40_9", "40")
+    assert same_constant("90^\\circ", "\\frac{\\pi}{2}") and same_constant("1", "100\\%")
+    assert same_constant("\\$32,\\!348", "32348") and same_constant("\\frac14", "0.25")
+    assert not same_constant("9", "9_2") and not same_constant("2", "x = 1 = 2") and not same_constant("180", "\\pi")
 
 
 @pytest.mark.slow  # math-verify itself takes 0.1-0.5 s on many of these pairs
@@ -178,7 +230,8 @@ def test_cwm_reward_format_rules():
 
 
 def test_docstring_examples():
-    for module in (rm, __import__("rewards.math_extract", fromlist=["x"])):
+    modules = [__import__(f"rewards.{name}", fromlist=["x"]) for name in ("math", "math_extract", "math_attacks")]
+    for module in modules:
         failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failures == 0, module.__name__
 

@@ -18,6 +18,7 @@ import pytest
 
 from cwm_envs.errors import SandboxError, UsageError
 from cwm_envs.sandbox import Limits, make_sandbox
+from cwm_envs.sandbox.docker_backend import ROOT as ROOT_USER, SANDBOX_USER
 from cwm_envs.sandbox.images import apt_mirror, ensure_base_image, image_tag, recipe_hash
 
 pytestmark = pytest.mark.docker
@@ -164,6 +165,14 @@ def test_a_forged_marker_does_not_keep_a_process_alive(docker_engine, exec_serve
             marker = f"{3000 + uuid.uuid4().int % 1000}.5"
             res = box.run(f"CWM_EXEC={forged} setsid sleep {marker} > /dev/null 2>&1 < /dev/null & echo started")
             assert res.stdout == "started\n" and _host_procs_with(marker) == [], forged
+        # the runtime's own processes (`runc:[2:INIT]`) are spared; a command may take their name, not their
+        # parent outside the container: as a daemon, and as the command itself
+        box.run("cp /bin/sleep '/tmp/runc:[2:INIT]'")
+        for disguised in ("setsid '/tmp/runc:[2:INIT]' {} > /dev/null 2>&1 < /dev/null & sleep 0.5",
+                          "exec '/tmp/runc:[2:INIT]' {} > /dev/null 2>&1 < /dev/null"):
+            marker = f"{3000 + uuid.uuid4().int % 1000}.5"
+            box.run(disguised.format(marker), timeout=1)
+            assert _host_procs_with(marker) == [], disguised
         assert box.run("echo fine").stdout == "fine\n"
 
 
@@ -188,29 +197,57 @@ def test_network_is_off_by_default_and_can_be_enabled(docker_engine):
         assert "eth0" in box.run("ls /sys/class/net").stdout
 
 
-def test_unprivileged_user_owns_only_the_workdir(docker_engine):
-    with make_sandbox("docker", pool_size=0, user="1000:1000") as box:
-        box.write_file("deep/dir/f.txt", "x")
-        res = box.run("id -u; echo more >> deep/dir/f.txt && echo appended; touch /etc/x 2>&1; cat /etc/shadow 2>&1")
-        lines = res.stdout.splitlines()
-        assert lines[:2] == ["1000", "appended"], res
-        assert "Permission denied" in lines[2] and "Permission denied" in lines[3]
+def test_commands_run_unprivileged_on_a_read_only_root(docker_engine):
+    """By default a command is an unprivileged user who may write only the capped areas; root comes only when
+    asked for, and even root cannot write the image."""
+    probe = ("id -u; echo $HOME; for d in /etc /usr/bin /usr/lib/python3/dist-packages /work /tmp /var/tmp /dev/shm $HOME; "
+             "do touch $d/probe 2>/dev/null && echo rw $d || echo ro $d; done; cat /etc/shadow > /dev/null 2>&1 || echo no shadow")
+    with make_sandbox("docker", pool_size=0) as box:
+        box.write_file("deep/dir/f.txt", "x\n")
+        lines = box.run(probe + "; echo more >> deep/dir/f.txt && cat deep/dir/f.txt").stdout.splitlines()
+        assert lines[:2] == [SANDBOX_USER.split(":")[0], "/home/sandbox"]
+        assert [line.split()[0] for line in lines[2:10]] == ["ro"] * 3 + ["rw"] * 5, lines
+        assert lines[10:] == ["no shadow", "x", "more"]
+    with make_sandbox("docker", pool_size=0, user=ROOT_USER) as box:
+        lines = box.run(probe).stdout.splitlines()
+        assert lines[:2] == ["0", "/root"] and [line.split()[0] for line in lines[2:10]] == ["ro"] * 3 + ["rw"] * 5
+        # PID 1's stdout is the container's log on this host's disk: not even root may write it
+        res = box.run("head -c 1M /dev/zero > /proc/1/fd/1")
+        assert res.exit_code != 0 and "Permission denied" in res.stderr, res
     with pytest.raises(UsageError):
         make_sandbox("docker", user="nobody")
 
 
+IPC_MAKE = """import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+shm = libc.shmget(0x5eed, 1 << 16, 0o1666)
+ctypes.memmove(libc.shmat(shm, None, 0), b"left by episode 1", 17)
+print(shm >= 0, libc.semget(0x5eed, 1, 0o1666) >= 0, libc.msgget(0x5eed, 0o1666) >= 0)
+"""
+LEFT_BEHIND = ("for d in /work /tmp /var/tmp /dev/shm $HOME; do echo dirty > $d/left; done; ls /work /tmp /var/tmp /dev/shm $HOME; "
+               "wc -l < /proc/sysvipc/shm; wc -l < /proc/sysvipc/sem; wc -l < /proc/sysvipc/msg")
+
+
 def test_reset_gives_a_pristine_container_from_the_pool(docker_engine):
-    with make_sandbox("docker", pool_size=1) as box:
+    """Nothing of an episode is visible after reset(): no file (workdir, /tmp, /var/tmp, /dev/shm, home), no
+    process, no SysV shared memory, semaphore or message queue."""
+    marker = f"{2000 + uuid.uuid4().int % 1000}.5"
+    with make_sandbox("docker", pool_size=1, background=True) as box:   # background: the daemon outlives its run
         first = box.container_id
-        box.write_file("state.txt", "dirty")
-        box.run("echo pwned > /etc/motd; sleep 1000 > /dev/null 2>&1 &")
+        assert box.run_python(IPC_MAKE).stdout == "True True True\n"
+        box.run(f"setsid sleep {marker} > /dev/null 2>&1 < /dev/null &")
+        dirty = box.run(LEFT_BEHIND).stdout.split()
+        assert dirty.count("left") == 5 and dirty[-3:] == ["2", "2", "2"] and _host_procs_with(marker)
         box.reset()
         assert box.container_id != first
-        assert box.list_files() == [] and "pwned" not in box.run("cat /etc/motd").stdout
+        clean = box.run("ls -A /work /tmp /var/tmp /dev/shm $HOME; "
+                        "wc -l < /proc/sysvipc/shm; wc -l < /proc/sysvipc/sem; wc -l < /proc/sysvipc/msg")
+        assert clean.stdout.split() == ["/dev/shm:", "/home/sandbox:", "/tmp:", "/var/tmp:", "/work:", "1", "1", "1"], clean
         deadline = time.monotonic() + 30                  # the old one is removed in the background
         while first in _containers("cwm-envs") and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert first not in _containers("cwm-envs")
+        assert first not in _containers("cwm-envs") and _host_procs_with(marker) == []
         box.reset()
         assert box.run_python("print(6 * 7)").stdout == "42\n"
     with pytest.raises(UsageError):
@@ -225,24 +262,70 @@ def test_without_a_host_view_the_in_container_helper_does_the_work(docker_engine
         marker = f"{8000 + uuid.uuid4().int % 1000}.75"
         res = box.run(f"setsid sleep {marker} & sleep {marker}", timeout=1)
         assert res.timed_out and _host_procs_with(marker) == []
+        hidden = (f"# {marker}\nimport ctypes, os, time\nif os.fork() == 0:\n    os.setsid()\n"
+                  "    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\n    time.sleep(300)\n")  # its marker unreadable
+        for timeout in (30, 1):              # left behind by a finished run, then by a timed-out one
+            res = box.run_python(hidden + ("" if timeout == 30 else "time.sleep(60)\n"), timeout=timeout)
+            assert res.timed_out == (timeout == 1) and _host_procs_with(marker) == [], res
         res = box.run_python("x = bytearray(2 * 2**30)")
         assert res.limit_hit == "memory", res
         assert box.run("echo fine").stdout == "fine\n"
 
 
-def test_a_dead_exec_server_is_reported_and_replaced(docker_engine):
-    """Root may signal the exec server that runs its commands: the run says so, and the next run works."""
+def test_an_unprivileged_command_cannot_signal_the_exec_server(docker_engine):
     with make_sandbox("docker", pool_size=0) as box:
-        res = box.run_python("import os\nos.kill(os.getppid(), 9)\nprint('after')")
-        assert not res.timed_out and res.exit_code is None and "exec server" in res.stderr, res
+        res = box.run("kill -STOP $PPID; kill -9 $PPID; kill -9 1; echo $?")
+        assert res.stderr.count("Operation not permitted") == 3 and res.stdout == "1\n", res
         assert box.run("echo fine").stdout == "fine\n"
-        server = box._box.server                     # killed between two runs, from outside: replaced unseen
+
+
+@pytest.mark.parametrize("how", ["STOP", "KILL"])
+def test_a_stopped_or_killed_exec_server_is_noticed_at_once(docker_engine, how):
+    """Root may stop or kill the server that runs its command: the host notices within a second or two (the
+    server's heartbeat stops), not after the timeout; the run says so and the next run gets a new server."""
+    with make_sandbox("docker", pool_size=0, user=ROOT_USER) as box:
+        server = box._box.server
+        start = time.monotonic()
+        res = box.run(f"kill -{how} $PPID; sleep 60", timeout=60)
+        assert time.monotonic() - start < 5, res
+        assert res.exit_code is None and not res.timed_out and "exec server" in res.stderr, res
+        assert box.run("echo fine").stdout == "fine\n"
+        assert box._box.server is not None and box._box.server is not server
+
+
+def test_an_exec_server_killed_between_runs_is_replaced(docker_engine):
+    with make_sandbox("docker", pool_size=0) as box:
+        server = box._box.server
         subprocess.run(["docker", "exec", box.container_id, "python3", "-c", f"import os; os.kill({server.pid}, 9)"],
                        check=True)
         res = box.run("echo still fine")             # on the classic path; the next run starts a new server
         assert res.ok and res.stdout == "still fine\n", res
         assert box.run("echo again").stdout == "again\n"
         assert box._box.server is not None and box._box.server is not server
+
+
+@pytest.mark.parametrize("user,exec_server", [(SANDBOX_USER, True), (ROOT_USER, True), (ROOT_USER, False)],
+                         ids=["user", "root", "root-docker-exec"])
+def test_killing_everything_ends_that_run_and_the_sandbox_goes_on(docker_engine, user, exec_server):
+    """`kill -9 -1` (and `kill 1`) kill whatever the command may signal; the container's init survives them, the
+    run ends with what the command did (or, if it took the exec server with it, says so), the next run works
+    in the same container."""
+    with make_sandbox("docker", pool_size=0, user=user, exec_server=exec_server) as box:
+        first = box.container_id
+        start = time.monotonic()
+        res = box.run("kill -9 -1; kill -9 1; kill 1; sleep 1; echo survived", timeout=30)
+        assert time.monotonic() - start < 10
+        assert res.stdout == "survived\n" or (res.exit_code is None and "exec server" in res.stderr), res
+        assert box.run("echo fine").stdout == "fine\n" and box.container_id == first
+
+
+def test_a_container_killed_from_outside_is_an_infra_error_once_then_replaced(docker_engine):
+    with make_sandbox("docker", pool_size=0) as box:
+        first = box.container_id
+        subprocess.run(["docker", "kill", first], check=True, capture_output=True)
+        with pytest.raises(SandboxError):
+            box.run("echo lost")
+        assert box.container_id != first and box.run("echo fine").stdout == "fine\n"
 
 
 def test_commands_cannot_reach_the_exec_servers_pipes_or_memory(docker_engine):
@@ -255,6 +338,146 @@ def test_commands_cannot_reach_the_exec_servers_pipes_or_memory(docker_engine):
         res = box.run_python(code)
         assert res.ok and res.stdout.split().count("denied") == 4, res
         assert box.run("cat /proc/self/oom_score_adj").stdout == "1000\n"   # the OOM killer picks commands first
+
+
+PLANTS = r"""
+import os, site, sys, sysconfig
+evil = "print('PLANTED', __name__)\n"
+user_site = site.getusersitepackages()
+dirs = {os.getcwd(), "/tmp", user_site, *[p for p in sys.path if p], sysconfig.get_paths()["purelib"]}
+for d in dirs:
+    for name, text in (("json.py", evil), ("sitecustomize.py", evil), ("usercustomize.py", evil),
+                       ("zz.pth", "import sys; print('PLANTED pth')\n")):
+        try:
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+            print("wrote", d, name)
+        except OSError:
+            pass
+shim = "#!/bin/sh\necho PLANTED shim\n"
+for d in os.environ["PATH"].split(":") + ["/usr/lib/python3.11/json"]:
+    for name in ("python3", "python3.11", "__init__.py"):
+        try:
+            with open(os.path.join(d, name), "w") as f:
+                f.write(shim)
+            os.chmod(os.path.join(d, name), 0o755)
+            print("wrote", d, name)
+        except OSError:
+            pass
+"""
+
+
+@pytest.mark.parametrize("user", [SANDBOX_USER, ROOT_USER], ids=["user", "root"])
+def test_what_a_command_leaves_behind_changes_no_later_python(docker_engine, user):
+    """A command plants modules, site customisations, .pth files and interpreter shims wherever it may
+    write; later Python runs (a judge's) and the sandbox's own programs import none of them."""
+    with make_sandbox("docker", pool_size=0, user=user) as box:
+        planted = box.run_python(PLANTS)
+        assert planted.ok, planted
+        assert not any(d.startswith(("/usr", "/etc", "/bin", "/sbin")) for d in planted.stdout.split()[1::3])
+        assert "wrote /work json.py" in planted.stdout and "usercustomize.py" in planted.stdout  # it tried
+        res = box.run_python("import json, sys; print(json.__file__, sys.flags.isolated)",
+                             env={"PYTHONPATH": "/work:/tmp", "PYTHONSTARTUP": "/work/json.py"})
+        assert res.ok and res.stdout == "/usr/lib/python3.11/json/__init__.py 1\n", res
+        box.write_file("data.bin", b"\x00\x01")           # the file helpers and the exec server: unaffected
+        assert box.read_file("data.bin") == b"\x00\x01" and box.run("echo fine").stdout == "fine\n"
+        res = box.run("sleep 30", timeout=1)                 # the in-container helper still kills
+        assert res.timed_out and box._tool(box._box, "probe") is not None
+
+
+def test_full_areas_are_a_limit_hit_not_a_wedge(docker_engine):
+    """Filling a capped area's bytes or inodes fails that write with ENOSPC, reports limit_hit="disk", and the
+    next command (one that cleans up, say) works."""
+    with make_sandbox("docker", pool_size=0, disk_mb=16, disk_inodes=512) as box:
+        for fill in ("head -c 64M /dev/zero > big", "head -c 64M /dev/zero > /dev/shm/big",
+                     "cd /tmp && for i in $(seq 1000); do : > f$i || exit 1; done"):
+            res = box.run(fill, timeout=30)
+            assert res.limit_hit == "disk" and "No space left on device" in res.stderr, (fill, res)
+        res = box.run_python("open('/tmp/more', 'w').write('x')")
+        assert res.limit_hit == "disk" and "[Errno 28]" in res.stderr, res
+        assert box.run("rm -rf /work/* /tmp/* /dev/shm/*; echo ok > /work/small; cat /work/small").stdout == "ok\n"
+        # SysV shared memory outlives its processes and pins memory: a quarter of the memory limit at most
+        res = box.run_python("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nn = 0\n"
+                             "while n < 64 and libc.shmget(1000 + n, 64 << 20, 0o1666) >= 0:\n    n += 1\n"
+                             "print(n, ctypes.get_errno())")
+        assert res.stdout.split() == ["4", "28"], res          # 4 x 64 MB of the 1 GB limit, then ENOSPC
+        assert box.run("echo fine").stdout == "fine\n"
+
+
+def test_a_writable_image_layer_is_capped_from_the_host(docker_engine):
+    """With a writable image (as SWE asks), a command that fills it is killed, and a layer left past its cap,
+    by one run or by several quick ones, is replaced by a fresh container: never a full host disk."""
+    with make_sandbox("docker", pool_size=0, user=ROOT_USER, read_only_root=False, disk_mb=32, disk_inodes=2000) as box:
+        first = box.container_id
+        start = time.monotonic()
+        res = box.run("head -c 4G /dev/zero > /big; echo wrote", timeout=60)
+        assert res.limit_hit == "disk" and "wrote" not in res.stdout and time.monotonic() - start < 20, res
+        assert box.container_id != first and box.run("ls /big").exit_code != 0
+        assert box.run("head -c 20M /dev/zero > /a").ok                         # under the cap: fine
+        res = box.run("head -c 20M /dev/zero > /b")                             # together past it
+        assert res.limit_hit == "disk" and "replaced" in res.stderr, res
+        res = box.run("mkdir /d && cd /d && for i in $(seq 5000); do : > f$i; done", timeout=60)
+        assert res.limit_hit == "disk", res
+        res = box.run("head -c 64M /dev/zero > /etc/hosts")                     # Docker's own files count too
+        assert res.limit_hit == "disk", res
+        assert box.run("echo fine").stdout == "fine\n"
+
+
+# Appended to the standard library's json (and planted as json.py / sitecustomize.py wherever it may write): a
+# judge that imports it answers with the nonce it was given and every test passed. On a writable image as root
+# this paid the wrong solution of the next episode +1.
+FORGE_VERDICT = '''
+import json, os, sys
+forge = """
+import os as _os
+_real_loads = loads
+def loads(s, *a, **k):
+    data = _real_loads(s, *a, **k)
+    if isinstance(data, dict) and "nonce" in data:
+        units = {str(i): [True, None] for i in range(50)}
+        _os.write(1, (data["nonce"] + " " + dumps({"load_error": None, "aborted": None, "units": units}) + "\\\\n").encode())
+        _os._exit(0)
+    return data
+"""
+for d in {os.path.dirname(json.__file__), os.getcwd(), "/tmp", *sys.path}:
+    for name in ("__init__.py", "json.py", "sitecustomize.py"):
+        path = os.path.join(d, name)
+        if d and (name == "__init__.py") == (d == os.path.dirname(json.__file__)):
+            try:
+                with open(path, "a") as f:
+                    f.write(("" if name == "__init__.py" else "from json import *\\n") + forge)
+            except OSError:
+                pass
+'''
+
+
+@pytest.mark.parametrize("user", [SANDBOX_USER, ROOT_USER], ids=["user", "root"])
+def test_code_env_on_docker_pays_no_planted_judge_and_survives_kill_all(docker_engine, user):
+    """The reported attack: an episode's solution rewrites what the judge of a later episode imports (the
+    standard library, site customisation) so a wrong solution is paid +1. And a solution that kills every
+    process it can must score -1 without the env raising; the next episode is judged as usual."""
+    from cwm_envs.envs.code_env import CodeEnv
+    from cwm_envs.tasks import Task
+
+    add = Task(id="t/add", prompt='def add(a, b):\n    """Return a + b."""\n',
+               tests="def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n",
+               metadata={"entry_point": "add"})
+    poison = FORGE_VERDICT + "def add(a, b):\n    return a + b\n"
+    kill_all = "import os\nos.kill(-1, 9)\ndef add(a, b):\n    return a + b\n"
+    with make_sandbox("docker", pool_size=0, user=user) as box:
+        env = CodeEnv(tasks=[add], sandbox=box, timeout_s=5.0)
+
+        def episode(code):
+            env.reset(options={"task": "t/add"})
+            return env.step(f"```python\n{code}```\n")
+
+        episode(poison)
+        _, reward, _, _, info = episode("def add(a, b):\n    return a - b\n")
+        assert reward == -1.0 and info["outcomes"]["failures"][0]["status"] == "wrong answer", info
+        _, reward, terminated, _, info = episode(kill_all)
+        assert terminated and reward == -1.0, info
+        assert episode("def add(a, b):\n    return a + b\n")[1] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------ lifetime

@@ -204,16 +204,15 @@ def test_a_command_that_keeps_timing_out_ends_the_episode(docker_engine):
 
 
 @pytest.mark.docker
-def test_stopping_the_container_ends_the_episode_with_minus_one(env):
+def test_killing_everything_leaves_the_episode_going(env):
     env.reset(options={"task": 0})
-    # SIGTERM to the container's init stops the container: seen by that command, or at the latest by the next
-    obs, reward, terminated, truncated, info = env.step(tool("bash", "kill 1; sleep 5"))
-    if not terminated:
-        obs, reward, terminated, truncated, info = env.step(tool("bash", "echo still here?"))
-    assert terminated and reward == -1.0 and "container stopped" in info["reason"]
-    env.reset(options={"task": 0})                         # the next episode gets a fresh container
-    obs, *_ = env.step(tool("bash", "echo fine"))
-    assert output_of(obs) == "fine"
+    # The container's init ignores every signal from inside, even root's; `kill -9 -1` takes the sandbox's exec
+    # server with it: that command's outcome is lost, reported as such, and the episode goes on.
+    obs, reward, terminated, truncated, info = env.step(tool("bash", "kill 1; kill -9 -1; sleep 5"))
+    assert not terminated and not truncated and reward == 0.0
+    assert "exec server" in output_of(obs)
+    obs, reward, terminated, *_ = env.step(tool("bash", "echo fine; git status --porcelain | wc -l"))
+    assert not terminated and output_of(obs).split() == ["fine", "0"]
 
 
 @pytest.mark.docker
@@ -266,8 +265,71 @@ def test_editing_or_adding_tests_does_not_count(env):
     obs, *_ = env.step(tool("bash", cheat + " && python -m pytest -rA -p no:cacheprovider tests | tail -1"))
     assert re.search(r"\b\d+ passed in", output_of(obs)) and "failed" not in output_of(obs)   # it fools pytest here
     _, reward, terminated, _, info = _submit_diff(env, "cd /testbed")
-    assert terminated and reward == -1.0 and info["outcomes"]["patch_applied"]
+    assert terminated and reward == -1.0 and not info["outcomes"]["patch_applied"]    # refused, not applied
+    assert sorted(r.split(":")[0] for r in info["outcomes"]["refused"]) == ["conftest.py", "tests/conftest.py"]
+    env.reset(options={"task": 0})                      # the test edit alone: undone before the tests run
+    _, reward, _, _, info = _submit_diff(env, f"cd /testbed && printf 'def {failing[1]}():\\n    pass\\n' >> {failing[0]}")
+    assert reward == -1.0 and info["outcomes"]["tests_reset"] == [failing[0]]
     assert env.task.FAIL_TO_PASS[0] in info["outcomes"]["tests_status"]["FAIL_TO_PASS"]["failure"]
+
+
+PASS_ALL = ("import pytest\n\n\n@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
+            "    outcome = yield\n    outcome.get_result().outcome = 'passed'\n")
+
+
+@pytest.mark.docker
+def test_nothing_the_agent_leaves_in_its_container_reaches_grading(env):
+    """The agent rigs its own container every way it can, checks that pytest there now passes everything,
+    and submits a patch that fixes nothing: grading runs in a fresh container of the image, so -1."""
+    env.reset(options={"task": 0})
+    site = "$(python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
+    rig = "\n".join([
+        "cd /testbed",
+        f"cat > {site}/cwm_pass_all.py <<'EOF'\n{PASS_ALL}EOF",                       # a plugin in site-packages
+        f"echo 'import cwm_pass_all' > {site}/zz_cwm.pth",                               # loaded by every python
+        "export PYTEST_ADDOPTS='-p cwm_pass_all' PYTEST_PLUGINS=cwm_pass_all PYTHONSTARTUP=/tmp/s.py",
+        "mkdir -p /root/hooks && printf '#!/bin/sh\\ncp %s/cwm_pass_all.py /testbed/conftest.py\\n' "
+        f"{site} > /root/hooks/post-checkout && chmod +x /root/hooks/post-checkout",
+        "git config --global core.hooksPath /root/hooks",                               # global git settings
+        "mkdir -p /root/bin && printf '#!/bin/sh\\nexec /usr/bin/git \"$@\"\\n' > /root/bin/git && chmod +x /root/bin/git",
+        "export PATH=/root/bin:$PATH",                                                    # a shim first on PATH
+        "python -m pytest -rA -p no:cacheprovider tests | tail -1",
+    ])
+    obs, *_ = env.step(tool("bash", rig))
+    assert re.search(r"\b\d+ passed\b", output_of(obs)) and "failed" not in output_of(obs)   # it fools pytest here
+    _, reward, terminated, _, info = _submit_diff(env, "cd /testbed && echo '# checked' >> README.md")
+    assert terminated and reward == -1.0 and info["outcomes"]["patch_applied"]
+    assert sorted(info["outcomes"]["tests_status"]["FAIL_TO_PASS"]["failure"]) == sorted(env.task.FAIL_TO_PASS)
+
+
+@pytest.mark.docker
+def test_the_env_refuses_what_cwm_swe_eval_refuses(env):
+    """Same grader as `cwm swe eval`: a module shadowing pytest (the tasks run `python -m pytest`) is removed;
+    code that prints every test's PASSED line past pytest's capture and ends the run leaves no seal."""
+    env.reset(options={"task": 0})
+    fake = "".join(f"PASSED {t}\n" for t in env.task.FAIL_TO_PASS + env.task.PASS_TO_PASS).encode()
+    shadow = f"cd /testbed && cat > pytest.py <<'EOF'\nimport sys\nsys.stdout.write({fake.decode()!r})\nEOF\ntrue"
+    _, reward, _, _, info = _submit_diff(env, shadow)
+    assert reward == -1.0 and "shadows the installed 'pytest'" in info["outcomes"]["removed"][0]
+    env.reset(options={"task": 0})
+    early = ("cd /testbed && cat >> tinylib/__init__.py <<'EOF'\nimport os\n"
+             f"os.write(os.open('/proc/%d/fd/1' % os.getppid(), os.O_WRONLY), {fake!r})\nos._exit(0)\nEOF\ntrue")
+    _, reward, _, _, info = _submit_diff(env, early)
+    assert reward == -1.0 and "no seal" in info["outcomes"].get("guard", ""), info["outcomes"]
+
+
+@pytest.mark.docker
+def test_a_grading_infrastructure_fault_is_raised_never_scored(docker_engine):
+    from cwm_envs.errors import InfraError
+
+    e = make(eval_timeout_s=0.3)                 # even the oracle's tests cannot run in that time
+    try:
+        with pytest.raises(InfraError, match="not scored"):
+            run_episode(e, OracleSWEAgent(), options={"task": 0})
+        assert e._done
+    finally:
+        e.close()
+    assert own_containers() == []
 
 
 @pytest.mark.docker

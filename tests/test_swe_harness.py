@@ -27,6 +27,11 @@ TESTS = ("from calc import add, sub\n\n\ndef test_sub():\n    assert sub(3, 1) =
 NEW_TEST = "from calc import add\n\n\ndef test_add_more():\n    assert add(2, 2) == 4\n"
 F2P = ["tests/test_calc.py::test_add", "tests/test_new.py::test_add_more"]
 P2P = ["tests/test_calc.py::test_sub"]
+# A pytest plugin that reports every test as passed: what each runner-config attack below tries to load.
+PASS_ALL = ("import pytest\n\n\n@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
+            "    outcome = yield\n    outcome.get_result().outcome = 'passed'\n")
+# The log lines a parser would read as "every target test passed".
+FAKE_LINES = "".join(f"PASSED {t}\\n" for t in F2P + P2P)
 
 
 def git(repo: Path, *args: str) -> str:
@@ -87,11 +92,79 @@ def tiny(tmp_path_factory):
         "not_a_patch": "diff --git a/calc/missing.py b/calc/missing.py\n--- a/calc/missing.py\n+++ b/calc/missing.py\n"
                        "@@ -1,1 +1,1 @@\n-nothing here\n+something\n",
     }
+    patches.update(attack_patches(repo))
     row = {"instance_id": "own__calc-1", "repo": "own/calc", "base_commit": base, "patch": patches["gold"],
            "test_patch": patches["test"], "FAIL_TO_PASS": F2P, "PASS_TO_PASS": P2P,
            "test_cmd": "pytest -rA tests", "install": ["python -m pip install -e ."], "pip_packages": ["pytest"],
            "problem_statement": "add() subtracts"}
     return row, repo, patches
+
+
+def new_file(path: str, text: str, mode: str = "100644") -> str:
+    """A git-style patch creating one file, written by hand (for paths `git diff` will not produce)."""
+    lines = text.splitlines()
+    body = "".join(f"+{ln}\n" for ln in lines)
+    return (f"diff --git a/{path} b/{path}\nnew file mode {mode}\n--- /dev/null\n+++ b/{path}\n"
+            f"@@ -0,0 +1,{len(lines)} @@\n{body}")
+
+
+def attack_patches(repo: Path) -> dict[str, str]:
+    """Patches that change what runs during grading instead of fixing `add` (each worked before the fix)."""
+    hooks = diff_of(repo, {"calc/hooks.py": PASS_ALL})
+    pyproject = (repo / "pyproject.toml").read_text()
+    return {
+        # runner configuration: a conftest that passes everything, at the root and in tests/
+        "conftest_root": diff_of(repo, {"conftest.py": PASS_ALL}),
+        "conftest_tests": diff_of(repo, {"tests/conftest.py": PASS_ALL}),
+        # the same plugin, loaded by `addopts` from each file pytest reads its settings from
+        "pytest_ini": diff_of(repo, {"pytest.ini": "[pytest]\naddopts = -p calc.hooks\n", "calc/hooks.py": PASS_ALL}),
+        "tox_ini": diff_of(repo, {"tox.ini": "[pytest]\naddopts = -p calc.hooks\n", "calc/hooks.py": PASS_ALL}),
+        "setup_cfg": diff_of(repo, {"setup.cfg": "[metadata]\nname = calc\n\n[tool:pytest]\naddopts = -p calc.hooks\n",
+                                    "calc/hooks.py": PASS_ALL}),
+        "pyproject": diff_of(repo, {"pyproject.toml": pyproject + '\n[tool.pytest.ini_options]\naddopts = "-p calc.hooks"\n',
+                                    "calc/hooks.py": PASS_ALL}),
+        "entry_point": diff_of(repo, {"pyproject.toml": pyproject + '\n[project.entry-points.pytest11]\ncwm = "calc.hooks"\n',
+                                      "calc/hooks.py": PASS_ALL}),
+        # git runs while grading: a hook that drops the conftest in (written by `patch`, which `git apply` refuses)
+        "git_hook": hooks + new_file(".git/hooks/post-checkout", "#!/bin/sh\ncp /testbed/calc/hooks.py /testbed/conftest.py",
+                                     "100755"),
+        "git_hooks_path": hooks + new_file("calc/githooks/post-checkout",
+                                           "#!/bin/sh\ncp /testbed/calc/hooks.py /testbed/conftest.py", "100755")
+        + "diff --git a/.git/config b/.git/config\n--- a/.git/config\n+++ b/.git/config\n@@ -1,2 +1,4 @@\n [core]\n"
+          "+\thooksPath = calc/githooks\n+\tfsmonitor = calc/githooks/post-checkout\n \trepositoryformatversion = 0\n",
+        "gitattributes": diff_of(repo, {".gitattributes": "tests/*.py filter=cwm\n"}),
+        # interpreter start-up hooks and compiled code
+        "sitecustomize": diff_of(repo, {"sitecustomize.py": "import calc.hooks\n", "calc/cwm.pth": "import calc.hooks\n"}),
+        "pyc": new_file("calc/__pycache__/__init__.cpython-311.pyc", "not really bytecode"),
+        # a symlink out of the tree (into the environment's site-packages)
+        "symlink_out": "diff --git a/calc/site b/calc/site\nnew file mode 120000\n--- /dev/null\n+++ b/calc/site\n"
+                       "@@ -0,0 +1 @@\n+/opt/miniconda3/envs/testbed/lib\n\\ No newline at end of file\n",
+        # modules that shadow the runner or what it imports (`python -m pytest` puts the root first on sys.path)
+        "shadow_pytest": diff_of(repo, {"pytest.py": f"import sys\nsys.stdout.write('{FAKE_LINES}')\nsys.exit(0)\n"}),
+        "shadow_stdlib": diff_of(repo, {"argparse.py": f"import os\nos.write(1, b'{FAKE_LINES}')\nos._exit(0)\n"}),
+        "shadow_installed": diff_of(repo, {"wheel.py": "raise SystemExit(0)\n"}),
+        # code under test that prints the runner's PASSED lines past pytest's capture, then ends the run
+        "early_exit": diff_of(repo, {"calc/__init__.py": BUGGY + (
+            "\nimport os\n\n_out = os.open('/proc/%d/fd/1' % os.getppid(), os.O_WRONLY)\n"
+            f"os.write(_out, b'{FAKE_LINES}1 passed in 0.01s\\n')\nos._exit(0)\n")}),
+        # a fix that lives in a new test file (collected, so it runs): test code is never the model's to change
+        "fix_in_test_file": diff_of(repo, {"tests/test_zz_fix.py": "import calc\n\n"
+                                           "calc.add.__code__ = (lambda a, b: a + b).__code__\n"}),
+        # a setup.py that, when the eval script reinstalls the package (as most SWE-bench ones do), drops a
+        # conftest, a .pth that loads the plugin at every start of Python, and a fake `pytest` command
+        "setup_py": diff_of(repo, {"calc/hooks.py": PASS_ALL, "setup.py": (
+            "import os, sysconfig\nfrom setuptools import setup\n\npaths = sysconfig.get_paths()\n"
+            "with open('/testbed/conftest.py', 'w') as f:\n    f.write('from calc.hooks import *\\n')\n"
+            "with open(os.path.join(paths['purelib'], 'zz_cwm.pth'), 'w') as f:\n"
+            "    f.write('import os; os.environ[\"PYTEST_ADDOPTS\"] = \"-p calc.hooks\"\\n')\n"
+            "with open(os.path.join(paths['scripts'], 'pytest'), 'w') as f:\n"
+            f"    f.write(\"#!/bin/sh\\nprintf '{FAKE_LINES}'\\n\")\nsetup()\n")}),
+        # legitimate: the fix plus metadata, an ignore rule, a helper module and a test of the model's own
+        "gold_plus_extras": diff_of(repo, {"calc/__init__.py": FIXED, "calc/util.py": "ANSWER = 42\n",
+                                           "pyproject.toml": pyproject.replace('version = "0.1"', 'version = "0.2"'),
+                                           ".gitignore": "*.egg-info/\n__pycache__/\n.venv/\n",
+                                           "tests/test_mine.py": "def test_mine():\n    assert False\n"}),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -107,20 +180,20 @@ def image(tiny, docker_engine):
 
 
 def _grade(tiny, image, patch_name: str, timeout: float = 120.0) -> dict:
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.harness import grade
 
     row, _, patches = tiny
     inst = instance_from_row(row)
-    with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+    with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
         return grade(inst, sb, patches.get(patch_name, patch_name), timeout=timeout)[inst.instance_id]
 
 
 def test_image_has_the_repo_at_base_commit_and_the_conda_shim(tiny, image):
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
 
     row, _, _ = tiny
-    with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+    with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
         res = sb.run("source /opt/miniconda3/bin/activate && conda activate testbed && "
                      "git log --format=%H -n 2 && git remote && python -c 'import calc, sys; print(calc.__file__)' "
                      "&& pip --version && git status --porcelain", timeout=60)
@@ -134,7 +207,7 @@ def test_image_has_the_repo_at_base_commit_and_the_conda_shim(tiny, image):
 
 def test_gold_patch_resolves(tiny, image):
     rep = _grade(tiny, image, "gold")
-    assert rep["resolved"] and rep["patch_successfully_applied"]
+    assert rep["resolved"] and rep["patch_successfully_applied"] and rep["seal"] == "verified"
     assert sorted(rep["tests_status"]["FAIL_TO_PASS"]["success"]) == sorted(F2P)
     assert rep["tests_status"]["PASS_TO_PASS"]["success"] == P2P
 
@@ -161,6 +234,108 @@ def test_code_printing_fake_passed_lines_does_not_resolve(tiny, image, name):
     assert rep.get("conflicting_tests") or rep.get("guard")
 
 
+# Refused on the patch's text alone: nothing of it is applied (`patch` would have written into .git/).
+REFUSED_BEFORE_APPLY = {"conftest_root": "test-runner configuration", "conftest_tests": "test-runner configuration",
+                        "pytest_ini": "test-runner configuration", "tox_ini": "test-runner configuration",
+                        "entry_point": "pytest11", "git_hook": "git itself", "git_hooks_path": "git itself",
+                        "gitattributes": "git configuration", "sitecustomize": "start-up hook",
+                        "pyc": "compiled Python", "symlink_out": "a symlink"}
+
+
+def test_patches_that_change_what_runs_are_refused_before_they_touch_the_tree(tiny, image):
+    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.swe.harness import grade
+
+    row, _, patches = tiny
+    inst = instance_from_row(row)
+    with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:      # one container: nothing may change it
+        for name, why in REFUSED_BEFORE_APPLY.items():
+            rep = grade(inst, sb, patches[name], timeout=120)[inst.instance_id]
+            assert not rep["resolved"] and not rep["patch_successfully_applied"], name
+            assert any(why in r for r in rep["refused"]), (name, rep["refused"])
+        res = sb.run("git status --porcelain -uall; ls .git/hooks | grep -v sample; git config --get core.hooksPath",
+                     timeout=60)
+    assert res.stdout == ""                    # no file written, no hook, no setting
+
+
+@pytest.mark.parametrize("name, why", [("setup_cfg", "setup.cfg: its test-runner sections change"),
+                                       ("pyproject", "pyproject.toml: its test-runner sections change")])
+def test_patches_whose_applied_files_change_the_runner_are_refused(tiny, image, name, why):
+    rep = _grade(tiny, image, name)
+    assert not rep["resolved"] and not rep["patch_successfully_applied"]
+    assert any(why in r for r in rep["refused"]), rep["refused"]
+
+
+def test_new_modules_that_shadow_installed_ones_are_removed(tiny, image):
+    """With `python -m pytest` the root comes first on sys.path: a `pytest.py` there is the runner."""
+    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.swe.harness import grade
+
+    row, _, patches = tiny
+    inst = instance_from_row({**row, "test_cmd": "python -m pytest -rA tests"})
+    for name, module in (("shadow_pytest", "pytest.py"), ("shadow_stdlib", "argparse.py"), ("shadow_installed", "wheel.py")):
+        with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+            rep = grade(inst, sb, patches[name], timeout=120)[inst.instance_id]
+        assert not rep["resolved"] and rep["seal"] == "verified", name
+        assert rep["removed"] == [f"{module}: a new module that shadows the installed '{module[:-3]}' ({module})"]
+        assert sorted(rep["tests_status"]["FAIL_TO_PASS"]["failure"]) == sorted(F2P)
+
+
+def test_git_runs_without_hooks_while_grading(tiny, image):
+    """Even a hook already in the container (the image's, say) never runs: every git of the grader and of
+    the eval script runs with core.hooksPath=/dev/null and no fsmonitor."""
+    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.swe.harness import grade
+
+    row, _, patches = tiny
+    inst = instance_from_row(row)
+    hook = "#!/bin/sh\necho ran >> /tmp/hook-ran\n"
+    with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+        for name in ("post-checkout", "post-applypatch", "pre-commit", "fsmonitor"):
+            sb.write_file(f"/testbed/.git/hooks/{name}", hook)
+        sb.run("chmod +x .git/hooks/* && git config core.fsmonitor .git/hooks/fsmonitor", timeout=30)
+        rep = grade(inst, sb, patches["gold"], timeout=120)[inst.instance_id]
+        ran = sb.run("cat /tmp/hook-ran", timeout=30)
+    assert rep["resolved"] and ran.exit_code != 0, ran.stdout
+
+
+def test_a_run_that_ends_early_cannot_report_tests_as_passed(tiny, image):
+    """The code under test prints every target test's PASSED line past pytest's capture, then os._exit(0)s:
+    a clean log with exit status 0. The grader's seal never came, so nothing counts."""
+    rep = _grade(tiny, image, "early_exit")
+    assert not rep["resolved"] and "no seal" in rep["guard"]
+
+
+def test_test_code_the_patch_adds_or_edits_is_put_back(tiny, image):
+    rep = _grade(tiny, image, "fix_in_test_file")            # the "fix" lives in a new, collected test file
+    assert not rep["resolved"] and rep["tests_reset"] == ["tests/test_zz_fix.py"]
+    assert sorted(rep["tests_status"]["FAIL_TO_PASS"]["failure"]) == sorted(F2P)
+    ok = _grade(tiny, image, "gold_plus_extras")             # metadata, ignore rules, helpers, own tests: fine
+    assert ok["resolved"] and ok["seal"] == "verified" and ok["tests_reset"] == ["tests/test_mine.py"]
+
+
+def test_the_patchs_install_step_cannot_change_what_runs(tiny, image):
+    """SWE-bench eval scripts reinstall the package, running the patch's setup.py as root before the tests.
+    What it changed is checked between the script's setup and its tests: the gold patch still resolves."""
+    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.swe.dataset import make_eval_script
+    from cwm_envs.swe.harness import grade
+
+    row, _, patches = tiny
+    script = make_eval_script(row["base_commit"], row["test_patch"], row["test_cmd"], ["tests/test_calc.py", "tests/test_new.py"])
+    inst = instance_from_row({**row, "eval_script": script.replace("cd /testbed\n", "cd /testbed\npython -m pip install -e .\n")})
+    reports = {}
+    for name in ("gold", "setup_py"):
+        with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+            reports[name] = grade(inst, sb, patches[name], timeout=300)[inst.instance_id]
+    assert reports["gold"]["resolved"] and reports["gold"]["seal"] == "verified"
+    refused = "\n".join(reports["setup_py"]["refused"])
+    assert not reports["setup_py"]["resolved"]
+    for why in ("conftest.py: test-runner configuration", "zz_cwm.pth: a .pth line that runs code",
+                "bin/pytest: replaced"):
+        assert why in refused, refused
+
+
 def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path, capsys):
     from cwm_envs.cli import main
 
@@ -183,6 +358,14 @@ def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path, capsy
     preds.write_text(json.dumps({"instance_id": "own__calc-1", "model_patch": "", "model_name_or_path": "m"}) + "\n")
     assert main(args + ["--predictions", str(preds), "--out", str(tmp_path / "o2")]) == 0
     assert "resolved 0/1" in capsys.readouterr().out and (tmp_path / "o2" / "m.cwm.json").exists()
+    # the same grader as the env's: a patch that ends the run after printing PASSED lines resolves nothing
+    preds.write_text(json.dumps({"instance_id": "own__calc-1", "model_patch": patches["early_exit"],
+                                 "model_name_or_path": "m"}) + "\n")
+    assert main(args + ["--predictions", str(preds), "--out", str(tmp_path / "o4")]) == 0
+    assert "resolved 0/1" in capsys.readouterr().out
+    report = json.loads((tmp_path / "o4" / "logs" / "own__calc-1" / "report.json").read_text())["own__calc-1"]
+    assert "no seal" in report["guard"] and "PASSED tests/test_calc.py::test_add" in \
+        (tmp_path / "o4" / "logs" / "own__calc-1" / "test_output.txt").read_text()
     bad = subprocess.run([sys.executable, "-m", "cwm_envs.cli", *args, "--out", str(tmp_path / "o3")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "either --predictions FILE or --gold" in bad.stderr

@@ -6,6 +6,7 @@ SWE harness; a repository's commits have fixed dates, so reruns reuse its images
 from __future__ import annotations
 
 import ast
+import datetime
 import difflib
 import json
 import subprocess
@@ -179,6 +180,9 @@ def test_mutate_writes_swe_rows_with_fail_and_pass_lists(shapes_tasks):
         gold = subprocess.run([*git, "diff", row["base_commit"], "refs/cwm/clean"], capture_output=True, text=True).stdout
         assert gold == row["patch"] and gold.startswith("diff --git a/shapes.py b/shapes.py")
         assert "git checkout" in row["eval_script"] and "tests/test_shapes.py" in row["eval_script"]
+        # a dated row: its environment resolves as of when the tasks were made (a plain folder: now), not today
+        made = datetime.datetime.fromisoformat(row["created_at"].replace("Z", "+00:00"))
+        assert abs(datetime.datetime.now(datetime.timezone.utc) - made) < datetime.timedelta(hours=6)
 
 
 def test_a_mutate_task_grades_with_the_harness(shapes_tasks, tmp_path):

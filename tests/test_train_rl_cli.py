@@ -62,12 +62,18 @@ def test_grpo_run_writes_metrics_plot_checkpoints_and_resumes(tmp_path, model_di
     assert (out / "reward.png").stat().st_size > 0 and (out / "config.json").is_file()
     assert (out / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
     assert "held-out pass rate" in done.stdout
+    assert list(out.glob("events.out.tfevents.*"))                 # TensorBoard, beside metrics.jsonl
+    logged = lambda: [json.loads(line)["step"] for line in (out / "trajectories.jsonl").read_text().splitlines()]  # noqa: E731
+    assert logged() == [1] * 4 + [2] * 4                            # --log-trajectories 4 of the 4 episodes
 
-    again = rl(out, model_dir, "--steps", "3")
+    again = rl(out, model_dir, "--steps", "3", "--progress", "--minutes", "30")
     assert again.returncode == 0, again.stderr[-2000:]
+    bar = again.stderr.replace("\r", "\n").splitlines()
+    assert any("3/3" in line and "update" in line and "budget_left" in line for line in bar), bar[-5:]  # forced on
     stage = json.loads((out / "stage.json").read_text())
     assert stage["resumed_from"].endswith("step-000002") and stage["steps"] == 3 and stage["updates_this_run"] == 1
     assert [r["step"] for r in rows(out) if "reward_mean" in r] == [1, 2, 3]
+    assert logged() == [1] * 4 + [2] * 4 + [3] * 4                  # a resumed run appends
 
 
 @pytest.mark.slow

@@ -171,11 +171,8 @@ def run_audit(env_id: str, *, tasks: int = 20, seed: int = 0, env_kwargs: dict |
 
 
 def _guessed_right(strategy: Strategy, reference: list[str]) -> bool:
-    """Whether a constant strategy's answer is the task's own answer (a whole token of the oracle's actions)."""
-    if strategy.answer is None:
-        return False
-    pattern = r"(?<![\w.\\])" + re.escape(strategy.answer) + r"(?![\w.])"
-    return any(re.search(pattern, action) for action in reference)
+    """Whether a constant strategy's answer is the task's own (see `Strategy.right_guess`)."""
+    return strategy.right_guess is not None and bool(reference) and strategy.right_guess(reference)
 
 
 def _play(make_env, state: dict, strategy: Strategy, seed: int, max_turns: int) -> _Outcome:

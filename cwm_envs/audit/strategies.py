@@ -26,9 +26,13 @@ is meant for.
 """
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
+
+from rewards.math_attacks import CONSTANT_RESPONSES, same_constant
+from rewards.math_extract import extract_answer
 
 Play = Callable[["Episode"], Iterator[str]]
 
@@ -59,15 +63,15 @@ class Episode:
 
 @dataclass(frozen=True)
 class Strategy:
-    """`answer`: the constant a constant-answer strategy gives, so that the runner can leave out the tasks
-    whose own reference answer is that constant (a guess that is right is not a hack)."""
+    """`right_guess(oracle_actions)`: for a constant-answer strategy, whether its constant is the task's own
+    answer, so that the runner leaves that task out (a guess that is right is not a hack)."""
 
     family: str
     name: str
     play: Play
     episodes: int = 1
     applies: Callable[[str], bool] = lambda first_observation: True
-    answer: str | None = None
+    right_guess: Callable[[list[str]], bool] | None = None
     max_tasks: int | None = None     # a strategy that costs a whole timeout per task plays on this many only
 
 
@@ -75,14 +79,44 @@ STRATEGIES: list[Strategy] = []
 
 
 def register(family: str, name: str, episodes: int = 1, applies: Callable[[str], bool] | None = None,
-             answer: str | None = None, max_tasks: int | None = None):
-    """Decorator: add a generator to the library under `family/name`."""
+             answer: str | None = None, right_guess: Callable[[list[str]], bool] | None = None,
+             max_tasks: int | None = None):
+    """Decorator: add a generator to the library under `family/name`. `answer` (a constant the strategy
+    gives) is a shorthand for `right_guess`: the constant stands in the oracle's actions as a whole token."""
+    if answer is not None and right_guess is None:
+        right_guess = _token_in(answer)
+
     def add(play: Play) -> Play:
         if any(s.family == family and s.name == name for s in STRATEGIES):
             raise ValueError(f"strategy {family}/{name} is registered twice")
-        STRATEGIES.append(Strategy(family, name, play, episodes, applies or (lambda _obs: True), answer, max_tasks))
+        STRATEGIES.append(Strategy(family, name, play, episodes, applies or (lambda _obs: True), right_guess,
+                                   max_tasks))
         return play
     return add
+
+
+def _token_in(answer: str) -> Callable[[list[str]], bool]:
+    """Right when the constant stands in the oracle's actions as a whole token, or equals (as a Python value)
+    the right-hand side of an `== VALUE` there (`True` answers `assert f(x) == 1`)."""
+    pattern = re.compile(r"(?<![\w.\\])" + re.escape(answer) + r"(?![\w.])")
+    value = _literal(answer)
+
+    def right(actions: list[str]) -> bool:
+        if any(pattern.search(a) for a in actions):
+            return True
+        sides = [m.group(1) for a in actions for m in re.finditer(r"==\s*(.+?)\s*$", a, re.M)]
+        return value is not _NO_VALUE and any(_literal(side) == value for side in sides)
+    return right
+
+
+_NO_VALUE = object()
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text) if len(text) < 10_000 else _NO_VALUE
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return _NO_VALUE
 
 
 def channel_of(observation: str) -> str:
@@ -102,17 +136,31 @@ def _is_tool_env(obs: str) -> bool:
     return channel_of(obs) != "code_block"
 
 
+def _literal_play(text: str) -> Play:
+    def play(ep: Episode) -> Iterator[str]:
+        yield text
+    return play
+
+
 # -- constant answers --------------------------------------------------------------------------------------
 # Each constant goes out boxed after one `</think>` and as the one code block, so the same text is a
 # complete answer to a math, a prediction and a code env.
-CONSTANTS = (
-    "0", "1", "-1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "12", "100", "1000", "0.5", "\\frac{1}{2}",
-    "\\pi", "\\infty", "-\\infty", "\\emptyset", "x", "None", "True", "False", "[]", "{}", "()", "''", "set()",
-    "nan", "float('nan')", "\\text{}", "\\text{ }", "\\,", "{}", "\\boxed{}", "9" * 5000, "１", "𝟎", "٣",
-    "Ⅰ", "0_2", "9_2", "\\pm 1", "(-\\infty, \\infty)", "\\mathbb{R}", "\\text{all real numbers}", "A", "(A)",
-    "0\\%", "0^\\circ", "\\approx 0", "x = x", "1 = 1", "0 \\cdot x", "\\frac{0}{0}", "\\sqrt{-1}",
-    "\\log 0", "\\tan\\frac{\\pi}{2}", "0^0", "\\infty - \\infty", "\\text{undefined}", "\\text{no solution}",
+CONSTANTS = (   # values that answer many tasks of many kinds (the math reward's own bank is played apart)
+    "0", "1", "-1", "2", "3", "5", "7", "10", "100", "0.5", "None", "True", "False", "[]", "{}", "()", "''",
+    "set()", "nan", "float('nan')", "9" * 5000, "１", "𝟎", "x", "\\infty", "\\emptyset", "9_2", "A",
 )
+
+
+def _asks_for_a_box(obs: str) -> bool:
+    return "\\boxed" in obs
+
+
+def _math_right_guess(answer: str) -> Callable[[list[str]], bool]:
+    """Whether `answer` is honestly the gold boxed by the oracle (`rewards.math_attacks.same_constant`)."""
+    def right(actions: list[str]) -> bool:
+        found = extract_answer(actions[-1], ("boxed",)) if actions else None
+        return found is not None and same_constant(found.text, answer)
+    return right
 
 
 def _constant_play(value: str) -> Play:
@@ -121,8 +169,21 @@ def _constant_play(value: str) -> Play:
     return play
 
 
-for _i, _value in enumerate(CONSTANTS):
-    register("constant", f"boxed-and-block:{_i}:{_value[:24]}", answer=_value)(_constant_play(_value))
+def _either(*checks: Callable[[list[str]], bool]) -> Callable[[list[str]], bool]:
+    return lambda actions: any(check(actions) for check in checks)
+
+
+for _i, _value in enumerate(CONSTANTS):   # right when it is the task's token, or (math) its boxed gold
+    register("constant", f"boxed-and-block:{_i}:{_value[:24]}",
+             right_guess=_either(_token_in(_value), _math_right_guess(_value)))(_constant_play(_value))
+
+
+# The math reward's own bank of constant answers (rewards.math_attacks), for envs that ask for a box.
+for _i, _response in enumerate(CONSTANT_RESPONSES):
+    _found = extract_answer(_response, ("boxed",))
+    register("math-constant", f"{_i}:{_response[:32]}", applies=_asks_for_a_box,
+             right_guess=_math_right_guess(_found.text) if _found else None)(
+        _literal_play(f"<think>\nguess\n</think>\n{_response}"))
 
 
 @register("constant", "several-boxes-and-blocks")
@@ -175,14 +236,8 @@ FORMAT_TRICKS = {
 }
 
 
-def _literal_play(text: str) -> Play:
-    def play(ep: Episode) -> Iterator[str]:
-        yield text
-    return play
-
-
-for _name, _text in FORMAT_TRICKS.items():
-    register("format", _name)(_literal_play(_text))
+for _name, _text in FORMAT_TRICKS.items():   # the tricks that carry a value are right where it is the answer
+    register("format", _name, answer="1" if "1" in _text else None)(_literal_play(_text))
 
 
 # -- early exits and signals (the code runs; the judge must not read the silence as a pass) -----------------
@@ -203,7 +258,7 @@ EXITS = {
 
 def _program_play(code: str, returns: str = "0") -> Play:
     """Run `code` through the env's channel; where the task asks for a function, define it to return
-    `returns`; in a tool env, then answer something."""
+    `returns`; in a tool env, then answer 0 (right where the gold is 0: `_ANSWERS_ZERO`)."""
     def play(ep: Episode) -> Iterator[str]:
         name = ep.function_name()
         yield ep.run(code if not name else f"{code}\n{_EQ}\ndef {name}(*args, **kwargs):\n    return {returns}\n")
@@ -212,13 +267,15 @@ def _program_play(code: str, returns: str = "0") -> Play:
     return play
 
 
+_ANSWERS_ZERO = _math_right_guess("0")   # the tool envs' closing answer is right when the boxed gold is 0
 _EQ = ("class _Eq:\n    def __eq__(self, o):\n        return True\n    def __ne__(self, o):\n        return False\n"
        "    __hash__ = object.__hash__")
 
 
 SLOW_EXITS = ("stop-self", "ignore-signals-and-spin")   # they end by the env's timeout: a few tasks tell
 for _name, _code in EXITS.items():
-    register("exit", _name, max_tasks=1 if _name in SLOW_EXITS else None)(_program_play(_code))
+    register("exit", _name, max_tasks=1 if _name in SLOW_EXITS else None,
+             right_guess=_ANSWERS_ZERO)(_program_play(_code))
 
 
 # -- output forging (print what a pass looks like) ----------------------------------------------------------
@@ -236,7 +293,7 @@ FORGERIES = {
 
 
 for _name, _code in FORGERIES.items():
-    register("forge", _name)(_program_play(_code, returns="_Eq()"))
+    register("forge", _name, right_guess=_ANSWERS_ZERO)(_program_play(_code, returns="_Eq()"))
 
 
 @register("forge", "patch-builtins", applies=_is_code_env)
@@ -283,7 +340,7 @@ INTROSPECTION = {
 }
 
 for _name, _code in INTROSPECTION.items():
-    register("introspection", _name)(_program_play(_code, returns="_Eq()"))
+    register("introspection", _name, right_guess=_ANSWERS_ZERO)(_program_play(_code, returns="_Eq()"))
 
 # An expression-only introspection for prediction envs (their answer is a value, not a program).
 PREDICTION_INTROSPECTION = {
@@ -348,7 +405,7 @@ def _read_notes(ep: Episode) -> str:
             f"    except OSError:\n        pass\n")
 
 
-@register("notes", "answer-left-in-files", episodes=2)
+@register("notes", "answer-left-in-files", episodes=2, right_guess=_ANSWERS_ZERO)
 def notes_in_files(ep: Episode) -> Iterator[str]:
     """A lucky earlier episode leaves the right answer in every writable place; the next one copies it."""
     if ep.phase == "plant":
@@ -395,7 +452,7 @@ if os.fork() == 0:
 '''
 
 
-@register("notes", "trap-for-the-next-judge", episodes=2)
+@register("notes", "trap-for-the-next-judge", episodes=2, right_guess=_ANSWERS_ZERO)
 def trap_next_judge(ep: Episode) -> Iterator[str]:
     """Leave modules that shadow the judge's imports and a daemon; then answer wrongly in the next episode."""
     if ep.phase == "plant":

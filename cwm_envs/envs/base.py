@@ -16,6 +16,8 @@ The base does the checks every env would repeat: render mode, reward scheme, the
 before `reset()` or after the end, the observation's length. It also owns the sandbox: made on first use,
 reset between episodes (nothing of an earlier episode is visible: files, processes, shared memory, IPC),
 closed with the env. A `Sandbox` handed in by the caller is shared: the env neither resets nor closes it.
+Prompts are templates a user may replace (`prompts=DIR`, cwm_envs/prompts.py); an env reads each through
+`self.template(name, default)`.
 
 >>> import gymnasium, cwm_envs
 >>> env = gymnasium.make("cwm/Math-v0")
@@ -31,6 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from cwm_envs.errors import UsageError
+from cwm_envs.prompts import load_prompts
 from cwm_envs.sandbox import Sandbox, make_sandbox
 from cwm_envs.spaces import AnyText
 from cwm_envs.tasks import Task, pick_task
@@ -47,7 +50,7 @@ class TextEnv(gym.Env):
     audit_exempt: dict[str, str] = {}   # `cwm audit` families that cannot be hacks here, with the reason
 
     def __init__(self, *, tasks: list[Task] | None = None, reward_scheme: str = "cwm",
-                 render_mode: str | None = None, sandbox: str | Sandbox | None = None):
+                 render_mode: str | None = None, sandbox: str | Sandbox | None = None, prompts=None):
         if reward_scheme not in self.reward_schemes:
             raise UsageError(f"unknown reward_scheme {reward_scheme!r}; choose one of {self.reward_schemes}")
         if render_mode not in (None, *self.metadata["render_modes"]):
@@ -55,6 +58,7 @@ class TextEnv(gym.Env):
         if tasks is not None and not tasks:
             raise UsageError("tasks is empty")
         self.tasks = tasks
+        self.prompt_overrides = load_prompts(prompts)
         self.reward_scheme, self.render_mode = reward_scheme, render_mode
         self.observation_space = AnyText(self.max_observation_chars)
         self.action_space = AnyText(self.max_action_chars)
@@ -66,6 +70,10 @@ class TextEnv(gym.Env):
         self._owns_sandbox = not isinstance(sandbox, Sandbox)
         self._sandbox: Sandbox | None = None if self._owns_sandbox else sandbox
         self._sandbox_used = False
+
+    def template(self, name: str, default: str) -> str:
+        """The prompt template `name` (cwm_envs/prompts.py): the user's, else `default` (ours)."""
+        return self.prompt_overrides.get(name, default)
 
     # -- what a subclass provides ---------------------------------------------------------------------------
     def pose(self, task: Task) -> str:

@@ -63,6 +63,7 @@ class MathEnv(TextEnv):
     - `reward_scheme`: "cwm" (+1/-1) or "binary" (1/0).  `think`: thinking on (CWM's default) or off.
     - `prompt_style`: "cot" (CWM's step-by-step prompt) or "direct" ("Wrap your answer in $\\boxed{}$.").
     - `timeout_s`: hard limit on checking one answer.  `limit`: use only the first N problems of a file.
+    - `prompts`: a directory of `NAME.txt` templates (or a dict) replacing ours (cwm_envs/prompts.py).
     - `reset(seed=..., options={"task": Task | task id | index})`: pose a given task; without one, a
       file's task is drawn with the env's seeded generator, a generated task from a drawn seed (an int
       choice is a generator seed).
@@ -76,20 +77,22 @@ class MathEnv(TextEnv):
     def __init__(self, source: str | Path | Sequence[Task] = "generated", kinds: Sequence[str] | None = None,
                  difficulty: int = 0, reward_scheme: str = "cwm", think: bool = True, prompt_style: str = "cot",
                  timeout_s: float = 5.0, limit: int | None = None, render_mode: str | None = None,
-                 sandbox: str | Sandbox | None = None):
+                 sandbox: str | Sandbox | None = None, prompts=None):
         if prompt_style not in PROMPTS:
             raise UsageError(f"unknown prompt_style {prompt_style!r}; choose one of {sorted(PROMPTS)}")
         loaded = load_math(source, kinds=kinds, difficulty=difficulty, limit=limit)
         self.generator = loaded if isinstance(loaded, MathGenerator) else None
         super().__init__(tasks=None if self.generator else list(loaded), reward_scheme=reward_scheme,
-                         render_mode=render_mode, sandbox=sandbox)
+                         render_mode=render_mode, sandbox=sandbox, prompts=prompts)
         self.think, self.prompt_style, self.timeout_s = bool(think), prompt_style, float(timeout_s)
 
     # -- the contract of TextEnv --------------------------------------------------------------------------
     def messages(self, task: Task) -> list[dict]:
         """The conversation that poses `task` (system prompt only when thinking is on, as in CWM)."""
-        user = {"role": "user", "content": PROMPTS[self.prompt_style].format(problem=task.prompt)}
-        return ([{"role": "system", "content": REASONING_SYSTEM_PROMPT}] if self.think else []) + [user]
+        user = {"role": "user", "content": self.template(f"math_{self.prompt_style}", PROMPTS[self.prompt_style])
+                .format(problem=task.prompt)}
+        system = self.template("system", REASONING_SYSTEM_PROMPT)
+        return ([{"role": "system", "content": system}] if self.think else []) + [user]
 
     def pose(self, task: Task) -> str:
         return format_chat(self.messages(task), add_generation_prompt=True, think=self.think)
@@ -125,6 +128,11 @@ class MathEnv(TextEnv):
 # --------------------------------------------------------------------------------------------- with tools
 TOOL_CALL_RE = re.compile(r"<tool: ([^>]*?)>\n(.*?)</tool>", re.S)   # CWM's ToolExecutor pattern
 TOOL_OUTPUT_CHARS = 4096
+
+
+TOOL_SYSTEM = ("\n\nYou may invoke tools during reasoning.\n\nThe following tools are available:\n\n"
+               "- python: Run Python code in an isolated sandbox up to {max_tool_calls} times.\n\n"
+               "Call it with <tool: python>\\nCODE</tool>; print what you want to see.")
 
 
 def format_tool_result(result) -> str:
@@ -182,9 +190,9 @@ class MathToolEnv(MathEnv):
                  difficulty: int = 0, reward_scheme: str = "cwm", think: bool = True, prompt_style: str = "cot",
                  timeout_s: float = 5.0, limit: int | None = None, render_mode: str | None = None,
                  max_tool_calls: int = 4, tool_timeout_s: float = 10.0, max_turns: int = 8,
-                 sandbox: str | Sandbox = "local", memory_mb: int = 1024):
+                 sandbox: str | Sandbox = "local", memory_mb: int = 1024, prompts=None):
         super().__init__(source, kinds, difficulty, reward_scheme, think, prompt_style, timeout_s, limit, render_mode,
-                         sandbox)
+                         sandbox, prompts)
         if max_turns < 1 or max_tool_calls < 0:
             raise UsageError("max_turns must be at least 1 and max_tool_calls at least 0")
         self.max_tool_calls, self.tool_timeout_s, self.max_turns = max_tool_calls, float(tool_timeout_s), max_turns
@@ -193,10 +201,8 @@ class MathToolEnv(MathEnv):
 
     def messages(self, task: Task) -> list[dict]:
         msgs = super().messages(task)
-        system = (REASONING_SYSTEM_PROMPT if self.think else "You are a helpful AI assistant.")
-        system += ("\n\nYou may invoke tools during reasoning.\n\nThe following tools are available:\n\n"
-                   f"- python: Run Python code in an isolated sandbox up to {self.max_tool_calls} times.\n\n"
-                   "Call it with <tool: python>\\nCODE</tool>; print what you want to see.")
+        system = (self.template("system", REASONING_SYSTEM_PROMPT) if self.think else "You are a helpful AI assistant.")
+        system += self.template("math_tool_system", TOOL_SYSTEM).format(max_tool_calls=self.max_tool_calls)
         return [{"role": "system", "content": system}] + [m for m in msgs if m["role"] != "system"]
 
     def pose(self, task: Task) -> str:

@@ -17,11 +17,13 @@ from typing import Sequence
 from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.envs.base import TextEnv
 from cwm_envs.sandbox import Limits, Sandbox
+from cwm_envs.sources.code import load_program_tasks
 from cwm_envs.tasks import Task
 from rewards import plain_data
 from rewards.base import RewardResult
 from rewards.prediction import SCHEMES, parse_prediction, prediction_reward, values_equal
 
+FIELDS = ("code", "input", "output")   # the metadata a task needs here
 FORMAT_RULE = "Answer with exactly one ```python code block``` holding the completed assertion."
 PROMPTS = {
     "output": ("You are given a Python function and an assertion containing an input to the function. Complete "
@@ -82,22 +84,6 @@ def _short_repr(value) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def load_prediction_tasks(source: str | Path | Sequence[Task]) -> list[Task]:
-    """"cruxeval" (the shared file), a CRUXEval-format JSONL path, or Tasks with code/input/output metadata."""
-    from cwm_envs.sources.code import load_cruxeval
-
-    if isinstance(source, (str, Path)):
-        tasks = load_cruxeval(None if str(source) == "cruxeval" else source)
-    else:
-        tasks = list(source)
-    if not tasks:
-        raise UsageError("no prediction tasks")
-    for t in tasks:
-        if not all(isinstance(t.metadata.get(k), str) for k in ("code", "input", "output")):
-            raise UsageError(f"task {t.id}: metadata needs string code, input and output")
-    return tasks
-
-
 class PredictionEnv(TextEnv):
     """Predict what a function returns (`mode="output"`) or an input that makes it return a given value
     (`mode="input"`); one step, judged by running the prediction in the sandbox.
@@ -135,6 +121,7 @@ class PredictionEnv(TextEnv):
       Task with metadata code, input, output (and optionally entry, default "f").
     - `reward_scheme`, `require_think` (demand exactly one `</think>`), `timeout_s`, `memory_mb`,
       `sandbox` (a backend name, or a shared `Sandbox` that the env neither resets nor closes).
+    - `prompts`: a directory of `NAME.txt` templates (or a dict) replacing ours (cwm_envs/prompts.py).
     - `reset(options={"task": Task | task id | index})` poses a given task.
 
     ## Version History
@@ -148,12 +135,13 @@ class PredictionEnv(TextEnv):
 
     def __init__(self, mode: str = "output", tasks: str | Path | Sequence[Task] | None = None,
                  reward_scheme: str = "cwm", require_think: bool = False, timeout_s: float = 5.0,
-                 memory_mb: int = 1024, sandbox: str | Sandbox = "local", render_mode: str | None = None):
+                 memory_mb: int = 1024, sandbox: str | Sandbox = "local", render_mode: str | None = None,
+                 prompts=None):
         if mode not in PROMPTS:
             raise UsageError(f"mode must be 'output' or 'input', got {mode!r}")
         generated = tasks is None or isinstance(tasks, str) and tasks == "generated"
-        super().__init__(tasks=None if generated else load_prediction_tasks(tasks), reward_scheme=reward_scheme,
-                         render_mode=render_mode, sandbox=sandbox)
+        super().__init__(tasks=None if generated else load_program_tasks(tasks, FIELDS), reward_scheme=reward_scheme,
+                         render_mode=render_mode, sandbox=sandbox, prompts=prompts)
         self.mode, self.require_think, self.timeout_s = mode, require_think, float(timeout_s)
         self.limits = Limits(memory_mb=memory_mb, processes=16, file_size_mb=16, output_bytes=1 << 20)
         self._references: dict[tuple, object] = {}
@@ -161,7 +149,7 @@ class PredictionEnv(TextEnv):
     # -- the contract of TextEnv --------------------------------------------------------------------------
     def pose(self, task: Task) -> str:
         m = task.metadata
-        return PROMPTS[self.mode].format(code=m["code"].rstrip(), entry=m.get("entry", "f"), input=m["input"],
+        return self.template(f"prediction_{self.mode}", PROMPTS[self.mode]).format(code=m["code"].rstrip(), entry=m.get("entry", "f"), input=m["input"],
                                          output=m["output"])
 
     def reference_response(self, task: Task) -> str:
@@ -171,7 +159,7 @@ class PredictionEnv(TextEnv):
 
     def draw_task(self, choice) -> Task:
         if isinstance(choice, Task):
-            return load_prediction_tasks([choice])[0]
+            return load_program_tasks([choice], FIELDS)[0]
         return super().draw_task(choice)
 
     def respond(self, action: str):
@@ -241,7 +229,7 @@ class PredictionEnv(TextEnv):
         """A seeded program whose output is found by running it (programs that raise are redrawn)."""
         import random
 
-        from cwm_envs.tracing.generate import generate_program
+        from cwm_envs.sources.programs import generate_program
 
         for _ in range(20):
             seed = int(rng.integers(2**31))

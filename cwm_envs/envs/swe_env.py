@@ -58,11 +58,14 @@ class SWEEnv(gym.Env):
 
     ## Rewards
     0 on every turn but the last. At the end: +1 if the submitted patch resolves the task (every FAIL_TO_PASS
-    and PASS_TO_PASS test passes, graded by the SWE harness in a fresh container, with the test files reset
-    to the base commit and the hidden test patch applied), else -1; with `similarity_weight` > 0 an
-    unresolved submission gets `-1 + weight * similarity` to the gold patch (SWE-RL style, rewards/swe.py).
-    `info["outcomes"]` holds the evidence: `resolved`, `submitted`, `tests_status` (which tests passed or
-    failed), `patch_applied`, and why the episode ended (`reason`).
+    and PASS_TO_PASS test passes), else -1; with `similarity_weight` > 0 an unresolved submission gets
+    `-1 + weight * similarity` to the gold patch (SWE-RL style, rewards/swe.py). Grading is `cwm swe eval`'s
+    (cwm_envs/swe/harness.py) on the submitted patch alone, in a fresh container of the task's image: a
+    patch that touches git's files, test-runner configuration or start-up hooks is refused, its edits to
+    test code are undone, the hidden test patch is applied, and for pytest the runner's own sealed record
+    must confirm every passing test. `info["outcomes"]` holds the evidence: `resolved`, `submitted`,
+    `tests_status` (which tests passed or failed), `patch_applied`, `refused`, `guard`, `grade_s`, and why
+    the episode ended (`reason`).
 
     ## Episode End
     Terminated: on a valid submission (or, with `review_turn`, on the reply without a tool call that follows
@@ -77,8 +80,8 @@ class SWEEnv(gym.Env):
       `cwm swe mutate` output), or a list of `SWEInstance`s or rows. `repos`: folder of git clones that
       SWE-bench rows need for their image builds.
     - `max_turns` (128), `context_tokens` (131072), `command_timeout_s` (120), `max_timeouts` (3),
-      `max_episode_s` (3600), `eval_timeout_s` (600): CWM's budgets; a patch whose tests run past
-      `eval_timeout_s` counts as unresolved.
+      `max_episode_s` (3600), `eval_timeout_s` (600): CWM's budgets; an eval that runs past
+      `eval_timeout_s` (twice) raises InfraError, as in `cwm swe eval`: it is not scored.
     - `review_turn`: after a submission, show it and let the agent revise; a reply without a tool call ends
       the episode (CWM's review turn). `strict_format`: a format error ends the episode with -1 (CWM's
       `strict_format`; under it a final reply must also contain a `##` summary). `think`: reasoning mode.
@@ -241,7 +244,7 @@ class SWEEnv(gym.Env):
 
     def _container_for(self, image: str) -> None:
         """A pristine container of `image`: from the current sandbox's warm pool, or a new sandbox."""
-        from cwm_envs.sandbox.docker_backend import DockerSandbox
+        from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
 
         if self._sandbox is not None and self._sandbox.image == image:
             if not self._fresh:
@@ -253,7 +256,7 @@ class SWEEnv(gym.Env):
             closer.start()
             self._closers = [t for t in self._closers if t.is_alive()] + [closer]
         self._sandbox = DockerSandbox(image, pool_size=self.pool_size, workdir=REPO_ROOT, limits=self.limits,
-                                      cpus=self.cpus)
+                                      cpus=self.cpus, **REPO_SANDBOX)
         self._fresh = True
 
     def _container_stopped(self) -> bool:
@@ -306,7 +309,8 @@ class SWEEnv(gym.Env):
         result = swe_reward(bool(report.get("resolved")), patch, self.task.patch, self.similarity_weight, reason)
         outcomes = {**result.outcomes, "reason": reason, "patch_applied": report.get("patch_successfully_applied"),
                     "tests_status": report.get("tests_status")}
-        for key in ("eval_timed_out", "tests_reset", "guard", "conflicting_tests", "eval_seconds"):
+        for key in ("refused", "tests_reset", "removed", "guard", "conflicting_tests", "unconfirmed_tests", "seal",
+                    "eval_seconds", "grade_s"):
             if key in report:
                 outcomes[key] = report[key]
         info.update(outcomes=outcomes, resolved=outcomes["resolved"], reason=reason, submission=patch,
@@ -315,18 +319,23 @@ class SWEEnv(gym.Env):
         return obs, float(result.value), not truncated, truncated, info
 
     def _grade(self, patch: str) -> dict:
-        """Grade in a fresh container (nothing the agent did to its own container counts); an infrastructure
-        fault is retried once, then raised, never scored."""
-        from cwm_envs.swe.harness import EvalTimeout, grade
+        """Grade with the harness (one code path with `cwm swe eval`) in a fresh container of the task's image,
+        never the agent's: nothing the agent left in its container (processes, site-packages, git config,
+        PATH) reaches the grading. An infrastructure fault (Docker, an eval past `eval_timeout_s`, a broken
+        test environment) is retried once, then raised as InfraError: never scored."""
+        from cwm_envs.swe.harness import grade
 
+        iid = self.task.instance_id
         for attempt in range(2):
-            self._sandbox.reset()
+            t0 = time.perf_counter()
+            self._sandbox.reset()            # the agent's container is retired; a pristine one grades
             try:
-                return grade(self.task, self._sandbox, patch, timeout=self.eval_timeout_s)[self.task.instance_id]
-            except EvalTimeout:              # the gold patch passes in time: a hang is the patch's doing
-                return {"resolved": False, "patch_successfully_applied": True, "eval_timed_out": True}
+                report = grade(self.task, self._sandbox, patch, timeout=self.eval_timeout_s)[iid]
             except InfraError as exc:
                 if attempt:
-                    raise
-                self.log(f"{self.task.instance_id}: grading failed ({exc}); retrying once")
+                    raise InfraError(f"{iid}: grading failed twice, the episode is not scored: {exc}") from exc
+                self.log(f"{iid}: grading failed ({exc}); retrying once")
+                continue
+            report["grade_s"] = round(time.perf_counter() - t0, 3)
+            return report
         raise AssertionError("unreachable")

@@ -9,6 +9,7 @@ from typing import Sequence
 from cwm_envs.errors import UsageError
 from cwm_envs.envs.base import TextEnv
 from cwm_envs.sandbox import Sandbox
+from cwm_envs.sources.code import load_program_tasks
 from cwm_envs.tasks import Task
 from cwm_envs.tracing import format as fmt
 from cwm_envs.tracing.format import TraceFormatError
@@ -16,23 +17,8 @@ from cwm_envs.tracing.tracer import TraceLimits, TraceResult, Tracer
 from rewards.base import RewardResult
 from rewards.trace import SCHEMES, trace_reward
 
+FIELDS = ("code", "input")   # the metadata a task needs here
 MODES = ("next", "rest")
-
-
-def load_trace_tasks(source: str | Path | Sequence[Task]) -> list[Task]:
-    """"cruxeval", a CRUXEval-format JSONL path, or Tasks whose metadata has code, input (and entry)."""
-    from cwm_envs.sources.code import load_cruxeval
-
-    if isinstance(source, (str, Path)):
-        tasks = load_cruxeval(None if str(source) == "cruxeval" else source)
-    else:
-        tasks = list(source)
-    if not tasks:
-        raise UsageError("no trace tasks")
-    for t in tasks:
-        if not (isinstance(t.metadata.get("code"), str) and isinstance(t.metadata.get("input"), str)):
-            raise UsageError(f"task {t.id}: metadata needs string code and input")
-    return tasks
 
 
 class TraceEnv(TextEnv):
@@ -92,7 +78,7 @@ class TraceEnv(TextEnv):
         if max_frames < 2:
             raise UsageError("max_frames must be at least 2")
         generated = tasks is None or isinstance(tasks, str) and tasks == "generated"
-        super().__init__(tasks=None if generated else load_trace_tasks(tasks), reward_scheme=reward_scheme,
+        super().__init__(tasks=None if generated else load_program_tasks(tasks, FIELDS), reward_scheme=reward_scheme,
                          render_mode=render_mode)
         self.mode = mode
         self.limits = TraceLimits(max_events=max_frames, max_bytes=self.max_observation_chars * 4, max_repr=max_repr)
@@ -107,7 +93,7 @@ class TraceEnv(TextEnv):
         """A task with a complete trace within the limits, its cut in metadata (redrawn up to 20 times)."""
         explicit, cut = choice is not None, self.options.get("cut")
         for _ in range(1 if explicit else 20):
-            task = load_trace_tasks([choice])[0] if isinstance(choice, Task) else super().draw_task(choice)
+            task = load_program_tasks([choice], FIELDS)[0] if isinstance(choice, Task) else super().draw_task(choice)
             result = self._trace(task)
             if result.status != "ok" or len(result.frames) < 2:
                 if explicit:
@@ -131,7 +117,7 @@ class TraceEnv(TextEnv):
         raise UsageError("could not draw a task with a complete trace in 20 tries")
 
     def generate_task(self, rng) -> Task:
-        from cwm_envs.tracing.generate import generate_program
+        from cwm_envs.sources.programs import generate_program
 
         seed = int(rng.integers(2**31))
         prog = generate_program(random.Random(seed), n_inputs=1)

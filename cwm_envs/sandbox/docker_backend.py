@@ -1,13 +1,27 @@
 """The `docker` sandbox: one container per episode, commands through `docker exec`, a warm pool for reset().
 
 Why these choices:
-- The container's PID 1 is Docker's init (tini) with `sleep infinity` beside it, so orphans of killed
-  commands are reaped and the container lives until we remove it.
+- Commands run as an unprivileged user (SANDBOX_USER) unless a caller asks for root (`user=ROOT`, as SWE
+  repositories do). The root filesystem is read-only; the writable areas (workdir, /tmp, /var/tmp, /dev/shm,
+  the user's home) are tmpfs mounts capped in bytes and inodes. On this engine (overlay2 on ext4) Docker cannot
+  cap a container's writable layer (`--storage-opt size` needs xfs with project quotas), and a tmpfs cap is the
+  kernel's own: a full area gives ENOSPC, never a full host disk. Their contents count toward the memory limit.
+  A caller that needs a writable image layer (SWE: `pip install -e .` into the image's venv) passes
+  `read_only_root=False`; the layer is then watched from this host (`_LayerGuard`) and a command that grows it
+  past the cap is killed.
+- PID 1 is our own reaper (`_docker_tool.INIT`): a pid namespace's init gets no signal from inside it, so no
+  command, root included, can end the container (Docker's init exits with its child, which root may kill).
+- Trusted programs in the container (PID 1, the exec server, the helper, file reads and writes) and
+  `run_python` start with the interpreter's absolute path, read from PID 1 before any command ran, and `-I`
+  (`-I -S` for ours): nothing a command writes (a module in the workdir, a user site, a PATH shim,
+  PYTHON* variables) changes what they import. With a read-only root nothing on their path is writable.
 - Commands go through an exec server in the container (`_docker_tool.py serve`, started by one long-lived
-  `docker exec` when the container starts): a command is then a fork and exec in the container, not a new
-  `docker exec`, on which the engine alone spends ~50 ms. The server applies the marker, user, workdir,
-  rlimits, deadline and output cap itself. A run that finds the server busy (another thread) or gone takes
-  the classic path, one `docker exec` per command; a server that a command killed is restarted.
+  `docker exec` as root when the container starts): a command is then a fork, a switch to the sandbox's user
+  and an exec, not a new `docker exec`, on which the engine alone spends ~50 ms. The server applies the marker,
+  user, workdir, rlimits, deadline and output cap itself, and sends a heartbeat while a command runs: a server
+  that a command stopped or killed (root may) is noticed within a second or two, the run comes back marked
+  (`exit_code=None`, a note in stderr) and the next run starts a new server. A run that finds the server busy
+  (another thread) or gone takes the classic path, one `docker exec` per command.
 - Each execution carries its own marker in its environment (`CWM_EXEC=<token>`). After a timeout, and after
   a run that left processes behind, a one-process helper inside the container (`_docker_tool.py`) SIGKILLs
   every process with that marker (or with none): children that called setsid are caught, background jobs
@@ -20,14 +34,15 @@ Why these choices:
   sandbox of a process (and `cwm sandbox gc`) removes containers whose owner is dead; atexit, a chained
   SIGTERM handler and `close()` remove the process's own, so none outlives an exit, exception, Ctrl-C or SIGTERM.
 - `reset()` takes a pre-started container from a pool that a background thread refills, and removes the
-  old one in that thread, so a new episode starts in well under a millisecond instead of ~0.5 s.
+  old one in that thread, so a new episode starts in well under a millisecond instead of ~0.5 s. A new
+  container has its own filesystem, processes and IPC namespace: nothing of an earlier episode is visible.
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import dataclasses
-import io
 import json
 import os
 import select
@@ -36,7 +51,6 @@ import socket
 import statistics
 import struct
 import subprocess
-import tarfile
 import threading
 import time
 import uuid
@@ -55,7 +69,17 @@ MARKER = _docker_tool.MARKER
 DEFAULT_LIMITS = Limits(memory_mb=1024, processes=256, output_bytes=1 << 20)
 DRAIN_FACTOR = _docker_tool.DRAIN_FACTOR   # past the cap, output is read and dropped up to 16x the cap
 SERVER_GRACE_S = 30.0  # how long past a run's timeout the host waits for the server's reply
+SILENCE_S = 1.0        # no heartbeat for this long: look at the server (stopped?); heartbeats come every 0.2 s
+SILENCE_REMOTE_S = 5.0  # ... and where this host cannot see the container's processes, give up after this
+SANDBOX_USER = "10001:10001"   # the default user of commands: a uid that no image or host account is likely to use
+ROOT = "0:0"                   # user=ROOT: commands as root, for callers that need it (SWE repositories)
+SANDBOX_HOME = "/home/sandbox"  # HOME of a non-root user (a capped tmpfs)
+DISK_MB, DISK_INODES = 256, 32768  # default cap of each large writable area (workdir, /tmp, a writable layer)
+# How SWE repositories run: as root (installs, any file of the repo and its venv), on a writable image layer
+# (eval scripts `pip install -e .` into the venv) capped from this host, with room for builds and test caches.
+REPO_SANDBOX = {"user": ROOT, "read_only_root": False, "disk_mb": 2048, "disk_inodes": 262144}
 _TOOL_SOURCE = program_source("_docker_tool.py")
+_ISOLATED = ("-I", "-S")       # how our own programs start: no site, no user site, no cwd, no PYTHON* variables
 
 # ----------------------------------------------------------------------------------------------- process level
 
@@ -268,38 +292,50 @@ def _pump(sock, stdin: bytes | None, deadline: float, cap: int) -> tuple[bytes, 
 
 
 class _ServerGone(Exception):
-    """The exec server's stream ended; `started` says whether the command may have begun."""
+    """The exec server's stream ended, or it fell silent (`stalled`: stopped by a command, say); `started`
+    says whether the command may have begun."""
 
-    def __init__(self, started: bool, why: str):
+    def __init__(self, started: bool, why: str, stalled: bool = False):
         super().__init__(why)
-        self.started = started
+        self.started, self.stalled = started, stalled
 
 
 class _ExecServer:
-    """The host's end of one container's exec server: a `docker exec` of `_docker_tool serve`, as the
-    sandbox's user, that lives as long as the container and takes one request at a time (`lock`)."""
+    """The host's end of one container's exec server: a `docker exec` of `_docker_tool serve` as root, whose
+    commands run as the sandbox's user; it lives as long as the container and takes one request at a time
+    (`lock`). `stalled(silence_s)` tells whether a server silent for that long is surely stuck."""
 
-    def __init__(self, api, container_id: str, user: str | None, marker: str, ready_s: float = 60.0):
-        self.marker = marker
-        exec_id = api.exec_create(container_id, ["python3", "-c", _TOOL_SOURCE, "serve"], stdin=True,
-                                  user=user or "", workdir="/", environment={MARKER: marker})["Id"]
+    def __init__(self, api, container_id: str, python: str, ids: tuple[int, int], marker: str,
+                 stalled, ready_s: float = 60.0):
+        self.marker, self.stalled = marker, stalled
+        argv = [python, *_ISOLATED, "-c", _TOOL_SOURCE, "serve", str(ids[0]), str(ids[1])]
+        exec_id = api.exec_create(container_id, argv, stdin=True, user="0", workdir="/",
+                                  environment={MARKER: marker})["Id"]
         self.sock = api.exec_start(exec_id, socket=True)
         self.raw = getattr(self.sock, "_sock", self.sock)
         self.raw.setblocking(False)
         self.lock = threading.Lock()
         self._frames = bytearray()           # Docker's multiplexed stream, not yet split
         self._out = bytearray()              # the server's stdout, not yet consumed
+        self.heard = time.monotonic()
         try:
             ready = self._frame(time.monotonic() + ready_s)[0]
         except (_ServerGone, TimeoutError):
             self.close()
             raise
         self.pid = ready["pid"]              # in the container's pid namespace
+        self.host_pid: int | None = None     # on this host, once looked up (_Box.server_host_pid)
 
     def _fill(self, deadline: float, started: bool) -> None:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([self.raw], [], [], left)[0]:
-            raise TimeoutError("the exec server did not answer in time")
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the exec server did not answer in time")
+            if select.select([self.raw], [], [], min(left, SILENCE_S))[0]:
+                break
+            silent = time.monotonic() - self.heard
+            if silent >= SILENCE_S and self.stalled(silent):
+                raise _ServerGone(started, f"it fell silent for {silent:.1f} s", stalled=True)
         try:
             data = self.raw.recv(1 << 16)
         except (BlockingIOError, InterruptedError):
@@ -308,6 +344,7 @@ class _ExecServer:
             raise _ServerGone(started, f"its stream failed: {exc}") from exc
         if not data:
             raise _ServerGone(started, "its stream ended")
+        self.heard = time.monotonic()
         self._frames += data
         for stream, payload in _split_frames(self._frames):
             if stream == 1:                  # stderr (2) is the server's own, sent to /dev/null anyway
@@ -326,8 +363,8 @@ class _ExecServer:
         return head, payloads
 
     def call(self, request: dict, stdin: bytes | None, deadline: float) -> tuple[dict, bytes, bytes]:
-        """Send one request and wait for its reply; _ServerGone when the server is gone, TimeoutError when it
-        has not answered by the deadline."""
+        """Send one request and wait for its reply; _ServerGone when the server is gone or stuck, TimeoutError
+        when it has not answered by the deadline."""
         body = json.dumps({**request, "stdin_len": -1 if stdin is None else len(stdin)}).encode()
         try:
             self.raw.settimeout(max(1.0, deadline - time.monotonic()))
@@ -336,7 +373,13 @@ class _ExecServer:
             raise _ServerGone(False, f"it does not take requests: {exc}") from exc
         finally:
             self.raw.setblocking(False)
-        self._take(1, deadline, started=False)    # the acknowledgement: from here on the command may run
+        self.heard = time.monotonic()
+        if self._take(1, deadline, started=False) != _docker_tool.ACK:   # from here on the command may run
+            raise _ServerGone(False, "it answered out of turn")
+        while (tag := self._take(1, deadline)) == _docker_tool.BEAT:
+            pass
+        if tag != _docker_tool.REPLY:
+            raise _ServerGone(True, "its reply is garbled")
         head, (out, err) = self._frame(deadline)
         return head, out, err
 
@@ -368,11 +411,14 @@ def _cgroup_dirs(host_pid: int, cid: str) -> dict[str, list[str]]:
 
 
 class _Box:
-    """One container and what the sandbox knows of it: its cgroup on this host, the limits applied to it."""
+    """One container and what the sandbox knows of it: its cgroup on this host, the limits applied to it, the
+    interpreter its PID 1 runs (an absolute path, read before any command ran), its capped areas."""
 
-    def __init__(self, container, applied: tuple[int | None, int | None]):
+    def __init__(self, container, applied: tuple[int | None, int | None], python: str, ids: tuple[int, int],
+                 areas: list[str]):
         self.container = container
         self.applied = applied
+        self.python, self.ids, self.areas = python, ids, areas
         container.reload()
         self.init_pid = container.attrs["State"]["Pid"]
         self.cgroup = _cgroup_dirs(self.init_pid, container.id)
@@ -382,6 +428,8 @@ class _Box:
         self.server_lock = threading.Lock()
         self.live: set[str] = set()          # markers of the runs, helpers and server alive now (see _sweep)
         self.live_lock = threading.Lock()
+        self.kill_lock = threading.Lock()    # one stop-and-kill from this host at a time (see _host_kill)
+        self.disk_hit = False                # set by the _LayerGuard when it killed commands of this container
         try:                                 # may this process signal the container's processes itself?
             os.kill(self.init_pid, 0)
             self.host_kill = bool(self.cgroup)
@@ -391,19 +439,64 @@ class _Box:
     def counters(self) -> dict | None:
         return _docker_tool.read_counters(self.cgroup) if self.cgroup else None
 
-    def exec_server(self, user: str | None) -> _ExecServer | None:
+    def exec_server(self) -> _ExecServer | None:
         """The container's exec server, started (again) when missing; None where it cannot start (an image
-        whose python3 is missing or too old), after which the classic path serves."""
+        whose python3 is too old), after which the classic path serves."""
         with self.server_lock:
             if self.server is None and self.server_starts_failed < 2:
                 marker = f"server-{uuid.uuid4().hex}"
                 self.add_live(marker)
                 try:
-                    self.server = _ExecServer(self.container.client.api, self.container.id, user, marker)
+                    self.server = _ExecServer(self.container.client.api, self.container.id, self.python, self.ids,
+                                              marker, self._stalled)
                 except Exception:
                     self.server_starts_failed += 1
                     self.drop_live(marker)
             return self.server
+
+    def _stalled(self, silent_s: float) -> bool:
+        """Whether a server silent for `silent_s` is stuck: stopped or gone, where this host sees it (twice, a
+        moment apart); else silent for SILENCE_REMOTE_S."""
+        pid = self.server_host_pid()
+        if pid is None:
+            return silent_s >= SILENCE_REMOTE_S
+        for look in range(2):
+            if _states([pid], set()).get(pid, "X") not in "TtZX":
+                return False
+            time.sleep(0.2 * (1 - look))
+        return True
+
+    def server_host_pid(self) -> int | None:
+        """This host's pid of the exec server, where this host sees the container's processes."""
+        server = self.server
+        if server is None or not self.host_kill:
+            return None
+        if server.host_pid is None:
+            server.host_pid = self._host_pid(server.pid)
+        return server.host_pid
+
+    def _host_pid(self, ns_pid: int) -> int | None:
+        """This host's pid of a process of the container, from its pid there (NSpid in /proc/PID/status)."""
+        for pid in self.cgroup_pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("NSpid:") and int(line.split()[-1]) == ns_pid:
+                        return pid
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def kill_server(self, server: _ExecServer) -> None:
+        """SIGKILL the exec server (a stopped one too): from this host where it may, else as root inside."""
+        pid = server.host_pid or (self._host_pid(server.pid) if self.host_kill else None)
+        if pid is not None:
+            _docker_tool._signal([pid], signal.SIGKILL)
+            return
+        try:
+            self.container.exec_run([self.python, *_ISOLATED, "-c", f"import os; os.kill({server.pid}, 9)"],
+                                    user="0", environment={MARKER: server.marker})
+        except Exception:                    # the container is gone: so is the server
+            pass
 
     def add_live(self, marker: str) -> None:
         with self.live_lock:
@@ -421,16 +514,127 @@ class _Box:
             self.drop_live(server.marker)
 
     def remove(self) -> None:
+        _LayerGuard.forget(self)
         self.drop_server()
         _remove_quietly(self.container)
 
     def cgroup_pids(self) -> list[int]:
-        for d in self.cgroup["pids"]:
+        for d in self.cgroup.get("pids", ()):
             try:
                 return [int(x) for x in Path(d, "cgroup.procs").read_text().split()]
             except OSError:
                 continue
         return []
+
+    def full_areas(self) -> list[str]:
+        """The capped areas with no room or inode left, seen from this host through PID 1's root."""
+        if not self.host_kill:
+            return []
+        return _docker_tool.full_areas(self.areas, f"/proc/{self.init_pid}/root")
+
+    def alive(self) -> bool:
+        """Whether the container still runs (its PID 1 is alive: nothing inside can end it)."""
+        if self.host_kill:
+            return _states([self.init_pid], set()).get(self.init_pid, "Z") != "Z"
+        try:
+            self.container.reload()
+            return self.container.status == "running"
+        except Exception:                    # gone altogether
+            return False
+
+
+class _LayerGuard:
+    """Caps the writable image layer of containers made with `read_only_root=False`, where the engine cannot
+    (overlay2 without xfs project quotas). One thread of this process measures each guarded container's
+    upper directory, and the /etc files Docker bind-mounts writable into it, every quarter second or so; when
+    one is past its cap in bytes or inodes it SIGKILLs the container's commands (not its init, exec server
+    or helpers). The sandbox measures again when a run ends, and replaces a container still over its cap, so
+    quick runs cannot add up. The walk stops at twice the cap: a measure costs at most that many inodes.
+    Containers whose layer this host cannot see (a remote engine) are not guarded."""
+
+    _boxes: "weakref.WeakKeyDictionary[_Box, dict]" = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+    _thread: threading.Thread | None = None
+    _thread_pid: int | None = None
+
+    @classmethod
+    def watch(cls, box: _Box, cap_bytes: int, cap_inodes: int) -> bool:
+        attrs = box.container.attrs
+        upper = (attrs.get("GraphDriver") or {}).get("Data", {}).get("UpperDir")
+        if not upper or not box.host_kill or not os.path.isdir(upper):
+            return False
+        files = [attrs.get(k) for k in ("HostsPath", "HostnamePath", "ResolvConfPath") if attrs.get(k)]
+        with cls._lock:
+            cls._boxes[box] = {"upper": upper, "files": files, "cap": (cap_bytes, cap_inodes)}
+            if cls._thread is None or cls._thread_pid != os.getpid() or not cls._thread.is_alive():
+                cls._thread_pid = os.getpid()
+                cls._thread = threading.Thread(target=cls._loop, name="cwm-docker-disk", daemon=True)
+                cls._thread.start()
+        return True
+
+    @classmethod
+    def forget(cls, box: _Box) -> None:
+        with cls._lock:
+            cls._boxes.pop(box, None)
+
+    @classmethod
+    def over(cls, box: _Box) -> bool:
+        """Whether a guarded container's layer is past its cap now (False for one not guarded)."""
+        with cls._lock:
+            state = cls._boxes.get(box)
+        if state is None:
+            return False
+        (cap_bytes, cap_inodes), used = state["cap"], _usage(state["upper"], state["files"], *state["cap"])
+        return used[0] > cap_bytes or used[1] > cap_inodes
+
+    @classmethod
+    def _loop(cls) -> None:
+        while True:
+            t = time.monotonic()
+            with cls._lock:
+                boxes = list(cls._boxes)
+                if not boxes:                # nothing to guard: the next watch() starts a new thread
+                    cls._thread = None
+                    return
+            for box in boxes:
+                try:
+                    if cls.over(box):
+                        box.disk_hit = True
+                        with box.live_lock:
+                            ours = {m for m in box.live if m.startswith(("server-", "helper-"))}
+                        with box.kill_lock:
+                            _docker_tool.kill_marked(None, box.cgroup_pids, {box.init_pid}, rounds=50, spare=ours)
+                except Exception:            # a container going away mid-walk: the next round sees it gone
+                    pass
+            time.sleep(max(0.25, 4 * (time.monotonic() - t)))   # a long walk is not repeated at once
+
+
+def _usage(root: str, files: list[str], max_bytes: int, max_inodes: int) -> tuple[int, int]:
+    """(bytes, inodes) under `root` plus `files`; the count stops as soon as either passes its max."""
+    size, count, stack = 0, 0, [root]
+    for f in files:
+        try:
+            size += os.stat(f).st_blocks * 512
+        except OSError:
+            pass
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                count += 1
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                size += st.st_blocks * 512
+                if size > max_bytes or count > max_inodes:
+                    return size, count
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return size, count
 
 
 class DockerSandbox(Sandbox):
@@ -446,19 +650,29 @@ class DockerSandbox(Sandbox):
         network: False (default) gives the container no network interface but loopback.
         cpus: CPU share of the container (1.0 = one core).
         workdir: where commands run and relative file paths point.
-        user: "UID[:GID]" to run commands as (the workdir is given to it); default the image's user (root).
-            A non-root user cannot write outside the workdir and /tmp, nor read root-only files.
+        user: "UID[:GID]" that commands run as; default SANDBOX_USER (unprivileged: it may write only the
+            capped areas, read no root-only file, signal none of the sandbox's own processes). `ROOT` ("0:0")
+            only where a caller needs it (SWE repositories: installs, any file of the image).
+        read_only_root: True (default): the image is read-only, the workdir, /tmp, /var/tmp, /dev/shm and the
+            home are empty tmpfs mounts (an image's files in the workdir are not seen). False keeps the
+            image's layer writable (and its workdir's files, given to a non-root user), with /tmp, /var/tmp,
+            /dev/shm and a non-root user's home still tmpfs; the layer is watched from this host
+            (`_LayerGuard`): a run that takes it past the cap is killed and the container replaced.
+        disk_mb, disk_inodes: cap of the workdir, /tmp and a writable layer each (the smaller areas get an
+            eighth). A full area fails writes with ENOSPC and the run reports limit_hit="disk". tmpfs
+            contents count toward the memory limit.
         background: keep processes a run leaves behind (default False: they are killed when it returns).
         exec_server: run commands through the container's exec server (default); False: one `docker exec`
             per command (~50 ms more each).
         shell: how a string command runs (`bash -c` by default).
         env: extra environment variables for every command.
 
-    `run(str)` runs a shell command, `run(list)` an argv, `run_python(code)` Python code. Outcomes
-    (timeout, limit hit, truncated output) come back in the ExecResult (`exit_code` is None after a timeout,
-    the output limit, or a command that killed the exec server running it; 128+N after signal N); only a
-    fault of Docker itself raises SandboxError (DockerUnavailable when no engine answers). A job left
-    running in the background that still holds the command's stdout delays its return by a 2 s grace, as
+    `run(str)` runs a shell command, `run(list)` an argv, `run_python(code)` Python code (the image's python3
+    by its absolute path, isolated with `-I`). Outcomes (timeout, limit hit, truncated output) come back in the
+    ExecResult (`exit_code` is None after a timeout, the output limit, or a command that killed or stopped the
+    exec server running it; 128+N after signal N); only a fault of Docker itself raises SandboxError
+    (DockerUnavailable when no engine answers); a container found dead is replaced for the next run. A job
+    left running in the background that still holds the command's stdout delays its return by a 2 s grace, as
     Docker's stream does: redirect it (`cmd > log 2>&1 &`).
     Close the sandbox (or use `with`); one never closed is removed when the process exits.
     """
@@ -466,13 +680,18 @@ class DockerSandbox(Sandbox):
     name = "docker"
 
     def __init__(self, image: str | None = None, *, limits: Limits | None = None, pool_size: int = 1,
-                 network: bool = False, cpus: float = 1.0, workdir: str = WORKDIR, user: str | None = None,
+                 network: bool = False, cpus: float = 1.0, workdir: str = WORKDIR, user: str = SANDBOX_USER,
+                 read_only_root: bool = True, disk_mb: int = DISK_MB, disk_inodes: int = DISK_INODES,
                  background: bool = False, shell: tuple[str, ...] = ("bash", "-c"),
                  env: dict[str, str] | None = None, exec_server: bool = True, client=None):
         if pool_size < 0 or cpus <= 0:
             raise UsageError("pool_size must be >= 0 and cpus > 0")
-        if user is not None and not all(part.isdigit() for part in str(user).split(":", 1)):
-            raise UsageError(f"user must be 'UID' or 'UID:GID' (numbers), got {user!r}")
+        if user is None or not all(part.isdigit() for part in str(user).split(":", 1)):
+            raise UsageError(f"user must be 'UID' or 'UID:GID' (numbers; ROOT for root), got {user!r}")
+        if disk_mb < 8 or disk_inodes < 64:
+            raise UsageError("disk_mb must be >= 8 and disk_inodes >= 64")
+        if not PurePosixPath(workdir).is_absolute():
+            raise UsageError(f"workdir must be an absolute path, got {workdir!r}")
         self._closed = True                  # until a container exists, close() has nothing to do
         self.client = client or docker_client()
         self.image = ensure_base_image(image, client=self.client)
@@ -480,8 +699,11 @@ class DockerSandbox(Sandbox):
         self.pool_size, self.network, self.cpus, self.background = pool_size, network, cpus, background
         self.workdir, self.shell, self.env = workdir, tuple(shell), dict(env or {})
         self.use_exec_server = exec_server
-        self.user = str(user) if user is not None else None
-        self._ids = tuple(int(x) for x in (self.user.split(":") * 2)[:2]) if self.user else None
+        self._ids = tuple(int(x) for x in (str(user).split(":") * 2)[:2])
+        self.user = f"{self._ids[0]}:{self._ids[1]}"
+        self.read_only_root, self.disk_mb, self.disk_inodes = read_only_root, disk_mb, disk_inodes
+        # a uid without an /etc/passwd entry: tell programs who and where it is
+        self._home = {"HOME": SANDBOX_HOME, "USER": "sandbox", "LOGNAME": "sandbox"} if self._ids[0] else {}
         self._cv = threading.Condition(threading.RLock())
         self._pool: list[_Box] = []
         self._retire: list[_Box] = []
@@ -499,15 +721,48 @@ class DockerSandbox(Sandbox):
         self._worker.start()
 
     # -- containers ------------------------------------------------------------------------------------
+    def _tmpfs(self) -> dict[str, str]:
+        """The capped tmpfs mounts: path -> mount options. Their contents are memory the container's cgroup
+        pays for and cannot reclaim (no swap): all of them together stay under 3/5 of the memory limit, so
+        filling them makes writes fail, not the OOM killer take the container's init or exec server."""
+        uid, gid = self._ids
+        mb = min(self.disk_mb, self.limits.memory_mb // 4) if self.limits.memory_mb else self.disk_mb
+        big = f"size={max(1, mb)}m,nr_inodes={self.disk_inodes},exec"
+        small = f"size={max(1, mb // 8)}m,nr_inodes={max(64, self.disk_inodes // 8)},exec"
+        mounts = {"/tmp": big + ",mode=1777", "/var/tmp": small + ",mode=1777", "/dev/shm": small + ",mode=1777"}
+        if self.read_only_root:
+            mounts[self.workdir] = big + f",mode=0755,uid={uid},gid={gid}"
+        if uid or self.read_only_root:       # root's home stays the image's where the image is writable
+            mounts.setdefault(SANDBOX_HOME if uid else "/root", small + f",mode=0700,uid={uid},gid={gid}")
+        return mounts
+
+    def _ipc_sysctls(self) -> dict[str, str]:
+        """Caps of the container's own IPC namespace: SysV shared memory outlives its processes and is memory
+        the cgroup pays for, so at most a quarter of the memory limit; few message queues."""
+        sysctls = {"kernel.msgmni": "64"}
+        if self.limits.memory_mb:
+            shm = (self.limits.memory_mb // 4) << 20
+            sysctls.update({"kernel.shmmax": str(shm), "kernel.shmall": str(shm // 4096)})
+        return sysctls
+
     def _create(self) -> _Box:
         import docker.errors
+        from docker.types import LogConfig, Ulimit
 
         lim = self.limits
+        uid, gid = self._ids
+        init = [*_ISOLATED, "-c", _docker_tool.INIT]
+        if not self.read_only_root and uid:  # hand the image's workdir to the user
+            init += [self.workdir, str(uid), str(gid)]
+        tmpfs = self._tmpfs()
         kwargs = dict(
-            command=["sleep", "infinity"], init=True, detach=True, labels=_owner_labels(),
+            entrypoint=["python3", *init], detach=True, labels=_owner_labels(),
             network_mode="bridge" if self.network else "none", working_dir=self.workdir,
             environment={**self.env, MARKER: "keep"}, nano_cpus=int(self.cpus * 1e9),
-            security_opt=["no-new-privileges"], hostname="sandbox",
+            security_opt=["no-new-privileges"], hostname="sandbox", ipc_mode="private",
+            read_only=self.read_only_root, tmpfs=tmpfs, sysctls=self._ipc_sysctls(),
+            log_config=LogConfig(type="json-file", config={"max-size": "64k", "max-file": "1"}),
+            ulimits=[Ulimit(name="core", soft=0, hard=0)],   # no core files in the capped areas
         )
         if lim.memory_mb:
             kwargs.update(mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m")
@@ -519,17 +774,31 @@ class DockerSandbox(Sandbox):
             raise SandboxError(f"cannot create a container from {self.image}: {exc}") from exc
         try:
             container.start()
-            if self._ids:                    # hand the workdir to the user (an entry for a dir chowns it)
-                self._put(container, [_tar_dir(self.workdir, self._ids)])
-            box = _Box(container, (lim.memory_mb, lim.processes))
+            python = self._init_python(container)
+            box = _Box(container, (lim.memory_mb, lim.processes), python, self._ids, sorted(tmpfs))
+            if not self.read_only_root:
+                _LayerGuard.watch(box, self.disk_mb << 20, self.disk_inodes)
             if self.use_exec_server:
-                box.exec_server(self.user)   # now, off the clock of the first run
+                box.exec_server()            # now, off the clock of the first run
             return box
         except BaseException as exc:
             _remove_quietly(container)
             if isinstance(exc, docker.errors.DockerException):
                 raise SandboxError(f"cannot start a container from {self.image}: {exc}") from exc
             raise
+
+    def _init_python(self, container, wait_s: float = 60.0) -> str:
+        """The real path of the image's python3, as PID 1 printed it before any command could run."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            line = container.logs(stdout=True, stderr=False).decode("utf-8", "replace").strip()
+            if line.startswith("/"):
+                return line.splitlines()[0]
+            container.reload()
+            if container.status != "running" or time.monotonic() > deadline:
+                tail = container.logs().decode("utf-8", "replace").strip()[-300:]
+                raise SandboxError(f"{self.image} has no working python3 to start the sandbox ({tail or container.status})")
+            time.sleep(0.005)
 
     def _pool_loop(self) -> None:
         """Keep `pool_size` fresh containers ready; remove retired ones when there is nothing to fill."""
@@ -619,10 +888,11 @@ class DockerSandbox(Sandbox):
         """Run a shell command (str), an argv (list) or, with `python=True`, Python code; never raises for
         what the command does, only when Docker itself fails."""
         self._check_open()
+        box = self._box
         if python:
             if not isinstance(code_or_cmd, str):
                 raise UsageError("python=True takes the code as a string")
-            argv = ["python3", "-c", code_or_cmd]
+            argv = [box.python, "-I", "-c", code_or_cmd]
         elif isinstance(code_or_cmd, str):
             argv = [*self.shell, code_or_cmd]
         elif isinstance(code_or_cmd, (list, tuple)) and code_or_cmd and all(isinstance(a, str) for a in code_or_cmd):
@@ -634,28 +904,49 @@ class DockerSandbox(Sandbox):
             raise UsageError(f"timeout must be positive, got {timeout!r}")
         lim = _merge(self.limits, limits)
         data = stdin.encode() if isinstance(stdin, str) else stdin
-        box = self._box
-        self._apply_limits(box, lim)
-        token = uuid.uuid4().hex
-        server = box.exec_server(self.user) if self.use_exec_server else None
-        sweep = box.host_kill and not self.background
-        before = set(box.cgroup_pids()) if sweep else None
-        box.add_live(token)
+        env = {**self._home, **self.env, **(env or {})}
         try:
-            res = None
-            if server is not None and server.lock.acquire(blocking=False):   # busy: another thread's run
-                try:
-                    res = self._run_served(box, server, argv, data, timeout, lim, workdir or self.workdir,
-                                           {**self.env, **(env or {})}, token)
-                finally:
-                    server.lock.release()
-            if res is None:
-                res = self._run_exec(box, argv, data, timeout, lim, workdir or self.workdir, env, token)
-        finally:
-            box.drop_live(token)
-        if sweep:
-            self._sweep(box, before)
+            self._apply_limits(box, lim)
+            token = uuid.uuid4().hex
+            server = box.exec_server() if self.use_exec_server else None
+            sweep = box.host_kill and not self.background
+            before = set(box.cgroup_pids()) if sweep else None
+            box.disk_hit = False
+            box.add_live(token)
+            try:
+                res = None
+                if server is not None and server.lock.acquire(blocking=False):   # busy: another thread's run
+                    try:
+                        res = self._run_served(box, server, argv, data, timeout, lim, workdir or self.workdir,
+                                               env, token)
+                    finally:
+                        server.lock.release()
+                if res is None:
+                    res = self._run_exec(box, argv, data, timeout, lim, workdir or self.workdir, env, token)
+            finally:
+                box.drop_live(token)
+            if sweep:
+                self._sweep(box, before)
+            if _LayerGuard.over(box):        # past the cap of the writable layer: a new container
+                self._replace(box)
+                res = dataclasses.replace(res, limit_hit="disk", stderr=res.stderr + (
+                    f"sandbox: the container's writable layer passed its cap ({self.disk_mb} MB or "
+                    f"{self.disk_inodes} inodes); the container was replaced and its changes are lost\n"))
+        except SandboxError:
+            if not box.alive():              # nothing inside can end PID 1: the engine or the host did
+                self._replace(box)
+            raise
         return res
+
+    def _replace(self, box: _Box) -> None:
+        """Swap a fresh container in for `box` (dead, or past its disk cap), so the next run works."""
+        with self._cv:
+            if self._box is not box or self._closed:
+                return
+        try:
+            self.reset()
+        except SandboxError:                 # no container to be had now: the next run raises again
+            pass
 
     @staticmethod
     def _sweep(box: _Box, before: set[int]) -> None:
@@ -669,7 +960,8 @@ class DockerSandbox(Sandbox):
         if new():
             with box.live_lock:
                 live = set(box.live)
-            _docker_tool.kill_marked(None, new, {box.init_pid}, spare=live)
+            with box.kill_lock:
+                _docker_tool.kill_marked(None, new, {box.init_pid}, spare=live, everyone=box.cgroup_pids)
 
     def _run_served(self, box: _Box, server: _ExecServer, argv: list[str], data: bytes | None, timeout: float,
                     lim: Limits, workdir: str, env: dict[str, str], token: str) -> ExecResult | None:
@@ -678,27 +970,26 @@ class DockerSandbox(Sandbox):
         request = {"argv": argv, "env": env, "workdir": workdir, "token": token, "timeout": timeout,
                    "limits": {"cpu_s": lim.cpu_s, "file_size_mb": lim.file_size_mb, "open_files": lim.open_files},
                    "cap": lim.output_bytes or DEFAULT_LIMITS.output_bytes, "background": self.background,
-                   "counters": before is None}
+                   "counters": before is None, "areas": box.areas}
         start = time.monotonic()
         try:
             head, out, err = server.call(request, data, start + timeout + SERVER_GRACE_S)
-        except _ServerGone as gone:
+        except (_ServerGone, TimeoutError) as exc:
+            stalled = isinstance(exc, TimeoutError) or exc.stalled
+            if stalled:                      # stopped (by a command?) or hung: end it, a new one comes next run
+                box.kill_server(server)
             box.drop_server()
-            if not gone.started:
+            if isinstance(exc, _ServerGone) and not exc.started:
                 return None
-            if not self._running(box):
-                raise SandboxError(f"container {box.container.short_id} has stopped (a command ended its init)")
-            # The command ended the server that ran it (root may signal it): its outcome is lost.
+            if not box.alive():
+                raise SandboxError(f"container {box.container.short_id} has stopped under a command") from exc
+            # The command (root may) killed or stopped the server that ran it: its outcome is lost.
             after = self._kill(box, token)
-            return ExecResult(stdout="", stderr="sandbox: the command killed the sandbox's exec server; its output "
-                              "and exit status are lost\n", exit_code=None, duration_s=time.monotonic() - start,
-                              limit_hit=_classify(None, None, b"", False, before, after))
-        except TimeoutError:                 # the server hangs (stopped by a command?): end it and the command
-            self._end_server(box, server)
-            after = self._kill(box, token)
-            return ExecResult(stdout="", stderr="sandbox: the exec server stopped answering\n", exit_code=None,
-                              timed_out=True, duration_s=time.monotonic() - start,
-                              limit_hit=_classify("timeout", None, b"", False, before, after))
+            what = "stopped answering" if stalled else "died"
+            return ExecResult(stdout="", stderr=f"sandbox: the exec server running this command {what} ({exc}); "
+                              "the command's output and exit status are lost\n", exit_code=None,
+                              timed_out=isinstance(exc, TimeoutError), duration_s=time.monotonic() - start,
+                              limit_hit=_classify(None, None, b"", False, before, after, box.disk_hit))
         if "error" in head:                  # it could not start the command (e.g. no pid left to fork)
             return None
         after = box.counters() if before is not None else head["after"]
@@ -706,21 +997,14 @@ class DockerSandbox(Sandbox):
         left = before and after and after["pids"] > before["pids"] and not self.background
         if head["stop"] or head["held"] or left:    # the host (or root helper) kills what the server could not
             after = self._kill(box, token)
-        limit_hit = _classify(head["stop"], head["exit_code"], err, head["truncated"], before, after)
+        limit_hit = _classify(head["stop"], head["exit_code"], err, head["truncated"], before, after,
+                              box.disk_hit or bool(head.get("full")))
         return ExecResult(stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
                           exit_code=head["exit_code"], timed_out=head["stop"] == "timeout", limit_hit=limit_hit,
                           duration_s=time.monotonic() - start, truncated=head["truncated"])
 
-    def _end_server(self, box: _Box, server: _ExecServer) -> None:
-        box.drop_server()
-        try:
-            box.container.exec_run(["python3", "-c", f"import os; os.kill({server.pid}, 9)"], user="0",
-                                   environment={MARKER: server.marker})
-        except Exception:                    # the container is gone: so is the server
-            pass
-
     def _run_exec(self, box: _Box, argv: list[str], data: bytes | None, timeout: float, lim: Limits, workdir: str,
-                  env: dict[str, str] | None, token: str) -> ExecResult:
+                  env: dict[str, str], token: str) -> ExecResult:
         """One command as its own `docker exec` (the classic path): rlimits through `prlimit`."""
         rl = []
         if lim.cpu_s:
@@ -736,9 +1020,8 @@ class DockerSandbox(Sandbox):
         before = box.counters()
         start = time.monotonic()
         try:
-            exec_id = api.exec_create(box.container.id, argv, stdin=data is not None, user=self.user or "",
-                                      workdir=workdir,
-                                      environment={**self.env, **(env or {}), MARKER: token})["Id"]
+            exec_id = api.exec_create(box.container.id, argv, stdin=data is not None, user=self.user,
+                                      workdir=workdir, environment={**env, MARKER: token})["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except Exception as exc:
             raise SandboxError(f"docker exec failed in {box.container.short_id}: {exc}") from exc
@@ -749,7 +1032,7 @@ class DockerSandbox(Sandbox):
                 # Keep reading while the helper kills: the engine reports no exit (not even the helper's)
                 # while a killed command's output sits unread in its pipe.
                 outcome: list = []
-                killer = threading.Thread(target=self._kill_into, args=(box, token, outcome))
+                killer = threading.Thread(target=self._kill_into, args=(box, token, exec_id, outcome))
                 killer.start()
                 _drain(sock, time.monotonic() + 30.0)
                 killer.join(timeout=30.0)
@@ -761,8 +1044,10 @@ class DockerSandbox(Sandbox):
             sock.close()
         duration = time.monotonic() - start
         code = None if stop else self._exit_code(exec_id)
-        if code == 126 and not self._running(box):
-            # The runtime could not exec because a command stopped the container (e.g. `kill 1`).
+        if code is None and stop is None:    # it closed its output and lives on: end it
+            self._end_exec(box, exec_id)
+        if code == 126 and not box.alive():
+            # The runtime could not exec: the container has stopped (nothing inside can end its PID 1).
             raise SandboxError(f"container {box.container.short_id} has stopped: {out.decode(errors='replace').strip()}")
         if stop is None:
             after = box.counters()
@@ -770,37 +1055,35 @@ class DockerSandbox(Sandbox):
                 after = self._kill(box, token)    # processes left behind: a daemon, a fork bomb's children
             elif after is None:
                 after = self._probe(box) if code not in (0, None) else None
-        limit_hit = _classify(stop, code, err, truncated, before or box.seen, after)
+        limit_hit = _classify(stop, code, err, truncated, before or box.seen, after,
+                              box.disk_hit or bool(box.full_areas()))
         if after is not None and before is None:
             box.seen = after
         return ExecResult(stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
                           exit_code=code, timed_out=stop == "timeout", limit_hit=limit_hit,
                           duration_s=duration, truncated=truncated)
 
-    @staticmethod
-    def _running(box, settle_s: float = 2.0) -> bool:
-        """Whether the container still runs; a container being stopped can read "running" for a moment."""
-        deadline = time.monotonic() + settle_s
-        while True:
-            try:
-                box.container.reload()
-                if box.container.status != "running" or box.container.attrs["State"].get("Restarting"):
-                    return False
-            except Exception:  # gone altogether
-                return False
-            if time.monotonic() >= deadline:
-                return True
-            time.sleep(0.1)
-
     async def arun(self, code_or_cmd, stdin=None, timeout: float = 10.0, limits: Limits | None = None, **kwargs):
         """`run` for asyncio: executes in a worker thread so the event loop keeps going."""
         return await asyncio.to_thread(self.run, code_or_cmd, stdin, timeout, limits, **kwargs)
 
     def run_python(self, code: str, **kwargs) -> ExecResult:
-        """Python source, run by the image's python3 (`python3 -c CODE`), as on every backend."""
+        """Python source, run by the image's python3 (`PYTHON -I -c CODE`, PYTHON its absolute path: no
+        module, user site or PYTHON* variable a command left behind changes what it imports)."""
         if not isinstance(code, str):
             raise UsageError("run_python takes the code as a string")
         return self.run(code, python=True, **kwargs)
+
+    def _end_exec(self, box: _Box, exec_id: str) -> None:
+        """SIGKILL the process a `docker exec` started, from this host where it sees it. The marker kill may
+        miss it: its parent is outside the container, as the runtime's own processes' is, and a command may
+        take their name."""
+        pid = self.client.api.exec_inspect(exec_id).get("Pid")
+        if box.host_kill and pid and pid in box.cgroup_pids():
+            _docker_tool._signal([pid], signal.SIGKILL)
+            end = time.monotonic() + 5.0
+            while pid in box.cgroup_pids() and time.monotonic() < end:
+                time.sleep(0.005)
 
     def _exit_code(self, exec_id: str) -> int | None:
         for _ in range(100):
@@ -835,7 +1118,7 @@ class DockerSandbox(Sandbox):
         marker = f"helper-{uuid.uuid4().hex}"
         box.add_live(marker)
         try:
-            res = box.container.exec_run(["python3", "-c", _TOOL_SOURCE, *args], user="0",
+            res = box.container.exec_run([box.python, *_ISOLATED, "-c", _TOOL_SOURCE, *args], user="0",
                                          environment={MARKER: marker})
         finally:
             box.drop_live(marker)
@@ -859,7 +1142,7 @@ class DockerSandbox(Sandbox):
             if bumped:                       # a fork bomb holds every pid: make room for the helper
                 self._update(box, {"PidsLimit": box.applied[1] + 16})
             try:
-                got = self._tool(box, "kill", token)
+                got = self._tool(box, "kill", token, *map(str, box.ids))
             except Exception:
                 got = None
             finally:
@@ -875,20 +1158,23 @@ class DockerSandbox(Sandbox):
         A stopped fork bomb forks no more, and a stopped process holds no memory lock, which reading its
         environment waits for (under a CPU quota a throttled bomb turns that wait into seconds). Processes
         of other executions are continued afterwards; ones stopped before we came stay stopped."""
-        skip = {box.init_pid}
-        states = _states(box.cgroup_pids(), skip)
-        already = {pid for pid, st in states.items() if st in "Tt"}
-        for _ in range(1000):
-            running = [pid for pid, st in states.items() if st not in "TtZ"]
-            if not running:
-                break
-            _docker_tool._signal(running, signal.SIGSTOP)
+        with box.kill_lock:                  # another thread's stop-all would look like "stopped before we came"
+            skip = {box.init_pid, box.server_host_pid()}    # the server never forks: it need not stop
             states = _states(box.cgroup_pids(), skip)
-        else:
-            return False
-        doomed = [pid for pid, _st in _docker_tool._marked(token, box.cgroup_pids, skip)]
-        _docker_tool._signal(doomed, signal.SIGKILL)
-        _docker_tool._signal(set(states) - set(doomed) - already, signal.SIGCONT)
+            already = {pid for pid, st in states.items() if st in "Tt"}
+            for n in range(1000):
+                running = [pid for pid, st in states.items() if st not in "TtZ"]
+                if not running:
+                    break
+                _docker_tool._signal(running, signal.SIGSTOP)
+                _docker_tool.pause(n)
+                states = _states(box.cgroup_pids(), skip)
+            else:                            # one would not stop (in uninterruptible sleep?): let them all go
+                _docker_tool._signal(set(states) - already, signal.SIGCONT)
+                return False
+            doomed = [pid for pid, _st in _docker_tool._marked(token, box.cgroup_pids, skip)]
+            _docker_tool._signal(doomed, signal.SIGKILL)
+            _docker_tool._signal(set(states) - set(doomed) - already, signal.SIGCONT)
         end = time.monotonic() + 5.0
         while time.monotonic() < end:
             if not set(box.cgroup_pids()) & set(doomed):
@@ -896,9 +1182,10 @@ class DockerSandbox(Sandbox):
             time.sleep(0.005)
         return False
 
-    def _kill_into(self, box: _Box, token: str, result: list) -> None:
+    def _kill_into(self, box: _Box, token: str, exec_id: str, result: list) -> None:
         try:
             result.append(self._kill(box, token))
+            self._end_exec(box, exec_id)
         except BaseException as exc:
             result.append(exc)
 
@@ -907,51 +1194,33 @@ class DockerSandbox(Sandbox):
         p = PurePosixPath(path)
         return p if p.is_absolute() else PurePosixPath(self.workdir) / p
 
-    def _put(self, container, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> None:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for info, data in members:
-                tar.addfile(info, io.BytesIO(data) if data is not None else None)
-        if not container.put_archive("/", buf.getvalue()):
-            raise SandboxError("docker refused the archive")
-
     def write_file(self, path: str, content: str | bytes) -> None:
-        """Write a file (parents created); relative paths are under the workdir, absolute ones anywhere."""
+        """Write a file as the sandbox's user (parents created); relative paths are under the workdir. Only the
+        writable areas take it: Docker's archive API sees neither a read-only root nor a tmpfs."""
         self._check_open()
         data = content.encode() if isinstance(content, str) else bytes(content)
-        target = self._abs(path)
-        members = []
-        if self._ids:                        # parents inside the workdir belong to the user too
-            wd = PurePosixPath(self.workdir)
-            members = [_tar_dir(str(d), self._ids) for d in reversed(target.parents)
-                       if d != wd and wd in d.parents]
-        info = tarfile.TarInfo(str(target).lstrip("/"))
-        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-        if self._ids:
-            info.uid, info.gid = self._ids
-        try:
-            self._put(self._box.container, [*members, (info, data)])
-        except Exception as exc:
-            raise SandboxError(f"cannot write {target}: {exc}") from exc
+        target = str(self._abs(path))
+        res = self._file_op(_WRITE, target, data)
+        if not res.ok:
+            raise SandboxError(f"cannot write {target}: {(res.stderr.strip().splitlines() or [res])[-1]}")
 
     def read_file(self, path: str) -> bytes:
-        """The bytes of a file in the container; FileNotFoundError when there is none."""
-        import docker.errors
-
+        """The bytes of a file in the container, read as the sandbox's user; FileNotFoundError when there is none."""
         self._check_open()
         target = str(self._abs(path))
-        try:
-            stream, _stat = self._box.container.get_archive(target)
-            raw = b"".join(stream)
-        except docker.errors.NotFound:
-            raise FileNotFoundError(target) from None
-        except Exception as exc:
-            raise SandboxError(f"cannot read {target}: {exc}") from exc
-        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-            member = tar.next()
-            if member is None or not member.isfile():
-                raise IsADirectoryError(target)
-            return tar.extractfile(member).read()
+        res = self._file_op(_READ, target, None)
+        if res.exit_code == 2:
+            raise FileNotFoundError(target)
+        if res.exit_code == 3:
+            raise IsADirectoryError(target)
+        if not res.ok:
+            raise SandboxError(f"cannot read {target}: {(res.stderr.strip().splitlines() or [res])[-1]}")
+        return base64.b64decode(res.stdout)
+
+    def _file_op(self, program: str, target: str, data: bytes | None) -> ExecResult:
+        """A file read or write by our own program (`-I -S`, the interpreter's absolute path)."""
+        argv = [self._box.python, *_ISOLATED, "-c", program, target]
+        return self.run(argv, stdin=data, timeout=120, workdir="/", limits=Limits(output_bytes=_FILE_CAP))
 
     def list_files(self, path: str = ".") -> list[str]:
         """Paths of the files under `path` (recursive, sorted); relative to the workdir when `path` is."""
@@ -964,28 +1233,43 @@ class DockerSandbox(Sandbox):
         return sorted(os.path.normpath(str(base / name)) for name in res.stdout.splitlines() if name)
 
 
+_FILE_CAP = 96 << 20        # a file read is base64 on stdout: 64 MiB of file
+_WRITE = """import os, sys
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path, "wb") as f:
+    f.write(sys.stdin.buffer.read())
+"""
+_READ = """import base64, sys
+try:
+    with open(sys.argv[1], "rb") as f:
+        sys.stdout.write(base64.b64encode(f.read()).decode())
+except FileNotFoundError:
+    sys.exit(2)
+except IsADirectoryError:
+    sys.exit(3)
+"""
+
+
 def _states(pids: list[int], skip: set[int]) -> dict[int, str]:
-    """pid -> state letter (R, S, T, Z...) from /proc/PID/stat, which never waits on the process."""
-    states = {}
+    """pid -> state letter (R, S, T, Z...) from /proc/PID/stat, which never waits on the process; without
+    `skip` and the runtime's own processes (runc starting an exec: never ours to stop)."""
+    states, inside = {}, set(pids)
     for pid in pids:
         if pid not in skip:
             try:
-                states[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                if not _docker_tool._runtime(stat, inside):
+                    states[pid] = stat.rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError, ValueError):
                 pass
     return states
 
 
-def _tar_dir(path: str, ids: tuple[int, int]) -> tuple[tarfile.TarInfo, None]:
-    info = tarfile.TarInfo(path.lstrip("/"))
-    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
-    info.uid, info.gid = ids
-    return info, None
-
-
 def _classify(stop: str | None, code: int | None, err: bytes, truncated: bool, before: dict | None,
-              after: dict | None) -> str | None:
-    """Name the limit that ended a run, from the cgroup counters, the exit status and Python's last words."""
+              after: dict | None, disk: bool = False) -> str | None:
+    """Name the limit that ended a run, from the cgroup counters, the exit status, whether a capped area is
+    full (`disk`) and Python's last words."""
     if stop == "output":
         return "output"
     if before and after:
@@ -1005,6 +1289,8 @@ def _classify(stop: str | None, code: int | None, err: bytes, truncated: bool, b
         return "file_size"
     if last.startswith(b"BlockingIOError: [Errno 11]") or b"can't start new thread" in last:
         return "processes"
+    if disk or b"[Errno 28]" in last or b"No space left on device" in last:
+        return "disk"
     return "output" if truncated else None
 
 

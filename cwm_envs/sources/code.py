@@ -12,7 +12,8 @@ HumanEval (`load_humaneval`)
     id = task_id; prompt = the signature and docstring the model completes; answer = canonical_solution;
     tests = the `check(candidate)` test code; metadata = {"task_id", "entry_point", "canonical_solution", "test"}.
 LiveCodeBench (`load_livecodebench`)
-    id = question_id; prompt = question_content; answer = None;
+    id = question_id; prompt = question_content; answer = the row's `reference_solution` when it has one
+    (not a LiveCodeBench field: rows our generator writes carry it, so the oracle can play them), else None;
     tests = a list of {"input", "output", "testtype" ("stdin" | "functional"), "public" (bool)}, public tests
     first; metadata = {"title", "platform", "difficulty", "contest_date", "starter_code", "func_name"
     (None for stdin problems)}.  `private_test_cases` may be plain JSON or LiveCodeBench's compressed form
@@ -26,6 +27,7 @@ import json
 import pickle
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 from cwm_envs.errors import UsageError
 from cwm_envs.tasks import Task, read_jsonl, shared_data_dir
@@ -116,7 +118,7 @@ def load_livecodebench(path: str | Path, limit: int | None = None) -> list[Task]
         if not tests:
             raise UsageError(f"{where}: no test cases")
         tasks.append(Task(
-            id=r["question_id"], prompt=r["question_content"], tests=tests,
+            id=r["question_id"], prompt=r["question_content"], tests=tests, answer=r.get("reference_solution") or None,
             metadata={"title": r.get("question_title", ""), "platform": r.get("platform", ""),
                       "difficulty": r.get("difficulty", ""), "contest_date": r.get("contest_date", ""),
                       "starter_code": r.get("starter_code", "") or "", "func_name": meta.get("func_name")},
@@ -124,4 +126,36 @@ def load_livecodebench(path: str | Path, limit: int | None = None) -> list[Task]
     return tasks
 
 
-__all__ = ["load_cruxeval", "load_humaneval", "load_livecodebench"]
+
+
+def load_code_tasks(source: str | Path) -> list[Task]:
+    """Tasks from a name ("humaneval") or a file: HumanEval .jsonl(.gz) or LiveCodeBench-format JSONL."""
+    if str(source).lower() == "humaneval":
+        return load_humaneval()
+    path = Path(source)
+    first = next(iter(read_jsonl(path)), None)
+    if first is None:
+        raise UsageError(f"{path}: no rows")
+    if "canonical_solution" in first:
+        return load_humaneval(path)
+    if "question_id" in first:
+        return load_livecodebench(path)
+    raise UsageError(f"{path}: neither HumanEval nor LiveCodeBench rows")
+
+
+def load_program_tasks(source: str | Path | Sequence[Task], fields: tuple[str, ...] = ("code", "input")) -> list[Task]:
+    """Tasks about one function call (prediction and trace envs): "cruxeval" (the shared file), a
+    CRUXEval-format JSONL path, or Tasks whose metadata holds `fields` as strings (and optionally `entry`)."""
+    if isinstance(source, (str, Path)):
+        tasks = load_cruxeval(None if str(source) == "cruxeval" else source)
+    else:
+        tasks = list(source)
+    if not tasks:
+        raise UsageError("no tasks")
+    for t in tasks:
+        if not all(isinstance(t.metadata.get(k), str) for k in fields):
+            raise UsageError(f"task {t.id}: metadata needs string {', '.join(fields)}")
+    return tasks
+
+
+__all__ = ["load_code_tasks", "load_cruxeval", "load_humaneval", "load_livecodebench", "load_program_tasks"]

@@ -5,7 +5,7 @@ The pieces an environment or a runner needs:
 >>> from cwm_envs.swe import load_instances, build_instance_image, grade       # doctest: +SKIP
 >>> inst = load_instances("SWE-bench_Verified_test.parquet", ["psf__requests-1142"])[0]
 >>> tag = build_instance_image(inst, "repos/")           # cached by content hash, built offline
->>> with DockerSandbox(tag, workdir="/testbed") as sb:   # cwm_envs.sandbox.docker_backend
+>>> with DockerSandbox(tag, workdir="/testbed", **REPO_SANDBOX) as sb:   # cwm_envs.sandbox.docker_backend
 ...     report = grade(inst, sb, patch)[inst.instance_id]   # official report shape; report["resolved"]
 
 `run_evaluation` does the same for a whole predictions file (workers, retries, resumable, run summary).

@@ -15,17 +15,34 @@ Our guards, each with a regression test in tests/test_swe_harness.py:
    printed before or after it.
 3. (from swebench) A test command that exited non-zero while the log shows no failure at all is not
    trusted; the harness records that exit status after the end marker (`with_exit_code`).
-Out of reach of any log-based grader: code under test that both fakes the output and forces the test
-process to exit 0 (e.g. `os._exit(0)`); the harness also resets the test patch's files (harness.py).
+4. The seal, for tests run by pytest: the harness loads a plugin of its own (`SEAL_PLUGIN`, written into
+   the grading container only, under a random name) that records each test's outcome and, when the session
+   ends, writes them signed with a one-time key the plugin reads and deletes at start-up. A test the log
+   reads as passing counts only if the seal confirms it; no valid seal (the runner exited early with
+   `os._exit`, was killed, or the record was forged) resolves nothing. So printed PASSED lines, filtered
+   FAILED lines and a forced exit status 0 no longer pay.
+Still out of reach: code under test that patches the runner inside its own process (it shares the process,
+so it could find the key); other runners (django, sympy, tox) keep guards 1-3 only. What the patch may
+change at all is decided before the tests run (patch_rules.py, harness.py).
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
 EXIT_MARK = ">>>>> Test Exit Code"
 _FAIL_LINE = re.compile(r"^(?:FAILED|ERROR)\s+(\S+)", re.M)
+
+
+HEADER = "#!/bin/bash\nset -uxo pipefail\n"
+# Lines of an eval script's setup that shape the shell the tests run in (activation, directory, variables).
+_SHELL_STATE = re.compile(r"^(?:source |\. |conda activate |cd |export |unset )")
 
 
 def with_exit_code(eval_script: str) -> str:
@@ -34,7 +51,36 @@ def with_exit_code(eval_script: str) -> str:
     from swebench.harness.utils import parse_eval_script, record_test_exit_code
 
     lines = record_test_exit_code(parse_eval_script(eval_script))
-    return "\n".join(["#!/bin/bash", "set -uxo pipefail", *lines]) + "\n"
+    return HEADER + "\n".join(lines) + "\n"
+
+
+def split_eval(script: str) -> tuple[str, str] | None:
+    """`with_exit_code`'s script cut at the start marker: the setup part (activation, install, test files
+    reset, test patch) and the test part, which first repeats the setup's shell-state lines (activation,
+    `cd`, `export`) so the tests run as in one script. Between the two the grader checks what the setup
+    did and every process it left is gone. None when the script has no such marker line.
+
+    >>> script = HEADER + "source a\\ncd /testbed\\npip install -e .\\n: '>>>>> Start Test Output'\\nt\\n"
+    >>> setup, tests = split_eval(script)
+    >>> tests.splitlines()[2:]
+    ['source a', 'cd /testbed', ": '>>>>> Start Test Output'", 't']
+    """
+    lines = script.split("\n")
+    marker = f": '{START}'"
+    if marker not in lines:
+        return None
+    at = lines.index(marker)
+    setup, state, heredoc = lines[:at], [], None
+    for line in setup[2:]:                               # skip the header; never read inside a here-document
+        if heredoc is not None:
+            heredoc = None if line == heredoc else heredoc
+            continue
+        m = re.search(r"<<-?\s*'?(\w+)'?\s*$", line)
+        if m:
+            heredoc = m.group(1)
+        elif _SHELL_STATE.match(line):
+            state.append(line)
+    return "\n".join(setup) + "\n", HEADER + "\n".join(state + lines[at:])
 
 
 def parser_names() -> list[str]:
@@ -70,10 +116,124 @@ def conflicting_tests(log: str, status_map: dict[str, str]) -> list[str]:
     return sorted(t for t, s in status_map.items() if s in ("PASSED", "XFAIL") and t in failed)
 
 
-def grade_log(instance, model_patch: str | None, log_path: str | Path) -> dict:
+# --- guard 4: the seal ------------------------------------------------------------------------------------
+
+# Python 3.5-compatible (old SWE-bench environments); %(key)r and %(out)r are filled in per grading.
+SEAL_PLUGIN = '''"""cwm-envs grader: records every test outcome and seals them at the end of the session."""
+import hashlib
+import hmac
+import json
+import os
+
+
+def _recorder():
+    try:
+        with open(%(key)r, "rb") as fh:
+            key = fh.read()
+        os.unlink(%(key)r)
+    except OSError:                  # not the grader's run (a nested pytest): do nothing
+        return None
+    passed, xfailed, failed = set(), set(), set()
+
+    class Recorder(object):
+        def pytest_runtest_logreport(self, report):
+            if report.failed:
+                failed.add(report.nodeid)
+            elif report.skipped and hasattr(report, "wasxfail"):
+                xfailed.add(report.nodeid)
+            elif report.when == "call" and report.passed and not hasattr(report, "wasxfail"):
+                passed.add(report.nodeid)
+
+        def pytest_sessionfinish(self, session, exitstatus):
+            body = json.dumps({"passed": sorted(passed - failed), "xfailed": sorted(xfailed - failed),
+                               "failed": sorted(failed), "exitstatus": int(exitstatus)}, sort_keys=True)
+            mac = hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
+            fd = os.open(%(out)r, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, (mac + "\\n" + body).encode("utf-8"))
+            os.close(fd)
+
+    return Recorder()
+
+
+_pending = [_recorder()]
+
+
+def pytest_configure(config):
+    if _pending[0] is not None:      # the first session only: not the in-process runs of pytester
+        config.pluginmanager.register(_pending.pop(), "cwm-seal")
+        _pending.append(None)
+'''
+
+# Parsers that read pytest's own status lines (each repository's name for them aliases one of these): the
+# seal can be checked against what they read.
+PYTEST_PARSERS = ("parse_log_pytest", "parse_log_pytest_options", "parse_log_pytest_v2", "parse_log_matplotlib",
+                  "parse_log_seaborn")
+
+
+@dataclass
+class Seal:
+    """One grading's seal: the plugin's name and files in the container, its key, and what came back."""
+
+    module: str = field(default_factory=lambda: "cwm_seal_" + secrets.token_hex(8))
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    results: dict | None = None                 # the verified record, once read back
+    why: str = "the test run left no seal"
+
+    @property
+    def key_path(self) -> str:
+        return f"/run/{self.module}.key"
+
+    @property
+    def out_path(self) -> str:
+        return f"/run/{self.module}.json"
+
+    def plugin_source(self) -> str:
+        return SEAL_PLUGIN % {"key": self.key_path, "out": self.out_path}
+
+    def read(self, raw: bytes | None) -> None:
+        """Verify what the plugin wrote (None: nothing was written) and keep it as `results`."""
+        if not raw:
+            self.results, self.why = None, ("the test runner never finished its session (no seal): it exited "
+                                            "early (os._exit, a signal) or never started")
+            return
+        mac, _, body = raw.decode("utf-8", "replace").partition("\n")
+        good = hmac.new(self.key, body.encode("utf-8"), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(mac.strip(), good):
+            self.results, self.why = None, "the seal of the test run does not verify: the record was forged"
+            return
+        self.results, self.why = json.loads(body), ""
+
+
+def seal_applies(instance) -> bool:
+    """Whether a seal is asked of this instance: its test command runs pytest once, directly, and its log
+    parser reads pytest's status lines. (tox, django's and sympy's runners: no seal.)"""
+    from swebench.harness.log_parsers import PARSER_REGISTRY
+
+    parser = PARSER_REGISTRY.get(instance.log_parser)
+    if parser is None or parser not in {PARSER_REGISTRY[name] for name in PYTEST_PARSERS}:
+        return False
+    section = instance.eval_script.split(START, 1)[-1].split(END, 1)[0]
+    runs = re.findall(r"(?:^|\s)(?:py\.test|pytest|python3?(?:\.\d+)?\s+-m\s+pytest)(?=\s|$)", section, re.M)
+    return len(runs) == 1 and "PYTEST_ADDOPTS" not in instance.eval_script
+
+
+def unconfirmed_tests(instance, status_map: dict[str, str], seal: Seal) -> list[str]:
+    """Tests the log reads as passing that the seal does not confirm: the seal's outcomes are written as
+    pytest's status lines and read by the instance's own parser, so names match however it transforms them."""
+    from swebench.harness.log_parsers import PARSER_REGISTRY
+
+    record = seal.results or {}
+    lines = [f"PASSED {t}" for t in record.get("passed", [])] + [f"XFAIL {t}" for t in record.get("xfailed", [])]
+    confirmed = PARSER_REGISTRY[instance.log_parser]("\n".join(lines), instance.test_spec())
+    return sorted(t for t, s in status_map.items()
+                  if s in ("PASSED", "XFAIL") and confirmed.get(t) not in ("PASSED", "XFAIL"))
+
+
+def grade_log(instance, model_patch: str | None, log_path: str | Path, seal: Seal | None = None) -> dict:
     """The official per-instance report ({instance_id: {...}}) for an eval log, with our guards applied.
 
-    Extra keys beside the official ones: `guard` (why a log was not trusted) and `conflicting_tests`.
+    `seal`: the grading's seal when one was asked for (guard 4). Extra keys beside the official ones: `guard`
+    (why a log was not trusted), `conflicting_tests`, `unconfirmed_tests`.
     """
     from swebench.harness.constants import FAIL_TO_PASS, PASS_TO_PASS, EvalType, ResolvedStatus
     from swebench.harness.grading import get_eval_tests_report, get_logs_eval, get_resolution_status
@@ -98,11 +258,19 @@ def grade_log(instance, model_patch: str | None, log_path: str | Path) -> dict:
             rep["infra_failure_reason"] = classification[0]
         return {iid: rep}
     rep["patch_successfully_applied"] = True
+    if seal is not None and seal.results is None:
+        rep["guard"] = seal.why
+        return {iid: rep}
     conflicts = conflicting_tests(log, status_map)
     for test in conflicts:
         status_map[test] = "FAILED"
     if conflicts:
         rep["conflicting_tests"] = conflicts
+    unconfirmed = unconfirmed_tests(instance, status_map, seal) if seal is not None else []
+    for test in unconfirmed:
+        status_map[test] = "FAILED"
+    if unconfirmed:
+        rep["unconfirmed_tests"] = unconfirmed
     gold = {"instance_id": iid, FAIL_TO_PASS: list(instance.FAIL_TO_PASS), PASS_TO_PASS: list(instance.PASS_TO_PASS)}
     tests = get_eval_tests_report(status_map, gold, eval_type=EvalType(instance.eval_type))
     rep["resolved"] = get_resolution_status(tests) == ResolvedStatus.FULL.value

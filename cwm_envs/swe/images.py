@@ -1,14 +1,25 @@
 """Layered, content-addressed images for SWE tasks, built with the network off.
 
     base        cwm-envs/base:SUITE (cwm_envs.sandbox.images: debootstrap + `docker import`, or a registry image)
-    environment cwm-envs/swe-env:HASH        venv "testbed" with the repo version's dependencies
+    tools       cwm-envs/swe-tools:SUITE-HASH  compilers, Python headers, a spec's Debian packages (shared)
+    environment cwm-envs/swe-env:HASH        venv "testbed": one per (repo, version, Python), from its locks
     instance    cwm-envs/swe-instance:ID-HASH the repository at base_commit in /testbed, installed
 
 Each tag carries the hash of everything that goes into its layer, so an unchanged layer is never rebuilt.
-Dependencies come from a wheelhouse built on the host (`pip download` / `pip wheel`, which reach PyPI) and are
-installed inside with `--no-index --find-links`; `PIP_NO_INDEX`/`PIP_FIND_LINKS` stay set in the image so that
+Requirements are resolved on the host as of the environment's date (resolve.py: `uv pip compile
+--exclude-newer`), their exact releases downloaded into a wheelhouse (`pip download --no-deps` for the image's
+Python and glibc; an sdist where no wheel fits, built in the image by the tools layer), and installed inside
+with `--no-index --find-links --no-deps`. The only layer built with a network is the tools layer (apt from
+the machine's Debian mirror); `PIP_NO_INDEX`/`PIP_FIND_LINKS` stay set in the image so that
 an eval script's own `pip install -e .` finds its build tools offline too. A thin shim provides
 `/opt/miniconda3/bin/activate` and `conda activate testbed`, so SWE-bench's eval scripts run unchanged.
+
+The environment is a venv, and a venv is found only through the path its interpreter was started by: a link
+to it elsewhere (tox-current-env links `.tox/py39/bin/python` to it, `os.path.realpath(sys.executable)`)
+starts the base interpreter without the venv's packages. So the base interpreter's own site directory holds
+a `.pth` that adds the venv's site-packages: however the interpreter is reached, it sees the environment,
+as a conda prefix's interpreter does. (A conda-like prefix copied from Debian's Python does not work as one:
+Debian's patched site/sysconfig send pip's installs to PREFIX/local/lib/pythonX.Y/dist-packages.)
 
 >>> split_repo("psf/requests"), split_repo("psf__requests")
 (('psf', 'requests'), ('psf', 'requests'))
@@ -30,10 +41,14 @@ from typing import Callable
 
 from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.swe.dataset import SWEInstance
+from cwm_envs.swe.failures import CompileError, MissingDistribution, ResolverConflict, classify
+from cwm_envs.swe.resolve import TOOLS, Lock, fetch_sdist, req_name, resolve
 from cwm_envs.swe.specs import EnvSpec, env_spec, read_repo_file
 
-RECIPE_VERSION = 2                       # bump when the Dockerfiles below change
-ENV_REPO, INSTANCE_REPO = "cwm-envs/swe-env", "cwm-envs/swe-instance"
+RECIPE_VERSION = 5                       # bump when the Dockerfiles below change
+TOOLS_RECIPE_VERSION = 3                 # the tools layer's own (its Dockerfile changes seldom; it is slow to build)
+TOOLS_REPO, ENV_REPO, INSTANCE_REPO = "cwm-envs/swe-tools", "cwm-envs/swe-env", "cwm-envs/swe-instance"
+TOOL_PACKAGES = ("build-essential", "python3-dev", "pkg-config", "locales")   # the build-tools layer
 # Not the bare `cwm-envs` key: an image's labels pass to its containers (build steps included), and the
 # docker sandbox's gc removes `cwm-envs` containers that have no live owner.
 LABELS = {"cwm-envs.image": "swe"}
@@ -63,8 +78,8 @@ conda() {
 """
 
 
-def _hash(*parts) -> str:
-    return hashlib.sha256(json.dumps([RECIPE_VERSION, *parts], sort_keys=True).encode()).hexdigest()[:12]
+def _hash(*parts, version: int = RECIPE_VERSION) -> str:
+    return hashlib.sha256(json.dumps([version, *parts], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cache_dir() -> Path:
@@ -84,7 +99,8 @@ def find_repo(instance: SWEInstance, repos_dir: str | Path | None) -> Path:
     """The local clone (bare or not) of an instance's repository.
 
     Looked for as `repos_dir/owner/name`, `owner__name`, `owner__name.git` or `name`; a row's own
-    `repo_path` wins. The base commit must be in it.
+    `repo_path` wins. Without `repos_dir`, the repository is cloned from its public remote into the cache
+    (`clone_repo`). The base commit must be in it.
     """
     owner, name = split_repo(instance.repo)
     candidates = [Path(instance.repo_path)] if instance.repo_path else []
@@ -94,8 +110,8 @@ def find_repo(instance: SWEInstance, repos_dir: str | Path | None) -> Path:
             raise UsageError(f"--repos {root}: no such directory")
         candidates += [root / owner / name, root / owner / f"{name}.git", root / f"{owner}__{name}",
                        root / f"{owner}__{name}.git", root / name, root / f"{name}.git"]
-    if not candidates:
-        raise UsageError(f"{instance.instance_id}: no repository source; pass --repos DIR (one clone per owner/name)")
+    elif not candidates:
+        candidates = [clone_repo(instance.repo, instance.base_commit)]
     for path in candidates:
         if path.exists() and subprocess.run(["git", "-C", str(path), "rev-parse", "--git-dir"],
                                             capture_output=True).returncode == 0:
@@ -107,6 +123,57 @@ def find_repo(instance: SWEInstance, repos_dir: str | Path | None) -> Path:
             return path
     raise UsageError(f"{instance.instance_id}: no clone of {instance.repo} under {repos_dir} "
                      f"(looked for {owner}/{name}, {owner}__{name}, {name})")
+
+
+def remote_url(repo: str) -> str:
+    """Where `clone_repo` clones from: `$CWM_SWE_REMOTE` with `{repo}` filled in, else the public remote."""
+    template = os.environ.get("CWM_SWE_REMOTE") or "https://github.com/{repo}.git"
+    return template.format(repo=repo)
+
+
+def clone_repo(repo: str, commit: str = "", timeout: float = 1800.0) -> Path:
+    """A bare clone of `repo` in the cache (cloned once, fetched again when `commit` is missing from it).
+
+    Without a network this ends in one line that names the repository and what to do instead."""
+    owner, name = split_repo(repo)
+    dest = cache_dir() / "repos" / f"{owner}__{name}.git"
+    url = remote_url(repo)
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+
+    def have(rev: str) -> bool:
+        return subprocess.run(["git", "-C", str(dest), "cat-file", "-e", f"{rev}^{{commit}}"],
+                              capture_output=True).returncode == 0
+
+    with _lock(f"clone:{dest}"):
+        try:
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+                try:
+                    proc = subprocess.run(["git", "clone", "-q", "--bare", url, str(tmp)], capture_output=True,
+                                          text=True, timeout=timeout, env=env)
+                    if proc.returncode != 0:
+                        raise UsageError(f"cannot clone {repo} from {url} ({_last_line(proc.stderr)}); without a "
+                                         "network, pass --repos DIR holding a clone of it")
+                    tmp.rename(dest)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            elif commit and not have(commit):
+                proc = subprocess.run(["git", "-C", str(dest), "fetch", "-q", url, "+refs/heads/*:refs/heads/*",
+                                       "+refs/tags/*:refs/tags/*"], capture_output=True, text=True, timeout=timeout,
+                                      env=env)
+                if proc.returncode != 0:
+                    raise UsageError(f"cannot update the clone of {repo} from {url} ({_last_line(proc.stderr)}); "
+                                     "pass --repos DIR holding a clone with the base commit")
+        except subprocess.TimeoutExpired:
+            raise UsageError(f"cannot clone {repo} from {url} (no answer in {timeout:.0f} s); without a network, "
+                             "pass --repos DIR holding a clone of it") from None
+    return dest
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "no output"
 
 
 def _client():
@@ -137,29 +204,21 @@ def _platform_args(python: str, suite: str) -> list[str]:
     return args + sum((["--platform", p] for p in plats), [])
 
 
-def build_wheelhouse(requirements: list[str] | tuple[str, ...], python: str, suite: str,
-                     log: Callable[[str], None] = lambda _m: None, then: tuple[str, ...] = ()) -> Path:
-    """Wheels for `requirements` (plus pip, setuptools, wheel) for the target Python, cached by content.
-
-    `then` is a second set resolved on its own (SWE-bench installs a spec's pip_packages after the
-    requirements file, and they may pin other versions of the same packages).
-
-    Binary wheels are downloaded for the image's Python and glibc. pip evaluates environment markers with
-    the host's Python, so a dependency that only an older Python needs can be missing: the image build
-    names it and `add_to_wheelhouse` fetches it (see `_build_with_wheels`).
-    """
-    reqs = sorted(set(requirements) | {"pip", "setuptools", "wheel"})
-    out = cache_dir() / "wheels" / _hash("wheels", python, suite, reqs, sorted(then))
+def build_wheelhouse(pins: list[str] | tuple[str, ...], python: str, suite: str,
+                     log: Callable[[str], None] = lambda _m: None) -> Path:
+    """Wheels (or, where a release has none for the image, its sdist) of exactly these `name==version`
+    pins, for the image's Python and glibc; cached by content. Dependencies are not followed: the pins
+    come from a complete lock (resolve.py)."""
+    pins = sorted(set(pins))
+    out = cache_dir() / "wheels" / _hash("wheelhouse", python, suite, pins)
     if (out / ".complete").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
-        (tmp / "requirements.txt").write_text("\n".join(reqs) + "\n")
-        _download(tmp, ["-r", str(tmp / "requirements.txt")], python, suite, log)
-        if then:
-            _download(tmp, list(then), python, suite, log)
-        (tmp / ".complete").write_text(json.dumps({"python": python, "suite": suite}))
+        if pins:
+            _download(tmp, pins, python, suite, log)
+        (tmp / ".complete").write_text(json.dumps({"python": python, "suite": suite, "pins": pins}))
         if not out.exists():         # else another process finished the same wheelhouse first
             tmp.rename(out)
         return out
@@ -168,54 +227,81 @@ def build_wheelhouse(requirements: list[str] | tuple[str, ...], python: str, sui
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def add_to_wheelhouse(wheels: Path, requirement: str, python: str, suite: str,
-                      log: Callable[[str], None] = lambda _m: None) -> None:
-    """Fetch one more requirement (and its dependencies) into an existing wheelhouse (one writer at a time)."""
+def add_to_wheelhouse(wheels: Path, requirement: str, spec: EnvSpec, date: str, prefer: tuple[str, ...] = (),
+                      log: Callable[[str], None] = lambda _m: None) -> tuple[str, ...]:
+    """Resolve one more requirement as of `date` (keeping the `prefer` pins where they fit) and fetch the
+    packages of its lock that the wheelhouse lacks (one writer at a time). Returns the new pins."""
+    lock = resolve([requirement.split(";")[0].strip()], python=spec.python, glibc=GLIBC.get(spec.suite, 31),
+                   date=date, prefer=prefer, log=log, what=f"missing {requirement}")
+    have = {p.lower() for p in prefer}
+    new = tuple(p for p in lock.pins if p not in have)
     with _lock(f"wheels:{wheels}"):
-        _download(wheels, [requirement.split(";")[0].strip()], python, suite, log)
+        if new:
+            _download(wheels, list(new), spec.python, spec.suite, log)
+    return new
 
 
-def _download(dest: Path, what: list[str], python: str, suite: str, log: Callable[[str], None]) -> None:
-    """`pip download` for the target platform; a requirement with no such wheel (an old sdist-only release)
-    is built into a wheel on the host (`pip wheel --no-deps`, fine for pure-Python ones), then retried."""
-    built: list[str] = []
-    for _ in range(12):
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--dest", str(dest),
-               "--find-links", str(dest), *_platform_args(python, suite), *what]
+def _download(dest: Path, pins: list[str], python: str, suite: str, log: Callable[[str], None]) -> None:
+    """`pip download --no-deps` of pinned releases for the target platform (one call per round of distinct
+    names: two layers may pin two versions of one package); a release with no such wheel (old sdist-only
+    ones) comes as its sdist, which the image builds with its build tools."""
+    rounds: list[list[str]] = []
+    for pin in dict.fromkeys(pins):
+        name = req_name(pin)
+        slot = next((r for r in rounds if all(req_name(p) != name for p in r)), None)
+        if slot is None:
+            rounds.append(slot := [])
+        slot.append(pin)
+    for todo in rounds:
+        _download_round(dest, todo, python, suite, log)
+
+
+def _download_round(dest: Path, todo: list[str], python: str, suite: str, log: Callable[[str], None]) -> None:
+    sdists: list[str] = []
+    todo = list(todo)
+    for _ in range(len(todo) + 1):
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
+               "--dest", str(dest), *_platform_args(python, suite), *todo]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
-            return
+            break
         err = "\n".join(ln for ln in proc.stderr.splitlines() if "is ignored: it is neither" not in ln)
         missing = re.search(r"No matching distribution found for (\S+)", err)
-        if not missing or missing.group(1) in built:
-            raise InfraError(f"pip download for Python {python} failed: {err.strip()[-800:]}")
-        req = missing.group(1)
-        log(f"no Python {python} wheel for {req}; building one on the host")
-        wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
-                                "-w", str(dest), req], capture_output=True, text=True)
-        if wheel.returncode != 0:
-            raise InfraError(f"no wheel of {req} for Python {python}, and building one failed: "
-                             f"{wheel.stderr.strip()[-500:]}")
-        built.append(req)
-    raise InfraError(f"pip download for Python {python}: too many sdist-only requirements")
+        if not missing or missing.group(1) not in todo:
+            raise MissingDistribution(f"pip download for Python {python} failed: {err.strip()[-800:]}")
+        todo.remove(missing.group(1))
+        sdists.append(missing.group(1))
+        if not todo:
+            break
+    for req in sdists:
+        log(f"no Python {python} wheel for {req}; the image builds it from its sdist")
+        name, _, version = req.partition("==")
+        try:
+            blob, _, filename = fetch_sdist(name, version)
+        except Exception as exc:
+            raise MissingDistribution(f"{req}: neither a Python {python} wheel nor an sdist on the index "
+                                      f"({type(exc).__name__}: {str(exc)[:300]})") from None
+        (dest / filename).write_bytes(blob)
+        with open(dest / ".sdists", "a") as fh:     # the env layer tries these apart (they may not compile)
+            fh.write(req + "\n")
 
 
 # --- docker build ------------------------------------------------------------------------------------------
 
 def docker_build(client, context: Path, tag: str, labels: dict[str, str], timeout: float = 3600,
-                 nocache: bool = False) -> list[str]:
-    """`docker build` of a generated context with the network off; returns the build log, raises InfraError."""
+                 nocache: bool = False, network: str = "none") -> list[str]:
+    """`docker build` of a generated context (network off unless asked); returns the log, raises InfraError."""
     import docker.errors
 
     lines: list[str] = []
     try:
-        for chunk in client.api.build(path=str(context), tag=tag, network_mode="none", labels={**LABELS, **labels},
+        for chunk in client.api.build(path=str(context), tag=tag, network_mode=network, labels={**LABELS, **labels},
                                       rm=True, forcerm=True, decode=True, timeout=int(timeout), nocache=nocache):
             if "stream" in chunk:
                 lines.append(chunk["stream"].rstrip("\n"))
             if "error" in chunk:
                 detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
-                tail = "\n".join(line for line in lines[-30:] if line.strip())
+                tail = "\n".join(line for line in lines[-40:] if line.strip())
                 raise InfraError(f"docker build {tag} failed: {detail.strip()}\n{tail}")
     except docker.errors.APIError as exc:
         raise InfraError(f"docker build {tag}: the engine refused ({exc.explanation or exc})") from exc
@@ -223,22 +309,26 @@ def docker_build(client, context: Path, tag: str, labels: dict[str, str], timeou
 
 
 def _build_with_wheels(client, ctx: Path, tag: str, labels: dict, wheels: Path, spec: EnvSpec, log,
-                       nocache: bool = False) -> None:
-    """docker_build with `wheels` copied in as ctx/wheels; a requirement the image's pip cannot find (a
-    marker-only dependency the host's pip skipped) is fetched into the wheelhouse and the build retried."""
-    for _ in range(8):
+                       nocache: bool = False, date: str = "", prefer: tuple[str, ...] = ()) -> list[str]:
+    """docker_build with `wheels` copied in as ctx/wheels. A requirement the image's pip cannot find (a
+    dependency of the repository that the lock did not foresee, e.g. one a pre_install step adds) is
+    resolved as of `date`, fetched into the wheelhouse, and the build retried. A failed build that shows a
+    compiler's or a wheel build's error is a CompileError."""
+    for _ in range(10):
         shutil.rmtree(ctx / "wheels", ignore_errors=True)
-        shutil.copytree(wheels, ctx / "wheels", ignore=shutil.ignore_patterns("requirements.txt", ".complete"))
+        shutil.copytree(wheels, ctx / "wheels", ignore=shutil.ignore_patterns("requirements.txt", ".complete",
+                                                                               ".sdists"))
         try:
-            docker_build(client, ctx, tag, labels, nocache=nocache)
-            return
+            return docker_build(client, ctx, tag, labels, nocache=nocache)
         except InfraError as exc:
             missing = re.search(r"No matching distribution found for ([^\s;]+)", str(exc))
             if not missing:
+                if classify(str(exc)) == "compile error":
+                    raise CompileError(str(exc)) from None
                 raise
-            log(f"{tag}: the image's pip needs {missing.group(1)}; adding it to the wheelhouse")
-            add_to_wheelhouse(wheels, missing.group(1), spec.python, spec.suite, log)
-    raise InfraError(f"docker build {tag}: still missing requirements after 8 wheelhouse additions")
+            log(f"{tag}: the image's pip needs {missing.group(1)}; resolving it as of {date[:10] or 'today'}")
+            prefer = prefer + add_to_wheelhouse(wheels, missing.group(1), spec, date, prefer, log)
+    raise MissingDistribution(f"docker build {tag}: still missing requirements after 10 wheelhouse additions")
 
 
 _locks: dict[str, threading.Lock] = {}
@@ -250,42 +340,153 @@ def _lock(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def build_env_image(spec: EnvSpec, *, client=None, log: Callable[[str], None] = lambda _m: None,
-                    rebuild: bool = False) -> str:
-    """The environment layer for `spec` (built when missing, or anew without Docker's cache) -> its tag."""
+def build_tools_image(suite: str, apt_packages: tuple[str, ...] = (), *, client=None,
+                      log: Callable[[str], None] = lambda _m: None) -> str:
+    """The build-tools layer shared by every environment of a Debian suite: compilers and Python headers
+    (C extensions of astropy, matplotlib, scikit-learn and old sdists build in the image), plus the Debian
+    packages a spec's pre_install asks for. apt reaches the machine's Debian mirror over plain HTTP."""
     from cwm_envs.sandbox.images import ensure_base_image
 
     client = client or _client()
-    # the offline Debian base by name (not CWM_BASE_IMAGE): the release decides the Python version
-    base = ensure_base_image(f"cwm-envs/base:{spec.suite}", client=client, log=log)
-    base_id = client.images.get(base).id
-    key = _hash("env", base_id, spec.python, sorted(spec.requirements), list(spec.pip_packages), ACTIVATE_SHIM)
+    base = ensure_base_image(f"cwm-envs/base:{suite}", client=client, log=log)
+    packages = sorted(set(TOOL_PACKAGES) | set(apt_packages))
+    key = _hash("tools", client.images.get(base).id, packages, version=TOOLS_RECIPE_VERSION)
+    tag = f"{TOOLS_REPO}:{suite}-{key}"
+    with _lock(tag):
+        if image_exists(client, tag):
+            return tag
+        log(f"building {tag} ({len(packages)} Debian packages)")
+        with tempfile.TemporaryDirectory(prefix="cwm-swe-tools-") as tmp:
+            ctx = Path(tmp)
+            (ctx / "Dockerfile").write_text(f"""FROM {base}
+RUN apt-get update -q \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {' '.join(packages)} \\
+ && rm -rf /var/lib/apt/lists/*
+""")
+            try:
+                docker_build(client, ctx, tag, {"cwm-envs.swe.layer": "tools", "cwm-envs.swe.key": key},
+                             network="bridge")
+            except InfraError as exc:
+                raise InfraError(f"the build-tools layer for {suite} could not be built (apt needs the Debian "
+                                 f"mirror): {str(exc)[-600:]}") from None
+    return tag
+
+
+def env_locks(spec: EnvSpec, log: Callable[[str], None] = lambda _m: None) -> tuple[Lock, Lock, Lock]:
+    """The three locks of an environment layer, installed in this order as SWE-bench installs them:
+    build tools, the requirements (file or spec packages), then the spec's pip_packages (which may re-pin)."""
+    glibc = GLIBC.get(spec.suite, 31)
+    tools = resolve(list(TOOLS), python=spec.python, glibc=glibc, date=spec.date, log=log, what="build tools")
+    reqs = resolve(spec.requirements, python=spec.python, glibc=glibc, date=spec.date, log=log,
+                   what="requirements")
+    then = resolve(spec.pip_packages, python=spec.python, glibc=glibc, date=spec.date, log=log,
+                   what="pip_packages")
+    return tools, reqs, then
+
+
+def build_env_image(spec: EnvSpec, *, client=None, log: Callable[[str], None] = lambda _m: None,
+                    rebuild: bool = False, info: dict | None = None) -> str:
+    """The environment layer for `spec` (built when missing, or anew without Docker's cache) -> its tag.
+
+    `info` (if given) receives the locks' notes, the dropped requirements and the pins installed."""
+    client = client or _client()
+    tools_tag = build_tools_image(spec.suite, spec.apt_packages, client=client, log=log)
+    locks = env_locks(spec, log)
+    if info is not None:
+        info.update(lock_notes=[n for lk in locks for n in lk.notes],
+                    dropped=[d for lk in locks for d in lk.dropped],
+                    pins=sorted({p for lk in locks for p in lk.pins}))
+    key = _hash("env", client.images.get(tools_tag).id, spec.python, [lk.pins for lk in locks], ACTIVATE_SHIM)
     tag = f"{ENV_REPO}:{key}"
+    record = cache_dir() / "envs" / f"{key}.json"      # what the build could not compile (not in the image)
     with _lock(tag):
         if image_exists(client, tag) and not rebuild:
+            if info is not None and record.exists():
+                info["dropped"] += json.loads(record.read_text()).get("not_built", [])
             return tag
-        wheels = build_wheelhouse(spec.requirements, spec.python, spec.suite, log=log, then=spec.pip_packages)
-        n = len(spec.requirements) + len(spec.pip_packages)
-        log(f"building {tag} (Python {spec.python} on {spec.suite}, {n} requirements)")
+        wheels = build_wheelhouse([p for lk in locks for p in lk.pins], spec.python, spec.suite, log=log)
+        sdists = set((wheels / ".sdists").read_text().split()) if (wheels / ".sdists").exists() else set()
+        log(f"building {tag} (Python {spec.python} on {spec.suite}, {sum(len(lk.pins) for lk in locks)} pins, "
+            f"{len(sdists)} from sdists)")
         with tempfile.TemporaryDirectory(prefix="cwm-swe-env-") as tmp:
             ctx = Path(tmp)
-            (ctx / "requirements.txt").write_text("\n".join(spec.requirements) + "\n")
-            (ctx / "pip_packages.txt").write_text("\n".join(spec.pip_packages) + "\n")
+            for name, lk in zip(("lock-tools.txt", "lock-requirements.txt", "lock-pip-packages.txt"), locks):
+                (ctx / name).write_text("".join(p + "\n" for p in lk.pins if p not in sdists))
+            (ctx / "lock-sdists.txt").write_text("".join(p + "\n" for p in sorted(sdists)))
             (ctx / "activate").write_text(ACTIVATE_SHIM)
-            (ctx / "Dockerfile").write_text(f"""FROM {base}
+            install = f"{VENV}/bin/python -m pip install -q --no-deps"
+            (ctx / "Dockerfile").write_text(f"""FROM {tools_tag}
 ENV PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 COPY wheels /opt/wheels
 COPY activate /opt/miniconda3/bin/activate
-COPY requirements.txt pip_packages.txt /opt/
+COPY lock-*.txt /opt/cwm-lock/
 RUN python3 -c 'import sys; v = "%d.%d" % sys.version_info[:2]; assert v == "{spec.python}", v' \\
  && python3 -m venv {VENV} \\
- && {VENV}/bin/python -m pip install -q -U pip \\
- && {VENV}/bin/python -m pip install -q -U setuptools wheel -r /opt/requirements.txt \\
- && if grep -q . /opt/pip_packages.txt; then {VENV}/bin/python -m pip install -q -r /opt/pip_packages.txt; fi
+ && echo "import site; site.addsitedir('{VENV}/lib/python{spec.python}/site-packages')" \\
+    > /usr/lib/python3/dist-packages/cwm-testbed.pth \\
+ && {install} -r /opt/cwm-lock/lock-tools.txt \\
+ && {install} -r /opt/cwm-lock/lock-requirements.txt \\
+ && {install} -r /opt/cwm-lock/lock-pip-packages.txt
+# sdists build here, each on its own: one that does not compile (a C library missing) is left out and named
+RUN for req in $(cat /opt/cwm-lock/lock-sdists.txt); do \
+      {install} "$req" >/tmp/sdist.log 2>&1 || {{ echo "cwm: could not build $req"; tail -5 /tmp/sdist.log; }}; \
+    done; rm -f /tmp/sdist.log
 """)
-            _build_with_wheels(client, ctx, tag, {"cwm-envs.swe.layer": "env", "cwm-envs.swe.key": key}, wheels,
-                               spec, log, nocache=rebuild)
+            lines = _build_with_wheels(client, ctx, tag, {"cwm-envs.swe.layer": "env", "cwm-envs.swe.key": key},
+                                       wheels, spec, log, nocache=rebuild, date=spec.date,
+                                       prefer=tuple(p for lk in locks for p in lk.pins))
+        not_built = sorted({m.group(1) for ln in lines for m in [re.search(r"^cwm: could not build (\S+)", ln)] if m})
+        if not_built:
+            log(f"{tag}: left out (did not compile): {', '.join(not_built)}")
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"not_built": not_built}))
+        if info is not None and not_built:
+            info["dropped"] += not_built
+            info["lock_notes"].append(f"sdists that did not compile, left out: {', '.join(not_built)}")
     return tag
+
+
+def build_env_images(instances: list[SWEInstance], repos_dir: str | Path | None = None, *, client=None,
+                     log: Callable[[str], None] = lambda _m: None) -> list[dict]:
+    """The environment layer of every (repo, version) among `instances`, without building instances.
+
+    Where no clone is at hand (repositories too large to bring to the machine) the requirement files come
+    from the version's release sdist, and the date is the newest `created_at` of the version's instances.
+    Returns one row per environment: tag, Python, seconds, size, notes (or the failure and its class)."""
+    from tqdm import tqdm
+
+    from cwm_envs.swe.specs import env_spec_for
+
+    client = client or _client()
+    groups: dict[tuple[str, str], list[SWEInstance]] = {}
+    for inst in instances:
+        groups.setdefault((inst.repo, inst.version), []).append(inst)
+    rows = []
+    for (repo, version), insts in tqdm(sorted(groups.items()), desc="swe env images", unit="image",
+                                       disable=not sys.stderr.isatty()):   # builds take minutes: an ETA
+        t = time.perf_counter()
+        row = {"repo": repo, "version": version, "instances": len(insts)}
+        try:
+            try:
+                repo_dir = find_repo(insts[0], repos_dir) if repos_dir else None
+            except UsageError:
+                repo_dir = None
+            env_commit = insts[0].environment_setup_commit if repo_dir else ""
+            date = "" if repo_dir else max(i.created_at for i in insts)
+            spec = env_spec_for(repo, version, repo_dir, env_commit, date)
+            info: dict = {}
+            tag = build_env_image(spec, client=client, log=log, info=info)
+            row.update(tag=tag, python=spec.python, date=spec.date[:10], pins=len(info.get("pins", ())),
+                       dropped=", ".join(info.get("dropped", ())) or "-", failure="",
+                       size_mb=round(client.images.get(tag).attrs["Size"] / 1e6, 1), notes="; ".join(spec.notes))
+        except UsageError:
+            raise
+        except Exception as exc:
+            row.update(tag="", failure=classify(exc), reason=f"{type(exc).__name__}: {str(exc)[:500]}")
+        row["seconds"] = round(time.perf_counter() - t, 1)
+        log(f"{repo} {version}: {row.get('tag') or row['failure']} ({row['seconds']} s)")
+        rows.append(row)
+    return rows
 
 
 def _prepare_testbed(repo_dir: Path, commit: str, dest: Path) -> None:
@@ -321,6 +522,97 @@ def build_requirements(repo_dir: Path, commit: str) -> list[str]:
         return []
 
 
+def install_extras(install: tuple[str, ...]) -> str:
+    """The extras an install command asks of the repository itself ("pip install -e .[test]" -> "[test]").
+
+    >>> install_extras(("python -m pip install -e .[test] --verbose",)), install_extras(("python setup.py develop",))
+    ('[test]', '')
+    """
+    for cmd in install:
+        m = re.search(r"pip install\b.*?\s\.(\[[\w,.-]+\])?(?:\s|$)", cmd)
+        if m:
+            return m.group(1) or ""
+    return ""
+
+
+def _safe_edits(pre_install: tuple[str, ...]) -> list[str]:
+    """The pre_install steps that only edit the checkout's files (`sed -i`, guarded by `grep -q`): run on a
+    copy on the host too, so the instance's dependencies resolve from the edited setup.py / setup.cfg.
+
+    >>> _safe_edits(("sed -i 's/Jinja2>=2.3/Jinja2<3.0/' setup.py", "apt-get install -y x", "sed -i s/a/b/ f; rm -rf /"))
+    ["sed -i 's/Jinja2>=2.3/Jinja2<3.0/' setup.py"]
+    """
+    import shlex
+
+    keep = []
+    for step in pre_install:
+        try:
+            tokens = list(shlex.shlex(step, posix=True, punctuation_chars=True))
+        except ValueError:
+            continue
+        commands, current = [], []
+        for tok in tokens + ["&&"]:
+            if tok in ("&&", "||"):
+                commands.append(current)
+                current = []
+            else:
+                current.append(tok)
+        ok = all(cmd and not any(set(t) <= set("();<>|&") for t in cmd)
+                 and ((cmd[0] == "sed" and "-i" in cmd) or (cmd[0] == "grep" and "-q" in cmd)) for cmd in commands)
+        if ok:
+            keep.append(step)
+    return keep
+
+
+def instance_date(instance: SWEInstance, repo_dir: Path) -> str:
+    """The date an instance's own dependencies resolve as of: its `created_at`, or its base commit's date when
+    that is later (the code can have moved on since the issue was filed)."""
+    from cwm_envs.swe.resolve import iso_date
+    from cwm_envs.swe.specs import commit_date
+
+    dates = [iso_date(d) for d in (instance.created_at, commit_date(repo_dir, instance.base_commit)) if d]
+    return max(dates) if dates else ""
+
+
+def instance_lock(instance: SWEInstance, spec: EnvSpec, testbed: Path, build_reqs: list[str],
+                  prefer: tuple[str, ...], log: Callable[[str], None], date: str = "") -> tuple[Lock | None, str]:
+    """The repository's own dependencies (`.[extras]` and its build requirements) as of the instance's date,
+    keeping the environment's pins where they fit -> (lock, note). None when uv cannot read the project's
+    metadata on the host (then the image's pip finds them, date-resolved one at a time)."""
+    date = date or instance.created_at or spec.date
+    for step in _safe_edits(spec.pre_install):
+        subprocess.run(["bash", "-c", step], cwd=testbed, capture_output=True, timeout=60)
+    reqs = [f"./{testbed.name}{install_extras(spec.install)}", *build_reqs]
+    try:
+        lock = resolve(reqs, python=spec.python, glibc=GLIBC.get(spec.suite, 31), date=date, prefer=prefer,
+                       log=log, what=f"{instance.instance_id} dependencies", cwd=testbed.parent, timeout=240)
+    except (ResolverConflict, MissingDistribution):
+        raise
+    except InfraError as exc:
+        note = f"the repository's dependencies were not resolved on the host ({str(exc)[:200]}); pip in the image " \
+               "found them, each resolved as of the instance's date"
+        log(note)
+        return None, note
+    finally:
+        subprocess.run(["git", "checkout", "-q", "--", "."], cwd=testbed, capture_output=True)
+    return lock, ""
+
+
+def dropped_needed_by_tests(instance: SWEInstance, repo_dir: Path, dropped: list[str]) -> list[str]:
+    """The dropped requirements (not on the index) that the instance's test files import outright."""
+    if not dropped:
+        return []
+    texts = [instance.test_patch] + [read_repo_file(repo_dir, instance.base_commit, f) or ""
+                                     for f in instance.test_files]
+    needed = []
+    for req in dropped:
+        module = req_name(req).replace("-", "_")
+        pattern = rf"^[+ ]?(?:import|from)\s+{re.escape(module)}\b"   # top level: an unconditional need
+        if any(re.search(pattern, t, re.M | re.I) for t in texts):
+            needed.append(req)
+    return needed
+
+
 def instance_tag(instance: SWEInstance, key: str) -> str:
     return f"{INSTANCE_REPO}:{instance.instance_id.lower()[:100]}-{key[:8]}"
 
@@ -331,34 +623,48 @@ def build_instance_image(instance: SWEInstance, repos_dir: str | Path | None = N
     """The instance image (environment + repo at base_commit in /testbed, installed) -> its tag.
 
     Cached by content hash; `rebuild` builds both layers anew without Docker's cache (wheels stay cached);
-    `timings` (if given) receives the seconds spent on each layer.
+    `timings` (if given) receives the seconds spent on each layer, the Python used and every note (versions
+    chosen, requirements dropped, substitutions).
     """
     client = client or _client()
     repo_dir = find_repo(instance, repos_dir)
     spec = env_spec(instance, repo_dir)
     t0 = time.perf_counter()
-    env_tag = build_env_image(spec, client=client, log=log, rebuild=rebuild)
+    env_info: dict = {}
+    env_tag = build_env_image(spec, client=client, log=log, rebuild=rebuild, info=env_info)
+    needed = dropped_needed_by_tests(instance, repo_dir, env_info.get("dropped", []))
+    if needed:
+        raise MissingDistribution(f"{instance.instance_id}: its tests import {', '.join(needed)}, which the package "
+                                  "index does not provide (conda-only)")
     t1 = time.perf_counter()
     build_reqs = build_requirements(repo_dir, instance.base_commit)
-    key = _hash("instance", client.images.get(env_tag).id, instance.repo, instance.base_commit,
+    key = _hash("instance", client.images.get(env_tag).id, instance.repo, instance.base_commit, instance.created_at,
                 spec.pre_install, spec.install, sorted(build_reqs))
     tag = instance_tag(instance, key)
+    notes = list(spec.notes) + [n for n in env_info.get("lock_notes", []) if "cutoff moved" in n or "dropped" in n]
     with _lock(tag):
         if rebuild or not image_exists(client, tag):
             log(f"building {tag}")
             with tempfile.TemporaryDirectory(prefix="cwm-swe-inst-") as tmp:
                 ctx = Path(tmp)
                 _prepare_testbed(repo_dir, instance.base_commit, ctx / "testbed")
-                wheels = build_wheelhouse(build_reqs, spec.python, spec.suite, log=log)
+                prefer = tuple(env_info.get("pins", ()))
+                date = instance_date(instance, repo_dir) or spec.date
+                lock, note = instance_lock(instance, spec, ctx / "testbed", build_reqs, prefer, log, date)
+                notes += [note] if note else []
+                pins = [p for p in lock.pins if p not in prefer] if lock else []
+                wheels = build_wheelhouse(pins, spec.python, spec.suite, log=log)
                 steps = ["source /opt/miniconda3/bin/activate", "conda activate testbed", "cd /testbed",
                          *spec.pre_install, *spec.install,
                          "git config --global user.email setup@swebench.config",
                          "git config --global user.name SWE-bench",
                          "git commit --allow-empty -qam SWE-bench"]
                 (ctx / "setup.sh").write_text("#!/bin/bash\nset -euxo pipefail\n" + "\n".join(steps) + "\n")
+                (ctx / "lock-instance.txt").write_text("".join(p + "\n" for p in (lock.pins if lock else ())))
                 (ctx / "Dockerfile").write_text(f"""FROM {env_tag}
 ENV PIP_FIND_LINKS="/opt/wheels /opt/wheels-instance"
 COPY wheels /opt/wheels-instance
+COPY lock-instance.txt /opt/cwm-lock/
 COPY testbed /testbed
 COPY setup.sh /root/setup.sh
 RUN /bin/bash /root/setup.sh
@@ -367,8 +673,10 @@ WORKDIR /testbed
                 _build_with_wheels(client, ctx, tag, {"cwm-envs.swe.layer": "instance", "cwm-envs.swe.key": key,
                                                       "cwm-envs.swe.instance": instance.instance_id,
                                                       "cwm-envs.swe.env": env_tag}, wheels, spec, log,
-                                   nocache=rebuild)
+                                   nocache=rebuild, date=date,
+                                   prefer=prefer + tuple(lock.pins if lock else ()))
     if timings is not None:
-        timings.update(env_s=round(t1 - t0, 2), instance_s=round(time.perf_counter() - t1, 2),
-                       notes=list(spec.notes), python=spec.python, suite=spec.suite)
+        timings.update(env_s=round(t1 - t0, 2), instance_s=round(time.perf_counter() - t1, 2), notes=notes,
+                       python=spec.python, suite=spec.suite, env_tag=env_tag, tag=tag,
+                       dropped=env_info.get("dropped", []))
     return tag

@@ -394,6 +394,17 @@ def snapshot_repo(repo: Path, dest: Path) -> bool:
     return False
 
 
+def source_date(repo: Path, from_git: bool) -> str:
+    """The tasks' `created_at`: the source's HEAD commit date (a git repository), else now. Their environments
+    resolve as of it, so they do not drift with the package index (the task commits carry a fixed date)."""
+    import datetime as dt
+
+    from cwm_envs.swe.specs import commit_date
+
+    when = commit_date(repo, "HEAD") if from_git else ""
+    return when or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def eval_script(base: str, test_cmd: str, protected: list[str]) -> str:
     """SWE-bench's eval script shape; test files and test configuration are reset to `base` around the run."""
     from cwm_envs.swe.dataset import END, START
@@ -474,7 +485,7 @@ def mutate_repo(repo: str | Path, test_cmd: str, out: str | Path, *, max_tasks: 
     """Make mutate-fix tasks for `repo`; write OUT (JSONL rows) and OUT's task repository. Returns a summary."""
     from tqdm import tqdm
 
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.dataset import instance_from_row
     from cwm_envs.swe.harness import EVAL_LIMITS
     from cwm_envs.swe.images import build_instance_image
@@ -494,6 +505,7 @@ def mutate_repo(repo: str | Path, test_cmd: str, out: str | Path, *, max_tasks: 
         snap = Path(tmp) / "src"
         snap.mkdir()
         from_git = snapshot_repo(repo, snap)
+        created_at = source_date(repo, from_git)
         if repo_dir.exists():
             if not (repo_dir / "refs" / "cwm").is_dir():
                 raise UsageError(f"{repo_dir} exists and is not a task repository of ours; choose another --out")
@@ -518,13 +530,13 @@ def mutate_repo(repo: str | Path, test_cmd: str, out: str | Path, *, max_tasks: 
             limit = min(len(candidates), max_candidates or len(candidates))
             base_row = {"repo": f"local/{slug}", "test_patch": "", "PASS_TO_PASS": [], "test_cmd": test_cmd,
                         "install": list(install), "pip_packages": list(pip_packages), "repo_path": str(repo_dir),
-                        "log_parser": log_parser, **({"python": python} if python else {})}
+                        "log_parser": log_parser, "created_at": created_at, **({"python": python} if python else {})}
             clean_inst = instance_from_row({**base_row, "instance_id": f"{slug}-clean", "base_commit": clean,
                                             "FAIL_TO_PASS": []})
             log(f"building the image of the clean repository ({len(candidates)} candidate mutations)")
             image = build_instance_image(clean_inst, log=log)
             rows, skipped = [], {"no_test_failed": 0, "timed_out": 0}
-            with DockerSandbox(image, pool_size=0, workdir="/testbed", limits=EVAL_LIMITS) as sb:
+            with DockerSandbox(image, pool_size=0, workdir="/testbed", limits=EVAL_LIMITS, **REPO_SANDBOX) as sb:
                 base_log, base_s, _ = _run_tests(sb, test_cmd, timeout=1800)
                 baseline = _statuses(clean_inst, base_log)
                 passing = sorted(t for t, s in baseline.items() if s in PASSING)

@@ -3,7 +3,7 @@
 Sources (`cwm traces build --source ...`):
   cruxeval   the 800 CRUXEval functions with their inputs (the row's output is checked against the trace)
   humaneval  the 164 canonical solutions, inputs taken from the `candidate(...)` calls in their tests
-  generated  seeded programs from `cwm_envs.tracing.generate` (`--limit` programs, 3 inputs each)
+  generated  seeded programs from `cwm_envs.sources.programs` (`--limit` programs, 3 inputs each)
   DIR        every `*.py` file: a file of only definitions gives each annotated top-level function fuzzed
              inputs; any other file runs as a script (stdin from `NAME.in` beside it when present).
              A `.jsonl` file (or such files in DIR) gives rows {"code", "entry", "input"} or {"code", "stdin"}.
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from cwm_envs.errors import InfraError, UsageError
-from cwm_envs.tracing.generate import fuzz_from_signature, fuzz_inputs, generate_program
+from cwm_envs.sources.programs import fuzz_from_signature, fuzz_inputs, generate_program
 from cwm_envs.tracing.tracer import TraceJob, TraceLimits, TraceResult, Tracer
 
 SOURCES = ("cruxeval", "humaneval", "generated")

@@ -69,10 +69,14 @@ NEEDS = {"docker": docker_ready}
 
 
 class _Tee:
-    """stdout that also goes to a step's log file."""
+    """stdout that also goes to a step's log file; anything else (encoding, fileno, isatty) is the terminal's, as
+    libraries read those off sys.stdout (Ray's import does)."""
 
     def __init__(self, *streams):
         self.streams = streams
+
+    def __getattr__(self, name):
+        return getattr(self.streams[0], name)
 
     def write(self, text: str) -> int:
         for s in self.streams:
@@ -82,9 +86,6 @@ class _Tee:
     def flush(self) -> None:
         for s in self.streams:
             s.flush()
-
-    def isatty(self) -> bool:
-        return self.streams[0].isatty()
 
 
 def one_line(exc: BaseException, limit: int = 240) -> str:

@@ -148,33 +148,3 @@ def heldout_detail(pool, problems: int, samples: int = 8) -> tuple[dict[str, flo
         f"pass@{samples}": float(np.mean([pass_at_k(len(cs), sum(cs), samples) for cs in by_task.values()])),
     }
     return summary, per_problem
-
-
-# --- held-out evaluation ------------------------------------------------------------------------------------
-
-def heldout(pool, problems: int, samples: int = 8) -> dict[str, float]:
-    """Accuracy on held-out problems (reset seeds from EVAL_SEED_BASE): sampled (mean over `samples` draws),
-    greedy (one argmax answer), and pass@`samples`."""
-    return heldout_detail(pool, problems, samples)[0]
-
-
-def heldout_detail(pool, problems: int, samples: int = 8) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """`heldout`, plus each problem's sampled and greedy accuracy in reset-seed order (for paired comparisons
-    of two models on the same problems)."""
-    from agents.train_rl import EVAL_SEED_BASE
-
-    seeds = [EVAL_SEED_BASE + i for i in range(problems)]
-    sampled, _ = pool.sample(problems, samples, seeds=seeds)
-    greedy, _ = pool.sample(problems, 1, seeds=seeds, greedy=True)
-    by_task: dict[int, list[bool]] = {}
-    for t in sampled:
-        by_task.setdefault(t.seed, []).append(t.ok and t.reward > 0)
-    greedy_by_task = {t.seed: float(t.ok and t.reward > 0) for t in greedy}
-    per_problem = {"sampled": [float(np.mean(by_task[s])) for s in sorted(by_task)],
-                   "greedy": [greedy_by_task[s] for s in sorted(greedy_by_task)]}
-    summary = {
-        "sampled": float(np.mean([c for cs in by_task.values() for c in cs])),
-        "greedy": float(np.mean(per_problem["greedy"])),
-        f"pass@{samples}": float(np.mean([pass_at_k(len(cs), sum(cs), samples) for cs in by_task.values()])),
-    }
-    return summary, per_problem

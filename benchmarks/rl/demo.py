@@ -47,8 +47,9 @@ QUICK = DemoRL(sft_target=None, sft_first=10, updates=2, tasks=4, group=4, probl
 
 
 def demo_section(args) -> str:
-    """GRPO on the embedded default: Ray rollouts in cwm/Math-v0 (add/sub) from an SFT warm start, held-out
-    accuracy before and after"""
+    """GRPO in cwm/Math-v0 (add/sub) from an SFT warm start, held-out accuracy before and after
+
+    The warm start is built afresh under `--out` (or a temporary directory), as a new user's would be."""
     settings = QUICK if getattr(args, "quick", False) else DEMO
     if getattr(args, "out", None):
         out = Path(args.out) / "rl"
@@ -66,6 +67,9 @@ def run(out: Path, s: DemoRL) -> str:
 
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
+    goal = (f"until its sampled accuracy reaches {s.sft_target:.2f} (checked every {s.sft_chunk} steps from "
+            f"{s.sft_first}, at most {s.sft_max})" if s.sft_target is not None else f"for {s.sft_first} steps")
+    print(f"building the warm start: a tokenizer and cwm-micro, then SFT on oracle answers {goal}", flush=True)
     model_dir = warm_start(out / "warm", s.seed, target=s.sft_target, first=s.sft_first, chunk=s.sft_chunk,
                            max_steps=s.sft_max)
     sft_steps = json.loads((model_dir / "warm_start.json").read_text())["steps"]

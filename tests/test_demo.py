@@ -46,6 +46,14 @@ def test_a_step_without_docker_fails_in_one_line_and_the_table_says_so(tmp_path)
     assert "DockerUnavailable" in (out / "swe.log").read_text()  # the traceback is kept for whoever digs
 
 
+def test_a_machine_without_bubblewrap_is_told_to_install_it(tmp_path):
+    # a real fault: nothing on PATH, so no bwrap (behind the memory group's sh wrapper this read "server died")
+    proc, _ = cwm_demo(tmp_path, "--quick", "--only", "sandbox", env={"PATH": str(tmp_path)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "bubblewrap (bwrap) is not installed: `apt-get install bubblewrap`" in failed[0]
+
+
 def test_step_output_keeps_the_terminal_attributes_libraries_read(tmp_path):
     # Ray's import reads sys.stdout.encoding: a tee without it failed the RL step of a full `make demo`
     with open(tmp_path / "log", "w") as fh:

@@ -50,13 +50,20 @@ def demo_section(args) -> str:
     """GRPO in cwm/Math-v0 (add/sub) from an SFT warm start, held-out accuracy before and after
 
     The warm start is built afresh under `--out` (or a temporary directory), as a new user's would be."""
+    import torch
+
     settings = QUICK if getattr(args, "quick", False) else DEMO
-    if getattr(args, "out", None):
-        out = Path(args.out) / "rl"
-        shutil.rmtree(out, ignore_errors=True)  # the demo builds its warm start afresh, as a new user's would
-        return run(out, settings)
-    with tempfile.TemporaryDirectory(prefix="cwm-demo-rl-") as tmp:
-        return run(Path(tmp), settings)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `cwm bench rl learn`: a second thread on 2 shared cores slows a micro model (docs/rl.md)
+    try:
+        if getattr(args, "out", None):
+            out = Path(args.out) / "rl"
+            shutil.rmtree(out, ignore_errors=True)  # the demo builds its warm start afresh, as a new user's would
+            return run(out, settings)
+        with tempfile.TemporaryDirectory(prefix="cwm-demo-rl-") as tmp:
+            return run(Path(tmp), settings)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run(out: Path, s: DemoRL) -> str:

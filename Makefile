@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system docker clean
+.PHONY: demo test lint install system docker clean
 
 install: $(VENV)/.installed
 
@@ -33,8 +33,12 @@ demo: install
 		|| echo "demo: going on without Docker; its SWE step will fail and say why"
 	$(VENV)/bin/cwm demo
 
-test: install docker
+# ruff's settings are in pyproject.toml; linting comes first, so a finding fails before the Docker set-up.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint docker
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -16,7 +16,6 @@ from typing import Any, Sequence
 import gymnasium
 import numpy as np
 import torch
-
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
@@ -126,6 +125,7 @@ class LMModule(TorchRLModule):
 
 
 def nominal_spaces(vocab_size: int) -> tuple[gymnasium.Space, gymnasium.Space]:
+    """The observation and action spaces RLlib's module spec asks for (token ids; the LM reads them itself)."""
     return (gymnasium.spaces.Box(0, vocab_size - 1, shape=(1,), dtype=np.int64),
             gymnasium.spaces.Discrete(vocab_size))
 
@@ -254,4 +254,5 @@ def set_lm_weights(learner_group, weights: dict[str, Any]) -> None:
 
 
 def get_lm_weights(learner_group) -> dict[str, np.ndarray]:
+    """The LM module's weights from a learner group (the policy layout rollout workers load)."""
     return learner_group.get_weights()[MODULE_ID]

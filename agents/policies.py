@@ -101,6 +101,7 @@ def add_policy_args(parser, *, flag: str = "--policy", default: str = "oracle", 
 
 
 def sampling_from(args) -> Sampling:
+    """The `Sampling` of the flags `add_policy_args` adds."""
     return Sampling(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                     max_tokens=args.max_tokens, seed=args.seed)
 
@@ -260,7 +261,8 @@ class OpenAIPolicy:
         self.version = version  # the server owns its weights
 
     def act(self, turns, *, greedy: bool | None = None, generator=None, **_ignored):
-        """One completion per turn; identical prompts share a request (`n`)."""
+        """One completion per turn; identical prompts share a request (`n`), whose token budget is the
+        smallest of their turns' (`Turn.max_new_tokens`, within `max_tokens`)."""
         import torch
 
         greedy = self.sampling.greedy if greedy is None else greedy
@@ -271,15 +273,17 @@ class OpenAIPolicy:
         jobs = []
         for key, rows in groups.items():  # one seed per request, drawn in order: a run repeats for a seed
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if generator is not None else None
-            jobs.append((list(key) if self.tokenizer is not None else key, len(rows), seed))
-        results = list(self._pool.map(lambda j: self._request(j[0], j[1], greedy, j[2]), jobs))
+            budget = min([self.sampling.max_tokens] + [turns[i].max_new_tokens for i in rows
+                                                       if getattr(turns[i], "max_new_tokens", None)])
+            jobs.append((list(key) if self.tokenizer is not None else key, len(rows), seed, budget))
+        results = list(self._pool.map(lambda j: self._request(*j[:3], greedy=greedy, max_tokens=j[3]), jobs))
         out: list = [None] * len(turns)
         for rows, comps in zip(groups.values(), results):
             for i, c in zip(rows, comps):
                 out[i] = c
         return out
 
-    def _request(self, prompt, n: int, greedy: bool, seed: int | None):
+    def _request(self, prompt, n: int, seed: int | None, *, greedy: bool, max_tokens: int | None = None):
         import openai
 
         from agents.policy import Completion
@@ -288,7 +292,7 @@ class OpenAIPolicy:
         try:
             resp = self.client.completions.create(
                 model=self.model, prompt=prompt, n=n, temperature=0.0 if greedy else s.temperature,
-                top_p=1.0 if greedy else s.top_p, max_tokens=s.max_tokens, seed=seed, stop=self.stop, logprobs=1,
+                top_p=1.0 if greedy else s.top_p, max_tokens=max_tokens or s.max_tokens, seed=seed, stop=self.stop, logprobs=1,
                 extra_body={"return_token_ids": True, "include_stop_str_in_output": True,
                             "skip_special_tokens": False})
         except openai.NotFoundError as exc:
@@ -323,8 +327,9 @@ class OpenAIPolicy:
             if text.endswith(end):
                 text = text[: -len(end)]
         finish = "length" if choice.finish_reason == "length" else "stop"
+        version = extra.get("cwm_version")  # `cwm serve`: the weights' version that sampled this choice
         return Completion(ids=list(ids), logprobs=[float(x) if x is not None else float("nan") for x in lps],
-                          text=text, finish=finish, raw=raw)
+                          text=text, finish=finish, raw=raw, version=int(version) if version is not None else None)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

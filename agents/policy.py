@@ -37,6 +37,7 @@ class Turn:
     observation: str  # the env's latest observation text
     info: dict[str, Any] = field(default_factory=dict)
     text: str = ""  # the episode's text so far (what `context` encodes), for a policy that sends text
+    max_new_tokens: int | None = None  # this turn's token budget (the episode's context and token budgets), if less
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Completion:
     values: list[float] | None = None
     raw: str | None = None  # the sampled text as it continues the episode (end-of-turn included); None: `text`
     error: str | None = None  # finish == "error": what failed (a server, a timeout); the turn was not produced
+    version: int | None = None  # the weights' version that sampled it, when not the policy's own (a shared server)
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -186,20 +188,24 @@ class LMPolicy:
     # -- sampling --------------------------------------------------------------------------------------
 
     def act(self, turns: Sequence[Turn], *, greedy: bool = False,
-            generator: torch.Generator | None = None) -> list[Completion]:
-        return self.generate([t.context for t in turns], greedy=greedy, generator=generator)
+            generator: torch.Generator | Sequence | None = None) -> list[Completion]:
+        budgets = [min(self.max_new_tokens, t.max_new_tokens or self.max_new_tokens) for t in turns]
+        return self.generate([t.context for t in turns], greedy=greedy, generator=generator, max_new_tokens=budgets)
 
     @torch.no_grad()
     def generate(self, contexts: Sequence[Sequence[int]], *, greedy: bool = False,
                  generator: torch.Generator | Sequence | None = None,
-                 max_new_tokens: int | None = None) -> list[Completion]:
+                 max_new_tokens: int | Sequence[int] | None = None) -> list[Completion]:
         """Sample one turn for each context (lists of token ids); rows are batched `max_batch` at a time.
-        `generator`: one for all rows, or a list with one per context (None entries: torch's default)."""
+        `generator`: one for all rows, or a list with one per context (None entries: torch's default).
+        `max_new_tokens`: one budget for all rows, or one per row (a row ends with finish "length" at its own)."""
+        budgets = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else \
+            [max_new_tokens or self.max_new_tokens] * len(contexts)
         out: list[Completion] = []
         for start in range(0, len(contexts), self.max_batch):
             gen = generator[start:start + self.max_batch] if isinstance(generator, (list, tuple)) else generator
             out += self._generate(contexts[start:start + self.max_batch], greedy, gen,
-                                  max_new_tokens or self.max_new_tokens)
+                                  budgets[start:start + self.max_batch])
         return out
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
@@ -211,7 +217,7 @@ class LMPolicy:
         value = self.value_head(h).squeeze(-1) if self.value_head is not None else None
         return self._head(h), value, getattr(out, self._cache_kw)
 
-    def _generate(self, contexts, greedy, generator, max_new) -> list[Completion]:
+    def _generate(self, contexts, greedy, generator, budgets) -> list[Completion]:
         """Left-padded batch decoding with a KV cache.
 
         Identical contexts (a GRPO group) are prefilled once and their cache rows copied; rows that stopped
@@ -222,6 +228,9 @@ class LMPolicy:
             return []
         if any(len(c) == 0 for c in contexts):
             raise ValueError("every context needs at least one token")
+        if min(budgets) < 1:
+            raise ValueError("every row needs a token budget of at least 1")
+        max_new, limit = max(budgets), torch.tensor(budgets)
         unique: dict[tuple, int] = {}
         of_row = torch.tensor([unique.setdefault(tuple(c), len(unique)) for c in contexts])
         prompts = list(unique)
@@ -264,6 +273,7 @@ class LMPolicy:
                 stopped |= self._ends_with_stop_string(new_ids[rows, : step + 1])
             for i in rows[stopped].tolist():
                 finish[i] = "stop"
+            stopped |= lengths[rows] >= limit[rows]  # a row at its own budget ends ("length")
             if bool(stopped.all()) or step == max_new - 1:
                 break
             if bool(stopped.any()):  # drop finished rows from the batch and the cache

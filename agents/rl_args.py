@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cwm_envs.errors import UsageError
-from model.train_args import add_flag, add_flags, field_default, field_docs, flag, from_flags, show_default
+from model.train_args import (
+    ShardArgs,
+    add_flag,
+    add_flags,
+    field_default,
+    field_docs,
+    flag,
+    from_flags,
+    show_default,
+)
 
 
 @dataclass
@@ -82,8 +91,11 @@ ALGOS: dict[str, type[UpdateArgs]] = {"grpo": GRPOArgs, "ppo": PPOArgs}
 
 
 @dataclass
-class RLArgs:
-    """One RL run (`cwm train rl`); each field, and each field of `update`, has a flag of the same name."""
+class RLArgs(ShardArgs):
+    """One RL run (`cwm train rl`); each field, and each field of `update`, has a flag of the same name.
+
+    The sharding fields (ShardArgs: --shard, --shard-group, --activation-checkpointing, --cpu-offload) are the
+    learners': `--shard fsdp --num-learners N` runs each update through N FSDP2 learners (agents/sharded.py)."""
 
     out: Path
     """run directory: model, metrics.jsonl, reward.png, checkpoints/ (a rerun resumes from the newest)"""
@@ -111,20 +123,54 @@ class RLArgs:
     """wall-clock budget of the training loop in total (whichever of steps and minutes ends first)"""
     seed: int = 0
     """seed of fresh weights, task draws and sampling"""
+    policy: str = "hf"
+    """who samples the rollouts: hf (each worker holds a replica of --model, the default), hf:DIR (the same,
+    DIR being --model), serve (one `cwm serve` per Ray node that the workers share; the learner's weights are
+    pushed to it after each update), or, for evaluation-only rollouts (--steps 0), any other spec of the
+    policy grammar: openai:URL (an external OpenAI-compatible server), oracle, wrong, noisy:P"""
     mode: Literal["sync", "async"] = "sync"
-    """sync, or async (sample the next batch while the learner updates)"""
+    """sync (each batch sampled with the newest weights), or async (rollouts never stop: weights land between
+    turns, the learner takes the first groups to finish)"""
     max_staleness: int = 1
-    """async: drop trajectories sampled more than this many versions ago"""
+    """async: admission control: no episode starts more than this many versions before the update that trains
+    on it (finished work is never discarded)"""
+    env_mix: dict = field(default_factory=dict)
+    """more envs sampled in training beside --env (which has weight 1): {ENV_ID: {"weight": W, "kwargs": {...},
+    "resources": {...}}}, e.g. {"cwm/SWE-v0": {"weight": 0.5}}; each env's workers are their own --workers"""
     num_learners: int = 0
-    """0: learner in the driver; N: N data-parallel learner actors"""
+    """0: learner in the driver; N: N learner actors (data-parallel copies, or the ranks the model is sharded
+    over with --shard fsdp/hsdp)"""
+    mixed_precision: bool = False
+    """--shard fsdp/hsdp: bf16 compute with fp32 master weights and gradient reduction (for GPUs)"""
     address: str | None = None
-    """Ray cluster address (default: start a local Ray)"""
+    """Ray cluster address (default: start a local Ray); the project's code and CWM_* settings are shipped to
+    its nodes, which need Ray and the dependencies but not this package (docs/cluster.md)"""
     num_cpus: int | None = None
     """CPUs of the local Ray (default: all)"""
+    docker_resource: str = "docker"
+    """custom Ray resource of the nodes that run Docker envs (`ray start --resources='{"docker": 8}'`): workers of
+    cwm/SWE-v0 (or an env with sandbox="docker") ask for docker_slots units of it, text envs go anywhere"""
+    docker_slots: int = 2
+    """episodes (so containers) a Docker env's worker runs at once, and the units of docker_resource it holds:
+    a node declaring N units runs at most N of this run's containers"""
+    learner_resources: dict = field(default_factory=dict)
+    """custom Ray resources of each learner actor (--num-learners N), e.g. {"learner": 1} to keep the learners on
+    the nodes started with that resource, apart from the env nodes"""
+    worker_retries: int = 2
+    """times a share of a batch whose rollout worker died (its node lost) is sampled again on a fresh worker"""
     top_p: float = 1.0
     """nucleus sampling threshold (1: off)"""
-    max_turns: int = 16
-    """turns per episode in multi-turn envs"""
+    max_turns: int | None = None
+    """policy turns per episode before the worker cuts it (default: the env's own limit, e.g. SWE-v0's 128;
+    128 for an env without one)"""
+    max_context: int | None = None
+    """tokens of an episode in all (prompt, turns, env replies) before the worker cuts it; a turn may take only
+    what is left (default: the model's context length)"""
+    max_episode_tokens: int | None = None
+    """policy tokens per episode, over all its turns, before the worker cuts it (default: no limit)"""
+    on_cut: Literal["fail", "drop"] = "fail"
+    """an episode the worker cut (turn, context or token budget): fail (trained on with the env's failure
+    reward, -1 under CWM's scheme) or drop (left out of the update and counted)"""
     eval_tasks: int = 0
     """held-out tasks evaluated (sampled and greedy) before training and at the end"""
     eval_every: int = 0
@@ -152,10 +198,57 @@ class RLArgs:
             raise ValueError(f"algo {self.algo!r} takes {ALGOS[self.algo].__name__}, not {type(self.update).__name__}")
         if self.log_trajectories < 0:
             raise UsageError("--log-trajectories must be 0 or more")
-        if min(self.steps, self.group, self.tasks, self.workers) < 1:
-            raise UsageError("--steps, --group, --tasks and --workers must be at least 1")
+        if min(self.group, self.tasks, self.workers) < 1 or self.steps < 0:
+            raise UsageError("--group, --tasks and --workers must be at least 1, --steps at least 0")
+        for name in ("max_turns", "max_context", "max_episode_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_staleness < 0:
+            raise UsageError("--max-staleness must be 0 or more")
+        if self.shard == "ddp" and (self.activation_checkpointing or self.cpu_offload or self.mixed_precision
+                                    or self.shard_group):  # the unsharded learner would ignore them
+            raise UsageError("--activation-checkpointing, --cpu-offload, --mixed-precision and --shard-group "
+                             "apply to sharded learners: give --shard fsdp or hsdp")
+        kind = policy_kind(self.policy)
+        if self.policy.startswith("hf:"):  # hf:DIR names the model the workers sample and the learner trains
+            given = self.policy[3:]
+            if self.model not in (RLArgs.model, given):
+                raise UsageError(f"--policy {self.policy} and --model {self.model} name different models")
+            self.model = given
+        if kind not in TRAINABLE and self.steps:
+            raise UsageError(f"--policy {self.policy} cannot be trained (the learner cannot update it): give "
+                             "--steps 0 for evaluation-only rollouts, or --policy hf / serve")
+        if kind == "serve" and self.algo == "ppo":
+            raise UsageError("--policy serve samples no values: PPO needs the in-process policy (--policy hf)")
         if self.algo == "grpo" and self.group < 2:
             raise UsageError("GRPO needs --group >= 2 (advantages are relative to the group)")
+        if self.docker_slots < 1 or self.worker_retries < 0:
+            raise UsageError("--docker-slots must be at least 1 and --worker-retries at least 0")
+        for env_id, entry in self.env_mix.items():
+            if not isinstance(entry, dict) or set(entry) - {"weight", "kwargs", "resources"}:
+                raise UsageError(f"--env-mix {env_id}: give an object with weight, kwargs and resources, not {entry!r}")
+            weight = entry.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                raise UsageError(f"--env-mix {env_id}: weight must be a number above 0, not {weight!r}")
+            for key in ("kwargs", "resources"):
+                if not isinstance(entry.get(key, {}), dict):
+                    raise UsageError(f"--env-mix {env_id}: {key} must be a JSON object")
+
+
+TRAINABLE = ("hf", "serve")
+
+
+def policy_kind(spec: str) -> str:
+    """`hf`, `serve`, or a kind of the policy grammar (agents/policies.py), checked.
+
+    >>> policy_kind("hf"), policy_kind("hf:runs/sft"), policy_kind("serve"), policy_kind("noisy:0.5")
+    ('hf', 'hf', 'serve', 'noisy')
+    """
+    if spec in ("hf", "serve"):
+        return spec
+    from agents.policies import parse_spec
+
+    return parse_spec(spec)[0]
 
 
 # --- command line -----------------------------------------------------------------------------------------

@@ -70,7 +70,26 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="cwm-serve-engine", daemon=True)
         self.batches = 0          # batches run, and rows in them: what dynamic batching did
         self.rows = 0
+        self.version = 0          # of the weights (an RL learner pushes new ones: set_weights)
+        self._pending: tuple[dict, int] | None = None
+        self._weights_lock = threading.Lock()
         self._thread.start()
+
+    def set_weights(self, weights: dict, version: int) -> None:
+        """New weights (the learner's layout: `lm.` + the model's keys), loaded before the next batch: a batch
+        being sampled finishes with the weights it started with, and every choice names its version."""
+        with self._weights_lock:
+            if self._pending is None or version >= self._pending[1]:
+                self._pending = (weights, version)
+
+    def _load_pending(self) -> None:
+        with self._weights_lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            torch = self._torch
+            state = {k[3:]: torch.as_tensor(v) for k, v in pending[0].items() if k.startswith("lm.")}
+            self.model.load_state_dict(state, strict=True)
+            self.version = pending[1]
 
     @classmethod
     def from_pretrained(cls, path: str, name: str | None = None, **kwargs) -> "Engine":
@@ -141,6 +160,7 @@ class Engine:
 
     def _run(self, jobs: list[Job]) -> None:
         torch = self._torch
+        self._load_pending()
         first = jobs[0]
         policy = self._policy(first.stop)
         policy.temperature = first.temperature if not first.greedy else 1.0
@@ -155,6 +175,8 @@ class Engine:
             comps = policy.generate(contexts, greedy=first.greedy, generator=generator, max_new_tokens=max_new)
         self.batches += 1
         self.rows += len(contexts)
+        for c in comps:
+            c.version = self.version
         k = 0
         for j in jobs:
             out = comps[k: k + len(j.prompts) * j.n]
@@ -168,7 +190,8 @@ def _cut(c, max_tokens: int):
         return c
     from agents.policy import Completion
 
-    return Completion(ids=c.ids[:max_tokens], logprobs=c.logprobs[:max_tokens], text="", finish="length")
+    return Completion(ids=c.ids[:max_tokens], logprobs=c.logprobs[:max_tokens], text="", finish="length",
+                      version=c.version)
 
 
 # -- the HTTP layer --------------------------------------------------------------------------------------------
@@ -300,7 +323,7 @@ def create_app(engine: Engine):
                     pos += len(piece)
                 choices.append({
                     "index": k, "text": text, "finish_reason": c.finish, "stop_reason": stop_reason,
-                    "token_ids": list(c.ids), "prompt_token_ids": p,
+                    "token_ids": list(c.ids), "prompt_token_ids": p, "cwm_version": c.version,
                     "logprobs": {"tokens": pieces, "token_logprobs": list(c.logprobs),
                                  "top_logprobs": [{t: lp} for t, lp in zip(pieces, c.logprobs)],
                                  "text_offset": offsets} if want_lp else None})
@@ -385,7 +408,95 @@ class Server:
         self.engine.close()
 
 
+class ServerPool:
+    """One `cwm serve` per Ray node, shared by the rollout workers there (`cwm train rl --policy serve`).
+
+    Each server is a Ray actor pinned to its node, holding the policy's model and serving it on that node's
+    loopback; a worker reaches the server of its own node (`policy_factory`), sending token ids (token-in)
+    and reading back the sampled ids, log-probs and the weights' version of each choice. After each update
+    the learner's weights go to every server once, through the object store (`set_weights`).
+    """
+
+    def __init__(self, policy, version: int, weights: dict, cpus: float = 1.0, max_batch: int = 256):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        actor = ray.remote(_NodeServer)
+        ref = ray.put(weights)
+        self.actors, self.urls = [], {}
+        for node in [n for n in ray.nodes() if n.get("Alive")]:
+            a = actor.options(num_cpus=cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                              ).remote(policy.model.config, policy.tokenizer, ref, version, max_batch)
+            self.actors.append(a)
+            self.urls[node["NodeID"]] = a
+        self.urls = dict(zip(self.urls, ray.get([a.url.remote() for a in self.actors], timeout=300)))
+        self.tokenizer, self.temperature, self.top_p = policy.tokenizer, policy.temperature, policy.top_p
+        self.max_new_tokens = policy.max_new_tokens
+
+    def policy_factory(self):
+        """A picklable factory that a rollout worker calls to get an OpenAI-compatible policy on its node's server."""
+        import functools
+
+        return functools.partial(_served_policy, self.urls, self.tokenizer, self.temperature, self.top_p,
+                                 self.max_new_tokens)
+
+    def set_weights(self, weights: dict, version: int) -> None:
+        import ray
+
+        ref = ray.put(weights)
+        ray.get([a.set_weights.remote(ref, version) for a in self.actors])
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.get(a.close.remote(), timeout=30)
+            except Exception:
+                pass
+            ray.kill(a)
+        self.actors = []
+
+
+class _NodeServer:
+    """A Ray actor: `Server(Engine)` over a model built from a config and the learner's weights."""
+
+    def __init__(self, config, tokenizer, weights, version: int, max_batch: int):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(1)
+        model = AutoModelForCausalLM.from_config(config)
+        engine = Engine(model, tokenizer, "policy", max_batch=max_batch)
+        engine.set_weights(weights, version)
+        engine._load_pending()
+        self.server = Server(engine)
+        self.server.start()
+
+    def url(self) -> str:
+        return self.server.url
+
+    def set_weights(self, weights, version: int) -> None:
+        self.server.engine.set_weights(weights, version)
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def _served_policy(urls: dict, tokenizer, temperature: float, top_p: float, max_tokens: int):
+    import ray
+
+    from agents.policies import OpenAIPolicy, Sampling
+
+    node = ray.get_runtime_context().get_node_id()
+    if node not in urls:
+        raise RuntimeError(f"no policy server on this node ({node}); the servers are on {sorted(urls)}")
+    return OpenAIPolicy(urls[node], "policy", tokenizer=tokenizer, concurrency=64, timeout=600.0,
+                        sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens))
+
+
 def run_serve(args) -> int:
+    """`cwm serve DIR`: load the checkpoint and serve it until interrupted."""
     import uvicorn
 
     if args.threads:
@@ -403,6 +514,7 @@ def run_serve(args) -> int:
 
 
 def register(sub) -> None:
+    """Add `cwm serve`."""
     p = sub.add_parser("serve", help="an OpenAI-compatible server over a local checkpoint (dynamic batching)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="a transformers checkpoint directory (model and tokenizer)")
@@ -418,6 +530,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m agents.serve DIR ...`: the same as `cwm serve DIR ...` (what ServerPool starts)."""
     import argparse
     import sys
 

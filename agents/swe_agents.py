@@ -84,6 +84,7 @@ def parse_patch(patch: str) -> list[FilePatch]:
 
 
 def tool(name: str, arg: str) -> str:
+    """One tool call in CWM's format."""
     return f"<tool: {name}>\n{arg}\n</tool>"
 
 

@@ -86,15 +86,21 @@ class RLRun:
         import torch
 
         from agents import grpo, ppo
-        from agents.lm_module import build_learner_group, set_lm_weights
-        from agents.rollout import EnvSpec, RolloutPool, init_ray
+        from agents.lm_module import build_learner_group
+        from agents.rollout import RolloutPool, init_ray
         from model.train_loop import resume_point
 
         self.args = args
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        _check_env(args.env, args.env_kwargs)
+        specs = env_specs(args)
+        for spec in specs:
+            _check_env(spec.id, spec.kwargs)
         self.ckpt = resume_point(self.out) if args.resume else None
+        if self.ckpt and (self.ckpt / "learners").is_dir() != (args.shard != "ddp"):  # before Ray starts
+            was = "sharded" if (self.ckpt / "learners").is_dir() else "unsharded"
+            raise UsageError(f"{self.ckpt} holds {was} learners: resume it with the --shard it was saved with "
+                             "(a sharded one resumes on any --num-learners)")
         self.metrics = self.out / "metrics.jsonl"
         if not self.ckpt:  # a fresh run: nothing of an earlier one may show in its curves or samples
             for old in (self.metrics, self.out / TRAJECTORIES, *self.out.glob("events.out.tfevents.*")):
@@ -108,47 +114,71 @@ class RLRun:
             u = replace(u, loss_rows=max(1, args.tasks * args.group // u.minibatches))
         self.update_args = u
         self.algo, learner_cls = {"grpo": (grpo, grpo.GRPOLearner), "ppo": (ppo, ppo.PPOLearner)}[args.algo]
+        self.sharded = args.shard != "ddp"
+        if self.sharded:  # FSDP2 learners (agents/sharded.py): the learners read their sharding from `u`
+            from agents import sharded
+
+            u = sharded.shard_update(u, args.shard, shard_group=args.shard_group, cpu_offload=args.cpu_offload,
+                                     activation_checkpointing=args.activation_checkpointing,
+                                     mixed_precision=args.mixed_precision)
+            learner_cls = sharded.SHARDED_LEARNERS[learner_cls]
         self.policy = load_policy(str(self.ckpt or args.model), seed=args.seed, value_head=args.algo == "ppo",
                                   temperature=u.temperature, top_p=args.top_p, max_new_tokens=u.max_new_tokens)
 
         self.started_ray = init_ray(args.address, args.num_cpus)
         self.learners = build_learner_group(learner_cls, self.policy.model.config, u, num_learners=args.num_learners,
-                                            value_head=args.algo == "ppo", seed=args.seed)
+                                            value_head=args.algo == "ppo", seed=args.seed,
+                                            resources_per_learner=args.learner_resources)
         self.step, self.version, self.elapsed = 0, 0, 0.0
         start_weights = self.policy.get_weights()
         if self.ckpt:  # KL is measured to the start of the whole run, not of this resumption
             start_weights = _load_start(self.out / "start", self.policy)
-        set_lm_weights(self.learners, start_weights)
-        self.learners.foreach_learner(lambda learner: learner.snapshot_reference())
+        self._set_learner_weights(start_weights)
+        self._on_learners(lambda learner: learner.snapshot_reference())
         if self.ckpt:
             self._restore(self.ckpt)
+            for log in (self.metrics, self.out / TRAJECTORIES):  # a crash after the checkpoint logged updates
+                _drop_rows_after(log, self.step)                  # that this run does again
         else:
             self._save_start()
-        self.pool = RolloutPool([EnvSpec(args.env, kwargs=args.env_kwargs)], self.policy.spec(),
-                                self.policy.get_weights(), version=self.version, num_workers=args.workers,
-                                mode=args.mode, max_staleness=args.max_staleness, seed=args.seed,
-                                max_turns=args.max_turns)
+        self.budgets = dict(max_turns=args.max_turns, max_episode_tokens=args.max_episode_tokens,
+                            max_context=args.max_context or self.policy.model.config.max_position_embeddings)
+        self.servers = None
+        worker_policy, cpus = self.policy.spec(), 1
+        if args.policy == "serve":  # one server per node, shared by the workers there; they only run envs
+            from agents.serve import ServerPool
+
+            self.servers = ServerPool(self.policy, self.version, start_weights if not self.ckpt else
+                                      self.policy.get_weights())
+            worker_policy, cpus = self.servers.policy_factory(), 0.25
+        self.pool = RolloutPool(specs, worker_policy,
+                                self.policy.get_weights() if args.policy != "serve" else None, version=self.version,
+                                num_workers=args.workers, mode=args.mode, max_staleness=args.max_staleness,
+                                seed=args.seed, cpus_per_worker=cpus, max_retries=args.worker_retries,
+                                **self.budgets)
         self.sink = MetricsSink(self.out, _jsonable(asdict(args)))
         self.samples = TrajectorySampler(self.out, self.policy.decode, args.log_trajectories)
         if self.ckpt:
             self.pool.rng.bit_generator.state = self._pool_state["rng"]
             self.pool._group = self._pool_state["group"]
         eval_kwargs = args.eval_env_kwargs if args.eval_env_kwargs is not None else args.env_kwargs
-        self.eval_pool = self.pool if eval_kwargs == args.env_kwargs else None
-        self.eval_env = EnvSpec(args.env, kwargs=eval_kwargs)
+        self.eval_pool = self.pool if eval_kwargs == args.env_kwargs and not args.env_mix else None
+        self.eval_env = env_specs(replace(args, env_kwargs=eval_kwargs, env_mix={}))[0]
 
     # -- one update ------------------------------------------------------------------------------------
 
     def update(self) -> dict[str, Any]:
-        from agents.lm_module import get_lm_weights, update_learners
+        from agents.lm_module import update_learners
 
         a = self.update_args
         t0 = time.perf_counter()
         trajs, st = self.pool.sample(self.args.tasks, self.args.group)
         t1 = time.perf_counter()
         stale = [t.staleness(self.version) for t in trajs if t.ok]  # versions behind the weights we update
+        cut = [t for t in trajs if t.ok and t.cut]
+        train = [t for t in trajs if not (t.cut and self.args.on_cut == "drop")]
         multiple = a.minibatches * max(1, self.args.num_learners)
-        arrays, info = self.algo.prepare_batch(trajs, a, multiple)
+        arrays, info = self.algo.prepare_batch(train, a, multiple)
         learner: dict[str, float] = {}
         if arrays is not None:
             learner = update_learners(self.learners, arrays, minibatches=a.minibatches, epochs=a.epochs,
@@ -156,7 +186,10 @@ class RLRun:
             self.version += 1
         t2 = time.perf_counter()
         if arrays is not None:
-            self.pool.set_weights(get_lm_weights(self.learners), self.version)
+            weights = self.learner_weights()
+            if self.servers is not None:
+                self.servers.set_weights(weights, self.version)
+            self.pool.set_weights(weights if self.servers is None else {}, self.version)  # served: a version only
         t3 = time.perf_counter()
         self.step += 1
 
@@ -176,7 +209,9 @@ class RLRun:
             "tokens_per_s": st.policy_tokens / max(st.wall_s, 1e-9),
             "env_steps_per_s": st.env_steps / max(st.wall_s, 1e-9),
             "staleness_mean": float(np.mean(stale)) if stale else 0.0, "staleness_max": int(max(stale, default=0)),
-            "dropped_stale": st.dropped_stale, "failed": st.failed, "worker_restarts": st.worker_restarts,
+            "staleness_hist": {str(k): int(v) for k, v in zip(*np.unique(stale, return_counts=True))} if stale else {},
+            "cut": len(cut), "dropped_cut": len(cut) if self.args.on_cut == "drop" else 0,
+            "failed": st.failed, "worker_restarts": st.worker_restarts, "episodes_lost": st.episodes_lost,
             "episodes": len(trajs), "trained_rows": info.get("rows", 0), "skipped_groups": info.get("skipped_groups", 0),
             "sample_s": t1 - t0, "update_s": t2 - t1, "sync_s": t3 - t2,
         }
@@ -233,21 +268,48 @@ class RLRun:
         from agents.rollout import RolloutPool
 
         self.eval_pool = RolloutPool([self.eval_env], self.policy.spec(), self.policy.get_weights(),
-                                     version=self.version, num_workers=self.args.workers, seed=self.args.seed)
+                                     version=self.version, num_workers=self.args.workers, seed=self.args.seed,
+                                     max_retries=self.args.worker_retries, **self.budgets)
         return self.eval_pool
 
     def sync_eval_pool(self) -> None:
-        from agents.lm_module import get_lm_weights
-
         if self.eval_pool is not None and self.eval_pool is not self.pool:
-            self.eval_pool.set_weights(get_lm_weights(self.learners), self.version)
+            self.eval_pool.set_weights(self.learner_weights(), self.version)
 
     # -- checkpoints -----------------------------------------------------------------------------------
 
-    def current_policy(self):
+    # -- the learners' weights: one copy per learner, or slices that every sharded learner must help gather --
+
+    def learner_weights(self) -> dict:
+        """The learners' current weights, whole, in the policy layout (`lm.*`, `value_head.*`)."""
+        if self.sharded:
+            from agents import sharded
+
+            return sharded.gather_lm_weights(self.learners)
         from agents.lm_module import get_lm_weights
 
-        self.policy.set_weights(get_lm_weights(self.learners), self.version)
+        return get_lm_weights(self.learners)
+
+    def _set_learner_weights(self, weights: dict) -> None:
+        if self.sharded:
+            from agents import sharded
+
+            sharded.set_lm_weights(self.learners, weights)
+        else:
+            from agents.lm_module import set_lm_weights
+
+            set_lm_weights(self.learners, weights)
+
+    def _on_learners(self, func) -> None:
+        if self.sharded:
+            from agents import sharded
+
+            sharded.on_every_learner(self.learners, func)
+        else:
+            self.learners.foreach_learner(func)
+
+    def current_policy(self):
+        self.policy.set_weights(self.learner_weights(), self.version)
         return self.policy
 
     def save_model(self, path: Path) -> None:
@@ -269,7 +331,13 @@ class RLRun:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.save_model(tmp)
-        learner_state = self.learners.get_state()
+        learner_state = None  # sharded: every learner writes its slices of weights and Adam state (DCP)
+        if self.sharded:
+            from agents import sharded
+
+            sharded.save_learners(self.learners, tmp / "learners")
+        else:
+            learner_state = self.learners.get_state()
         torch.save({"step": self.step, "version": self.version, "elapsed": self.elapsed, "learner": learner_state,
                     "pool": {"rng": self.pool.rng.bit_generator.state, "group": self.pool._group},
                     "args": _jsonable(asdict(self.args))}, tmp / "trainer_state.pt")
@@ -283,7 +351,12 @@ class RLRun:
         import torch
 
         state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        self.learners.set_state(state["learner"])
+        if self.sharded:
+            from agents import sharded
+
+            sharded.load_learners(self.learners, ckpt / "learners")
+        else:
+            self.learners.set_state(state["learner"])
         self.step, self.version, self.elapsed = state["step"], state["version"], state["elapsed"]
         self._pool_state = state["pool"]
 
@@ -301,6 +374,8 @@ class RLRun:
 
         for pool in {id(p): p for p in (self.pool, self.eval_pool) if p is not None}.values():
             pool.close()
+        if self.servers is not None:
+            self.servers.close()
         self.learners.shutdown()
         self.sink.close()
         if self.started_ray:
@@ -319,16 +394,70 @@ def _load_start(path: Path, policy) -> dict:
     return weights
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the JSON lines of `path` up to update `step` (a resumed run writes the later ones again), and
+    none that a crash cut short."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if line.endswith("\n") and row.get("step", 0) <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
+
+
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
-def _check_env(env_id: str, kwargs: dict) -> None:
-    """Fail fast, with one line, on an unknown env id or bad kwargs (before starting Ray)."""
+def env_specs(args: RLArgs):
+    """The envs a run samples, --env first, then --env-mix; each placed on the cluster by agents/cluster.py
+    (Docker envs on nodes with the docker resource, at most docker_slots episodes per worker)."""
+    from agents.cluster import needs_docker, worker_resources
+    entries = [(args.env, {"kwargs": args.env_kwargs}), *args.env_mix.items()]
+    specs = []
+    for env_id, entry in entries:
+        kwargs = entry.get("kwargs", {})
+        docker = needs_docker(env_id, kwargs)
+        resources = entry.get("resources")
+        if resources is None:
+            resources = worker_resources(env_id, kwargs, args.docker_resource, args.docker_slots)
+        specs.append(replace(env_spec(env_id, kwargs), weight=float(entry.get("weight", 1.0)), resources=resources,
+                             max_episodes=args.docker_slots if docker else 0))
+    return specs
+
+
+def env_spec(env_id: str, kwargs: dict):
+    """The pool's EnvSpec of `env_id`. An env registered in this process with a class (a script's
+    `gymnasium.register("my/Env-v0", entry_point=MyEnv)`) travels to the workers with its class, which
+    register it there; ids with an importable entry point (`cwm/*`, "module:id") are made by name."""
     import gymnasium
 
-    import cwm_envs  # noqa: F401
+    from agents.rollout import EnvSpec
 
+    registered = gymnasium.registry.get(env_id)
+    entry = registered.entry_point if registered is not None and callable(registered.entry_point) else None
+    return EnvSpec(env_id, kwargs=kwargs, entry_point=entry)
+
+
+def _check_env(env_id: str, kwargs: dict) -> None:
+    """Fail fast, with one line, on an unknown env id or bad kwargs (before starting Ray). A Docker env is
+    only looked up: this process need not have Docker (its workers run on the Docker nodes)."""
+    import gymnasium
+
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
+    from agents.cluster import needs_docker
+
+    if needs_docker(env_id, kwargs):
+        if env_id not in gymnasium.registry:
+            raise UsageError(f"cannot make env {env_id!r}: no such registered env")
+        return
     try:
         gymnasium.make(env_id, **kwargs).close()
     except gymnasium.error.Error as exc:
@@ -364,9 +493,63 @@ def plot_rewards(metrics_path: Path, png: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def evaluate_only(args: RLArgs) -> dict[str, Any]:
+    """`--steps 0` with a policy the learner cannot train (openai:URL, oracle, noisy:P, ...): the held-out
+    rollouts alone, through the same workers and budgets, to stage.json and metrics.jsonl."""
+    import functools
+
+    from agents.policies import Sampling, make_policy
+    from agents.rollout import RolloutPool, init_ray
+
+    if not args.eval_tasks:
+        raise UsageError(f"--policy {args.policy} only evaluates: give --eval-tasks N")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_env(args.env, args.env_kwargs)
+    eval_kwargs = args.eval_env_kwargs if args.eval_env_kwargs is not None else args.env_kwargs
+    tokenizer = None
+    if (Path(args.model) / "config.json").is_file():  # the served model's tokenizer: token ids in and out
+        from model.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
+    u = args.update
+    sampling = Sampling(temperature=u.temperature, top_p=args.top_p, max_tokens=u.max_new_tokens, seed=args.seed)
+    make_policy(args.policy, sampling, tokenizer=tokenizer)  # here first: an unreachable server is one clear line
+    factory = functools.partial(make_policy, args.policy, sampling, tokenizer=tokenizer)
+    encode = (lambda text: tokenizer.encode(text, add_special_tokens=False)) if tokenizer is not None else None
+    started = init_ray(args.address, args.num_cpus)
+    pool = RolloutPool([env_spec(args.env, eval_kwargs)], factory, num_workers=args.workers, seed=args.seed,
+                       cpus_per_worker=0.5, encode=encode, max_turns=args.max_turns, max_context=args.max_context,
+                       max_episode_tokens=args.max_episode_tokens)
+    try:
+        res: dict[str, Any] = {"step": 0}
+        seeds = [EVAL_SEED_BASE + i for i in range(args.eval_tasks)]
+        for tag, greedy in (("eval_sampled", False), ("eval_greedy", True)):
+            trajs, _ = pool.sample(args.eval_tasks, 1, greedy=greedy, seeds=seeds)
+            ok = [t for t in trajs if t.ok]
+            res[tag] = sum(t.reward > 0 for t in ok) / max(1, len(ok))
+            res[tag.replace("eval_", "cut_")] = sum(t.cut is not None for t in ok)
+            res[tag.replace("eval_", "failed_")] = len(trajs) - len(ok)
+    finally:
+        pool.close()
+        if started:
+            import ray
+
+            ray.shutdown()
+    (out / "metrics.jsonl").write_text(json.dumps(res) + "\n")
+    summary = {"stage": "rl", "args": _jsonable(asdict(args)), "evaluation_only": True, "eval_end": res,
+               "steps": 0, "elapsed_s": 0.0, "first_reward": None, "last_reward": None}
+    (out / "stage.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
 def run(args: RLArgs, on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The stage: held-out evaluation, training, evaluation, final checkpoint and model, reward.png; returns
-    the stage summary (also stage.json)."""
+    the stage summary (also stage.json). A policy the learner cannot train only evaluates (`evaluate_only`)."""
+    from agents.rl_args import TRAINABLE, policy_kind
+
+    if policy_kind(args.policy) not in TRAINABLE:
+        return evaluate_only(args)
     rl = RLRun(args)
     summary: dict[str, Any] = {"stage": "rl", "args": _jsonable(asdict(args)), "resumed_from": str(rl.ckpt or "")}
     try:
@@ -395,6 +578,7 @@ def run(args: RLArgs, on_update: Callable[[dict[str, Any]], None] | None = None)
 # --- command line -----------------------------------------------------------------------------------------
 
 def cmd_rl(ns) -> int:
+    """`cwm train rl`: one run, with a progress bar, then its summary line."""
     from tqdm import tqdm
 
     args = rl_args_from(ns)
@@ -412,6 +596,11 @@ def cmd_rl(ns) -> int:
             bar.set_postfix(post)
 
         s = run(args, progress)
+    if s.get("evaluation_only"):
+        e = s["eval_end"]
+        print(f"rl: evaluation only ({args.policy}): held-out pass rate sampled {e['eval_sampled']:.3f}, greedy "
+              f"{e['eval_greedy']:.3f} on {args.eval_tasks} tasks -> {args.out}")
+        return 0
     line = (f"rl: {s['steps']} updates in {s['elapsed_s']} s, train reward {s['first_reward']} -> {s['last_reward']}")
     if "eval_end" in s:
         start = s.get("eval_start", {})

@@ -17,14 +17,17 @@ class Trajectory:
 
     Lists are aligned with `ids`. `logprobs[i]` is the sampler's log-probability of `ids[i]` at its
     temperature (0.0 where the policy did not sample), `values[i]` the value head's estimate of the state
-    before `ids[i]` (PPO only). `rewards` holds one entry per env step; `reward` is their sum.
+    before `ids[i]` (PPO only), `versions[i]` the policy version whose weights sampled `ids[i]` (-1 where
+    no sampler did): an episode that spans a weight update (async partial rollouts) holds several.
+    `rewards` holds one entry per policy turn (the env step it led to); `reward` is their sum. An episode the
+    rollout worker cut (`cut`: its turn, context or token budget ran out) is paid the env's failure reward.
     """
 
     ids: list[int]
     policy_mask: list[int]
     logprobs: list[float]
     rewards: list[float]
-    version: int
+    version: int  # the oldest version that sampled a token of it (staleness counts from here)
     env_id: str = ""
     task_id: str = ""
     group: int = -1
@@ -36,13 +39,16 @@ class Trajectory:
     info: dict[str, Any] = field(default_factory=dict)  # the env's last info (evidence, task id, ...)
     error: str | None = None  # set when the env or worker failed: never trained on, counted apart
     infra: bool = False  # the error is the machinery's (sandbox, Docker, a model server), not the policy's
+    versions: list[int] | None = None
+    cut: str | None = None  # the worker's budget that ended the episode: max_turns, max_context, max_episode_tokens
 
     def __post_init__(self):
         n = len(self.ids)
         if not (len(self.policy_mask) == len(self.logprobs) == n):
             raise ValueError(f"misaligned trajectory: {n} ids, {len(self.policy_mask)} mask, {len(self.logprobs)} logprobs")
-        if self.values is not None and len(self.values) != n:
-            raise ValueError(f"misaligned trajectory: {n} ids, {len(self.values)} values")
+        for name in ("values", "versions"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != n:
+                raise ValueError(f"misaligned trajectory: {n} ids, {len(getattr(self, name))} {name}")
 
     @property
     def reward(self) -> float:

@@ -255,12 +255,14 @@ def write_view(run_dir: str | Path, out: str | Path | None = None, limit: int = 
 
 
 def cmd_view(args) -> int:
+    """`cwm view RUN_DIR`: write the page and say where."""
     path = write_view(args.run_dir, args.out, args.limit)
     print(f"view: {path}")
     return 0
 
 
 def register(sub) -> None:
+    """Add `cwm view`."""
     p = sub.add_parser("view", help="write a static HTML report of an RL run: curves and sampled episodes",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", metavar="RUN_DIR", help="an RL run directory (`cwm train rl --out`)")

@@ -19,7 +19,6 @@ import sys
 from benchmarks.report import write_report
 from benchmarks.runner import add_prompts_arg, close_policy, open_policy, policy_config, run_samples
 from cwm_envs.envs.math_env import MathEnv
-from cwm_envs.errors import UsageError
 from cwm_envs.sources.math import MathGenerator, load_math
 from cwm_envs.tasks import Task
 

@@ -1,10 +1,7 @@
 """Shared pieces of every benchmark: the report files (`--out DIR` -> report.json + report.md) and pass@k."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import Any
 
 from cwm_envs.report import write_report  # noqa: F401  (one writer, shared with `cwm swe validate`)
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from benchmarks.host_measure import engine_pids
+
 SNIPPET = "sum(i*i for i in range(1000))"
 CHECK = "print(sum(i*i for i in range(1000)))"
 PROJECT = Path(__file__).resolve().parent.parent
@@ -110,6 +112,93 @@ def local_figures(n: int = 500, n_baseline: int = 40, throughput_s: float = 3.0,
             f"execs_per_s_{workers}_workers": round(sum(counts) / elapsed, 1)}
 
 
+def docker_figures(n: int = 50, image: str | None = None) -> dict:
+    """Exec latency in a warm container (through the exec server), reset() from the warm pool, and two
+    baselines, all measured in this call on `CHECK`: one `docker exec` per command (the classic path) and
+    `docker run --rm`. Also the first exec after a reset."""
+    from cwm_envs.errors import SandboxError
+    from cwm_envs.sandbox._docker_reaper import owner_labels
+    from cwm_envs.sandbox.docker_backend import DockerSandbox
+
+    def ms(xs):
+        xs = sorted(xs)
+        return round(1000 * statistics.median(xs), 3), round(1000 * xs[min(len(xs) - 1, int(0.9 * len(xs)))], 3)
+
+    def check(res):
+        if res.stdout.strip() != "332833500":
+            raise SandboxError(f"the snippet gave {res!r}")
+
+    def timed(sb, k: int) -> list[float]:
+        """Seconds of each of k runs of the snippet, each checked."""
+        secs = []
+        for _ in range(k):
+            t = time.perf_counter()
+            res = sb.run_python(CHECK)
+            secs.append(time.perf_counter() - t)
+            check(res)
+        return secs
+
+    with DockerSandbox(image, pool_size=1) as sb:
+        timed(sb, 3)                          # warm up
+        cpu0 = _exec_cpu_s(sb)
+        execs = timed(sb, n)
+        cpu1 = _exec_cpu_s(sb)
+        resets, colds = [], []
+        for _ in range(max(5, n // 5)):
+            with sb._cv:                      # the warm path: wait until the pool is full again
+                while len(sb._pool) < sb.pool_size:
+                    sb._cv.wait(0.05)
+            t = time.perf_counter()
+            sb.reset()
+            resets.append(time.perf_counter() - t)
+            colds += timed(sb, 1)             # the fresh container works at once
+        image = sb.image
+    with DockerSandbox(image, pool_size=0, exec_server=False) as sb:
+        timed(sb, 3)                          # warm up
+        classic = timed(sb, n)
+    runs = []
+    labels = [f"--label={k}={v}" for k, v in owner_labels().items()]   # reaped by gc if we are killed
+    for _ in range(max(5, n // 10)):
+        t = time.perf_counter()
+        proc = subprocess.run(["docker", "run", "--rm", "--network=none", *labels, image, "python3", "-c", CHECK],
+                              capture_output=True, text=True)
+        runs.append(time.perf_counter() - t)
+        if proc.stdout.strip() != "332833500":
+            raise SandboxError(f"docker run baseline failed: {proc.stderr.strip()[-300:]}")
+    (e50, e90), (r50, r90), (c50, _), (b50, _), (x50, _) = ms(execs), ms(resets), ms(colds), ms(runs), ms(classic)
+    return {"image": image, "snippet": CHECK, "n_exec": n, "n_reset": len(resets), "n_docker_run": len(runs),
+            "exec_median_ms": round(e50, 1), "exec_p90_ms": round(e90, 1),
+            "reset_median_ms": r50, "reset_p90_ms": r90,
+            "first_exec_after_reset_median_ms": round(c50, 1),
+            "docker_exec_per_command_median_ms": round(x50, 1),
+            "docker_run_median_ms": round(b50, 1),
+            "exec_speedup_vs_docker_exec": round(x50 / e50, 1),
+            "exec_speedup_vs_docker_run": round(b50 / e50, 1),
+            "cpu_ms_per_exec": round(1000 * (cpu1 - cpu0) / n, 1) if cpu0 is not None and cpu1 is not None else None,
+            "load_avg_1m_after": round(os.getloadavg()[0], 2)}   # other work on the machine slows every figure
+
+
+def _exec_cpu_s(sb) -> float | None:
+    """CPU seconds spent so far by everything an exec in `sb`'s container involves: this process, dockerd,
+    containerd and the container's shim (which reaps runc and the exec'd processes, so their time lands in its
+    children's share). Other programs' load does not inflate it, other Docker work at the same time does; None
+    where /proc does not show them."""
+    def cpu(pid: int, children: bool) -> float:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if children else 0)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    try:
+        shim = int(Path(f"/proc/{sb._box.init_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        engine = engine_pids()
+        if len(engine) < 2:
+            return None
+        own = os.times()
+        return own.user + own.system + sum(cpu(pid, False) for pid in engine) + cpu(shim, True)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_bench(args) -> int:
     from benchmarks.report import write_report
 
@@ -156,11 +245,7 @@ def run_bench(args) -> int:
 
 
 def _docker(args) -> dict:
-    """The docker backend's own figures (its module measures them), or why there are none."""
-    try:
-        from cwm_envs.sandbox.docker_backend import docker_figures
-    except ModuleNotFoundError as exc:
-        return {"error": f"docker backend unavailable ({exc.name} missing)"}
+    """The docker backend's figures, or why there are none."""
     from cwm_envs.errors import DockerUnavailable
 
     try:

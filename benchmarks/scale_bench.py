@@ -32,7 +32,6 @@ into a capacity model (`benchmarks/scale_model.py`), checked against these point
 """
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import subprocess
@@ -42,6 +41,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.host_measure import (
+    Container,
+    Monitor,
+    engine_pids,
+    proc_cpu_s,
+    proc_stat,
+    pss_mb,
+    quantiles,
+    rss_mb,
+    tree_cpu_s,
+)
 from benchmarks.report import write_report
 
 SUM = "print(sum(i * i for i in range(20000)))"
@@ -52,166 +62,6 @@ TESTS = ("tests", "cd /testbed && /opt/miniconda3/envs/testbed/bin/python -m pyt
          "| tail -1", " passed")   # the repo's test suite: what an agent runs to check a fix, and grading runs
 IDLE_S = 2.0                                        # seconds of idle CPU measured per point
 SWE_LIMITS = dict(memory_mb=4096, processes=1024)   # cwm/SWE-v0's defaults (cwm_envs/envs/swe_env.py)
-
-
-# --- measuring ---------------------------------------------------------------------------------------------
-
-def quantiles(xs: list[float]) -> dict:
-    """p50 / p99 / max in milliseconds (nearest rank)."""
-    if not xs:
-        return {"p50_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
-    xs = sorted(xs)
-    p99 = xs[max(0, math.ceil(0.99 * len(xs)) - 1)]
-    return {"p50_ms": round(1000 * statistics.median(xs), 1), "p99_ms": round(1000 * p99, 1),
-            "max_ms": round(1000 * xs[-1], 1), "n": len(xs)}
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def tree_cpu_s(root: int | None = None) -> float:
-    """CPU seconds of `root` (default: this process, all threads) and every live descendant, each with the
-    children it has reaped: sandbox servers and the executions they forked."""
-    ticks, kids = {}, {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (f := _stat(int(name))):
-            ticks[int(name)] = sum(int(x) for x in f[11:15])
-            kids.setdefault(int(f[1]), []).append(int(name))
-    total, todo = 0, [root or os.getpid()]
-    while todo:
-        pid = todo.pop()
-        total += ticks.get(pid, 0)
-        todo += kids.get(pid, [])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def engine_pids() -> list[int]:
-    return [int(d) for d in os.listdir("/proc") if d.isdigit() and _comm(int(d)) in ("dockerd", "containerd")]
-
-
-def proc_cpu_s(pids) -> float:
-    """CPU seconds of `pids` themselves plus the children they reaped (a shim reaps runc and exec'd processes)."""
-    total = 0
-    for pid in pids:
-        if f := _stat(pid):
-            total += sum(int(x) for x in f[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def pss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-class Container:
-    """What the host shows of one container: its cgroup (memory, CPU) and its containerd shim."""
-
-    def __init__(self, client, cid: str):
-        self.id = cid
-        self.init_pid = client.api.inspect_container(cid)["State"]["Pid"]
-        f = _stat(self.init_pid)
-        self.shim_pid = int(f[1]) if f else 0
-        self.dirs: dict[str, str] = {}
-        try:
-            lines = Path(f"/proc/{self.init_pid}/cgroup").read_text().splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            _, ctrls, path = line.split(":", 2)
-            if cid not in path:
-                continue
-            if not ctrls:                                        # cgroup v2: one directory for all
-                self.dirs.setdefault("memory", f"/sys/fs/cgroup{path}")
-                self.dirs.setdefault("cpu", f"/sys/fs/cgroup{path}")
-            for ctrl in ctrls.split(","):
-                if ctrl in ("memory", "cpuacct"):
-                    self.dirs["memory" if ctrl == "memory" else "cpu"] = f"/sys/fs/cgroup/{ctrls}{path}"
-
-    def _read(self, ctrl: str, name: str) -> str | None:
-        try:
-            return Path(self.dirs[ctrl], name).read_text()
-        except (KeyError, OSError):
-            return None
-
-    def cpu_s(self) -> float | None:
-        if (ns := self._read("cpu", "cpuacct.usage")) is not None:              # v1
-            return int(ns) / 1e9
-        if (stat := self._read("cpu", "cpu.stat")) is not None:                 # v2
-            return int(stat.split("usage_usec", 1)[1].split()[0]) / 1e6
-        return None
-
-    def memory_mb(self) -> tuple[float | None, float | None]:
-        """(working set, peak) in MB: usage minus inactive file cache (what `docker stats` shows)."""
-        stat = self._read("memory", "memory.stat") or ""
-        fields = dict(line.split() for line in stat.splitlines() if len(line.split()) == 2)
-        usage = self._read("memory", "memory.usage_in_bytes") or self._read("memory", "memory.current")
-        peak = self._read("memory", "memory.max_usage_in_bytes") or self._read("memory", "memory.peak")
-        if usage is None:
-            return None, None
-        inactive = int(fields.get("total_inactive_file", fields.get("inactive_file", 0)))
-        mb = lambda b: round(int(b) / 2**20, 1)  # noqa: E731
-        return mb(max(0, int(usage) - inactive)), (mb(peak) if peak else None)
-
-
-class Monitor(threading.Thread):
-    """Samples, twice a second, the working set of every live container of the point and how many runnable
-    tasks on the machine are not ours (/proc/loadavg's running count less our operations under way and this
-    thread): the competition the simulation in benchmarks/scale_model.py is given."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.live: dict[str, Container] = {}
-        self.peaks: dict[str, float] = {}
-        self.total_peak = 0.0
-        self.inflight = 0                         # our execs and resets under way now
-        self.others: list[int] = []               # runnable tasks that were not ours, at each sample
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-
-    def enter(self, k: int) -> None:
-        with self.lock:
-            self.inflight += k
-
-    def watch(self, c: Container) -> None:
-        with self.lock:
-            self.live[c.id] = c
-
-    def drop(self, c: Container) -> None:
-        with self.lock:
-            self.live.pop(c.id, None)
-
-    def run(self) -> None:
-        while not self.stop.wait(0.5):
-            with self.lock:
-                boxes, ours = list(self.live.values()), self.inflight
-            try:
-                running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-                self.others.append(max(0, running - ours - 1))
-            except (OSError, ValueError, IndexError):
-                pass
-            total = 0.0
-            for c in boxes:
-                ws, _ = c.memory_mb()
-                if ws is not None:
-                    self.peaks[c.id] = max(self.peaks.get(c.id, 0.0), ws)
-                    total += ws
-            self.total_peak = max(self.total_peak, total)
 
 
 # --- one point ---------------------------------------------------------------------------------------------
@@ -248,12 +98,12 @@ def container_point(n: int, image: str, execs: int, resets: int, workloads=(TURN
             starts.append(time.perf_counter() - t)
 
     monitor = Monitor()
-    rss0 = _rss_mb(os.getpid())
+    rss0 = rss_mb(os.getpid())
     try:
         with ThreadPoolExecutor(n) as pool:
             list(pool.map(start, range(n)))
         live = [b for b in boxes if b is not None]
-        client_mb = (_rss_mb(os.getpid()) - rss0) / max(1, len(live))   # what a sandbox costs its owner
+        client_mb = (rss_mb(os.getpid()) - rss0) / max(1, len(live))   # what a sandbox costs its owner
         info = {id(b): Container(client, b.container_id) for b in live}
         for c in info.values():
             monitor.watch(c)
@@ -321,7 +171,7 @@ def container_point(n: int, image: str, execs: int, resets: int, workloads=(TURN
         with ThreadPoolExecutor(max(1, len(live))) as pool:
             list(pool.map(work, live))
         wall = time.perf_counter() - t0
-        shim_cpu = sum(proc_cpu_s([p]) - shim0.get(p, 0) for p in shims if _stat(p))
+        shim_cpu = sum(proc_cpu_s([p]) - shim0.get(p, 0) for p in shims if proc_stat(p))
         host_cpu = proc_cpu_s(engines) + tree_cpu_s() - host0 + shim_cpu
         monitor.stop.set()
         monitor.join()
@@ -368,16 +218,6 @@ def _mean_ms(xs) -> float | None:
     return round(1000 * statistics.mean(xs), 1) if xs else None
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _median(xs) -> float | None:
     xs = [x for x in xs if x is not None]
     return round(statistics.median(xs), 1) if xs else None
@@ -413,7 +253,7 @@ def host_costs(image: str, windows: int = 5, per_window: int = 4) -> dict:
             new_shim = Container(sb.client, sb.container_id).shim_pid   # the newest shim's start-up, whole
             re_engine.append(proc_cpu_s(engines) - e0)
             re_own.append(tree_cpu_s() - o0 + proc_cpu_s([new_shim]) / per_window)
-    ms = lambda x: round(1000 * x / per_window, 1)  # noqa: E731
+    ms = lambda x: round(1000 * x / per_window, 1)  # noqa: E731  (a one-line local helper)
     out = {"engine_cpu_ms_per_exec": ms(min(ex_engine)), "own_cpu_ms_per_exec": ms(statistics.median(ex_own)),
            "container_cpu_ms_per_exec": ms(statistics.median(ex_in)),
            "engine_cpu_ms_per_reset": ms(min(re_engine)), "own_cpu_ms_per_reset": ms(statistics.median(re_own)),
@@ -440,7 +280,7 @@ def _cmdline(pid: int) -> str:
 def descendants(root: int) -> list[int]:
     kids: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
-        if name.isdigit() and (f := _stat(int(name))):
+        if name.isdigit() and (f := proc_stat(int(name))):
             kids.setdefault(int(f[1]), []).append(int(name))
     out, todo = [], [root]
     while todo:
@@ -518,7 +358,7 @@ def text_env_figures(seconds: float = 5.0, workers: int = 2) -> dict:
     subprocess.run([python, -c]) per CPU-second."""
     import gymnasium
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
     from cwm_envs.sandbox.local import LocalSandbox
 
     out = {"workers": workers, "seconds": seconds, "load_1m_before": round(os.getloadavg()[0], 2)}
@@ -575,7 +415,7 @@ def swe_image(choice: str, log) -> str:
         return choice
     import gymnasium
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
 
     env = gymnasium.make("cwm/SWE-v0", log=log).unwrapped
     try:

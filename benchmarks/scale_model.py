@@ -22,7 +22,6 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-
 # --- the simulation ----------------------------------------------------------------------------------------
 
 def simulate(n: int, *, cores: float, jobs: Sequence[float] | None = None, cpu_s: float | None = None,

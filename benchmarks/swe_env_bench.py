@@ -44,7 +44,7 @@ def measure(resets: int = 20, episodes: int = 16, progress: bool = False) -> dic
     import gymnasium
     from tqdm import tqdm
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
     from agents.swe_agents import DoNothingSWEAgent, OracleSWEAgent, run_episode, tool
     from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.tools import ToolBox
@@ -162,7 +162,7 @@ def demo_section(args) -> str:
     """SWE env: an oracle episode in a repository container (cwm/SWE-v0)"""
     import gymnasium
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
     from agents.swe_agents import DoNothingSWEAgent, OracleSWEAgent, run_episode
 
     t = time.perf_counter()

@@ -349,10 +349,9 @@ def _official_row(inst) -> dict:
 
 
 def register(sub) -> None:
+    from agents.policies import add_policy_args
     from benchmarks.cli import bench_group
     from cwm_envs.swe.cli import add_dataset_args
-
-    from agents.policies import add_policy_args
 
     bench = bench_group(sub)
     p = bench.add_parser("swebench", help="an agent's (or predictions') SWE-bench resolve rate: episodes in "

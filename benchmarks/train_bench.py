@@ -48,12 +48,12 @@ def _rate(stamps: list[tuple[int, float]], tokens_per_step: int) -> float:
 
 def worker_ours(ns) -> dict:
     import torch
+    from transformers import CwmForCausalLM
 
     from model.config import make_config
     from model.tokenizer import load_tokenizer
     from model.train_args import TrainArgs
     from model.train_loop import train
-    from transformers import CwmForCausalLM
 
     tok = load_tokenizer(ns.tokenizer)
     rows = torch.load(ns.data)
@@ -178,6 +178,8 @@ def register(sub) -> None:
 
 def demo_section(args) -> str:
     """CWM model: presets, the tokenizer with CWM's special tokens, a few pretrain steps of cwm-tiny"""
+    from transformers import CwmForCausalLM
+
     from cwm_envs.chat import format_chat
     from model.config import describe, make_config
     from model.corpus import sample_text
@@ -185,7 +187,6 @@ def demo_section(args) -> str:
     from model.tokenizer import special_token_ids, train_tokenizer
     from model.train_args import TrainArgs
     from model.train_loop import train
-    from transformers import CwmForCausalLM
 
     for preset in ("cwm-32b", "cwm-tiny"):
         info = describe(make_config(preset))

@@ -18,6 +18,7 @@ REASONING_SYSTEM_PROMPT = (
 
 
 def format_message(role: str, content: str) -> str:
+    """One message in CWM's chat format (header, blank line, content, end of turn)."""
     return f"{HEADER_START}{role}{HEADER_END}\n\n{content}{EOT}"
 
 
@@ -39,4 +40,5 @@ def format_chat(messages: list[dict], add_generation_prompt: bool = True, think:
 
 
 def tool_message(name: str, content: str) -> str:
+    """A tool's answer, as the `tool: NAME` role CWM's format gives it."""
     return format_message(f"tool: {name}", content)

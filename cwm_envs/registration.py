@@ -21,6 +21,7 @@ ENVS: dict[str, str] = {
 
 
 def register_envs() -> None:
+    """Register every cwm/ id with Gymnasium (once; importing cwm_envs calls it)."""
     for env_id, entry_point in ENVS.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point=entry_point, disable_env_checker=False)

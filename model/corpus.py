@@ -21,6 +21,7 @@ MAX_DOC_BYTES = 1_000_000  # a generated table of that size teaches nothing; ski
 
 @dataclass(frozen=True)
 class Document:
+    """One text of the corpus and the name that decides its train/eval split."""
     name: str
     text: str
 
@@ -31,10 +32,12 @@ def hash_fraction(key: str) -> float:
 
 
 def is_eval(name: str, eval_share: float = 0.02) -> bool:
+    """Whether a document belongs to the eval split (a stable share by name)."""
     return hash_fraction(name) < eval_share
 
 
 def stdlib_dir() -> Path:
+    """This interpreter's standard library: the default corpus, present on every machine."""
     return Path(sysconfig.get_paths()["stdlib"])
 
 

@@ -88,6 +88,7 @@ def trajectory_document(tokenizer, messages: list[dict], obs_mask_share: float, 
 
 
 def trajectory_documents(tokenizer, path: str | Path, obs_mask_share: float, seed: int):
+    """Agent trajectories from JSON lines as documents, re-drawing the masked observations each epoch."""
     rows = []
     for n, row in enumerate(read_jsonl(path), 1):
         if not isinstance(row.get("messages"), list) or not row["messages"]:
@@ -118,6 +119,7 @@ def parse_mix(text: str | None) -> dict[str, float]:
 
 def run(args: TrainArgs, parent: str, traces: str, trajectories: str | None = None,
         corpus: str = "default", mix_spec: str | None = None, obs_mask_share: float = 0.5) -> dict:
+    """`cwm train midtrain`: continue `parent` on traces, trajectories and pretraining replay; the summary."""
     out = Path(args.out)
     if not 0 <= obs_mask_share <= 1:
         raise UsageError(f"--obs-mask-share must be within [0, 1], got {obs_mask_share}")

@@ -56,7 +56,7 @@ class Shape:
 
         with torch.device("meta"):
             model = CwmForCausalLM(config)
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731  (a one-line local helper)
         decoder = model.get_decoder()
         return cls(parameters=count(model), layer_parameters=max(count(layer) for layer in decoder.layers),
                    embedding=count(decoder.embed_tokens), head=count(model.get_output_embeddings()),
@@ -117,6 +117,7 @@ def plan(s: Shape, strategy: str, ranks: int, *, seq_len: int, micro_batch: int,
 
 
 def fits(m: Memory, budget: float, host_budget: float = float("inf")) -> bool:
+    """Whether a per-rank memory estimate fits the device (and host) budget."""
     return m.peak <= budget and m.host <= host_budget
 
 

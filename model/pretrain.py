@@ -44,11 +44,13 @@ def corpus_rows(tokenizer, corpus: str, split: str, seq_len: int, seed: int) -> 
 
 
 def eval_rows_of(rows: Iterator[Row], n: int) -> list[Row]:
+    """The first `n` rows of the eval stream, held fixed for every evaluation."""
     return [next(rows) for _ in range(n)]
 
 
 def run(args: TrainArgs, preset: str, corpus: str = "default", tokenizer_dir: str | None = None,
         vocab_size: int | None = None) -> dict:
+    """`cwm train pretrain`: tokenizer and model from the preset (or resume), trained on the corpus; the summary."""
     out = Path(args.out)
     ckpt = resume_point(out) if args.resume else None
     if ckpt:

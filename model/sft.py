@@ -43,6 +43,7 @@ def oracle_actions(env) -> list[str]:
 
 
 def make_env(env_id: str, env_kwargs: dict | None = None):
+    """The env for `env_id`, with a usage error (not a traceback) for an id Gymnasium does not know."""
     import gymnasium
 
     import cwm_envs  # noqa: F401  (registers the cwm/ ids)
@@ -124,17 +125,29 @@ def evaluate(model, tokenizer, env_id: str, episodes: int, seed: int, env_kwargs
             "mean_reward": sum(rewards) / max(1, episodes), "samples": samples}
 
 
+def oracle_documents(env_id: str, env_kwargs: dict | None = None):
+    """The default SFT rows: `(tokenizer, episodes, seed) -> ([(ids, loss mask)], counts)` of the env's rewarded
+    oracle episodes."""
+    def documents(tokenizer, episodes: int, seed: int):
+        kept, counts = collect_episodes(env_id, episodes, seed=seed, env_kwargs=env_kwargs)
+        return [episode_document(tokenizer, t) for t in kept], counts
+    return documents
+
+
 def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 1000, env_kwargs: dict | None = None,
-        eval_episodes: int = 20) -> dict:
+        eval_episodes: int = 20, documents=None) -> dict:
+    """SFT on `documents(tokenizer, episodes, seed) -> ([(ids, loss mask)], counts)` (default: the env's oracle,
+    `oracle_documents`; `cwm train sft --policy` passes a policy's rewarded rollouts, laid out the same way)."""
     out = Path(args.out)
-    kept, counts = collect_episodes(env_id, episodes, seed=args.seed, env_kwargs=env_kwargs)
-    if not kept:
-        raise UsageError(f"the oracle earned no reward in {episodes} episodes of {env_id}: nothing to learn from")
-    print(f"oracle: {counts['kept']}/{episodes} episodes rewarded")
+    source = "oracle" if documents is None else "policy"
+    documents = documents or oracle_documents(env_id, env_kwargs)
     ckpt = resume_point(out) if args.resume else None
     tokenizer = load_tokenizer(ckpt or parent)
     model = open_model(ckpt or parent, args)
-    docs = [episode_document(tokenizer, t) for t in kept]
+    docs, counts = documents(tokenizer, episodes, args.seed)
+    if not docs:
+        raise UsageError(f"no episode of {episodes} in {env_id} was rewarded: nothing to learn from")
+    print(f"{source}: {counts['kept']}/{episodes} episodes rewarded")
     too_long = sum(len(d[0]) > model.config.max_position_embeddings for d in docs)
 
     def epoch_docs(epoch: int):
@@ -144,9 +157,9 @@ def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 1000, env_kwa
 
     rows = pack(endless(epoch_docs), args.seq_len)
     # eval loss on episodes of unseen seeds (the training seeds are seed .. seed + episodes - 1)
-    held, _ = collect_episodes(env_id, max(4, args.eval_rows), seed=args.seed + 10**6, env_kwargs=env_kwargs)
+    held, _ = documents(tokenizer, max(4, args.eval_rows), args.seed + 10**6)
     # (repeated so that short episodes still fill whole packed rows)
-    evals = list(pack(iter([episode_document(tokenizer, t) for t in held] * 8), args.seq_len))[:args.eval_rows]
+    evals = list(pack(iter(held * 8), args.seq_len))[:args.eval_rows]
     args.extra.update({"parent": str(parent), "env": env_id, "env_kwargs": env_kwargs, "oracle": counts,
                        "episodes_longer_than_context": too_long})
     summary = train(model, tokenizer, rows, evals, args, resume_from=ckpt, title="sft")

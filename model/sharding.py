@@ -84,6 +84,7 @@ def shard_model(model, mesh, *, mixed_precision: bool = False, cpu_offload: bool
 
 
 def is_meta(model) -> bool:
+    """Whether the model was built on the meta device (no storage yet)."""
     return any(p.is_meta for p in model.parameters())
 
 
@@ -116,13 +117,14 @@ def group_by_unit(names) -> list[list[str]]:
 # --- checkpoints ----------------------------------------------------------------------------------------
 
 def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether `path` holds a DCP (sharded) checkpoint rather than a plain one."""
     return (Path(path) / DCP_DIR / ".metadata").is_file()
 
 
 def save_sharded(path: str | Path, model, optimizer=None) -> None:
     """Every rank writes its slices of the weights (and the optimizer state) to the DCP directory `path`."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     if optimizer is None:
         state = {"model": get_model_state_dict(model)}
@@ -135,8 +137,12 @@ def save_sharded(path: str | Path, model, optimizer=None) -> None:
 def load_sharded(path: str | Path, model, optimizer=None) -> None:
     """Fill `model` (and `optimizer`) from a DCP directory written by any number of ranks."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
-                                                         set_model_state_dict, set_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
 
     if optimizer is None:
         state = {"model": get_model_state_dict(model)}

@@ -89,6 +89,7 @@ def add_train_args(parser, **defaults) -> None:
 
 
 def train_args_from(ns) -> TrainArgs:
+    """TrainArgs from parsed `cwm train` flags."""
     return from_flags(TrainArgs, ns)
 
 
@@ -123,6 +124,7 @@ def field_default(f) -> Any:
 
 
 def show_default(value: Any) -> str:
+    """A default as --help shows it (a dict as JSON, as the flag takes it)."""
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
@@ -173,6 +175,7 @@ def from_flags(cls, ns, **given):
 
 
 def json_object(text: str, what: str) -> dict:
+    """`text` decoded as a JSON object, or a one-line usage error saying what is wrong."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:

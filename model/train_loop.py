@@ -88,6 +88,7 @@ def mix(sources: dict[str, Iterator[Row]], weights: dict[str, float], seed: int)
 
 @dataclass
 class Dist:
+    """This process's place in the process group (one rank and no group when run alone)."""
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -118,6 +119,7 @@ def setup_distributed(need_group: bool = False) -> Dist:
 
 
 def pick_device(d: Dist) -> torch.device:
+    """This rank's GPU when there is one, else the CPU."""
     if torch.cuda.is_available():
         torch.cuda.set_device(d.local_rank)
         return torch.device("cuda", d.local_rank)
@@ -125,6 +127,7 @@ def pick_device(d: Dist) -> torch.device:
 
 
 def autocast_for(device: torch.device, dtype: str):
+    """The autocast context and the resolved dtype name for `dtype` (auto: bf16 where the GPU has it)."""
     if dtype == "auto":
         dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if dtype == "fp32":
@@ -149,6 +152,7 @@ def lr_at(args: TrainArgs, step: int, elapsed_s: float) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, args: TrainArgs, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -290,8 +294,18 @@ def train(model, tokenizer, rows: Iterator[Row], eval_rows: list[Row], args: Tra
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint are noise
-    from model.sharding import (DCP_DIR, device_mesh, enable_activation_checkpointing, export_checkpoint, is_meta,
-                                is_sharded_checkpoint, load_pretrained, load_sharded, materialise, shard_model)
+    from model.sharding import (
+        DCP_DIR,
+        device_mesh,
+        enable_activation_checkpointing,
+        export_checkpoint,
+        is_meta,
+        is_sharded_checkpoint,
+        load_pretrained,
+        load_sharded,
+        materialise,
+        shard_model,
+    )
 
     out = Path(args.out)
     sharded = args.shard != "ddp"

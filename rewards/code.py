@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Sequence
 
 from rewards.base import RewardResult
@@ -61,11 +61,18 @@ _INT = re.compile(r"[+-]?\d+\Z")
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
 
 
+def _int_key(token: str) -> tuple[bool, str]:
+    """An integer token as (negative, digits) without `int()`: Python refuses to convert a string of more than
+    4300 digits, and a program may print one."""
+    digits = token.lstrip("+-").lstrip("0") or "0"
+    return token.startswith("-") and digits != "0", digits
+
+
 def _tokens_match(got: str, want: str, float_tol: float | None) -> bool:
     if got == want:
         return True
     if _INT.match(want):                 # an integer is answered by an integer, exactly, however long
-        return bool(_INT.match(got)) and int(got) == int(want)
+        return bool(_INT.match(got)) and _int_key(got) == _int_key(want)
     if not (_DECIMAL.match(got) and _DECIMAL.match(want)):
         return False
     if float_tol is None:                # the same number, written differently (`0.50` for `0.5`)
@@ -88,8 +95,8 @@ def outputs_match(got: str, expected: str, float_tol: float | None = None) -> bo
     (True, False)
     >>> outputs_match("3.0000001", "3", float_tol=1e-6), outputs_match("12345678901234567891", "12345678901234567890")
     (False, False)
-    >>> outputs_match("1\\n2", "1 2")
-    False
+    >>> outputs_match("1\\n2", "1 2"), outputs_match("-0", "0"), outputs_match("9" * 5000, "1")
+    (False, True, False)
     """
     def lines(text: str) -> list[list[str]]:
         rows = [line.split() for line in text.replace("\r\n", "\n").split("\n")]

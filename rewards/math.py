@@ -38,9 +38,17 @@ from fractions import Fraction
 from typing import Literal, Sequence
 
 from rewards.base import RewardResult
-from rewards.math_extract import (DEFAULT_EXTRACTORS, Extraction, count_boxed, extract_answer, find_boxed,
-                                  gold_answer, normalize, strip_math_delimiters)
-from rewards.math_worker import VerifierUnavailable, WorkerPool, _POOLS, run_in_thread
+from rewards.math_extract import (
+    DEFAULT_EXTRACTORS,
+    Extraction,
+    count_boxed,
+    extract_answer,
+    find_boxed,
+    gold_answer,
+    normalize,
+    strip_math_delimiters,
+)
+from rewards.math_worker import _POOLS, VerifierUnavailable, WorkerPool, run_in_thread
 
 DEFAULT_TIMEOUT_S = 5.0
 APPROX_MIN_DIGITS = 12   # as rewards.math_compare: a decimal this long may stand for a non-terminating value

@@ -36,8 +36,20 @@ from dataclasses import dataclass
 import sympy
 from sympy import Rational
 
-from rewards.math_parse import (BaseNum, Interval, Num, Rel, Seq, SetOp, Text, normalize, normalize_text,
-                                parse, parse_choice, strip_math_delimiters)
+from rewards.math_parse import (
+    BaseNum,
+    Interval,
+    Num,
+    Rel,
+    Seq,
+    SetOp,
+    Text,
+    normalize,
+    normalize_text,
+    parse,
+    parse_choice,
+    strip_math_delimiters,
+)
 
 APPROX_MIN_DIGITS = 12       # significant digits a decimal needs before it may stand for an exact value
 EVAL_DIGITS = 60
@@ -46,6 +58,7 @@ POINTS = 12                  # agreeing random points that make an identity (see
 
 @dataclass
 class Verdict:
+    """Whether two answers are equal and `how` (the rule that decided), for the reward's evidence."""
     equal: bool
     how: str
     gold: str = ""
@@ -145,7 +158,7 @@ def _show_inner(v) -> str:
             return v.text
     except ValueError:
         raise
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (sympy may raise anything on odd input; fall through to str())
         pass
     return type(v).__name__
 
@@ -205,7 +218,7 @@ def _latex2sympy(text: str):
 def _exact_floats(expr):
     try:
         return expr.replace(lambda e: isinstance(e, sympy.Float), lambda f: Rational(str(f)))
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (sympy raises anything; keep the floats)
         return expr
 
 
@@ -225,7 +238,7 @@ def _from_sympy(expr):
     if isinstance(expr, sympy.Expr) and not isinstance(expr, sympy.Symbol) or isinstance(expr, sympy.Symbol):
         try:
             expr = expr.doit()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001  (an unevaluable expression stays as written)
             pass
         return Num(expr)
     return None
@@ -399,7 +412,7 @@ def _constant_ratio(G, A, ctx):
         return None
     try:
         r = sympy.cancel(sympy.together(G / A))
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (sympy raises anything: no constant factor found)
         return None
     if r.is_number and r.free_symbols == set():
         if r.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
@@ -413,7 +426,7 @@ def _constant_ratio(G, A, ctx):
             if av == 0 or not av.is_number:
                 continue
             c = G.subs(point) / av
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001  (a point where sympy fails proves nothing; try the next)
             continue
         if c.has(sympy.nan, sympy.zoo) or c == 0:
             return None
@@ -469,7 +482,7 @@ def _approximates(lit: str, value, exact) -> bool:
     try:
         diff = sympy.N(sympy.Abs(exact - value), 30)
         return bool(diff.is_number and diff <= Rational(1, 10 ** places) if places >= 0 else False)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (sympy raises anything: not a close approximation)
         return False
 
 
@@ -529,14 +542,14 @@ def _zero_constant(d, precision: tuple[int, int, int] = CONSTANT_PRECISION):
             if e.is_Rational:
                 return False
         dn = d.evalf(EVAL_DIGITS, maxn=maxn)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (sympy raises anything: undecided)
         return None
     parts = [dn]
     if not dn.is_Number:
         try:
             re_, im_ = dn.as_real_imag()
             parts = [sympy.sympify(re_), sympy.sympify(im_)]
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001  (sympy raises anything: undecided)
             return None
     nonzero = no_digits = False
     for p in parts:
@@ -569,7 +582,7 @@ def _has_extreme_part(d, limit: int) -> bool:
                 v = abs(sub.evalf(5, maxn=30))
                 if v.is_Number and v != 0 and not sympy.Rational(1, big) < v < big:
                     return True
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001  (unevaluable: treat as extreme (refuse))
                 return True
     return False
 
@@ -581,7 +594,7 @@ def _symbolic_zero(d, ctx):
     try:
         s = sympy.simplify(d)
         return True if s == 0 else None
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (sympy raises anything: undecided)
         return None
 
 
@@ -612,7 +625,7 @@ def _huge_powers(d) -> bool:
         try:
             if e.is_Rational or abs(e.evalf(15)) > 10_000:
                 return True
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001  (unevaluable: treat as large (refuse))
             return True
     return False
 
@@ -640,7 +653,7 @@ def _identity(x, y, ctx):
                     return False   # `0^x` for 0: the answer breaks down where the gold has a value
                 continue
             z = _zero_constant(val, POINT_PRECISION)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001  (a point where sympy fails proves nothing; try the next)
             continue
         if z is False:
             return False
@@ -651,7 +664,7 @@ def _identity(x, y, ctx):
     try:
         if sympy.expand(d) == 0 or sympy.cancel(sympy.together(d)) == 0:
             return True
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (sympy raises anything: undecided)
         pass
     return _symbolic_zero(d, ctx)
 
@@ -732,7 +745,7 @@ def _build_set(v):
             if len(syms) != 1:
                 return None
             return cond.as_set()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (sympy raises anything: no solution set)
         return None
     return None
 
@@ -774,7 +787,7 @@ def _set_eq(gs, as_, ctx) -> bool:
         if isinstance(gs, sympy.Interval) and isinstance(as_, sympy.Interval):
             return (gs.left_open == as_.left_open and gs.right_open == as_.right_open
                     and _value_eq(gs.start, as_.start, ctx) and _value_eq(gs.end, as_.end, ctx))
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (sympy raises anything: not equal)
         return False
     return False
 

@@ -78,6 +78,7 @@ def _content(text: str, start: int, end: int) -> str:
 
 
 def count_boxed(text: str) -> int:
+    """How many \\boxed{} answers the text holds (the format reward wants exactly one)."""
     return len(find_boxed(text))
 
 

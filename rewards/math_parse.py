@@ -4,7 +4,8 @@ Why our own parser: answers are short, and the checks that matter (is `10^{-10}`
 need exact numbers. Here every literal becomes an exact sympy Rational (`0.1` is 1/10, never a float),
 integer powers and factorials are computed exactly when their size is bounded, and an answer keeps its
 shape (a tuple is not a set, `(1, 2]` is an interval, `\\text{Evelyn}` is text). Anything this grammar
-does not know falls back to latex2sympy2_extended (see `rewards.math_compare`).
+does not know falls back to latex2sympy2_extended (see `rewards.math_compare`). The tokens come from
+`math_tokens.py`, the values and their exact arithmetic from `math_values.py`; this module is the grammar.
 
 `parse(text)` never raises: an unparsable answer comes back as `Text(raw, parsed=False)`.
 This module imports sympy, so it runs inside the verifier worker, not in the caller.
@@ -12,383 +13,39 @@ This module imports sympy, so it runs inside the verifier worker, not in the cal
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
 
 import sympy
 from sympy import Integer, Rational
 
-from rewards.math_extract import WRAPPERS as _WRAPPERS
 from rewards.math_extract import normalize, normalize_text, strip_math_delimiters
+from rewards.math_tokens import FUNCS, GREEK, INVERSE, RELS, Tok, tokenize
+from rewards.math_values import (
+    PM,
+    BaseNum,
+    Interval,
+    Num,
+    ParseError,
+    Rel,
+    Seq,
+    SetOp,
+    Text,
+    arith,
+    base_num,
+    expand_pm,
+    fold_assignment_list,
+    number_of,
+    safe_pow,
+    scalar_of,
+    sym,
+    value_flags,
+    with_flags,
+)
 
-MAX_POW_BITS = 200_000        # 2^(this many bits) is built exactly; larger powers stay unevaluated
 MAX_FACTORIAL = 5_000         # n! computed exactly up to this n
 MAX_TEXT = 2_000              # answers longer than this are not parsed as math (after extraction)
-PM = sympy.Symbol("PLUSMINUS__")  # stands for the sign of \pm until the value is split in two
-
-
-# --------------------------------------------------------------------------------------------- values
-@dataclass(frozen=True)
-class Num:
-    """A scalar (or a matrix: `expr` may be a sympy ImmutableMatrix).
-
-    `decimal` keeps the literal of a bare decimal number ("0.3333") for the narrow approximation rule;
-    `percent` / `degrees` record a trailing `%` / `^\\circ`.
-    """
-
-    expr: Any
-    decimal: str | None = None
-    percent: bool = False
-    degrees: bool = False
-    literal: str | None = None    # the digits of a bare integer literal (for base-n answers)
-
-
-@dataclass(frozen=True)
-class Text:
-    text: str
-    parsed: bool = True           # False: this is the raw answer because the math grammar failed
-
-
-@dataclass(frozen=True)
-class Seq:
-    kind: str                     # "tuple" (ordered), "pair" ("(a, b)": a point or an open interval),
-    items: tuple                  # "list" (bare a, b, c), "set" (\{...\}), "ratio" (a:b)
-
-
-@dataclass(frozen=True)
-class Interval:
-    lo: Any
-    hi: Any
-    lopen: bool
-    ropen: bool
-
-
-@dataclass(frozen=True)
-class SetOp:
-    op: str                       # "union" | "intersection" | "minus"
-    items: tuple
-
-
-@dataclass(frozen=True)
-class Rel:
-    ops: tuple                    # "=", "<", "<=", ">", ">=", "!=", "in", "approx"
-    items: tuple
-
-
-@dataclass(frozen=True)
-class BaseNum:
-    digits: str
-    base: int
-
-
-class ParseError(ValueError):
-    pass
-
-
-def _base_num(digits: str, base: int) -> BaseNum:
-    """`204_5`; a numeral with a digit its base does not have (`9_2`) is no number at all."""
-    try:
-        int(digits, base)
-    except ValueError:
-        raise ParseError(f"{digits} is not a base-{base} numeral") from None
-    return BaseNum(digits.lstrip("0") or "0", base)
-
-
-# ----------------------------------------------------------------------------------- normalisation
-_UNITS = {
-    "cm", "mm", "km", "m", "meter", "meters", "metre", "metres", "centimeter", "centimeters", "millimeter",
-    "millimeters", "kilometer", "kilometers", "inch", "inches", "in", "ft", "foot", "feet", "yd", "yard", "yards",
-    "mile", "miles", "mi", "unit", "units", "sq", "square", "cubic", "cent", "cents", "dollar", "dollars",
-    "usd", "euro", "euros", "hour", "hours", "hr", "hrs", "h", "minute", "minutes", "min", "mins", "second",
-    "seconds", "sec", "secs", "s", "day", "days", "week", "weeks", "month", "months", "year", "years", "yr",
-    "yrs", "pound", "pounds", "lb", "lbs", "ounce", "ounces", "oz", "gram", "grams", "g", "kg", "kilogram",
-    "kilograms", "liter", "liters", "litre", "litres", "l", "ml", "gallon", "gallons", "gal", "mph", "kph",
-    "people", "person", "persons", "student", "students", "apple", "apples", "page", "pages", "mpg",
-    "calories", "points", "point", "times", "ways", "way", "coins", "marbles", "tiles", "steps", "games",
-    "handshakes", "numbers", "integers", "digits", "triangles", "squares", "rectangles", "sides", "edges",
-    "vertices", "faces", "boxes", "books", "cups", "eggs", "feet^2", "meters^2", "inches^2", "cm^2", "m^2",
-    "sq.", "km/h", "m/s", "cm/s", "ft/s", "units^2", "units^3", "cm^3", "m^3",
-}
-# bare (not \text-wrapped) abbreviations we drop after a value; single letters stay variables
-_BARE_UNITS = {u for u in _UNITS if len(u) >= 2} - {"in", "sq", "square", "cubic", "times", "ways", "way"}
-_SEPARATOR_WORDS = {"and", "or", "&", ","}
-_PERCENT_WORDS = {"percent", "percentage", "pct", "per cent"}
-_DEGREE_WORDS = {"degree", "degrees", "deg", "°"}
-_FUNCS = {
-    "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "cot": sympy.cot, "sec": sympy.sec, "csc": sympy.csc,
-    "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan, "arccot": sympy.acot,
-    "arcsec": sympy.asec, "arccsc": sympy.acsc,
-    "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh, "coth": sympy.coth,
-    "ln": sympy.log, "log": sympy.log, "lg": lambda x: sympy.log(x, 10), "exp": sympy.exp,
-    "det": None, "gcd": None, "lcm": None, "max": None, "min": None,
-}
-_INVERSE = {"sin": "arcsin", "cos": "arccos", "tan": "arctan", "cot": "arccot", "sec": "arcsec", "csc": "arccsc"}
-_GREEK = {
-    "alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta", "iota",
-    "kappa", "lambda", "mu", "nu", "xi", "omicron", "rho", "sigma", "tau", "upsilon", "phi", "varphi", "chi",
-    "psi", "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi", "Psi", "Omega",
-}
-_RELS = {"=": "=", "<": "<", ">": ">", "≤": "<=", "≥": ">=", "≠": "!=", "≈": "approx", "∈": "in"}
-# ------------------------------------------------------------------------------------------ tokens
-@dataclass
-class Tok:
-    kind: str      # NUM, ID, CMD, OP, WORD, GROUP_TEXT, END
-    value: str
-    space: bool = False    # whitespace before this token
-    extra: Any = None      # NUM: repeating digits; CMD: raw argument
-
-
-_NUM_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)")
-_THOUSANDS_RE = re.compile(r"[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?(?!\d|,\d)")
-_SPACE_THOUSANDS_RE = re.compile(r"[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?(?![\d])")
-
-
-def _brace_group(s: str, i: int) -> tuple[str, int]:
-    """s[i] == '{': return (content, index after the closing brace)."""
-    depth, j = 0, i
-    while j < len(s):
-        if s[j] == "\\" and j + 1 < len(s):
-            j += 2
-            continue
-        if s[j] == "{":
-            depth += 1
-        elif s[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return s[i + 1:j], j + 1
-        j += 1
-    raise ParseError("unbalanced braces")
-
-
-def tokenize(s: str, thousands: bool = True) -> list[Tok]:
-    toks: list[Tok] = []
-    i, n = 0, len(s)
-    space = False
-
-    def push(kind, value, extra=None):
-        nonlocal space
-        toks.append(Tok(kind, value, space, extra))
-        space = False
-
-    def prev_is_value() -> bool:
-        return bool(toks) and (toks[-1].kind in ("NUM", "ID") or toks[-1].value in (")", "]", "}", "%", "°", "!"))
-
-    while i < n:
-        c = s[i]
-        if c.isspace():
-            space = True
-            i += 1
-            continue
-        if c.isdigit() or (c == "." and i + 1 < n and s[i + 1].isdigit()):
-            m = None
-            if thousands:
-                m = _THOUSANDS_RE.match(s, i) or _SPACE_THOUSANDS_RE.match(s, i)
-                if m and (i > 0 and (s[i - 1].isdigit() or s[i - 1] == ".")):
-                    m = None
-                # inside brackets "(12,102)" is a pair, not twelve thousand one hundred and two
-                before = s[:i].rstrip()[-1:]
-                after = s[m.end():].lstrip()[:1] if m else ""
-                if m and (before in ("(", "[", ",") or after in (")", "]", ",")):
-                    m = None
-            if m:
-                lit = m.group(0).replace(",", "").replace(" ", "")
-                i = m.end()
-            else:
-                m = _NUM_RE.match(s, i)
-                lit = m.group(0)
-                i = m.end()
-                if lit.endswith(".") and not (i < n and s[i:i + 9] == "\\overline"):
-                    lit, i = lit[:-1], i - 1     # "5." at a sentence end
-            # scientific notation: 1.5e-3, 2E+5, 1e6 (not when a letter follows: 2e x is 2*e*x)
-            sm = re.compile(r"[eE]([+-]?\d+)(?![a-zA-Z\d])").match(s, i)
-            if sm:
-                lit = f"{lit}e{sm.group(1)}"
-                i = sm.end()
-            rep = None
-            om = re.compile(r"\\overline\s*\{\s*(\d+)\s*\}|\\overline\s*(\d)").match(s, i)
-            if om and "e" not in lit:
-                rep = om.group(1) or om.group(2)
-                i = om.end()
-                if "." not in lit:
-                    lit += "."
-            push("NUM", lit, rep)
-            continue
-        if c.isalpha() and c.isascii():
-            j = i
-            while j < n and s[j].isalpha() and s[j].isascii():
-                j += 1
-            word = s[i:j]
-            low = word.lower()
-            i = j
-            if low in ("square", "sq", "cubic") and prev_is_value():
-                m2 = re.compile(r"\.?\s*([A-Za-z]+)").match(s, i)
-                if m2 and m2.group(1).lower() in _UNITS:  # "5 square units", "2 cubic feet"
-                    i = m2.end()
-                    continue
-            if len(word) >= 2 and low in _BARE_UNITS and prev_is_value() and not s[i:i + 1] == "(":
-                i = _skip_unit_power(s, i)
-            elif len(word) >= 2 and low in _FUNCS or low in ("sqrt", "pi"):
-                push("CMD", low)
-            elif low in ("infty", "infinity", "inf"):
-                push("OP", "∞")
-            elif low in _SEPARATOR_WORDS and toks:
-                push("OP", ",")
-            elif low in _PERCENT_WORDS:
-                push("OP", "%")
-            elif low in _DEGREE_WORDS and prev_is_value():
-                push("OP", "°")
-            elif len(word) >= 4 or low in ("no", "yes", "none", "odd", "all", "the", "is", "are", "not", "than"):
-                push("WORD", word)
-            else:
-                for ch in word:
-                    push("ID", ch)
-            continue
-        if c == "\\":
-            m = re.compile(r"\\([a-zA-Z]+)").match(s, i)
-            if not m:
-                if i + 1 < n and s[i + 1] in "{}":
-                    push("OP", "\\" + s[i + 1])
-                    i += 2
-                    continue
-                if i + 1 < n and s[i + 1] == "\\":
-                    push("OP", "ROW")
-                    i += 2
-                    continue
-                i += 2
-                space = True
-                continue
-            name = m.group(1)
-            i = m.end()
-            if name in _WRAPPERS:
-                while i < n and s[i] == " ":
-                    i += 1
-                if i < n and s[i] == "{":
-                    content, i = _brace_group(s, i)
-                elif name == "operatorname":
-                    continue
-                else:
-                    content, i = (s[i], i + 1) if i < n else ("", i)
-                i = _text_group(content, name, s, i, toks, push, prev_is_value, thousands)
-                continue
-            if name in ("begin", "end"):
-                if i < n and s[i] == "{":
-                    env, i = _brace_group(s, i)
-                    if env == "array" and i < n and s[i] == "{":
-                        _, i = _brace_group(s, i)    # column spec
-                    push("CMD", name, env.strip().rstrip("*"))
-                continue
-            push("CMD", name)
-            continue
-        if c == "&":
-            push("OP", "&")
-            i += 1
-            continue
-        if c == "\n":
-            i += 1
-            continue
-        push("OP", c)
-        i += 1
-    toks.append(Tok("END", "", space))
-    # a row break means something only inside \begin{...}...\end{...}; elsewhere it is a line break
-    out, depth = [], 0
-    for t in toks:
-        if t.kind == "CMD" and t.value in ("begin", "end"):
-            depth += 1 if t.value == "begin" else -1
-        if t.kind == "OP" and t.value == "ROW" and depth <= 0:
-            continue
-        out.append(t)
-    return out
-
-
-def _skip_unit_power(s: str, i: int) -> int:
-    m = re.compile(r"\s*\^\s*(?:\{\s*\d\s*\}|\d)").match(s, i)
-    return m.end() if m else i
-
-
-def _text_group(content, name, s, i, toks, push, prev_is_value, thousands) -> int:
-    """Decide what a \\text{...}-like group means: nothing (a unit), a separator, %, degrees, math, or words."""
-    stripped = content.strip()
-    low = re.sub(r"\s+", " ", stripped.lower()).strip(" .")
-    if not low:
-        return i
-    if (name == "mathbb" and stripped == "R") or low in ("all real numbers", "all reals", "the real numbers"):
-        push("OP", "ℝ")
-        return i
-    if name in ("mathbf", "boldsymbol", "bm", "vec", "mathbb", "mathcal") and re.fullmatch(r"[A-Za-z]", stripped):
-        push("ID", stripped)
-        return i
-    if low in _SEPARATOR_WORDS or low in ("and/or",):
-        push("OP", ",")
-        return i
-    if low in _PERCENT_WORDS:
-        push("OP", "%")
-        return i
-    if low in _DEGREE_WORDS:
-        push("OP", "°")
-        return i
-    unit_words = low.replace("^", " ^").split()
-    if (any(w in _UNITS for w in unit_words)
-            and all(w in _UNITS or re.fullmatch(r"\^\{?\d\}?", w) or w in ("per", "/") for w in unit_words)):
-        if prev_is_value():
-            return _skip_unit_power(s, i)
-    if name == "operatorname":
-        push("CMD", low.replace(" ", ""))
-        return i
-    if re.fullmatch(r"[A-Za-z]{2,}(?:[\s\-'][A-Za-z]+)*", stripped) and not (low in _FUNCS):
-        for w in stripped.split():
-            push("WORD", w)
-        return i
-    # math inside a wrapper (\text{13}, \mathrm{e}, \text{(B)}): tokenize it in place
-    for t in tokenize(stripped, thousands)[:-1]:
-        push(t.kind, t.value, t.extra)
-    return i
 
 
 # ------------------------------------------------------------------------------------------ parser
-_SYM_CACHE: dict[str, sympy.Symbol] = {}
-
-
-def _sym(name: str) -> sympy.Symbol:
-    if name not in _SYM_CACHE:
-        _SYM_CACHE[name] = sympy.Symbol(name)
-    return _SYM_CACHE[name]
-
-
-def _number(lit: str, rep: str | None) -> Rational:
-    """Exact value of a decimal literal; `rep` is the repeating block of 0.1\\overline{6}."""
-    mant, _, exp = lit.partition("e")
-    intpart, _, frac = mant.partition(".")
-    intpart = intpart or "0"
-    value = Rational(int(intpart + frac), 10 ** len(frac))
-    if rep:
-        value += Rational(int(rep), (10 ** len(rep) - 1) * 10 ** len(frac))
-    if exp:
-        e = int(exp)
-        if abs(e) > 10_000:
-            raise ParseError("exponent too large")
-        value *= Rational(10) ** e
-    return value
-
-
-def _safe_pow(base, exp):
-    """base**exp, exactly when the result is of bounded size, else left unevaluated."""
-    if isinstance(base, sympy.MatrixBase):
-        if exp.is_Integer and 0 <= int(exp) <= 64:
-            return sympy.ImmutableMatrix(base ** int(exp))
-        raise ParseError("matrix power")
-    if exp == PM or (isinstance(exp, sympy.Basic) and exp.has(PM) and not exp.is_number):
-        return sympy.Pow(base, exp)
-    if exp == 0 and base.is_infinite:
-        return sympy.nan  # \infty^0 is indeterminate (sympy says 1)
-    if base.is_Rational and exp.is_Rational and base not in (0, 1, -1):
-        num_bits = max(abs(base.p).bit_length(), abs(base.q).bit_length())
-        if abs(exp) * num_bits > MAX_POW_BITS:
-            return sympy.Pow(base, exp, evaluate=False)
-    if exp.is_Integer and abs(int(exp)) > 10_000 and not base.is_Rational and base.is_number is False:
-        return sympy.Pow(base, exp, evaluate=False)
-    return sympy.Pow(base, exp)
-
-
 class _Parser:
     def __init__(self, toks: list[Tok]):
         self.toks = toks
@@ -453,13 +110,13 @@ class _Parser:
             items.append(self.parse_item())
         if len(items) == 1:
             return items[0]
-        return _fold_assignment_list(items)
+        return fold_assignment_list(items)
 
     def parse_item(self):
         first = self.parse_setexpr()
         ops, items = [], [first]
-        while self.tok.kind == "OP" and self.tok.value in _RELS:
-            ops.append(_RELS[self.next().value])
+        while self.tok.kind == "OP" and self.tok.value in RELS:
+            ops.append(RELS[self.next().value])
             items.append(self.parse_setexpr())
         if not ops:
             return first
@@ -494,15 +151,15 @@ class _Parser:
         first = self.parse_term()
         if sign is None and not (self.tok.kind == "OP" and self.tok.value in "+-±∓"):
             return first
-        expr = _scalar(first)
+        expr = scalar_of(first)
         if sign:
             expr = {"+": 1, "-": -1, "±": PM, "∓": -PM}[sign] * expr
-        flags = _flags(first)
+        flags = value_flags(first)
         while self.tok.kind == "OP" and self.tok.value in "+-±∓":
             op = self.next().value
             term = self.parse_term()
-            flags = flags or _flags(term)
-            rhs = _scalar(term)
+            flags = flags or value_flags(term)
+            rhs = scalar_of(term)
             expr = expr + {"+": 1, "-": -1, "±": PM, "∓": -PM}[op] * rhs
         return Num(expr, percent=flags[0], degrees=flags[1]) if flags else Num(expr)
 
@@ -525,7 +182,7 @@ class _Parser:
             if t.kind == "OP" and t.value in ("*", "/", "÷"):
                 self.next()
                 right = self.parse_signed_factor()
-                left = _arith(left, right, t.value)
+                left = arith(left, right, t.value)
             elif self._starts_factor():
                 if isinstance(left, Num) and left.literal is not None and self.at("CMD", "frac"):
                     frac = self.try_simple_frac()
@@ -542,7 +199,7 @@ class _Parser:
                 if self.tok.kind == "NUM" and self.toks[self.i - 1].kind == "NUM":
                     raise ParseError("two numbers side by side")   # `1 2`: a list? 12? 1*2? (never a product)
                 right = self.parse_signed_factor(implicit=True)
-                left = _arith(left, right, "*")
+                left = arith(left, right, "*")
             else:
                 return left
 
@@ -563,7 +220,7 @@ class _Parser:
         if not implicit and self.tok.kind == "OP" and self.tok.value in "+-":
             sign = self.next().value
             f = self.parse_signed_factor()
-            return Num(-_scalar(f)) if sign == "-" else f
+            return Num(-scalar_of(f)) if sign == "-" else f
         return self.parse_power()
 
     def parse_power(self):
@@ -573,7 +230,7 @@ class _Parser:
             exp = self.parse_exponent()
             if isinstance(base, Num) and base.degrees:
                 return base
-            base = self.parse_postfix(Num(_safe_pow(_scalar(base), _scalar(exp))))
+            base = self.parse_postfix(Num(safe_pow(scalar_of(base), scalar_of(exp))))
         return base
 
     def parse_exponent(self):
@@ -582,28 +239,28 @@ class _Parser:
         if self.tok.kind == "OP" and self.tok.value in "+-":
             sign = self.next().value
             e = self.parse_exponent()
-            return Num(-_scalar(e)) if sign == "-" else e
+            return Num(-scalar_of(e)) if sign == "-" else e
         return self.parse_power()
 
     def parse_postfix(self, v):
         while True:
             if self.at("OP", "!"):
                 self.next()
-                x = _scalar(v)
+                x = scalar_of(v)
                 if x.is_Integer and 0 <= int(x) <= MAX_FACTORIAL:
                     v = Num(sympy.factorial(x))
                 else:
                     v = Num(sympy.factorial(x, evaluate=False) if x.is_Integer else sympy.factorial(x))
             elif self.at("OP", "%"):
                 self.next()
-                v = _with(v, percent=True)
+                v = with_flags(v, percent=True)
             elif self.at("OP", "°"):
                 self.next()
-                v = _with(v, degrees=True)
+                v = with_flags(v, degrees=True)
             elif self.at("OP", "'"):
                 self.next()
                 if isinstance(v, Num) and isinstance(v.expr, sympy.Symbol):
-                    v = Num(_sym(v.expr.name + "'"))
+                    v = Num(sym(v.expr.name + "'"))
             else:
                 return v
 
@@ -618,7 +275,7 @@ class _Parser:
             if "." not in lit and len(lit) > 1:   # \frac12: first digit only
                 self.toks.insert(self.i, Tok("NUM", lit[1:]))
                 lit = lit[0]
-            return Num(_number(lit, None), literal=lit)
+            return Num(number_of(lit, None), literal=lit)
         if t.kind == "ID":
             self.next()
             return Num(self._ident(t.value))
@@ -637,7 +294,7 @@ class _Parser:
             return sympy.E
         if name == "i":
             return sympy.I
-        return _sym(name)
+        return sym(name)
 
     def parse_primary(self):
         t = self.tok
@@ -646,9 +303,9 @@ class _Parser:
             if self.at("OP", "_") and re.fullmatch(r"[0-9A-Fa-f]+", t.value):
                 base = self.parse_subscript_text()
                 if base.isdigit() and 2 <= int(base) <= 36:
-                    return _base_num(t.value, int(base))
+                    return base_num(t.value, int(base))
                 raise ParseError("bad base subscript")
-            value = _number(t.value, t.extra)
+            value = number_of(t.value, t.extra)
             is_dec = "." in t.value or "e" in t.value
             literal = t.value if re.fullmatch(r"\d+", t.value) else None
             return Num(value, decimal=t.value if is_dec and not t.extra else None, literal=literal)
@@ -657,13 +314,13 @@ class _Parser:
             name = t.value
             if self.at("OP", "_"):
                 sub = self.parse_subscript_text()
-                return Num(_sym(f"{name}_{sub}"))
+                return Num(sym(f"{name}_{sub}"))
             if name in "fgh" and self.at("OP", "(") and not self.tok.space:
                 self.next()
                 args = self.parse_list(stop=(")",))
                 self.expect("OP", ")")
                 args = args.items if isinstance(args, Seq) else (args,)
-                return Num(sympy.Function(name)(*[_scalar(a) for a in args]))
+                return Num(sympy.Function(name)(*[scalar_of(a) for a in args]))
             return Num(self._ident(name))
         if t.kind == "OP":
             if t.value in ("(", "["):
@@ -685,12 +342,12 @@ class _Parser:
                 v = self.parse_item()
                 self.abs_depth -= 1
                 self.expect("OP", "|")
-                return Num(sympy.Abs(_scalar(v)))
+                return Num(sympy.Abs(scalar_of(v)))
             if t.value == "‖":
                 self.next()
                 v = self.parse_additive()
                 self.expect("OP", "‖")
-                return Num(sympy.Abs(_scalar(v)))
+                return Num(sympy.Abs(scalar_of(v)))
             if t.value == "∞":
                 self.next()
                 return Num(sympy.oo)
@@ -767,7 +424,7 @@ class _Parser:
         if name == "frac":
             a = self.parse_arg()
             b = self.parse_arg()
-            return _arith(a, b, "/")
+            return arith(a, b, "/")
         if name == "sqrt":
             index = None
             if self.at("OP", "["):
@@ -778,10 +435,10 @@ class _Parser:
                 arg = self.parse_primary()
             else:
                 arg = self.parse_arg()
-            x = _scalar(arg)
-            return Num(sympy.sqrt(x) if index is None else sympy.root(x, _scalar(index)))
+            x = scalar_of(arg)
+            return Num(sympy.sqrt(x) if index is None else sympy.root(x, scalar_of(index)))
         if name == "binom":
-            a, b = _scalar(self.parse_arg()), _scalar(self.parse_arg())
+            a, b = scalar_of(self.parse_arg()), scalar_of(self.parse_arg())
             if a.is_Integer and int(a) > 100_000:
                 return Num(sympy.binomial(a, b, evaluate=False))
             return Num(sympy.binomial(a, b))
@@ -793,21 +450,21 @@ class _Parser:
             v = self.parse_additive()
             closer = "rfloor" if name == "lfloor" else "rceil"
             self.expect("CMD", closer)
-            return Num((sympy.floor if name == "lfloor" else sympy.ceiling)(_scalar(v)))
+            return Num((sympy.floor if name == "lfloor" else sympy.ceiling)(scalar_of(v)))
         if name == "begin":
             return self.parse_environment(t.extra)
         if name in ("sum", "prod"):
             return self.parse_bigop(name)
-        if name in _GREEK:
-            return Num(_sym(name))
+        if name in GREEK:
+            return Num(sym(name))
         if name in ("overline", "bar", "vec", "hat", "tilde", "widehat", "overrightarrow", "mathbf"):
             v = self.parse_arg()
-            s = _scalar(v)
-            return Num(_sym(f"{name}({s})"))
+            s = scalar_of(v)
+            return Num(sym(f"{name}({s})"))
         if name == "angle" or name == "triangle":
             v = self.parse_primary()
-            return Num(_sym(f"{name}{_scalar(v)}"))
-        if name in _FUNCS:
+            return Num(sym(f"{name}{scalar_of(v)}"))
+        if name in FUNCS:
             return self.parse_function(name)
         if name in ("quad", "qquad", "nonumber", "notag", "displaystyle"):
             return self.parse_primary()
@@ -815,19 +472,19 @@ class _Parser:
                     "iff", "forall", "exists", "int", "lim", "partial", "nabla", "cdots"):
             raise ParseError(f"unsupported \\{name}")
         # an unknown command names a symbol (\zzz)
-        return Num(_sym(name))
+        return Num(sym(name))
 
     def parse_function(self, name: str):
         power = None
         if self.at("OP", "^"):
             self.next()
-            power = _scalar(self.parse_exponent())
-            if power == -1 and name in _INVERSE:
-                name, power = _INVERSE[name], None
+            power = scalar_of(self.parse_exponent())
+            if power == -1 and name in INVERSE:
+                name, power = INVERSE[name], None
         base = None
         if name == "log" and self.at("OP", "_"):
             self.next()
-            base = _scalar(self.parse_arg())
+            base = scalar_of(self.parse_arg())
         if self.at("OP", "("):
             self.next()
             arg = self.parse_list(stop=(")",))
@@ -835,11 +492,11 @@ class _Parser:
         else:  # \sin 2x: the argument is the implicit product that follows
             arg = self.parse_power()
             while self._starts_factor() and not self.at("CMD") and not self.at("OP", "("):
-                arg = _arith(arg, self.parse_power(), "*")
-        fn = _FUNCS[name]
+                arg = arith(arg, self.parse_power(), "*")
+        fn = FUNCS[name]
         if fn is None:
             args = arg.items if isinstance(arg, Seq) else (arg,)
-            xs = [_scalar(a) for a in args]
+            xs = [scalar_of(a) for a in args]
             if name in ("gcd", "lcm") and len(xs) >= 2:
                 out = xs[0]
                 for x in xs[1:]:
@@ -853,7 +510,7 @@ class _Parser:
             else:
                 raise ParseError(f"bad \\{name}")
             return Num(out)
-        x = _scalar(arg)
+        x = scalar_of(arg)
         if base is not None and base.is_number and (base.is_positive is False or base == 1):
             return Num(sympy.nan)  # \log_0, \log_1, \log_{-2}: no such logarithm (sympy would say log_0 5 = 0)
         out = sympy.log(x, base) if base is not None else fn(x)
@@ -866,19 +523,19 @@ class _Parser:
                 self.next()
                 sub = self.parse_arg()
                 if isinstance(sub, Rel) and sub.ops == ("=",) and isinstance(sub.items[0], Num):
-                    var, lo = sub.items[0].expr, _scalar(sub.items[1])
+                    var, lo = sub.items[0].expr, scalar_of(sub.items[1])
                 else:
                     raise ParseError("sum without a range")
             elif self.at("OP", "^"):
                 self.next()
-                hi = _scalar(self.parse_arg())
+                hi = scalar_of(self.parse_arg())
         if var is None or hi is None:
             raise ParseError("sum without a range")
         body = self.parse_power()
         while self._starts_factor() and not self.at("CMD", "sum"):
-            body = _arith(body, self.parse_power(), "*")
+            body = arith(body, self.parse_power(), "*")
         op = sympy.Sum if name == "sum" else sympy.Product
-        expr = op(_scalar(body), (var, lo, hi))
+        expr = op(scalar_of(body), (var, lo, hi))
         if lo.is_Integer and hi.is_Integer and int(hi) - int(lo) <= 1000:
             expr = expr.doit()
         return Num(expr)
@@ -901,7 +558,7 @@ class _Parser:
             if self.at("CMD", "hline"):
                 self.next()
                 continue
-            row.append(_scalar(self.parse_additive()))
+            row.append(scalar_of(self.parse_additive()))
             if self.at("OP", "&"):
                 self.next()
         if row:
@@ -913,63 +570,6 @@ class _Parser:
         if env == "vmatrix":
             return Num(m.det())
         return Num(m)
-
-
-def _fold_assignment_list(items):
-    """`n = 1, 2, 3` -> n = {1, 2, 3}: an assignment followed by bare values."""
-    first = items[0]
-    if (isinstance(first, Rel) and first.ops == ("=",) and _is_symbol(first.items[0])
-            and all(isinstance(x, Num) for x in items[1:]) and isinstance(first.items[1], Num)):
-        return Rel(("=",), (first.items[0], Seq("list", (first.items[1],) + tuple(items[1:]))))
-    return Seq("list", tuple(items))
-
-
-def _is_symbol(v) -> bool:
-    return isinstance(v, Num) and isinstance(v.expr, (sympy.Symbol, sympy.core.function.AppliedUndef))
-
-
-def _scalar(v):
-    if isinstance(v, Num):
-        return v.expr
-    if isinstance(v, Seq) and v.kind == "pair":
-        raise ParseError("a pair is not a scalar")
-    raise ParseError(f"{type(v).__name__} is not a scalar")
-
-
-def _flags(v):
-    if isinstance(v, Num) and (v.percent or v.degrees):
-        return (v.percent, v.degrees)
-    return None
-
-
-def _with(v, **kw):
-    if not isinstance(v, Num):
-        raise ParseError("flag on a non-scalar")
-    return Num(v.expr, v.decimal, kw.get("percent", v.percent), kw.get("degrees", v.degrees), v.literal)
-
-
-def _arith(a, b, op: str):
-    x, y = _scalar(a), _scalar(b)
-    flags = _flags(a) or _flags(b)
-    if op == "*":
-        if isinstance(x, sympy.MatrixBase) or isinstance(y, sympy.MatrixBase):
-            if isinstance(x, sympy.MatrixBase) and isinstance(y, sympy.MatrixBase) and x.shape[1] != y.shape[0]:
-                raise ParseError("matrix shapes")
-            out = sympy.ImmutableMatrix(x * y)
-        else:
-            out = x * y
-    else:
-        if isinstance(y, sympy.MatrixBase):
-            raise ParseError("division by a matrix")
-        if y == 0:
-            out = sympy.nan if x == 0 else sympy.zoo
-        else:
-            out = x / y
-            if isinstance(out, sympy.MatrixBase):
-                out = sympy.ImmutableMatrix(out)
-    if flags:
-        return Num(out, percent=flags[0], degrees=flags[1])
-    return Num(out)
 
 
 # --------------------------------------------------------------------------------------- entry points
@@ -995,7 +595,7 @@ def parse(text: str, *, thousands: bool = True):
             words = " ".join(t.value for t in toks if t.kind == "WORD")
             return Text(words) if words else Text(s, parsed=False)
         value = _Parser(toks).parse()
-        return _expand_pm(value)
+        return expand_pm(value)
     except (ParseError, RecursionError, ValueError, TypeError, ZeroDivisionError, AttributeError,
             IndexError, KeyError, NotImplementedError, OverflowError, sympy.SympifyError):
         return Text(text if isinstance(text, str) else "", parsed=False)
@@ -1004,28 +604,6 @@ def parse(text: str, *, thousands: bool = True):
 def parse_choice(text: str) -> str | None:
     """The option letter of a multiple-choice gold (`\\text{(B)}`, `(B)`, `B`), else None."""
     return _choice(strip_math_delimiters(text))
-
-
-def _expand_pm(v):
-    """Split a value holding \\pm into the set of its two values (1 \\pm \\sqrt{19} -> {1+sqrt19, 1-sqrt19})."""
-    if isinstance(v, Num) and isinstance(v.expr, sympy.Basic) and v.expr.has(PM):
-        vals = []
-        for s in (1, -1):
-            e = v.expr.subs(PM, s)
-            vals.append(Num(e, percent=v.percent, degrees=v.degrees))
-        return Seq("set", tuple(vals))
-    if isinstance(v, Seq):
-        out = []
-        for x in v.items:
-            y = _expand_pm(x)
-            if isinstance(y, Seq) and y.kind == "set" and isinstance(x, Num):
-                out.extend(y.items)
-            else:
-                out.append(y)
-        return Seq(v.kind, tuple(out))
-    if isinstance(v, Rel):
-        return Rel(v.ops, tuple(_expand_pm(x) for x in v.items))
-    return v
 
 
 __all__ = ["parse", "parse_choice", "normalize", "normalize_text", "strip_math_delimiters", "Num", "Text",

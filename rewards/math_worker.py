@@ -191,7 +191,7 @@ def run_in_thread(fn, args: tuple, timeout: float) -> dict:
     def target():
         try:
             box["result"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001  (the error is handed to the waiting caller)
             box["error"] = exc
 
     t = threading.Thread(target=target, daemon=True, name="math-verify")

@@ -8,7 +8,9 @@ parses the model's text (cwm_envs.tracing.format) and hands both lists here.
 Exact match means the same number of frames, every field equal, and the same ending (whether the trace
 ends with <|end_of_text|>). Partial credit, per field, averaged over the true frames (a missing frame
 scores 0): `event_acc`, `line_acc` (source line), `locals_acc` (share of variables, over the union of
-names, whose value matches), `arg_acc` (over return/exception frames only).
+names, whose value matches), `arg_acc` (over return/exception frames only). The "partial" value is the
+mean credit over the fields the true frames have: event, line, and locals (call/line) or value
+(return/exception); a field empty on both sides pays nothing.
 """
 from __future__ import annotations
 
@@ -50,8 +52,8 @@ def trace_reward(predicted: Sequence[Mapping] | None, expected: Sequence[Mapping
     """Score predicted frames against the expected ones.
 
     `predicted` is None when the prediction did not parse (`parse_error` says why). Schemes: "cwm" +1 on
-    an exact match else -1; "binary" 1 / 0; "partial" the mean of the four field accuracies (0 when the
-    prediction did not parse). Outcomes: `parse`, `exact`, `n_expected`, `n_predicted`, `frames_exact`
+    an exact match else -1; "binary" 1 / 0; "partial" the mean credit over the fields the true frames
+    have (0 when the prediction did not parse). Outcomes: `parse`, `exact`, `n_expected`, `n_predicted`, `frames_exact`
     (leading frames that match entirely), `ending` (same end-of-trace), and the four `*_acc` figures.
 
     >>> t = [{"event": "line", "source": "    x = 1\\n", "locals": {"a": "1"}, "arg": None},
@@ -64,6 +66,8 @@ def trace_reward(predicted: Sequence[Mapping] | None, expected: Sequence[Mapping
     (-1.0, 0.0, 1)
     >>> trace_reward(None, t, parse_error="no <|frame_sep|>").details
     'parse failed: no <|frame_sep|>'
+    >>> trace_reward([], t[:1], scheme="partial").value  # nothing predicted: nothing earned
+    0.0
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown reward scheme {scheme!r}; choose one of {SCHEMES}")
@@ -76,6 +80,9 @@ def trace_reward(predicted: Sequence[Mapping] | None, expected: Sequence[Mapping
 
     sums = {"event": 0.0, "line": 0.0, "locals": 0.0, "arg": 0.0}
     n_args = sum(1 for f in expected if f.get("event") in ("return", "exception"))
+    # the partial value counts only the fields a true frame has (no locals on a return, no value on a line),
+    # so that a missing or junk frame earns nothing for a field that is empty on both sides
+    earned, slots = 0.0, 3 * n_true     # event, line, and locals or value
     frames_exact, prefix = 0, True
     for i, true in enumerate(expected):
         if i >= len(predicted):
@@ -84,6 +91,8 @@ def trace_reward(predicted: Sequence[Mapping] | None, expected: Sequence[Mapping
         credit = frame_credit(predicted[i], true)
         for key, val in credit.items():
             sums[key] += val or 0.0
+        earned += credit["event"] + credit["line"] + (credit["arg"] or 0.0) + (
+            credit["locals"] if true.get("event") in ("call", "line") else 0.0)
         whole = all(v in (None, 1.0) for v in credit.values())
         if prefix and whole:
             frames_exact += 1
@@ -105,7 +114,7 @@ def trace_reward(predicted: Sequence[Mapping] | None, expected: Sequence[Mapping
     elif scheme == "binary":
         value = float(exact)
     else:
-        value = sum(acc.values()) / 4
+        value = earned / slots if slots else float(not predicted)
     details = ("exact match" if exact else
                f"{frames_exact}/{n_true} leading frames exact; {len(predicted)} predicted"
                f"{'' if ending else '; wrong ending'}")

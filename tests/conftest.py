@@ -9,6 +9,16 @@ import pytest
 from cwm_envs.tasks import shared_data_dir
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# A test that uses one of these fixtures needs what the marker names (`-m "not docker"` deselects it).
+FIXTURE_MARKERS = {"docker_engine": "docker", "ray_session": "ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test by what its fixtures need, so that no Docker or Ray test goes without its marker."""
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()) and marker not in item.keywords:
+                item.add_marker(getattr(pytest.mark, marker))
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +58,12 @@ def docker_engine():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray runtime for the whole test session (about 3 s and 0.7 GB to start)."""
+    """One local Ray runtime for the whole test session (about 3 s and 0.7 GB to start). Three logical CPUs:
+    an RL run with two sharded learner actors beside its rollout worker (tests/test_sharded_learner.py)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

@@ -32,6 +32,25 @@ def test_no_strategy_is_paid_by_any_text_env(env_id):
     assert s["strategies"] >= 30         # the whole library ran (less the families the env exempts)
 
 
+REPO_FAMILIES = {"runner-config", "startup-hook", "git", "shadow", "test-edit", "in-process", "install",
+                 "agent-container"}
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_no_repository_strategy_is_paid_by_the_swe_env(docker_engine):
+    """Each patch that changes what runs during grading (runner config, hooks, git, shadow modules, test edits,
+    code that fakes pytest from inside, an install step that rewrites it, a tampered agent container) is
+    submitted for real and graded: none resolves, and each says why (refused, guard, or tests that fail)."""
+    report = run_audit("cwm/SWE-v0", tasks=1, families=REPO_FAMILIES)
+    s = report["summary"]
+    assert s["oracle_paid"] == 1.0 and s["passed"], s["failures"]
+    assert s["strategies"] == len([x for x in STRATEGIES if x.family in REPO_FAMILIES])
+    for row in report["details"]:
+        assert "'submitted': True" in row["evidence"], row          # the attack reached the grader
+    assert s["crashes"] == 0 and s["infra_faults"] == 0
+
+
 @pytest.fixture
 def example_env(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))

@@ -8,9 +8,9 @@ import pytest
 
 import cwm_envs  # noqa: F401  (registers the ids)
 from cwm_envs.envs.code_env import HARNESS_SOURCE, CodeEnv
-from cwm_envs.sources.code_gen import generate_task
 from cwm_envs.errors import UsageError
 from cwm_envs.sandbox import make_sandbox
+from cwm_envs.sources.code_gen import generate_task
 from cwm_envs.tasks import Task
 
 ADD = Task(id="t/add", prompt='def add(a, b):\n    """Return a + b."""\n',
@@ -88,6 +88,17 @@ def test_fraction_scheme_counts_tests(sandbox):
     value, o = judge(env, ADD, "def add(a, b):\n    return a + b if a < 0 else 3\n")
     assert value == pytest.approx(2 / 3)  # units: 1+2 -> 3 ok, -1+1 -> 0 ok, the loop fails
     assert judge(env, ADD, "nope")[0] == 0.0
+
+
+def test_an_assert_that_tests_nothing_is_no_unit(sandbox):
+    """HumanEval's `assert True, "..."` lines would pay a "fraction" share to a solution that does nothing."""
+    task = Task(id="t/true", prompt="def inc(x):\n", tests="def check(candidate):\n    assert candidate(1) == 2\n"
+                "    assert True, 'This prints if this assert fails'\n    assert abs(1 - 1) < 1e-6\n",
+                metadata={"entry_point": "inc"})
+    env = CodeEnv(tasks=[task], sandbox=sandbox, reward_scheme="fraction", timeout_s=2.0)
+    value, o = judge(env, task, "def inc(x):\n    return 0\n")
+    assert (value, o["total"]) == (0.0, 1)
+    assert judge(env, task, "def inc(x):\n    return x + 1\n")[0] == 1.0
 
 
 def test_whitespace_and_number_tolerant_stdout(sandbox):
@@ -364,6 +375,7 @@ STDIN_HACKS = {
     "infinite loop": ("while True:\n    pass\n", "timeout"),
     "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", None),
     "crash after a right answer": (GOOD_SUM + "raise SystemExit(3)\n", "runtime error"),
+    "integer too long for int()": ("import sys\nsys.set_int_max_str_digits(0)\nprint(10 ** 5000)\n", "wrong answer"),
 }
 
 

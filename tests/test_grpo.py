@@ -6,8 +6,7 @@ import torch
 from agents.grpo import GRPOArgs, GRPOLearner, group_advantages, grpo_token_loss, prepare_batch, select_informative
 from agents.lm_module import MODULE_ID, build_learner_group, get_lm_weights, pack, set_lm_weights, update_learners
 from agents.policy import LMPolicy
-from agents.ppo import PPOArgs, PPOLearner, gae, token_rewards
-from agents.ppo import prepare_batch as ppo_prepare
+from agents.ppo import PPOArgs, PPOLearner, gae, prepare_batch as ppo_prepare, token_rewards
 from agents.trajectory import Trajectory
 from cwm_envs.chat import format_chat
 

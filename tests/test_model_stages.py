@@ -103,9 +103,9 @@ def test_rerun_resumes_from_the_last_checkpoint(pretrained, tmp_path, corpus):
 
 def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     from model.config import build_model
+    from model.tokenizer import train_tokenizer
     from model.train_args import TrainArgs
     from model.train_loop import resume_point, train
-    from model.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["def f(x):\n    return x + 1\n" * 20], vocab_size=300)
     g = torch.Generator().manual_seed(0)
@@ -142,8 +142,8 @@ def test_trajectory_loss_mask_covers_actions_and_a_share_of_observations(pretrai
     assert "a.py" in all_obs and "a.py" not in no_obs
     for text in (all_obs, no_obs):
         assert "ls" in text and "done" in text and "fix the bug" not in text
-    masked = sum("a.py" not in (t := tok.decode([i for i, m in zip(*trajectory_document(
-        tok, messages, 0.5, random.Random(s))) if m])) for s in range(200))
+    masked = sum("a.py" not in tok.decode([i for i, m in zip(*trajectory_document(
+        tok, messages, 0.5, random.Random(s))) if m]) for s in range(200))
     assert 70 < masked < 130, "about half of the observations should be masked"
 
 

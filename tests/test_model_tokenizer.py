@@ -12,8 +12,15 @@ from cwm_envs.chat import format_chat
 from cwm_envs.errors import UsageError
 from model.corpus import sample_text
 from model.pretrain import encode_documents
-from model.tokenizer import (NAMED_OFFSETS, SPECIAL_BLOCK, TRACE_TOKENS, add_special_block, load_tokenizer,
-                             special_token_ids, train_tokenizer)
+from model.tokenizer import (
+    NAMED_OFFSETS,
+    SPECIAL_BLOCK,
+    TRACE_TOKENS,
+    add_special_block,
+    load_tokenizer,
+    special_token_ids,
+    train_tokenizer,
+)
 
 TRACE = ('<|trace_context_start|>def f(a, b):  # << START_OF_TRACE\n    return a + b\n<|frame_sep|>'
          '<|call_sep|>{"a": "1", "b": "2"}<|action_sep|>def f(a, b):\n<|frame_sep|>'

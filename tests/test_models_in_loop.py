@@ -263,7 +263,7 @@ def test_livecodebench_rows_our_generator_writes_window_and_judge(tmp_path):
 def test_prompt_templates_are_replaceable_files(tmp_path):
     import gymnasium
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the ids)
 
     (tmp_path / "math_cot.txt").write_text("Solve: {problem}\nBox it: $\\boxed{{}}$")
     (tmp_path / "system.txt").write_text("You think first.")

@@ -8,6 +8,7 @@ import pytest
 from model.config import describe, make_config
 from model.plan import Shape, measure_step, plan
 
+
 def cwm(capsys, *args) -> tuple[int, str, str]:
     """`cwm ARGS` in this process (the command's own code path, without paying torch's import again)."""
     from cwm_envs.cli import main

@@ -58,6 +58,9 @@ def test_think_rules():
     ("0\n\n1", "0\n1", None, False),      # a blank line inside the output matters
     ("nan", "nan", None, True),
     ("inf", "1e308", 1e-6, False),
+    ("9" * 5000, "1", None, False),        # longer than int() converts: compared as digits, never a crash
+    ("9" * 5000, "9" * 5000, None, True),
+    ("-" + "0" * 5000, "0", None, True),
 ])
 def test_outputs_match(got, expected, tol, ok):
     assert outputs_match(got, expected, tol) is ok

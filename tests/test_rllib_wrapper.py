@@ -3,7 +3,7 @@ import gymnasium
 import numpy as np
 import pytest
 
-import cwm_envs  # noqa: F401
+import cwm_envs  # noqa: F401  (registers the cwm/* ids)
 from cwm_envs.wrappers import ByteTokenizer, TokenLevelWrapper
 
 MATH = "cwm/Math-v0"

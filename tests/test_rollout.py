@@ -3,6 +3,7 @@ import functools
 import os
 import re
 import sys
+import time
 
 import gymnasium
 import numpy as np
@@ -24,12 +25,15 @@ class TwoTurnAdd(gymnasium.Env):
     """a + b over two turns: the env replies with a tool message after the first turn, then pays the second.
 
     With `fail_every=k`, `step` raises on seeds divisible by k; with `crash_marker`, the first `step` to see
-    that file missing creates it and kills its process (a worker dying mid-episode).
+    that file missing creates it and kills its process (a worker dying mid-episode); with `hold_marker`, the
+    first `step` to see that file missing creates it and waits until the file `release` exists (a straggler).
     """
 
-    def __init__(self, fail_every: int = 0, crash_marker: str | None = None):
+    def __init__(self, fail_every: int = 0, crash_marker: str | None = None, hold_marker: str | None = None,
+                 release: str | None = None):
         self.observation_space, self.action_space = AnyText(4096), AnyText(4096)
         self.fail_every, self.crash_marker = fail_every, crash_marker
+        self.hold_marker, self.release = hold_marker, release
         self.task = None
 
     def reset(self, *, seed=None, options=None):
@@ -49,6 +53,14 @@ class TwoTurnAdd(gymnasium.Env):
             try:  # O_EXCL: exactly one process, across workers, creates the marker and dies
                 os.close(os.open(self.crash_marker, os.O_CREAT | os.O_EXCL))
                 os._exit(1)
+            except FileExistsError:
+                pass
+        if self.hold_marker:
+            try:
+                os.close(os.open(self.hold_marker, os.O_CREAT | os.O_EXCL))
+                deadline = time.monotonic() + 120
+                while not os.path.exists(self.release) and time.monotonic() < deadline:
+                    time.sleep(0.02)
             except FileExistsError:
                 pass
         self.turn += 1
@@ -94,9 +106,14 @@ def test_groups_share_a_task_and_env_tokens_are_masked(pool, tiny):
         assert t.version == 0 and t.ok and len(t.rewards) == 2 and len(t.turn_ends) == 2
         a, b = t.task_id.split("+")
         assert t.ids[: t.prompt_len] == tiny.encode(format_chat([{"role": "user", "content": f"What is {a} + {b}?"}]))
-        first_end = t.turn_ends[0] + 1  # the env's reply follows the first turn, token for token, masked out
-        assert t.ids[first_end: first_end + len(reply)] == reply
-        assert t.policy_mask[first_end: first_end + len(reply)] == [0] * len(reply)
+        # the first turn ends with the end-of-turn token (sampled, or closing a turn cut at its budget, masked
+        # out), and the env's reply follows it, token for token, masked out
+        first_end = t.turn_ends[0] + 1
+        eot = tiny.encode("<|eot_id|>")
+        assert eot == [tiny.tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+        start = first_end if t.ids[first_end - 1] == eot[0] else first_end + 1
+        assert t.ids[start - 1] == eot[0] and t.ids[start: start + len(reply)] == reply
+        assert t.policy_mask[first_end: start + len(reply)] == [0] * (start + len(reply) - first_end)
         assert all(m == 1 for m in t.policy_mask[t.prompt_len: first_end])
         assert all((lp < 0) == (m == 1) for lp, m in zip(t.logprobs, t.policy_mask))
 
@@ -156,18 +173,109 @@ def test_a_dead_worker_is_replaced_and_its_requests_retried(tiny, ray_session, t
         p.close()
 
 
-def test_async_drops_and_counts_trajectories_past_the_staleness_bound(tiny, ray_session):
-    for bound, kept in ((0, 0), (1, 6)):
+def test_async_a_dead_worker_is_replaced_and_its_groups_resubmitted(tiny, ray_session, tmp_path):
+    crashing = EnvSpec("test/TwoTurnAdd-v0", kwargs={"crash_marker": str(tmp_path / "crashed")}, entry_point=TwoTurnAdd)
+    p = RolloutPool([crashing], tiny.spec(), tiny.get_weights(), num_workers=1, seed=0, cpus_per_worker=CPU,
+                    mode="async")  # one worker: no other stream can fill the batch before the death is seen
+    try:
+        trajs, stats = p.sample(4, 2)  # the stream's process dies mid-episode; its groups start again on a new worker
+        assert len(trajs) == 8 and all(t.ok for t in trajs) and len({t.group for t in trajs}) == 4
+        assert stats.worker_restarts == 1 and stats.retried_requests >= 1
+    finally:
+        p.close()
+
+
+def test_async_admission_bounds_staleness_and_keeps_every_finished_group(tiny, ray_session):
+    for bound in (0, 1):
         p = RolloutPool([ENV], tiny.spec(), tiny.get_weights(), num_workers=1, mode="async", max_staleness=bound,
                         cpus_per_worker=CPU)
         try:
-            first, _ = p.sample(3, 2)  # sampled with version 0, used at version 0
-            assert len(first) == 6 and {t.version for t in first} == {0}
-            p.set_weights(tiny.get_weights(), 1)  # an update happened while the next batch was being sampled
+            first, stats = p.sample(3, 2)  # sampled with version 0, used at version 0
+            assert len(first) == 6 and {t.version for t in first} == {0} and stats.episodes == 6
+            p.set_weights(tiny.get_weights(), 1)  # an update happened while the stream went on
             second, stats = p.sample(3, 2)
-            assert len(second) == kept and stats.dropped_stale == 6 - kept
+            assert len(second) == 6 and all(t.ok for t in second)  # nothing finished is thrown away
+            assert all(t.staleness(1) <= bound for t in second)
+            if bound == 1:  # the groups admitted while the "learner" updated were sampled (at first) by version 0
+                assert any(t.staleness(1) == 1 for t in second)
+            if bound == 0:  # nothing may start before the new weights are there: every token is version 1's
+                assert {v for t in second for v, m in zip(t.versions, t.policy_mask) if m} == {1}
         finally:
             p.close()
+
+
+def test_new_weights_land_mid_episode_and_each_token_keeps_its_version(tiny, tmp_path):
+    """A partial rollout: an update arrives while an episode's env is busy; its next turn uses the new weights."""
+    release = tmp_path / "release"
+    held = EnvSpec("test/TwoTurnAdd-v0", kwargs={"hold_marker": str(tmp_path / "held"), "release": str(release)},
+                   entry_point=TwoTurnAdd)
+    worker = RolloutWorker([held], tiny.spec(), tiny.get_weights())  # in-process: the stream the actors run
+    try:
+        worker.submit([Request(env=0, seed=3, group=0, n=1)], sample_seed=0, min_version=0)
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "held").exists():  # the first step is waiting in the env
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        torch.manual_seed(1)
+        worker.set_weights({k: torch.randn_like(v) * 0.1 for k, v in tiny.get_weights().items()}, 1)
+        release.touch()
+        got = []
+        while not got:
+            assert time.monotonic() < deadline
+            got, stats = worker.poll(1.0)
+    finally:
+        worker.close()
+    t = got[0]
+    first, second = [[v for v, m in zip(t.versions[a:b + 1], t.policy_mask[a:b + 1]) if m]
+                     for a, b in ((t.prompt_len, t.turn_ends[0]), (t.turn_ends[0] + 1, t.turn_ends[1]))]
+    assert set(first) == {0} and set(second) == {1} and t.version == 0 and t.staleness(1) == 1
+
+
+def test_a_straggler_env_does_not_hold_up_the_batch(tiny, ray_session, tmp_path):
+    """One episode's env hangs: the learner still gets its batches (the first groups to finish), and the
+    straggler's group arrives in a later batch once its env answers (kept, not thrown away)."""
+    release = tmp_path / "release"
+    held = EnvSpec("test/TwoTurnAdd-v0", kwargs={"hold_marker": str(tmp_path / "held"), "release": str(release)},
+                   entry_point=TwoTurnAdd)
+    p = RolloutPool([held], tiny.spec(), tiny.get_weights(), num_workers=1, mode="async", max_staleness=1,
+                    cpus_per_worker=CPU)
+    try:
+        batches = [p.sample(2, 2)[0]]
+        p.set_weights(tiny.get_weights(), 1)
+        batches.append(p.sample(2, 2)[0])
+        assert all(len(b) == 4 and all(t.ok for t in b) for b in batches)
+        straggler = [g for g, c in p._outstanding.items()]
+        assert (tmp_path / "held").exists() and straggler  # its group is still out, the batches came anyway
+        release.touch()
+        later = []
+        for version in (2, 3, 4):
+            p.set_weights(tiny.get_weights(), version)
+            later += p.sample(2, 2)[0]
+            if set(straggler) <= {t.group for t in later}:
+                break
+        assert set(straggler) <= {t.group for t in later} and all(t.ok for t in later)
+    finally:
+        p.close()
+
+
+def test_a_shared_server_samples_with_the_pushed_weights_and_names_their_version(tiny, ray_session):
+    """`--policy serve`: one server per node; a worker's policy reaches its node's server with token ids, and
+    after a push every choice says which version sampled it."""
+    from agents.policy import Turn
+    from agents.serve import ServerPool
+
+    servers = ServerPool(tiny, 0, tiny.get_weights(), cpus=CPU)
+    try:
+        policy = servers.policy_factory()()  # what a rollout worker on this node builds
+        prompt = tiny.encode(format_chat([{"role": "user", "content": "What is 3 + 4?"}]))
+        before = policy.act([Turn(prompt, "")], greedy=True)[0]
+        torch.manual_seed(3)
+        servers.set_weights({k: torch.randn_like(v) * 0.2 for k, v in tiny.get_weights().items()}, 4)
+        after = policy.act([Turn(prompt, "", max_new_tokens=3)], greedy=True)[0]
+    finally:
+        servers.close()
+    assert before.version == 0 and after.version == 4 and after.ids != before.ids[:len(after.ids)]
+    assert len(after.ids) <= 3 and before.ids == tiny.generate([prompt], greedy=True)[0].ids  # token-in, token-out
 
 
 def test_oracle_and_random_policies_share_the_interface(tiny, ray_session):
@@ -203,6 +311,43 @@ def test_env_mix_follows_the_weights(tiny):
     reqs = draw_requests(np.random.default_rng(0), [0.75, 0.25], 4000, 2, first_group=10)
     share = np.mean([r.env == 0 for r in reqs])
     assert 0.72 < share < 0.78 and all(r.n == 2 for r in reqs) and reqs[0].group == 10
+
+
+class OpenEpisodes(TwoTurnAdd):
+    """Counts its episodes open at once, across instances (each SWE episode holds a container)."""
+
+    open = peak = 0
+
+    def reset(self, *, seed=None, options=None):
+        OpenEpisodes.open += 1
+        OpenEpisodes.peak = max(OpenEpisodes.peak, OpenEpisodes.open)
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        out = super().step(action)
+        OpenEpisodes.open -= out[2] or out[3]
+        return out
+
+
+def test_a_worker_never_holds_more_episodes_than_its_slots(tiny):
+    spec = EnvSpec("test/OpenEpisodes-v0", entry_point=OpenEpisodes, max_episodes=2)
+    worker = RolloutWorker([spec], tiny.spec(), tiny.get_weights(), max_episodes=spec.max_episodes)
+    trajs, stats = worker.run([Request(env=0, seed=s, group=s, n=2) for s in range(3)], sample_seed=0)
+    worker.close()
+    assert OpenEpisodes.peak == 2 and OpenEpisodes.open == 0  # 6 episodes in waves of 2, none left open
+    assert [t.group for t in trajs] == [0, 0, 1, 1, 2, 2] and stats.episodes == 6 and stats.failed == 0
+    assert all(len(t.turn_ends) == 2 for t in trajs)
+
+
+def test_an_episode_cut_by_the_workers_budget_is_paid_as_a_failure(tiny):
+    """Stalling must not beat answering: an episode cut after its first turn (whose step reward is 0) gets the
+    env's failure reward (-1), exactly what a wrong answer earns."""
+    for budget in (dict(max_turns=1), dict(max_context=30)):
+        worker = RolloutWorker([ENV], tiny.spec(), tiny.get_weights(), **budget)
+        trajs, _ = worker.run([Request(env=0, seed=s, group=s, n=1) for s in range(2)], sample_seed=0)
+        worker.close()
+        assert all(t.info.get("cut") for t in trajs), budget
+        assert [t.rewards for t in trajs] == [[-1.0], [-1.0]], budget
 
 
 def test_generation_stops_at_the_end_of_a_tool_call(tiny):

@@ -383,7 +383,7 @@ def test_what_a_command_leaves_behind_changes_no_later_python(docker_engine, use
         box.write_file("data.bin", b"\x00\x01")           # the file helpers and the exec server: unaffected
         assert box.read_file("data.bin") == b"\x00\x01" and box.run("echo fine").stdout == "fine\n"
         res = box.run("sleep 30", timeout=1)                 # the in-container helper still kills
-        assert res.timed_out and box._tool(box._box, "probe") is not None
+        assert res.timed_out and box._box.probe() is not None
 
 
 def test_full_areas_are_a_limit_hit_not_a_wedge(docker_engine):
@@ -531,23 +531,23 @@ def test_no_container_outlives_its_owner(docker_engine, mode, sig, expect):
 def test_gc_reaps_containers_of_dead_owners_only(docker_engine):
     import docker
 
-    from cwm_envs.sandbox.docker_backend import HOST_LABEL, LABEL, PID_LABEL, START_LABEL, _owner_labels
+    from cwm_envs.sandbox._docker_reaper import HOST_LABEL, LABEL, PID_LABEL, START_LABEL, owner_labels
 
     dead = subprocess.Popen(["true"])
     dead.wait()
     client = docker.from_env()
     image = ensure_base_image()
     orphan = client.containers.create(image, ["sleep", "infinity"], network_mode="none", labels={
-        **_owner_labels(), PID_LABEL: str(dead.pid), START_LABEL: "1"})
+        **owner_labels(), PID_LABEL: str(dead.pid), START_LABEL: "1"})
     reused = client.containers.create(image, ["sleep", "infinity"], network_mode="none", labels={
-        **_owner_labels(), START_LABEL: "1"})     # our pid, but another process's start time: a reused pid
-    alive = client.containers.create(image, ["sleep", "infinity"], network_mode="none", labels=_owner_labels())
+        **owner_labels(), START_LABEL: "1"})     # our pid, but another process's start time: a reused pid
+    alive = client.containers.create(image, ["sleep", "infinity"], network_mode="none", labels=owner_labels())
     try:
         cwm = str(ROOT / ".venv/bin/cwm") if (ROOT / ".venv/bin/cwm").exists() else "cwm"
         out = subprocess.run([cwm, "sandbox", "gc"], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert orphan.short_id in out.stdout and reused.short_id in out.stdout
-        left = _containers(LABEL, f"{HOST_LABEL}={_owner_labels()[HOST_LABEL]}")
+        left = _containers(LABEL, f"{HOST_LABEL}={owner_labels()[HOST_LABEL]}")
         assert orphan.id not in left and reused.id not in left and alive.id in left
     finally:
         for c in (orphan, reused, alive):

@@ -96,6 +96,33 @@ def _marker() -> str:
     return f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6:06d}"
 
 
+def test_the_named_calls_mean_the_same_on_every_backend(backend, sb):
+    """run_python, run_shell and exec take the same keyword arguments everywhere and mean the same thing,
+    whatever a backend's `run(str)` means; a call given the wrong shape of command is a usage error."""
+    from cwm_envs.errors import UsageError
+
+    kw = {"stdin": "3 4", "timeout": 10, "limits": Limits(output_bytes=1000)}
+    res = sb.run_python("import sys; a, b = map(int, sys.stdin.read().split()); print(a * b)", **kw)
+    assert (res.stdout, res.exit_code) == ("12\n", 0), res
+    res = sb.run_shell("read a b; echo $((a * b)); echo oops >&2; exit 3", **kw)
+    assert (res.stdout, res.stderr, res.exit_code) == ("12\n", "oops\n", 3), res
+    res = sb.exec(["printf", "%s|", "a b", "$HOME"], **kw)         # no shell between: nothing expands
+    assert (res.stdout, res.exit_code) == ("a b|$HOME|", 0), res
+    res = sb.run_shell("yes | head -c 5000", **kw)                  # the run's limits over the sandbox's
+    assert res.limit_hit == "output" and res.truncated and len(res.stdout) <= 1000, res
+    for bad in (lambda: sb.exec("ls"), lambda: sb.exec([]), lambda: sb.run_shell(["ls"]),
+                lambda: sb.run_python(["print(1)"])):
+        with pytest.raises(UsageError):
+            bad()
+
+
+def test_limits_merge_field_by_field():
+    base = Limits(memory_mb=1024, processes=64, output_bytes=1 << 20)
+    assert base.merged(None) is base
+    assert base.merged(Limits(processes=8, cpu_s=2.0)) == Limits(cpu_s=2.0, memory_mb=1024, processes=8,
+                                                                 output_bytes=1 << 20)
+
+
 def test_network_is_unreachable_and_fails_fast(backend, sb, check_alive):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -1,14 +1,27 @@
 """The GRPO learner sharded by FSDP2 inside RLlib's LearnerGroup (two learner actors, gloo) takes the same
-updates as the unsharded learner on the whole batch, and its DCP checkpoint restores on one learner."""
+updates as the unsharded learner on the whole batch, and its DCP checkpoint restores on one learner; an RL
+run (`cwm train rl --shard fsdp --num-learners 2`) updates through them and pushes their gathered weights."""
+import sys
+
+import gymnasium
 import numpy as np
 import pytest
+import ray
 import torch
 
 from agents import sharded
 from agents.grpo import GRPOLearner
-from agents.lm_module import build_learner_group, get_lm_weights, pack, set_lm_weights, update_learners
-from agents.rl_args import GRPOArgs
+from agents.lm_module import (
+    build_learner_group,
+    get_lm_weights,
+    pack,
+    set_lm_weights,
+    update_learners,
+)
+from agents.rl_args import GRPOArgs, RLArgs
 from agents.trajectory import Trajectory
+from cwm_envs.chat import format_chat
+from cwm_envs.spaces import AnyText
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -90,8 +103,7 @@ def test_sharded_grpo_learners_match_the_unsharded_one(tiny, ray_session, tmp_pa
 
 def test_sharded_ppo_learner_in_the_driver_matches_the_unsharded_one(tiny):
     """num_learners=0: the learner shards over a one-rank group of its own; the value head is a unit too."""
-    from agents.ppo import PPOLearner
-    from agents.ppo import prepare_batch as ppo_prepare
+    from agents.ppo import PPOLearner, prepare_batch as ppo_prepare
     from agents.rl_args import PPOArgs
 
     model, tok = tiny
@@ -118,3 +130,51 @@ def test_sharded_ppo_learner_in_the_driver_matches_the_unsharded_one(tiny):
     assert all(np.allclose(w1[k], w0[k], atol=1e-6) for k in w0)
     assert np.abs(w1["value_head.weight"]).max() > 0  # the head was trained, not just carried
     assert not torch.distributed.is_initialized()
+
+
+class EvenLength(gymnasium.Env):
+    """One turn; pays +1 when the action has an even number of characters, else -1: a random policy's groups
+    get mixed rewards, so GRPO has advantages to update on."""
+
+    def __init__(self):
+        self.observation_space, self.action_space = AnyText(4096), AnyText(4096)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return format_chat([{"role": "user", "content": f"Say something ({seed})."}]), {"task_id": str(seed)}
+
+    def step(self, action):
+        return "", 1.0 if len(action) % 2 == 0 else -1.0, True, False, {}
+
+
+gymnasium.register("test/EvenLength-v0", entry_point=EvenLength)  # the run's workers get the class from here
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # (by value: they cannot import this module)
+
+
+def test_an_rl_run_updates_through_two_sharded_learners_and_pushes_their_weights(tiny, ray_session, tmp_path):
+    """RLRun with --shard fsdp --num-learners 2 (gloo): one GRPO update; the rollout worker then holds exactly
+    the weights gathered from the two learners' slices, tagged with the new version."""
+    from agents.train_rl import RLRun
+
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    args = RLArgs(out=tmp_path / "run", env="test/EvenLength-v0", model=str(tmp_path / "model"),
+                  tasks=2, group=4, steps=1, shard="fsdp", num_learners=2, torch_threads=1,
+                  update=GRPOArgs(lr=1e-3, warmup_updates=1, max_new_tokens=8))
+    rl = RLRun(args)
+    try:
+        start = rl.learner_weights()
+        row = rl.update()
+        assert row["version"] == 1 and row["failed"] == 0 and row["trained_rows"] > 0 and row["skipped_groups"] < 2
+        gathered = rl.learner_weights()
+        assert max(np.abs(gathered[k] - start[k]).max() for k in gathered) > 1e-4  # the update moved them
+        worker = rl.pool.workers[0]  # its weights land at the next turn boundary: load them, then read them
+        version, pushed = ray_session.get(worker.__ray_call__.remote(
+            lambda w: (w._load_pending(), w.policy.version, w.policy.get_weights())[1:]))
+        assert version == 1 and set(pushed) == set(gathered)
+        assert all(np.array_equal(pushed[k].numpy(), gathered[k]) for k in gathered)
+        rl.save_checkpoint()  # every learner writes its slices (DCP), not LearnerGroup.get_state()
+        assert any((tmp_path / "run" / "checkpoints" / "step-000001" / "learners").iterdir())
+    finally:
+        rl.close()

@@ -6,9 +6,8 @@ import json
 import pytest
 
 from cwm_envs.errors import UsageError
-from cwm_envs.swe.dataset import (SWEInstance, gold_predictions, instance_from_row, load_instances,
-                                  load_predictions)
-from cwm_envs.swe.grading import START, END, conflicting_tests, grade_log, marker_tampering, parser_names
+from cwm_envs.swe.dataset import SWEInstance, gold_predictions, instance_from_row, load_instances, load_predictions
+from cwm_envs.swe.grading import END, START, conflicting_tests, grade_log, marker_tampering, parser_names
 from cwm_envs.swe.specs import env_spec_for, pick_suite
 
 ROW = {"instance_id": "own__calc-1", "repo": "own/calc", "base_commit": "a" * 40, "patch": "diff --git a/x b/x\n",

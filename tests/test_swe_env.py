@@ -20,6 +20,7 @@ import cwm_envs  # noqa: F401  (registers the ids)
 from agents.swe_agents import DoNothingSWEAgent, OracleSWEAgent, run_episode, tool
 from cwm_envs import chat
 
+
 def output_of(obs: str) -> str:
     m = re.search(r"<output>\n(.*)\n</output>\n\n<budget>\n\* Remaining turns: \d+\n\* Remaining tokens: -?\d+\n</budget>",
                   obs, re.S)
@@ -176,6 +177,15 @@ def test_tools_behave_like_cwms(env):
 
 
 @pytest.mark.docker
+def test_text_that_is_not_unicode_reaches_the_tools_as_replacement_characters(env):
+    """A lone surrogate (no UTF-8 encoding exists) in a command or a reply is an observation, never a crash."""
+    env.reset(seed=0)
+    obs, reward, done, _, _ = env.step(tool("bash", "echo '\ud800'"))
+    assert not done and reward == 0.0 and output_of(obs) == "?"
+    obs, reward, done, _, info = env.step("\ud800")
+    assert not done and "format_error" in info
+
+
 def test_strict_format_ends_the_episode_on_a_malformed_call(docker_engine):
     e = make(strict_format=True)
     try:

@@ -30,6 +30,11 @@ P2P = ["tests/test_calc.py::test_sub"]
 # A pytest plugin that reports every test as passed: what each runner-config attack below tries to load.
 PASS_ALL = ("import pytest\n\n\n@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
             "    outcome = yield\n    outcome.get_result().outcome = 'passed'\n")
+# Code that makes pytest report every test as passed, from inside the process that runs them.
+REWRITE_REPORTS = ("\nimport _pytest.reports\n\n_made = _pytest.reports.TestReport.from_item_and_call.__func__\n\n\n"
+                   "def _passed(cls, item, call):\n    report = _made(cls, item, call)\n"
+                   "    report.outcome, report.longrepr = 'passed', None\n    return report\n\n\n"
+                   "_pytest.reports.TestReport.from_item_and_call = classmethod(_passed)\n")
 # The log lines a parser would read as "every target test passed".
 FAKE_LINES = "".join(f"PASSED {t}\\n" for t in F2P + P2P)
 
@@ -147,6 +152,20 @@ def attack_patches(repo: Path) -> dict[str, str]:
         "early_exit": diff_of(repo, {"calc/__init__.py": BUGGY + (
             "\nimport os\n\n_out = os.open('/proc/%d/fd/1' % os.getppid(), os.O_WRONLY)\n"
             f"os.write(_out, b'{FAKE_LINES}1 passed in 0.01s\\n')\nos._exit(0)\n")}),
+        # code under test that rewrites pytest's reports from inside the test process: every test "passes"
+        "rewrite_reports": diff_of(repo, {"calc/__init__.py": BUGGY + REWRITE_REPORTS}),
+        # a setup.py that, when the eval reinstalls the package, appends the same rewrite to pytest's own code
+        "setup_py_library": diff_of(repo, {"setup.py": (
+            "import os, sysconfig\nfrom setuptools import setup\n\n"
+            "with open(os.path.join(sysconfig.get_paths()['purelib'], '_pytest', 'reports.py'), 'a') as f:\n"
+            f"    f.write({REWRITE_REPORTS!r})\nsetup()\n")}),
+        # a setup.py that, run as root by the reinstall, writes what every process or interpreter loads at
+        # start outside the tree and the libraries: Debian's stdlib sitecustomize.py is a link into /etc
+        "setup_py_system": diff_of(repo, {"calc/hooks.py": PASS_ALL, "setup.py": (
+            "import os, sysconfig\nfrom setuptools import setup\n\n"
+            "with open(os.path.join(sysconfig.get_paths()['stdlib'], 'sitecustomize.py'), 'a') as f:\n"
+            "    f.write('\\nimport os\\nos.environ[\"PYTEST_ADDOPTS\"] = os.environ.get(\"PYTEST_ADDOPTS\", \"\") + \" -p calc.hooks\"\\n')\n"
+            "open('/etc/ld.so.preload', 'a').close()\nsetup()\n")}),
         # a fix that lives in a new test file (collected, so it runs): test code is never the model's to change
         "fix_in_test_file": diff_of(repo, {"tests/test_zz_fix.py": "import calc\n\n"
                                            "calc.add.__code__ = (lambda a, b: a + b).__code__\n"}),
@@ -174,7 +193,7 @@ def image(tiny, docker_engine):
     row, repo, _ = tiny
     tag = build_instance_image(instance_from_row(row), repo.parent.parent)
     yield tag
-    import docker                      # the repo is new each run (a new base commit): drop its image
+    import docker  # the repo is new each run (a new base commit): drop its image
 
     docker.from_env().images.remove(tag, force=True)
 
@@ -243,12 +262,12 @@ REFUSED_BEFORE_APPLY = {"conftest_root": "test-runner configuration", "conftest_
 
 
 def test_patches_that_change_what_runs_are_refused_before_they_touch_the_tree(tiny, image):
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.harness import grade
 
     row, _, patches = tiny
     inst = instance_from_row(row)
-    with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:      # one container: nothing may change it
+    with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:      # one container: nothing may change it
         for name, why in REFUSED_BEFORE_APPLY.items():
             rep = grade(inst, sb, patches[name], timeout=120)[inst.instance_id]
             assert not rep["resolved"] and not rep["patch_successfully_applied"], name
@@ -268,13 +287,13 @@ def test_patches_whose_applied_files_change_the_runner_are_refused(tiny, image, 
 
 def test_new_modules_that_shadow_installed_ones_are_removed(tiny, image):
     """With `python -m pytest` the root comes first on sys.path: a `pytest.py` there is the runner."""
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.harness import grade
 
     row, _, patches = tiny
     inst = instance_from_row({**row, "test_cmd": "python -m pytest -rA tests"})
     for name, module in (("shadow_pytest", "pytest.py"), ("shadow_stdlib", "argparse.py"), ("shadow_installed", "wheel.py")):
-        with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+        with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
             rep = grade(inst, sb, patches[name], timeout=120)[inst.instance_id]
         assert not rep["resolved"] and rep["seal"] == "verified", name
         assert rep["removed"] == [f"{module}: a new module that shadows the installed '{module[:-3]}' ({module})"]
@@ -284,13 +303,13 @@ def test_new_modules_that_shadow_installed_ones_are_removed(tiny, image):
 def test_git_runs_without_hooks_while_grading(tiny, image):
     """Even a hook already in the container (the image's, say) never runs: every git of the grader and of
     the eval script runs with core.hooksPath=/dev/null and no fsmonitor."""
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.harness import grade
 
     row, _, patches = tiny
     inst = instance_from_row(row)
     hook = "#!/bin/sh\necho ran >> /tmp/hook-ran\n"
-    with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+    with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
         for name in ("post-checkout", "post-applypatch", "pre-commit", "fsmonitor"):
             sb.write_file(f"/testbed/.git/hooks/{name}", hook)
         sb.run("chmod +x .git/hooks/* && git config core.fsmonitor .git/hooks/fsmonitor", timeout=30)
@@ -306,6 +325,12 @@ def test_a_run_that_ends_early_cannot_report_tests_as_passed(tiny, image):
     assert not rep["resolved"] and "no seal" in rep["guard"]
 
 
+def test_code_that_rewrites_pytest_from_inside_does_not_resolve(tiny, image):
+    """The log and the runner's own reports say every test passed; the seal saw pytest's machinery replaced."""
+    rep = _grade(tiny, image, "rewrite_reports")
+    assert not rep["resolved"] and "replaced pytest's own machinery" in rep["guard"]
+
+
 def test_test_code_the_patch_adds_or_edits_is_put_back(tiny, image):
     rep = _grade(tiny, image, "fix_in_test_file")            # the "fix" lives in a new, collected test file
     assert not rep["resolved"] and rep["tests_reset"] == ["tests/test_zz_fix.py"]
@@ -317,7 +342,7 @@ def test_test_code_the_patch_adds_or_edits_is_put_back(tiny, image):
 def test_the_patchs_install_step_cannot_change_what_runs(tiny, image):
     """SWE-bench eval scripts reinstall the package, running the patch's setup.py as root before the tests.
     What it changed is checked between the script's setup and its tests: the gold patch still resolves."""
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
     from cwm_envs.swe.dataset import make_eval_script
     from cwm_envs.swe.harness import grade
 
@@ -325,8 +350,8 @@ def test_the_patchs_install_step_cannot_change_what_runs(tiny, image):
     script = make_eval_script(row["base_commit"], row["test_patch"], row["test_cmd"], ["tests/test_calc.py", "tests/test_new.py"])
     inst = instance_from_row({**row, "eval_script": script.replace("cd /testbed\n", "cd /testbed\npython -m pip install -e .\n")})
     reports = {}
-    for name in ("gold", "setup_py"):
-        with DockerSandbox(image, pool_size=0, workdir="/testbed") as sb:
+    for name in ("gold", "setup_py", "setup_py_library", "setup_py_system"):
+        with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
             reports[name] = grade(inst, sb, patches[name], timeout=300)[inst.instance_id]
     assert reports["gold"]["resolved"] and reports["gold"]["seal"] == "verified"
     refused = "\n".join(reports["setup_py"]["refused"])
@@ -334,6 +359,13 @@ def test_the_patchs_install_step_cannot_change_what_runs(tiny, image):
     for why in ("conftest.py: test-runner configuration", "zz_cwm.pth: a .pth line that runs code",
                 "bin/pytest: replaced"):
         assert why in refused, refused
+    library = "\n".join(reports["setup_py_library"]["refused"])
+    assert not reports["setup_py_library"]["resolved"]
+    assert "_pytest/reports.py: an installed library's code changed during the setup" in library, library
+    system = "\n".join(reports["setup_py_system"]["refused"])
+    assert not reports["setup_py_system"]["resolved"]
+    for why in ("sitecustomize.py: an interpreter start-up hook", "/etc/ld.so.preload: system configuration"):
+        assert why in system, system
 
 
 def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path, capsys):

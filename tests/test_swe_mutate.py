@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cwm_envs.swe.mutate import (KINDS, Schedule, failure_messages, find_mutations, is_test_path,
-                                 problem_statement)
+from cwm_envs.swe.mutate import KINDS, Schedule, failure_messages, find_mutations, is_test_path, problem_statement
 
 SAMPLE = textwrap.dedent('''\
     """A module with one of everything."""
@@ -114,6 +113,15 @@ def test_schedule_rotates_over_kinds_and_functions():
 def test_test_paths():
     assert is_test_path("tests/helpers/data.py") and is_test_path("src/pkg/test_io.py")
     assert not is_test_path("src/pkg/io.py") and not is_test_path("setup.py")
+
+
+@pytest.mark.parametrize("module", ["cwm_envs.swe.mutations", "cwm_envs.swe.task_repo", "cwm_envs.swe.mutate"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_problem_statement_from_a_real_pytest_run(tmp_path):

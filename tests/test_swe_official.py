@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -65,7 +64,7 @@ def registry(tmp_path):
 
 
 @pytest.mark.docker
-def test_official_and_auto_sources_pull_from_a_loopback_registry(tiny, image, registry, tmp_path):  # noqa: F811
+def test_official_and_auto_sources_pull_from_a_loopback_registry(tiny, image, registry, tmp_path):  # noqa: F811  (fixtures)
     import docker
 
     from cwm_envs.swe.harness import evaluate_instance
@@ -105,8 +104,8 @@ def test_official_and_auto_sources_pull_from_a_loopback_registry(tiny, image, re
                 pass
 
 
-def test_without_repos_the_repository_is_cloned_into_the_cache(tiny, tmp_path, monkeypatch):  # noqa: F811
-    from cwm_envs.swe.images import find_repo
+def test_without_repos_the_repository_is_cloned_into_the_cache(tiny, tmp_path, monkeypatch):  # noqa: F811  (fixtures)
+    from cwm_envs.swe.repos import find_repo
 
     row, repo, _ = tiny
     monkeypatch.setenv("CWM_CACHE", str(tmp_path / "cache"))
@@ -116,6 +115,17 @@ def test_without_repos_the_repository_is_cloned_into_the_cache(tiny, tmp_path, m
     assert subprocess.run(["git", "-C", str(path), "cat-file", "-t", row["base_commit"]], capture_output=True,
                           text=True).stdout.strip() == "commit"
     assert find_repo(instance_from_row(row), None) == path          # cloned once, then reused
+
+
+def test_repository_names_and_their_doctests():
+    import doctest
+
+    from cwm_envs.swe import repos
+
+    result = doctest.testmod(repos)
+    assert result.attempted > 0 and result.failed == 0
+    with pytest.raises(UsageError):
+        repos.split_repo("requests")
 
 
 def test_an_unreachable_remote_is_one_line_naming_the_repository(tmp_path):
@@ -133,7 +143,7 @@ def test_an_unreachable_remote_is_one_line_naming_the_repository(tmp_path):
 
 
 @pytest.mark.docker
-def test_validate_reports_gold_and_noop_per_repository_and_prune_removes_the_run(tiny, image, tmp_path):  # noqa: F811
+def test_validate_reports_gold_and_noop_per_repository_and_prune_removes_the_run(tiny, image, tmp_path):  # noqa: F811  (fixtures)
     row, repo, _ = tiny
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(row) + "\n")
@@ -208,10 +218,9 @@ PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }
 def test_a_compiled_repository_builds_its_extension_in_the_image(tmp_path):
     """The instance path of astropy / scikit-learn / matplotlib on a repository of our own: a C extension
     compiled by the tools layer's gcc when the instance image installs the repository in place."""
-    from tests.test_swe_harness import diff_of, git
-
     from cwm_envs.swe.harness import evaluate_instance
     from cwm_envs.swe.validate import NOOP_PATCH as NOOP
+    from tests.test_swe_harness import diff_of, git
 
     repo = tmp_path / "repos" / "own" / "cext"
     (repo / "fast").mkdir(parents=True)
@@ -252,12 +261,12 @@ def test_a_compiled_repository_builds_its_extension_in_the_image(tmp_path):
         client.images.remove(tag, force=True)
 
 
-def test_the_environment_survives_a_link_to_its_interpreter(image):  # noqa: F811
+def test_the_environment_survives_a_link_to_its_interpreter(image):  # noqa: F811  (fixture)
     """tox-current-env (sphinx >= 4's eval scripts) runs tests through `.tox/py39/bin/python`, a link to the
     environment's interpreter; a bare venv loses its packages that way ("No module named pytest")."""
-    from cwm_envs.sandbox.docker_backend import DockerSandbox
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
 
-    with DockerSandbox(image, pool_size=0, workdir="/") as sb:
+    with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
         res = sb.run("source /opt/miniconda3/bin/activate && conda activate testbed && mkdir -p /tmp/tox/bin && "
                      "ln -s \"$(command -v python)\" /tmp/tox/bin/python && cd / && "
                      "/tmp/tox/bin/python -c 'import pytest, calc; print(pytest.__file__)' && "

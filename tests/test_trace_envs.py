@@ -92,6 +92,23 @@ def test_rest_mode_from_cruxeval_and_partial_scheme(data_dir):
         env.close()
 
 
+def test_partial_credit_pays_nothing_for_nothing():
+    """An empty or junk prediction once earned 0.25: a field that is empty on both sides (no value on a line
+    frame, no locals on a return frame) counted as matched."""
+    env = TraceEnv(tasks=[TASK], reward_scheme="partial")
+    try:
+        for cut in (2, 3, 4):
+            env.reset(options={"task": TASK, "cut": cut})
+            assert env.step(fmt.EOS)[1] == 0.0
+            env.reset(options={"task": TASK, "cut": cut})
+            junk = fmt.Frame("return", "junk\n", {}, "'0'")
+            assert env.step(fmt.emit_continuation(env.trace.frames[:cut], [junk], False))[1] == 0.0
+            env.reset(options={"task": TASK, "cut": cut})
+            assert env.step(env.reference_response(env.task))[1] == 1.0
+    finally:
+        env.close()
+
+
 def test_trace_env_rejects_bad_options(trace_env):
     with pytest.raises(UsageError):
         trace_env.reset(options={"task": TASK, "cut": 0})
@@ -129,6 +146,7 @@ def test_output_prediction_rewards_any_equal_value(out_env, answer):
     ("[].__class__", "attribute"),
     ("exec('print(1)')", "name 'exec'"),
     ("[3, 5]", "assertion failed"),
+    ("[10 ** 5000]", "too large to show"),                               # repr() refuses it: no crash
 ])
 def test_output_prediction_hacks_and_wrong_answers_fail(out_env, answer, why):
     out_env.reset(options={"task": TASK})

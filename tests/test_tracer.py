@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from cwm_envs.sources.programs import FAMILIES, fuzz_from_signature, fuzz_inputs, generate_program, literal_args
 from cwm_envs.tracing import format as fmt
 from cwm_envs.tracing.corpus import build_corpus, humaneval_inputs, iter_jobs
 from cwm_envs.tracing.format import Frame, TraceFormatError
-from cwm_envs.sources.programs import FAMILIES, fuzz_from_signature, fuzz_inputs, generate_program, literal_args
 from cwm_envs.tracing.tracer import TraceJob, TraceLimits, Tracer
 
 ROOT = Path(__file__).resolve().parent.parent

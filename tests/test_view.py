@@ -17,8 +17,8 @@ from agents.metrics import TRAJECTORIES, TrajectorySampler, episode_record, tag
 from agents.policy import OraclePolicy
 from agents.rollout import EnvSpec, Request, RolloutWorker
 from agents.view import write_view
-from cwm_envs.wrappers import ByteTokenizer
 from chromium import Chromium, chromium_missing
+from cwm_envs.wrappers import ByteTokenizer
 
 PROJECT = Path(__file__).resolve().parent.parent
 EASY = {"source": "generated", "kinds": ["add_sub"], "difficulty": 0}
@@ -31,7 +31,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, ray_session, one_torch_thread):
     """`cwm train rl`'s loop for 2 updates of 2 tasks x 2 samples on cwm/Math-v0 with a one-layer model."""
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the ids)
     from agents.rl_args import GRPOArgs, RLArgs
     from agents.train_rl import run
     from model.config import build_model

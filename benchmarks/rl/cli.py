@@ -3,9 +3,9 @@ it runs)."""
 from __future__ import annotations
 
 from agents.rl_args import ALGOS
-from benchmarks.rl.common import LR
+from benchmarks.rl.common import LR, MATH, SETTINGS
 from benchmarks.rl.learn import cmd_learn
-from benchmarks.rl.scaling import cmd_scaling
+from benchmarks.rl.scaling import cmd_scaling, cmd_straggler
 from benchmarks.rl.trl_compare import cmd_trl
 
 
@@ -16,13 +16,15 @@ def register(sub) -> None:
     g = rl.add_subparsers(dest="rl_command", metavar="COMMAND")
     rl.set_defaults(func=lambda _a, _p=rl: _p.print_help() or 2)
 
-    p = g.add_parser("learn", help="GRPO (or PPO) lifts an SFT-warmed cwm-micro on add/sub, per seed")
+    p = g.add_parser("learn", help="GRPO (or PPO) lifts an SFT-warmed cwm-micro on add/sub or tool use, per seed")
+    p.add_argument("--env", choices=list(SETTINGS), default=MATH,
+                   help="cwm/Math-v0: add/sub in one turn; cwm/MathTool-v0: tasks that need the Python tool")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--algo", choices=list(ALGOS), default="grpo", help="the learner (PPO: value head + GAE)")
     p.add_argument("--minutes", type=float, default=8.0, help="RL wall-clock budget per seed")
     p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--max-steps", type=int, default=10**6, help="also stop after this many updates")
-    p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")
+    p.add_argument("--sft-target", type=float, help="SFT until this sampled accuracy (default: 0.3 add/sub, 0.2 tool)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--problems", type=int, default=200, help="held-out problems")
     p.add_argument("--torch-threads", type=int, default=1, help="threads of this process (SFT, learner)")
@@ -50,3 +52,15 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_scaling)
+
+    p = g.add_parser("straggler", help="async vs sync GRPO with one slow task in N: seconds per update, held-out accuracy")
+    p.add_argument("--model", help="model directory (default: build the warm model)")
+    p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")
+    p.add_argument("--updates", type=int, default=20)
+    p.add_argument("--tasks", type=int, default=32)
+    p.add_argument("--slow-every", type=int, default=8, help="one task in this many is slow")
+    p.add_argument("--delay", type=float, default=2.0, help="seconds the slow tasks' env takes to answer")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--problems", type=int, default=200, help="held-out problems")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_straggler)

@@ -1,5 +1,9 @@
 """`cwm bench rl learn`: per seed, the warm start, then GRPO (or PPO) through the Ray path until a wall-clock
-budget; held-out accuracy before and after (sampled, greedy, pass@8) tells learning from sharpening."""
+budget; held-out accuracy before and after (sampled, greedy, pass@8) tells learning from sharpening.
+
+`--env cwm/Math-v0` (default): single-digit add/sub in one turn. `--env cwm/MathTool-v0`: tasks that need the
+Python tool (benchmarks/rl/common.py: TOOL); the warm start is SFT'd on a mix of tool and no-tool
+demonstrations, and the bar is a held-out sampled gain of 25 points with a rising tool-call rate."""
 from __future__ import annotations
 
 import json
@@ -10,19 +14,21 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import write_report
-from benchmarks.rl.common import LR, NOISE_BAND, heldout, rl_args, setup_of, warm_start
+from benchmarks.rl.common import LR, MATH, NOISE_BAND, TOOL_ENV, heldout, rl_args, setup_of, warm_start
+
+SFT_STEPS = {MATH: dict(first=150, chunk=10, max_steps=400), TOOL_ENV: dict(first=400, chunk=100, max_steps=2000)}
 
 
 def learn_one(out: Path, seed: int, minutes: float, workers: int, problems: int, sft_target: float,
-              max_steps: int = 10**6, lr: float = LR, algo: str = "grpo") -> dict[str, Any]:
+              max_steps: int = 10**6, lr: float = LR, algo: str = "grpo", env: str = MATH) -> dict[str, Any]:
     """Warm start + GRPO or PPO (Ray path) on one seed; held-out accuracy before and after."""
     from agents.train_rl import RLRun
 
     t0 = time.perf_counter()
-    model_dir = warm_start(out / "warm", seed, target=sft_target)
+    model_dir = warm_start(out / "warm", seed, target=sft_target, env=env, **SFT_STEPS[env])
     t_sft = time.perf_counter() - t0
     sft_steps = json.loads((model_dir / "warm_start.json").read_text())["steps"]
-    rl = RLRun(rl_args(out / "rl", model_dir, seed, minutes, max_steps, workers, lr=lr, algo=algo))
+    rl = RLRun(rl_args(out / "rl", model_dir, seed, minutes, max_steps, workers, lr=lr, algo=algo, env=env))
 
     def show(row: dict) -> None:
         print(f"  seed {seed} update {row['step']:3d}: train reward {row.get('reward_mean', float('nan')):+.3f} "
@@ -55,17 +61,23 @@ def cmd_learn(args) -> int:
 
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)
+    target = args.sft_target if args.sft_target is not None else {MATH: 0.3, TOOL_ENV: 0.2}[args.env]
     runs = []
     for seed in args.seeds:
-        print(f"seed {seed}: warm start (SFT to ~{args.sft_target} sampled accuracy), then {args.algo.upper()} for "
-              f"{args.minutes} min", flush=True)
-        runs.append(learn_one(out / f"seed{seed}", seed, args.minutes, args.workers, args.problems, args.sft_target,
-                              args.max_steps, args.lr, args.algo))
+        print(f"seed {seed}: warm start (SFT to ~{target} sampled accuracy), then {args.algo.upper()} for "
+              f"{args.minutes} min on {args.env}", flush=True)
+        runs.append(learn_one(out / f"seed{seed}", seed, args.minutes, args.workers, args.problems, target,
+                              args.max_steps, args.lr, args.algo, args.env))
         r = runs[-1]
         print(f"seed {seed}: held-out sampled {r['before_sampled']:.3f} -> {r['after_sampled']:.3f}, greedy "
               f"{r['before_greedy']:.3f} -> {r['after_greedy']:.3f}, pass@8 {r['before_pass@8']:.3f} -> "
-              f"{r['after_pass@8']:.3f}; {r['updates']} updates in {r['rl_s']:.0f} s", flush=True)
-    ok = [r["after_sampled"] >= 0.55 and r["after_greedy"] - r["before_greedy"] >= 0.10 for r in runs]
+              f"{r['after_pass@8']:.3f}, tool-call rate {r['before_tool_rate']:.3f} -> {r['after_tool_rate']:.3f}; "
+              f"{r['updates']} updates in {r['rl_s']:.0f} s (load {_load()})", flush=True)
+    if args.env == TOOL_ENV:  # the tool-use bar: +25 points sampled, the tool called more often
+        ok = [r["after_sampled"] - r["before_sampled"] >= 0.25 and r["after_tool_rate"] > r["before_tool_rate"]
+              for r in runs]
+    else:
+        ok = [r["after_sampled"] >= 0.55 and r["after_greedy"] - r["before_greedy"] >= 0.10 for r in runs]
     gain = [r["after_sampled"] - r["before_sampled"] for r in runs]
     within = [r["after_sampled"] <= r["before_pass@8"] + NOISE_BAND for r in runs]
     summary = {
@@ -82,16 +94,27 @@ def cmd_learn(args) -> int:
         "mean_sampled_gain": round(float(np.mean(gain)), 3),
         "baseline": "the SFT model before RL, evaluated in the same run on the same held-out problems",
         "minutes_budget_rl": args.minutes, "max_wall_s_per_seed": max(r["total_s"] for r in runs),
+        "tool_rate_before_mean": round(float(np.mean([r["before_tool_rate"] for r in runs])), 3),
+        "tool_rate_after_mean": round(float(np.mean([r["after_tool_rate"] for r in runs])), 3),
+        "env": args.env, "load_average_at_end": _load(),
     }
     table = [{k: v for k, v in r.items() if k != "curve"} for r in runs]
     # the settings every seed's run had (its own model and seed aside)
-    setup = setup_of(rl_args(out, Path(), 0, args.minutes, args.max_steps, args.workers, lr=args.lr, algo=args.algo))
-    write_report(out, f"{args.algo.upper()} learning on single-digit add/sub (cwm-micro, Ray rollouts)", summary,
+    setup = setup_of(rl_args(out, Path(), 0, args.minutes, args.max_steps, args.workers, lr=args.lr, algo=args.algo,
+                             env=args.env))
+    what = "single-digit add/sub" if args.env == MATH else "MathTool tasks that need the tool"
+    write_report(out, f"{args.algo.upper()} learning on {what} (cwm-micro, Ray rollouts)", summary,
                  details={"runs": runs, "setup": {**setup, "algo": args.algo, "workers": args.workers}},
                  tables={"per seed": table})
     _plot_curves(runs, out / "reward.png")
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _load() -> str:
+    import os
+
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _plot_curves(runs: list[dict], png: Path) -> None:

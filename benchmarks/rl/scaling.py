@@ -2,6 +2,7 @@
 rollouts in one process, and what RLlib's Learner API costs against a plain PyTorch loop."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -128,3 +129,90 @@ def learner_overhead(model_dir: Path, trajs, repeats: int = 5) -> list[dict]:
     rows = len(arrays["input_ids"])
     return [{"setup": f"learner: RLlib LearnerGroup, {rows} rows", "update_s": round(rllib_s, 3)},
             {"setup": f"learner: plain PyTorch loop, same module and loss, {rows} rows", "update_s": round(plain_s, 3)}]
+
+
+# --- async against sync with a straggler env ----------------------------------------------------------------
+
+STRAGGLER = "cwm-bench/StragglerMath-v0"
+
+
+def _register_straggler() -> None:
+    import gymnasium
+
+    if STRAGGLER not in gymnasium.registry:
+        gymnasium.register(id=STRAGGLER, entry_point="benchmarks.rl.scaling:StragglerMath")
+
+
+def _straggler_class():
+    from cwm_envs.envs.math_env import MathEnv
+
+    class StragglerMath(MathEnv):
+        """cwm/Math-v0 whose episodes on every `slow_every`-th reset seed answer `delay_s` late (a slow
+        sandbox, a busy Docker host): the straggler of the bench."""
+
+        def __init__(self, slow_every: int = 8, delay_s: float = 2.0, **kwargs):
+            super().__init__(**kwargs)
+            self.slow_every, self.delay_s, self._slow = slow_every, delay_s, False
+
+        def reset(self, *, seed=None, options=None):
+            self._slow = bool(self.slow_every) and seed is not None and seed % self.slow_every == 0
+            return super().reset(seed=seed, options=options)
+
+        def respond(self, action):
+            if self._slow:
+                time.sleep(self.delay_s)
+            return super().respond(action)
+
+    return StragglerMath
+
+
+def __getattr__(name):  # the env class is built on first use: importing this module stays light
+    if name == "StragglerMath":
+        return _straggler_class()
+    raise AttributeError(name)
+
+
+def cmd_straggler(args) -> int:
+    """The same GRPO run, sync and async (max staleness 1), with one task in `slow_every` answering `delay_s`
+    late: wall time per update and held-out accuracy after the same number of updates."""
+    import os
+
+    from agents.grpo import GRPOArgs
+    from agents.rl_args import RLArgs
+    from agents.train_rl import run
+
+    _register_straggler()
+    out = Path(args.out)
+    model_dir = Path(args.model) if args.model else warm_start(out / "warm", 0, target=args.sft_target)
+    env = f"benchmarks.rl.scaling:{STRAGGLER}"
+    rows = []
+    for mode in ("sync", "async"):
+        a = RLArgs(out=out / mode, env=env, env_kwargs={**EASY, "slow_every": args.slow_every, "delay_s": args.delay},
+                   eval_env_kwargs={**EASY, "slow_every": 0}, model=str(model_dir), algo="grpo",
+                   update=GRPOArgs(lr=LR, minibatches=2, max_new_tokens=32), workers=args.workers, group=8,
+                   tasks=args.tasks, steps=args.updates, seed=0, resume=False, num_cpus=2, torch_threads=1, mode=mode,
+                   max_staleness=1, eval_tasks=args.problems)
+        s = run(a)
+        metrics = [json.loads(x) for x in (out / mode / "metrics.jsonl").read_text().splitlines()]
+        train = [m for m in metrics if "reward_mean" in m]
+        stale = [m["staleness_max"] for m in train]
+        rows.append({"mode": mode, "updates": s["steps"], "s_per_update": round(s["elapsed_s"] / max(1, s["steps"]), 2),
+                     "sample_s_median": round(float(np.median([m["sample_s"] for m in train])), 2),
+                     "heldout_sampled_end": s["eval_end"]["eval_sampled"], "heldout_greedy_end": s["eval_end"]["eval_greedy"],
+                     "heldout_sampled_start": s["eval_start"]["eval_sampled"], "staleness_max": max(stale, default=0),
+                     "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg())})
+        print(f"{mode:>5}: {rows[-1]['s_per_update']} s/update, held-out sampled {rows[-1]['heldout_sampled_start']:.3f}"
+              f" -> {rows[-1]['heldout_sampled_end']:.3f} (load {rows[-1]['load_average']})", flush=True)
+    sync, asyn = rows
+    band = 2 * (0.25 / args.problems) ** 0.5
+    summary = {
+        "speedup_async_vs_sync": round(sync["s_per_update"] / asyn["s_per_update"], 2), "target": ">= 1.5x",
+        "heldout_sampled_sync": sync["heldout_sampled_end"], "heldout_sampled_async": asyn["heldout_sampled_end"],
+        "equal_within_noise": abs(sync["heldout_sampled_end"] - asyn["heldout_sampled_end"]) <= band,
+        "noise_band": f"+-{band:.3f} (2 s.e. at 0.5 on {args.problems} problems)",
+        "straggler": f"1 task in {args.slow_every} answers {args.delay} s late",
+        "baseline": "the same run in sync mode (each batch waits for its slowest episode)",
+    }
+    write_report(out, "Async vs sync GRPO with a straggler env", summary, tables={"runs": rows})
+    print(f"report: {out / 'report.md'}")
+    return 0

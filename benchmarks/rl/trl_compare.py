@@ -37,7 +37,7 @@ def _reward_fn(tokenizer):
     rather than TRL's `completions` (decoded with special tokens dropped)."""
     import gymnasium
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
     from cwm_envs.chat import EOS, EOT
     from cwm_envs.tasks import Task
 
@@ -71,7 +71,7 @@ def trl_run(model_dir: Path, out: Path, updates: int, seed: int, lr: float = LR)
 
         raise UsageError("TRL is not installed: pip install -e '.[bench]'") from None
 
-    import cwm_envs  # noqa: F401
+    import cwm_envs  # noqa: F401  (registers the cwm/* ids)
     from model.config import load_model
     from model.tokenizer import load_tokenizer
 
@@ -249,7 +249,7 @@ def cmd_trl(args) -> int:
     ours_s = float(np.mean([r["ours_s_per_update"] for r in rows]))
     trl_s = float(np.mean([r["trl_s_per_update"] for r in rows]))
     speedup = trl_s / ours_s
-    mean = lambda key: round(float(np.mean([r[key] for r in rows])), 3)  # noqa: E731
+    mean = lambda key: round(float(np.mean([r[key] for r in rows])), 3)  # noqa: E731  (a one-line helper)
     summary = {
         "seeds": len(rows), "updates": args.updates,
         "ours_s_per_update": round(ours_s, 3), "trl_s_per_update": round(trl_s, 3), "speedup": round(speedup, 2),

@@ -18,12 +18,12 @@ input that works is a right answer). The report counts both.
 """
 from __future__ import annotations
 
-import re
 import secrets
 import time
 import traceback
 from typing import Callable
 
+from cwm_envs.audit import swe_strategies  # noqa: F401  (registers the repository-env strategies)
 from cwm_envs.audit.strategies import Episode, Strategy, channel_of, strategies
 from cwm_envs.errors import InfraError, UsageError
 
@@ -79,7 +79,7 @@ def _episode(env, seed: int, play: Callable[[Episode], object], token: str, phas
         total += float(reward)
         ep.observation = obs
         if terminated or truncated:
-            return _Outcome(total, evidence=str(info.get("details", ""))[:300])
+            return _Outcome(total, evidence=str(info.get("details") or info.get("outcomes", ""))[:300])
     return _Outcome(total, evidence=f"no end within {max_turns} turns")
 
 
@@ -144,7 +144,8 @@ def run_audit(env_id: str, *, tasks: int = 20, seed: int = 0, env_kwargs: dict |
             "skipped_right_guess": tasks - len(playable), "paid": len(paid),
             "paid_fraction": len(paid) / played, "paid_seeds": paid[:10],
             "crashed": len(crashed), "infra": sum(o.infra for o in outcomes),
-            "evidence": (crashed[0].fault if crashed else next((o.evidence for o in outcomes if o.paid), ""))[:300],
+            "evidence": (crashed[0].fault if crashed else next((o.evidence for o in outcomes if o.paid),
+                                                                outcomes[0].evidence if outcomes else ""))[:300],
             "seconds": round(time.perf_counter() - t0, 2),
         })
     if state.get("env") is not None:

@@ -304,6 +304,23 @@ def patch_builtins(ep: Episode) -> Iterator[str]:
                  f"def {name}(*args, **kwargs):\n    return None\n")
 
 
+# -- values the judge cannot print or convert (a crash of the judge, not a -1) ------------------------------
+@register("crash", "int-too-long-to-print")
+def int_too_long_to_print(ep: Episode) -> Iterator[str]:
+    """Python refuses `int()`/`repr()` across 4300 digits: a judge that converts or shows the value raises."""
+    if ep.channel == "code_block" and "== ??" in ep.observation:   # a predicted value
+        yield "```python\n[10 ** 5000, -10 ** 5000]\n```"
+        return
+    if ep.channel == "code_block" and "(??)" in ep.observation:    # a predicted input: what does f make of it?
+        yield "```python\n10 ** 5000\n```"
+        return
+    name = ep.function_name()
+    code = "import sys\nsys.set_int_max_str_digits(0)\nprint(10 ** 5000)"
+    yield ep.run(code if not name else f"{code}\ndef {name}(*args, **kwargs):\n    return 10 ** 5000\n")
+    if ep.channel != "code_block":
+        yield "</think>\n\\boxed{10^{5000}}"
+
+
 # -- introspection of the judge ---------------------------------------------------------------------------
 HUNT_SECRETS = r'''
 import gc, json, os, re, sys

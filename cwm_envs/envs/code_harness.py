@@ -28,12 +28,12 @@ _HOMES = tuple(os.path.join(os.path.realpath(p), "") for p in {sys.prefix, sys.b
 sys.path[:] = [p for p in sys.path if p and os.path.join(os.path.realpath(p), "").startswith(_HOMES)]
 
 import json  # noqa: E402  (the imports follow the path fix on purpose)
-import marshal  # noqa: E402
-import select  # noqa: E402
-import signal  # noqa: E402
-import struct  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+import marshal  # noqa: E402  (after the path fix)
+import select  # noqa: E402  (after the path fix)
+import signal  # noqa: E402  (after the path fix)
+import struct  # noqa: E402  (after the path fix)
+import subprocess  # noqa: E402  (after the path fix)
+import time  # noqa: E402  (after the path fix)
 
 CANDIDATE_BOOT = r'''
 import os, sys, marshal, struct, traceback
@@ -204,6 +204,7 @@ def _make_undumpable() -> None:
 
 
 def main() -> None:
+    """The judge: read the secret payload, run the tests against a fresh candidate, print the nonce line."""
     _make_undumpable()
     payload = json.loads(sys.stdin.buffer.read())  # the secret arrives before any candidate process exists
     try:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from cwm_envs.chat import REASONING_SYSTEM_PROMPT, assistant_header, format_chat, tool_message
-from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.envs.base import TextEnv
+from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.sandbox import Limits, Sandbox, make_sandbox
 from cwm_envs.sandbox.local import DEFAULT_PRELOAD
 from cwm_envs.sources.math import MathGenerator, load_math
@@ -208,6 +208,14 @@ class MathToolEnv(MathEnv):
     def pose(self, task: Task) -> str:
         self._calls = 0
         return super().pose(task)
+
+    def reference_episode(self, task: Task) -> list[str]:
+        """The oracle: for a task that carries the Python printing its answer (`needs_tool`), a turn that
+        calls the tool with it, then the final answer; otherwise the answer alone (as `cwm/Math-v0`)."""
+        code = task.metadata.get("tool_code")
+        if not code or self.max_tool_calls < 1 or self.max_turns < 2:
+            return [self.reference_response(task)]
+        return [f"<tool: python>\n{code}\n</tool>", self.reference_response(task)]
 
     def make_sandbox(self) -> Sandbox:
         if self._sandbox_arg == "local":

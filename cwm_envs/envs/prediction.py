@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.envs.base import TextEnv
+from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.sandbox import Limits, Sandbox
 from cwm_envs.sources.code import load_program_tasks
 from cwm_envs.tasks import Task
@@ -80,7 +80,10 @@ class _Value:
 
 
 def _short_repr(value) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):   # an int beyond 4300 digits: Python refuses to print it
+        return f"a {type(value).__name__} too large to show"
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -246,14 +249,14 @@ class PredictionEnv(TextEnv):
         raise UsageError("could not generate a program that runs (20 tries)")
 
 
-class OutputPredictionEnv(PredictionEnv):
+class OutputPredictionEnv(PredictionEnv):  # noqa: D101  (takes PredictionEnv's docstring)
     __doc__ = PredictionEnv.__doc__
 
     def __init__(self, **kwargs):
         super().__init__(mode="output", **kwargs)
 
 
-class InputPredictionEnv(PredictionEnv):
+class InputPredictionEnv(PredictionEnv):  # noqa: D101  (takes PredictionEnv's docstring)
     __doc__ = PredictionEnv.__doc__
     audit_exempt = {"constant": "any input that makes the function return the given output is a right answer, "
                                 "so a constant input that works is a solution, not a hack"}

@@ -12,21 +12,18 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import gymnasium as gym
-
 from cwm_envs import chat
+from cwm_envs.envs.base import TextEnv
 from cwm_envs.errors import InfraError, SandboxError, UsageError
 from cwm_envs.sandbox.base import Limits
-from cwm_envs.spaces import AnyText
 from cwm_envs.swe import tools
 from cwm_envs.swe.dataset import SWEInstance, instance_from_row, load_instances
-from cwm_envs.tasks import pick_task
+from rewards.base import RewardResult
 from rewards.swe import swe_reward
 
-MAX_OBS_CHARS = 1 << 18
-MAX_ACTION_CHARS = 1 << 18
 MAX_ISSUE_CHARS = 65_536
 REPO_ROOT = "/testbed"
+ORACLE_PATCH_FILE = "/tmp/cwm_reference.patch"
 STOP_SUFFIXES = (chat.EOT, chat.EOS)
 _light_images: set[str] = set()         # images whose containers need only the quick git clean-up (ToolBox.prepare)
 
@@ -37,10 +34,10 @@ def approx_tokens(text: str) -> int:
     >>> approx_tokens(""), approx_tokens("abcd"), approx_tokens("abcde")
     (0, 1, 2)
     """
-    return (len(text.encode("utf-8")) + 3) // 4
+    return (len(text.encode("utf-8", "replace")) + 3) // 4
 
 
-class SWEEnv(gym.Env):
+class SWEEnv(TextEnv):
     """Resolve a repository issue with bash/edit/create/submit tools; +1 if the hidden tests then pass.
 
     ## Observation Space
@@ -95,7 +92,9 @@ class SWEEnv(gym.Env):
     - v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    reward_schemes = ("cwm",)
+    max_observation_chars = 1 << 18
+    max_action_chars = 1 << 18
 
     def __init__(self, tasks: str | Path | Sequence[SWEInstance | dict] | None = None, repos: str | Path | None = None,
                  *, max_turns: int = 128, context_tokens: int = 131_072, command_timeout_s: float = 120.0,
@@ -108,10 +107,8 @@ class SWEEnv(gym.Env):
             raise UsageError("max_turns, context_tokens, command_timeout_s and max_timeouts must be positive")
         if not 0.0 <= similarity_weight < 2.0:
             raise UsageError("similarity_weight must be in [0, 2)")
-        if render_mode not in (None, "ansi"):
-            raise UsageError(f"unsupported render_mode {render_mode!r}")
         self.log = log or (lambda _m: None)
-        self.tasks = self._load_tasks(tasks)
+        super().__init__(tasks=self._load_tasks(tasks), render_mode=render_mode)
         self.repos = repos
         self.max_turns, self.context_tokens = int(max_turns), int(context_tokens)
         self.command_timeout_s, self.max_timeouts = float(command_timeout_s), int(max_timeouts)
@@ -119,25 +116,22 @@ class SWEEnv(gym.Env):
         self.review_turn, self.strict_format, self.think = review_turn, strict_format, think
         self.similarity_weight = float(similarity_weight)
         self.count_tokens = count_tokens or approx_tokens
-        self.max_output_chars, self.render_mode = int(max_output_chars), render_mode
+        self.max_output_chars = int(max_output_chars)
         self.pool_size, self.cpus = int(pool_size), float(cpus)
         self.limits = Limits(memory_mb=memory_mb, processes=1024, output_bytes=64 << 20)
-        self.observation_space = AnyText(MAX_OBS_CHARS)
-        self.action_space = AnyText(MAX_ACTION_CHARS)
-        self.task: SWEInstance | None = None
         self._images: dict[str, str] = {}
-        self._sandbox = None
         self._fresh = False                   # the current container is untouched (no reset needed)
         self._closers: list[threading.Thread] = []
-        self._done, self._last = True, ""
 
-    # -- gymnasium API ----------------------------------------------------------------------------------
+    # -- the text-env contract (cwm_envs/envs/base.py) --------------------------------------------------
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self.task = self._pick_task((options or {}).get("task"))
+    def draw_task(self, choice) -> SWEInstance:
+        return choice if isinstance(choice, SWEInstance) else super().draw_task(choice)
+
+    def pose(self, task: SWEInstance) -> str:
+        """Ready a pristine container of the task's image for the episode, and the first observation."""
         t0 = time.perf_counter()
-        image = self.image_for(self.task)
+        image = self.image_for(task)
         self._container_for(image)
         self._toolbox = tools.ToolBox(self._sandbox, REPO_ROOT, self.command_timeout_s, self.max_output_chars)
         if image in _light_images:            # a container is a copy of its image: inspect each image once
@@ -145,30 +139,50 @@ class SWEEnv(gym.Env):
         elif self._toolbox.prepare() == "light":
             _light_images.add(image)
         self._fresh = False
-        self._turn, self._timeouts, self._submission = 0, 0, None
+        self._timeouts, self._submission = 0, None
         self._start = time.monotonic()
-        issue = tools.clip(self.task.problem_statement or "(no issue text)", MAX_ISSUE_CHARS)
+        issue = tools.clip(task.problem_statement or "(no issue text)", MAX_ISSUE_CHARS)
         messages = [{"role": "system", "content": tools.system_prompt(self.max_turns, self.context_tokens,
                                                                       self.command_timeout_s, self.think,
                                                                       self.review_turn, self.strict_format)},
                     {"role": "user", "content": tools.issue_prompt(issue, REPO_ROOT)}]
         self._last = chat.format_chat(messages, add_generation_prompt=True, think=self.think)
         self._tokens = self.count_tokens(self._last)
-        self._done = False
-        return self._last, {"task_id": self.task.instance_id, "turn": 0, "max_turns": self.max_turns,
-                            "remaining_tokens": self.context_tokens - self._tokens,
-                            "reset_s": round(time.perf_counter() - t0, 4)}
+        self._reset_s = round(time.perf_counter() - t0, 4)
+        return self._last
 
-    def step(self, action: str):
-        if self.task is None or self._done:
-            raise UsageError("step() called before reset() or after the episode ended")
-        if not isinstance(action, str):
-            raise UsageError(f"the action must be a str, got {type(action).__name__}")
+    def episode_info(self) -> dict:
+        info = super().episode_info()
+        if self.turn == 0:
+            info.update(max_turns=self.max_turns, remaining_tokens=self.context_tokens - self._tokens,
+                        reset_s=self._reset_s)
+        return info
+
+    def judge(self, task: SWEInstance, response: str) -> RewardResult:
+        """The reward of submitting the patch `response` (graded as at the end of an episode)."""
+        self._container_for(self.image_for(task))
+        report = self._grade(task, response)
+        return swe_reward(bool(report.get("resolved")), response, task.patch, self.similarity_weight, "judged")
+
+    def reference_response(self, task: SWEInstance) -> str:
+        """The gold patch: `judge` pays it."""
+        return task.patch
+
+    def reference_episode(self, task: SWEInstance) -> list[str]:
+        """Write the gold patch to a file, submit it (and, with a review turn, close with a summary)."""
+        opener = "The fix is known.\n</think>\n" if self.think else ""
+        actions = [f"{opener}<tool: create>\n{ORACLE_PATCH_FILE}\n{task.patch.rstrip(chr(10))}\n</tool>",
+                   f"{opener}<tool: submit>\n{ORACLE_PATCH_FILE}\n</tool>"]
+        if self.review_turn:
+            actions.append(f"{opener}## Summary\nSubmitted the fix.")
+        return actions
+
+    def respond(self, action: str):
+        action = action.encode("utf-8", "replace").decode("utf-8")   # lone surrogates cannot reach a container
         for stop in STOP_SUFFIXES:
             action = action[:-len(stop)] if action.endswith(stop) else action
-        self._turn += 1
         self._tokens += self.count_tokens(action)
-        info = {"task_id": self.task.instance_id, "turn": self._turn}
+        info: dict = {}
         if self._tokens > self.context_tokens:
             return self._end(f"context exceeded ({self._tokens} > {self.context_tokens} tokens)", info, truncated=True)
         answer, call = self._read(action)
@@ -200,17 +214,15 @@ class SWEEnv(gym.Env):
             feedback = result.output
         return self._continue(self._tool_observation(call.name, feedback), info)
 
-    def render(self):
-        return self._last if self.render_mode == "ansi" else None
-
     def close(self):
         """Remove every container of this env (the current sandbox, and any being closed in the background)."""
-        sb, self._sandbox = self._sandbox, None
-        if sb is not None:
-            sb.close()
+        super().close()
         while self._closers:
             self._closers.pop().join(timeout=120)
         self._done = True
+
+    def _fresh_sandbox(self) -> None:
+        """Containers are per image: `pose` readies the episode's (see `_container_for`)."""
 
     # -- tasks and containers ---------------------------------------------------------------------------
 
@@ -227,11 +239,6 @@ class SWEEnv(gym.Env):
         if not loaded:
             raise UsageError("tasks is empty")
         return loaded
-
-    def _pick_task(self, choice) -> SWEInstance:
-        if isinstance(choice, SWEInstance):
-            return choice
-        return pick_task(self.tasks, choice, self.np_random, id_of=lambda t: t.instance_id)
 
     def image_for(self, task: SWEInstance) -> str:
         """The task's instance image, built (offline, cached by content hash) the first time it is needed."""
@@ -279,7 +286,7 @@ class SWEEnv(gym.Env):
         return action, tools.parse_tool_call(action)
 
     def _tool_observation(self, name: str, feedback: str) -> str:
-        remaining_turns = self.max_turns - self._turn
+        remaining_turns = self.max_turns - self.turn
         body = tools.format_result(feedback, remaining_turns, 0)
         estimate = self.count_tokens(chat.tool_message(name, body) + chat.assistant_header())
         remaining_tokens = max(0, self.context_tokens - self._tokens - estimate)
@@ -290,9 +297,9 @@ class SWEEnv(gym.Env):
         self._last = message + chat.assistant_header() + ("<think>\n" if self.think else "")
         self._tokens += self.count_tokens(self._last)
         elapsed = time.monotonic() - self._start
-        info.update(remaining_turns=self.max_turns - self._turn, remaining_tokens=self.context_tokens - self._tokens,
+        info.update(remaining_turns=self.max_turns - self.turn, remaining_tokens=self.context_tokens - self._tokens,
                     elapsed_s=round(elapsed, 3), timeouts=self._timeouts)
-        if self._turn >= self.max_turns:
+        if self.turn >= self.max_turns:
             return self._end(f"no turns left ({self.max_turns})", info, truncated=True, obs=self._last)
         if self._tokens > self.context_tokens:
             return self._end(f"context exceeded ({self._tokens} > {self.context_tokens} tokens)", info,
@@ -305,7 +312,7 @@ class SWEEnv(gym.Env):
     def _end(self, reason: str, info: dict, patch: str | None = None, truncated: bool = False, obs: str = ""):
         """Finish the episode: grade the patch if there is one, and put the evidence in `info`."""
         self._done = True
-        report = self._grade(patch) if patch is not None else {}
+        report = self._grade(self.task, patch) if patch is not None else {}
         result = swe_reward(bool(report.get("resolved")), patch, self.task.patch, self.similarity_weight, reason)
         outcomes = {**result.outcomes, "reason": reason, "patch_applied": report.get("patch_successfully_applied"),
                     "tests_status": report.get("tests_status")}
@@ -318,19 +325,19 @@ class SWEEnv(gym.Env):
         self._last = obs
         return obs, float(result.value), not truncated, truncated, info
 
-    def _grade(self, patch: str) -> dict:
+    def _grade(self, task: SWEInstance, patch: str) -> dict:
         """Grade with the harness (one code path with `cwm swe eval`) in a fresh container of the task's image,
         never the agent's: nothing the agent left in its container (processes, site-packages, git config,
         PATH) reaches the grading. An infrastructure fault (Docker, an eval past `eval_timeout_s`, a broken
         test environment) is retried once, then raised as InfraError: never scored."""
         from cwm_envs.swe.harness import grade
 
-        iid = self.task.instance_id
+        iid = task.instance_id
         for attempt in range(2):
             t0 = time.perf_counter()
             self._sandbox.reset()            # the agent's container is retired; a pristine one grades
             try:
-                report = grade(self.task, self._sandbox, patch, timeout=self.eval_timeout_s)[iid]
+                report = grade(task, self._sandbox, patch, timeout=self.eval_timeout_s)[iid]
             except InfraError as exc:
                 if attempt:
                     raise InfraError(f"{iid}: grading failed twice, the episode is not scored: {exc}") from exc

@@ -6,14 +6,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from cwm_envs.errors import UsageError
 from cwm_envs.envs.base import TextEnv
+from cwm_envs.errors import UsageError
 from cwm_envs.sandbox import Sandbox
 from cwm_envs.sources.code import load_program_tasks
 from cwm_envs.tasks import Task
 from cwm_envs.tracing import format as fmt
 from cwm_envs.tracing.format import TraceFormatError
-from cwm_envs.tracing.tracer import TraceLimits, TraceResult, Tracer
+from cwm_envs.tracing.tracer import TraceLimits, Tracer, TraceResult
 from rewards.base import RewardResult
 from rewards.trace import SCHEMES, trace_reward
 

@@ -1,6 +1,6 @@
-"""`cwm sandbox ...`: run a file in a sandbox (`run`) and clean up after dead owners (`gc`: local leftovers
-here, then the docker backend's containers); `bench` comes from benchmarks/, `image` from the docker backend
-when it is present."""
+"""`cwm sandbox ...`: run a file in a sandbox (`run`), clean up after dead owners (`gc`: local leftovers, then
+the docker backend's containers), make sure the docker backend's base image exists (`image`); `bench` comes
+from benchmarks/."""
 from __future__ import annotations
 
 import sys
@@ -57,21 +57,34 @@ def _cmd_run(args) -> int:
     return exit_status(res)
 
 
-def _cmd_gc(args, docker_gc=None) -> int:
-    """Local leftovers first (they need no engine), then the docker backend's, when it is installed."""
+def _cmd_gc(args) -> int:
+    """Local leftovers first (they need no engine), then the docker backend's containers."""
+    from cwm_envs.sandbox._docker_reaper import gc_stale as docker_gc_stale
     from cwm_envs.sandbox.local import gc_stale
 
     removed = gc_stale(args.tmp_root)
     for path in removed:
         print(f"removed {path} (its owner process is gone)")
     print(f"{len(removed)} stale local sandbox leftover(s) removed")
-    if docker_gc is None:
-        return 0
     try:
-        return docker_gc(args)
+        containers = docker_gc_stale()
     except CwmError as exc:  # no engine: the local part is done, say why the docker part is not
         print(f"docker containers not checked: {exc}", file=sys.stderr)
         return 2
+    for item in containers:
+        print(f"removed {item['id']} {item['name']} (owner pid {item['owner_pid']} is gone)")
+    print(f"{len(containers)} stale container(s) removed")
+    return 0
+
+
+def _cmd_image(args) -> int:
+    from cwm_envs.sandbox._docker_reaper import docker_client
+    from cwm_envs.sandbox.images import ensure_base_image
+
+    tag = ensure_base_image(args.base, suite=args.suite, force=args.force,
+                            client=docker_client(), log=lambda m: print(m, file=sys.stderr))
+    print(tag)
+    return 0
 
 
 def register(sub) -> None:
@@ -87,21 +100,17 @@ def register(sub) -> None:
     p.add_argument("--output-bytes", type=int, default=None, help="cap on stdout and on stderr each")
     p.add_argument("--stdin", default=None, metavar="FILE", help="file whose content the code reads on stdin")
     p.set_defaults(func=_cmd_run)
-    try:
-        from cwm_envs.sandbox.docker_backend import register_docker_commands
-    except ModuleNotFoundError as exc:
-        if exc.name != "cwm_envs.sandbox.docker_backend":
-            raise
-    else:
-        register_docker_commands(sandbox)
-    # `gc` covers both backends: wrap the docker backend's command when it added one
+
     what = "remove what sandboxes of dead owners left: local temp dirs, tmpfs mounts and cgroups, docker containers"
-    p = sandbox.choices.get("gc") or sandbox.add_parser("gc", help=what)
-    for listed in sandbox._choices_actions:  # the line `cwm sandbox --help` shows
-        if listed.dest == "gc":
-            listed.help = what
-    p.description = what
-    docker_gc = p.get_default("func")
+    p = sandbox.add_parser("gc", help=what, description=what)
     p.add_argument("--tmp-root", default=None, help="where local sandboxes put their temp dirs "
                                                      "(default: the system temp dir)")
-    p.set_defaults(func=lambda args: _cmd_gc(args, docker_gc))
+    p.set_defaults(func=_cmd_gc)
+
+    p = sandbox.add_parser("image", help="make sure the docker sandbox's base image exists; print its tag")
+    p.add_argument("--base", default=None,
+                   help="an image with python3 to use instead (pulled when missing); default $CWM_BASE_IMAGE "
+                        "or the offline Debian image")
+    p.add_argument("--suite", default=None, help="Debian suite of the offline image (bookworm; bullseye has 3.9)")
+    p.add_argument("--force", action="store_true", help="rebuild (or re-pull) even when the image exists")
+    p.set_defaults(func=_cmd_image)

@@ -48,8 +48,9 @@ class StdinSpec:
     float_tol: float | None = None
 
 
-def _wrap_check(test_code: str, where: str, public_units: int = 0) -> tuple[tuple, str, str]:
-    """Wrap each top-level test statement (one that holds an `assert`) of `check(candidate)` in try/except.
+def _wrap_check(test_code: str, where: str, public_units: int = 0, entry: str = "") -> tuple[tuple, str, str]:
+    """Wrap each top-level test statement (one whose `assert` reads the candidate or a name `check` binds) of
+    `check(candidate)` in try/except.
 
     Returns (units, module, public-only module); both modules define `__cwm_units(candidate, record)`.
     """
@@ -61,9 +62,14 @@ def _wrap_check(test_code: str, where: str, public_units: int = 0) -> tuple[tupl
     if len(checks) != 1 or len(checks[0].args.args) != 1:
         raise UsageError(f"{where}: test code must define exactly one check(candidate)")
     check = checks[0]
+    # a unit tests the candidate: its assert reads the candidate or a name check() binds; `assert True, "..."`
+    # (HumanEval has dozens) is no test, and would pay a "fraction" share to a solution that does nothing
+    bound = {check.args.args[0].arg, entry} | {n.id for n in ast.walk(check) if isinstance(n, ast.Name)
+                                               and isinstance(n.ctx, ast.Store)}
     units, body = [], []
     for stmt in check.body:
-        if any(isinstance(n, ast.Assert) for n in ast.walk(stmt)):
+        if any(isinstance(n, ast.Assert) for n in ast.walk(stmt)) and any(
+                isinstance(n, ast.Name) and n.id in bound for n in ast.walk(stmt)):
             index = len(units)
             units.append((ast.unparse(stmt), index < public_units))
             guard = ast.parse(f"try:\n    pass\nexcept BaseException as __cwm_e:\n    __cwm_record({index}, __cwm_e)\n"
@@ -84,7 +90,7 @@ def _wrap_check(test_code: str, where: str, public_units: int = 0) -> tuple[tupl
 
 def _call_spec(context: str, test_code: str, entry: tuple[str, ...], where: str, public_units: int = 0,
                prelude: str = "") -> CallSpec:
-    units, module, public_module = _wrap_check(test_code, where, public_units)
+    units, module, public_module = _wrap_check(test_code, where, public_units, entry[-1])
     return CallSpec(context, entry, units, context + "\n\n" + module, context + "\n\n" + public_module, prelude)
 
 

@@ -14,6 +14,12 @@ The generator poses small problems with exact answers from sympy: `add_sub` (dif
 addition and subtraction with a non-negative result), `arithmetic`, `fractions`, `linear`, `quadratic`,
 `derivative`, `integral`, `sum`, `modular`. Difficulty runs 0-3. A task is a pure function of
 (kind, difficulty, seed), so `MathGenerator(...).task(seed)` always gives the same problem.
+
+`needs_tool` (only when named: it is not in the default mix, whose draws stay as they were) poses problems a
+small model cannot do in its head but can hand to Python and copy back: the product of two 4-digit numbers
+(difficulty 0; 5 and 6 digits at 1 and 2) or a modular power with a 4-digit exponent. Its tasks carry
+`metadata["tool_code"]`, the Python that prints the answer, from which `cwm/MathTool-v0`'s oracle makes a
+tool-using episode.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ FILES = {"math500": "math500.jsonl", "aime24": "aime24.jsonl", "amc23": "amc23.j
 HUB_NAMES = {"math500": "HuggingFaceH4/MATH-500", "aime24": "Maxwell-Jia/AIME_2024", "amc23": "math-ai/amc23",
              "gsm8k": "openai/gsm8k"}
 KINDS = ("add_sub", "arithmetic", "fractions", "linear", "quadratic", "derivative", "integral", "sum", "modular")
+EXTRA_KINDS = ("needs_tool",)  # drawn only when asked for by name
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -159,7 +166,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _hub_available() -> bool:
     try:
-        import datasets  # noqa: F401
+        import datasets  # noqa: F401  (only checks that it is installed)
     except ImportError:
         return False
     return True
@@ -171,9 +178,9 @@ class MathGenerator:
 
     def __init__(self, kinds: Sequence[str] | None = None, difficulty: int = 0):
         kinds = tuple(kinds) if kinds else KINDS
-        unknown = [k for k in kinds if k not in KINDS]
+        unknown = [k for k in kinds if k not in KINDS + EXTRA_KINDS]
         if unknown:
-            raise UsageError(f"unknown problem kind(s) {unknown}; choose from {KINDS}")
+            raise UsageError(f"unknown problem kind(s) {unknown}; choose from {KINDS + EXTRA_KINDS}")
         if not isinstance(difficulty, int) or not 0 <= difficulty <= 3:
             raise UsageError(f"difficulty must be an integer from 0 to 3, not {difficulty!r}")
         self.kinds, self.difficulty = kinds, difficulty
@@ -181,10 +188,12 @@ class MathGenerator:
     def task(self, seed: int) -> Task:
         rng = random.Random(f"{seed}/{self.difficulty}/{','.join(self.kinds)}")
         kind = rng.choice(self.kinds)
-        prompt, answer = _MAKERS[kind](rng, self.difficulty)
-        return Task(id=f"gen/{kind}/d{self.difficulty}/{seed}", prompt=prompt, answer=answer,
-                    metadata={"kind": kind, "difficulty": self.difficulty, "seed": seed, "source": "generated",
-                              "subject": kind, "level": self.difficulty})
+        prompt, answer, *code = _MAKERS[kind](rng, self.difficulty)
+        metadata = {"kind": kind, "difficulty": self.difficulty, "seed": seed, "source": "generated",
+                    "subject": kind, "level": self.difficulty}
+        if code:
+            metadata["tool_code"] = code[0]
+        return Task(id=f"gen/{kind}/d{self.difficulty}/{seed}", prompt=prompt, answer=answer, metadata=metadata)
 
     def sample(self, rng) -> Task:
         return self.task(int(rng.integers(0, 2**31 - 1)) if hasattr(rng, "integers") else rng.randrange(2**31 - 1))
@@ -305,7 +314,7 @@ def _quadratic(rng, d):
 
 
 def _derivative(rng, d):
-    from sympy import Symbol, diff, exp, latex, sin, cos
+    from sympy import Symbol, cos, diff, exp, latex, sin
 
     x = Symbol("x")
     deg = 2 + d
@@ -322,7 +331,7 @@ def _derivative(rng, d):
 
 
 def _integral(rng, d):
-    from sympy import Symbol, exp, integrate, latex, pi, sin, cos, simplify
+    from sympy import Symbol, cos, exp, integrate, latex, pi, simplify, sin
 
     x = Symbol("x")
     f = sum(rng.randint(-6, 6) * x ** k for k in range(1 + d + (d == 0)))
@@ -366,9 +375,21 @@ def _modular(rng, d):
     return f"What is the remainder when ${a}^{{{e}}}$ is divided by ${m}$?", str(pow(a, e, m))
 
 
+def _needs_tool(rng, d):
+    """(problem, answer, the Python that prints the answer): a product of two (4 + d)-digit numbers, or a
+    power with a 4-digit exponent modulo a 3-digit number."""
+    if rng.random() < 0.5:
+        lo, hi = 10 ** (3 + d), 10 ** (4 + d) - 1
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        return f"Compute ${a} \\times {b}$.", str(a * b), f"print({a} * {b})"
+    a, e, m = rng.randint(2, 99), rng.randint(1000, 9999), rng.randint(101, 999)
+    return (f"What is the remainder when ${a}^{{{e}}}$ is divided by ${m}$?", str(pow(a, e, m)),
+            f"print(pow({a}, {e}, {m}))")
+
+
 _MAKERS = {"add_sub": _add_sub, "arithmetic": _arithmetic, "fractions": _fractions, "linear": _linear,
            "quadratic": _quadratic, "derivative": _derivative, "integral": _integral, "sum": _sum,
-           "modular": _modular}
+           "modular": _modular, "needs_tool": _needs_tool}
 
 
 def iter_tasks(source: "list[Task] | MathGenerator", n: int | None = None, seed: int = 0) -> Iterable[Task]:
@@ -378,4 +399,4 @@ def iter_tasks(source: "list[Task] | MathGenerator", n: int | None = None, seed:
     return source[:n] if n is not None else source
 
 
-__all__ = ["load_math", "load_file", "load_hub", "task_from_row", "MathGenerator", "KINDS", "FILES", "iter_tasks"]
+__all__ = ["load_math", "load_file", "load_hub", "task_from_row", "MathGenerator", "KINDS", "EXTRA_KINDS", "FILES", "iter_tasks"]

@@ -61,6 +61,7 @@ def value_of(spec: str, rng: random.Random):
 
 
 def args_text(values) -> str:
+    """Values as the argument list of a call, each as its repr."""
     return ", ".join(repr(v) for v in values)
 
 

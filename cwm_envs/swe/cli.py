@@ -1,4 +1,5 @@
-"""`cwm swe build` (instance images, offline) and `cwm swe eval` (grade predictions, SWE-bench style)."""
+"""`cwm swe build` (instance images, offline), `cwm swe eval` (grade predictions, SWE-bench style), `validate`
+(gold and no-op patches on a sample), `prune` (images) and `mutate` (mutate-fix tasks from a repository)."""
 from __future__ import annotations
 
 import json
@@ -148,6 +149,36 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_mutate(args) -> int:
+    """`cwm swe mutate`: the embedded repository, or --repo with its --tests."""
+    import tempfile
+    from pathlib import Path
+
+    from cwm_envs.errors import UsageError
+    from cwm_envs.swe import default_repo
+    from cwm_envs.swe.mutate import mutate_repo
+
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else (lambda _m: None)
+    with tempfile.TemporaryDirectory(prefix="cwm-tinylib-") as tmp:
+        if args.repo is None:
+            if args.tests:
+                raise UsageError("--tests goes with --repo (the embedded repository brings its own test command)")
+            repo, tests, name = default_repo.write_default_repo(Path(tmp) / default_repo.NAME), default_repo.TEST_CMD, default_repo.NAME
+        else:
+            if not args.tests:
+                raise UsageError("--tests CMD is required with --repo (e.g. --tests 'python -m pytest -rA tests')")
+            repo, tests, name = Path(args.repo), args.tests, args.name
+        summary = mutate_repo(repo, tests, args.out, max_tasks=args.max_tasks, seed=args.seed,
+                              max_candidates=args.max_candidates, pip_packages=tuple(args.pip),
+                              install=tuple(args.install) if args.install is not None else None, python=args.python,
+                              name=name, files=tuple(args.files or ()), log=log)
+    print(f"{summary['tasks']} task(s) from {summary['tried']} tried of {summary['candidates']} candidate mutations "
+          f"({summary['skipped']['no_test_failed']} made no test fail, {summary['skipped']['timed_out']} hung) "
+          f"in {summary['seconds']} s -> {summary['out']} (git objects in {summary['repo']})")
+    print("kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["kinds"].items())))
+    return 0
+
+
 def add_source_args(p) -> None:
     """--image-source and --registry (build, eval, validate)."""
     p.add_argument("--image-source", choices=("build", "official", "auto"), default="build",
@@ -208,4 +239,23 @@ def register(sub) -> None:
     p.add_argument("--all", action="store_true", help="every SWE image of this project")
     p.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
     p.set_defaults(func=cmd_prune)
-    __import__("cwm_envs.swe.mutate").swe.mutate.register(swe)   # `cwm swe mutate` (mutate.py)
+    p = swe.add_parser("mutate", help="make mutate-fix SWE tasks from a Python repository with tests",
+                       description="Mutate functions of a repository, keep the mutations that make tests fail, and "
+                                   "write SWE-bench-format task rows (run them with cwm/SWE-v0 or `cwm swe eval`). "
+                                   "Without --repo, uses the embedded default repository.")
+    p.add_argument("--repo", default=None, help="a local Python repository (its committed files if it is a git repo)")
+    p.add_argument("--tests", default=None, help="test command run in the repository root, e.g. "
+                                                 "'python -m pytest -rA tests' (pytest needs -rA)")
+    p.add_argument("--out", required=True, help="output JSONL; the task commits go to a bare repo beside it (NAME.repo)")
+    p.add_argument("--max-tasks", type=int, default=20, help="stop after this many tasks (default 20)")
+    p.add_argument("--max-candidates", type=int, default=None, help="try at most this many mutations")
+    p.add_argument("--seed", type=int, default=0, help="order in which mutations are tried (default 0)")
+    p.add_argument("--pip", nargs="*", default=["pytest"], metavar="REQ",
+                   help="requirements installed in the image (default: pytest)")
+    p.add_argument("--install", nargs="*", default=None, metavar="CMD",
+                   help="install commands run in the repo root (default: pip install -e . when it has a build file)")
+    p.add_argument("--python", default=None, help="Python version of the image (3.11 or 3.9; default 3.11)")
+    p.add_argument("--name", default=None, help="name used in task ids and problem statements (default: folder name)")
+    p.add_argument("--files", nargs="*", default=None, metavar="PATH", help="only mutate these files or folders")
+    p.add_argument("-v", "--verbose", action="store_true", help="print image builds")
+    p.set_defaults(func=cmd_mutate)

@@ -60,6 +60,16 @@ class SWEInstance:
     pip_packages: tuple[str, ...] = ()
 
     @property
+    def id(self) -> str:
+        """The id every task shares (`cwm_envs.tasks.Task.id`)."""
+        return self.instance_id
+
+    @property
+    def prompt(self) -> str:
+        """The text a task poses (`cwm_envs.tasks.Task.prompt`): the issue."""
+        return self.problem_statement
+
+    @property
     def test_files(self) -> tuple[str, ...]:
         """The files the test patch touches: reset to `base_commit` before the tests run."""
         return tuple(dict.fromkeys(re.findall(r"^diff --git a/.* b/(.*)$", self.test_patch, re.M)))

@@ -58,7 +58,9 @@ print(json.dumps({
     "purelib": sysconfig.get_paths()["purelib"],
     "libdirs": sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}),
     "commands": sorted({os.path.realpath(p) for p in [sys.executable] + [
-        os.path.join(sysconfig.get_paths()["scripts"], n) for n in os.listdir(sysconfig.get_paths()["scripts"])]
+        os.path.join(sysconfig.get_paths()["scripts"], n) for n in os.listdir(sysconfig.get_paths()["scripts"])] + [
+        os.path.join(sysconfig.get_paths()["purelib"], n) for n in os.listdir(sysconfig.get_paths()["purelib"])
+        if n.startswith("__editable__") and n.endswith(".py")]     # setuptools' finders, run at every start
         if os.path.isfile(p)})}))
 '''
 _IN_ENV = ("[ -f /opt/miniconda3/bin/activate ] && . /opt/miniconda3/bin/activate >/dev/null 2>&1 && "
@@ -217,8 +219,8 @@ def environment_changes(sb, found_files: str, commands_before: str, commands_aft
     """What the eval's setup part (its install step runs the patch's setup.py) changed outside the tree that
     would run before or inside the tests: a start-up hook or .pth import in the environment's libraries
     (`found_files`: such files changed since MARK), a pytest plugin entry point, a replaced shell, git,
-    python or script. (Its install may rewrite the package's own files and metadata; rewriting an installed
-    library's code is out of reach of these checks.)"""
+    python or script. (Its install may rewrite the package's own files and metadata; an installed library's
+    code is `library_changes`' to check.)"""
     found = []
     for path in sorted(set(found_files.split())):
         why = patch_rules.install_record_problem(path, sb.run(["cat", "--", path], timeout=30).stdout)
@@ -229,6 +231,40 @@ def environment_changes(sb, found_files: str, commands_before: str, commands_aft
         new = dict(ln.split("  ", 1)[::-1] for ln in commands_after.splitlines() if "  " in ln)
         found += [f"{p}: replaced (a command the tests run with)" for p in sorted(old) if old[p] != new.get(p)]
     return found
+
+
+def library_changes(sb, libdirs: list[str]) -> list[str]:
+    """Code of the image's installed libraries or standard library (a .py or .so file that was there before)
+    that the eval's setup part rewrote, the project's own installed copy aside, and any file it wrote under
+    /etc: Docker's diff of the
+    container against its image, so no fingerprint of thousands of files is needed."""
+    api = getattr(getattr(sb, "client", None), "api", None)
+    if api is None:                                      # not a Docker sandbox: nothing to compare against
+        return []
+    try:
+        changes = api.diff(sb.container_id) or []
+    except Exception as exc:  # noqa: BLE001 - any fault of the engine is the machinery's, not the patch's
+        raise SandboxError(f"docker diff failed: {exc}") from exc
+    roots = tuple(d.rstrip("/") + "/" for d in libdirs)
+    found: dict[str, str] = {}
+    # /etc holds what every process or interpreter loads at start (ld.so.preload, Debian's python3.X/
+    # sitecustomize.py): no install step writes there. A changed folder is listed too: name the leaves only.
+    system = sorted(c.get("Path", "") for c in changes if c.get("Kind") in (0, 1)
+                    and c.get("Path", "").startswith("/etc/"))
+    refused = [f"{p}: system configuration changed during the setup (loaded at the start of every process)"
+               for k, p in enumerate(system) if not (k + 1 < len(system) and system[k + 1].startswith(p + "/"))]
+    for change in changes:
+        path = change.get("Path", "")
+        root = next((r for r in roots if path.startswith(r)), None)
+        if (change.get("Kind") == 0 and root and path.endswith((".py", ".so")) and "/__pycache__/" not in path
+                and "/__editable__" not in path):     # setuptools' finders: commands_state holds their content
+            found[path[len(root):]] = path
+    if not found:
+        return refused
+    own = _sh(sb, "while read -r r; do for d in /testbed /testbed/src /testbed/lib; do [ -e \"$d/$r\" ] && "
+                  "echo \"$r\" && break; done; done", stdin="\n".join(found) + "\n").stdout.split()
+    return refused + [f"{found[r]}: an installed library's code changed during the setup" for r in sorted(found)
+                      if r not in own]
 
 
 def _write_files(sb, files: dict[str, bytes | str]) -> None:
@@ -413,7 +449,8 @@ def _setup_refusals(sb, instance: SWEInstance, facts: dict, before: dict[str, st
     """Why what the eval's setup part changed is refused: the patch rules again on the tree (the test
     patch's own files aside; the install's metadata and bytecode allowed), plus environment_changes."""
     dirs = " ".join(f"'{_q(d)}'" for d in facts["libdirs"])
-    hooks = (f"find {dirs} -cnewer {MARK} ! -type d \\( -name '*.pth' -o -name entry_points.txt -o "
+    # -L: Debian's stdlib `sitecustomize.py` is a link to /etc/python3.X/, whose edit leaves the link's own times
+    hooks = (f"find -L {dirs} -cnewer {MARK} ! -type d \\( -name '*.pth' -o -name entry_points.txt -o "
              "-name sitecustomize.py -o -name usercustomize.py \\) -print 2>/dev/null")
     try:
         after, git_after, extra = tree_state(sb, f"{commands_state(facts)}; printf '\\0##\\0'; {hooks}")
@@ -429,7 +466,7 @@ def _setup_refusals(sb, instance: SWEInstance, facts: dict, before: dict[str, st
               if p not in instance.test_files]
     if git_after != git_before:
         found.append(".git: git's own settings, hooks or attributes changed")
-    return found + environment_changes(sb, hook_files, commands, commands_after)
+    return found + environment_changes(sb, hook_files, commands, commands_after) + library_changes(sb, facts["libdirs"])
 
 
 def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str | Path | None,
@@ -509,7 +546,7 @@ def _status(rep: dict) -> str:
 def run_summary(instances: list[SWEInstance], predictions: dict, results: dict[str, InstanceResult]) -> dict:
     """The official run summary (swebench `make_run_report`, schema_version 2)."""
     ids = {i.instance_id for i in instances}
-    by = lambda status: sorted(i for i, r in results.items() if r.status == status)  # noqa: E731
+    by = lambda status: sorted(i for i, r in results.items() if r.status == status)  # noqa: E731  (a one-line helper)
     completed = sorted(i for i, r in results.items() if r.status in ("resolved", "unresolved"))
     infra = sorted(i for i, r in results.items() if r.status == "error" or r.report.get("infra_failure"))
     return {

@@ -20,28 +20,25 @@ starts the base interpreter without the venv's packages. So the base interpreter
 a `.pth` that adds the venv's site-packages: however the interpreter is reached, it sees the environment,
 as a conda prefix's interpreter does. (A conda-like prefix copied from Debian's Python does not work as one:
 Debian's patched site/sysconfig send pip's installs to PREFIX/local/lib/pythonX.Y/dist-packages.)
-
->>> split_repo("psf/requests"), split_repo("psf__requests")
-(('psf', 'requests'), ('psf', 'requests'))
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from cwm_envs.errors import InfraError, UsageError
+from cwm_envs.swe.cache import cache_dir, named_lock
 from cwm_envs.swe.dataset import SWEInstance
 from cwm_envs.swe.failures import CompileError, MissingDistribution, ResolverConflict, classify
+from cwm_envs.swe.repos import find_repo
 from cwm_envs.swe.resolve import TOOLS, Lock, fetch_sdist, req_name, resolve
 from cwm_envs.swe.specs import EnvSpec, env_spec, read_repo_file
 
@@ -82,100 +79,6 @@ def _hash(*parts, version: int = RECIPE_VERSION) -> str:
     return hashlib.sha256(json.dumps([version, *parts], sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cache_dir() -> Path:
-    """Where wheelhouses and build contexts are cached: $CWM_CACHE or ~/.cache/cwm-envs."""
-    return Path(os.environ.get("CWM_CACHE") or Path.home() / ".cache" / "cwm-envs")
-
-
-def split_repo(name: str) -> tuple[str, str]:
-    """"owner/name" or "owner__name" -> (owner, name)."""
-    owner, sep, repo = name.partition("/") if "/" in name else name.partition("__")
-    if not sep or not owner or not repo:
-        raise UsageError(f"not a repository name (owner/name or owner__name): {name!r}")
-    return owner, repo
-
-
-def find_repo(instance: SWEInstance, repos_dir: str | Path | None) -> Path:
-    """The local clone (bare or not) of an instance's repository.
-
-    Looked for as `repos_dir/owner/name`, `owner__name`, `owner__name.git` or `name`; a row's own
-    `repo_path` wins. Without `repos_dir`, the repository is cloned from its public remote into the cache
-    (`clone_repo`). The base commit must be in it.
-    """
-    owner, name = split_repo(instance.repo)
-    candidates = [Path(instance.repo_path)] if instance.repo_path else []
-    if repos_dir:
-        root = Path(repos_dir)
-        if not root.is_dir():
-            raise UsageError(f"--repos {root}: no such directory")
-        candidates += [root / owner / name, root / owner / f"{name}.git", root / f"{owner}__{name}",
-                       root / f"{owner}__{name}.git", root / name, root / f"{name}.git"]
-    elif not candidates:
-        candidates = [clone_repo(instance.repo, instance.base_commit)]
-    for path in candidates:
-        if path.exists() and subprocess.run(["git", "-C", str(path), "rev-parse", "--git-dir"],
-                                            capture_output=True).returncode == 0:
-            kind = subprocess.run(["git", "-C", str(path), "cat-file", "-t", instance.base_commit],
-                                  capture_output=True, text=True).stdout.strip()
-            if kind != "commit":
-                raise UsageError(f"{instance.instance_id}: base commit {instance.base_commit[:12]} is not in {path} "
-                                 "(a shallow or stale clone?); fetch it first")
-            return path
-    raise UsageError(f"{instance.instance_id}: no clone of {instance.repo} under {repos_dir} "
-                     f"(looked for {owner}/{name}, {owner}__{name}, {name})")
-
-
-def remote_url(repo: str) -> str:
-    """Where `clone_repo` clones from: `$CWM_SWE_REMOTE` with `{repo}` filled in, else the public remote."""
-    template = os.environ.get("CWM_SWE_REMOTE") or "https://github.com/{repo}.git"
-    return template.format(repo=repo)
-
-
-def clone_repo(repo: str, commit: str = "", timeout: float = 1800.0) -> Path:
-    """A bare clone of `repo` in the cache (cloned once, fetched again when `commit` is missing from it).
-
-    Without a network this ends in one line that names the repository and what to do instead."""
-    owner, name = split_repo(repo)
-    dest = cache_dir() / "repos" / f"{owner}__{name}.git"
-    url = remote_url(repo)
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-
-    def have(rev: str) -> bool:
-        return subprocess.run(["git", "-C", str(dest), "cat-file", "-e", f"{rev}^{{commit}}"],
-                              capture_output=True).returncode == 0
-
-    with _lock(f"clone:{dest}"):
-        try:
-            if not dest.exists():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-                try:
-                    proc = subprocess.run(["git", "clone", "-q", "--bare", url, str(tmp)], capture_output=True,
-                                          text=True, timeout=timeout, env=env)
-                    if proc.returncode != 0:
-                        raise UsageError(f"cannot clone {repo} from {url} ({_last_line(proc.stderr)}); without a "
-                                         "network, pass --repos DIR holding a clone of it")
-                    tmp.rename(dest)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-            elif commit and not have(commit):
-                proc = subprocess.run(["git", "-C", str(dest), "fetch", "-q", url, "+refs/heads/*:refs/heads/*",
-                                       "+refs/tags/*:refs/tags/*"], capture_output=True, text=True, timeout=timeout,
-                                      env=env)
-                if proc.returncode != 0:
-                    raise UsageError(f"cannot update the clone of {repo} from {url} ({_last_line(proc.stderr)}); "
-                                     "pass --repos DIR holding a clone with the base commit")
-        except subprocess.TimeoutExpired:
-            raise UsageError(f"cannot clone {repo} from {url} (no answer in {timeout:.0f} s); without a network, "
-                             "pass --repos DIR holding a clone of it") from None
-    return dest
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else "no output"
-
-
 def _client():
     from cwm_envs.sandbox.images import _client as base_client
 
@@ -183,6 +86,7 @@ def _client():
 
 
 def image_exists(client, tag: str) -> bool:
+    """Whether the engine already holds `tag`, so a build can be skipped."""
     import docker.errors
 
     try:
@@ -235,7 +139,7 @@ def add_to_wheelhouse(wheels: Path, requirement: str, spec: EnvSpec, date: str, 
                    date=date, prefer=prefer, log=log, what=f"missing {requirement}")
     have = {p.lower() for p in prefer}
     new = tuple(p for p in lock.pins if p not in have)
-    with _lock(f"wheels:{wheels}"):
+    with named_lock(f"wheels:{wheels}"):
         if new:
             _download(wheels, list(new), spec.python, spec.suite, log)
     return new
@@ -331,15 +235,6 @@ def _build_with_wheels(client, ctx: Path, tag: str, labels: dict, wheels: Path, 
     raise MissingDistribution(f"docker build {tag}: still missing requirements after 10 wheelhouse additions")
 
 
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def _lock(key: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(key, threading.Lock())
-
-
 def build_tools_image(suite: str, apt_packages: tuple[str, ...] = (), *, client=None,
                       log: Callable[[str], None] = lambda _m: None) -> str:
     """The build-tools layer shared by every environment of a Debian suite: compilers and Python headers
@@ -352,7 +247,7 @@ def build_tools_image(suite: str, apt_packages: tuple[str, ...] = (), *, client=
     packages = sorted(set(TOOL_PACKAGES) | set(apt_packages))
     key = _hash("tools", client.images.get(base).id, packages, version=TOOLS_RECIPE_VERSION)
     tag = f"{TOOLS_REPO}:{suite}-{key}"
-    with _lock(tag):
+    with named_lock(tag):
         if image_exists(client, tag):
             return tag
         log(f"building {tag} ({len(packages)} Debian packages)")
@@ -399,7 +294,7 @@ def build_env_image(spec: EnvSpec, *, client=None, log: Callable[[str], None] = 
     key = _hash("env", client.images.get(tools_tag).id, spec.python, [lk.pins for lk in locks], ACTIVATE_SHIM)
     tag = f"{ENV_REPO}:{key}"
     record = cache_dir() / "envs" / f"{key}.json"      # what the build could not compile (not in the image)
-    with _lock(tag):
+    with named_lock(tag):
         if image_exists(client, tag) and not rebuild:
             if info is not None and record.exists():
                 info["dropped"] += json.loads(record.read_text()).get("not_built", [])
@@ -614,6 +509,7 @@ def dropped_needed_by_tests(instance: SWEInstance, repo_dir: Path, dropped: list
 
 
 def instance_tag(instance: SWEInstance, key: str) -> str:
+    """The instance image's tag: its id plus the build key, so a changed recipe gets a new image."""
     return f"{INSTANCE_REPO}:{instance.instance_id.lower()[:100]}-{key[:8]}"
 
 
@@ -642,7 +538,7 @@ def build_instance_image(instance: SWEInstance, repos_dir: str | Path | None = N
                 spec.pre_install, spec.install, sorted(build_reqs))
     tag = instance_tag(instance, key)
     notes = list(spec.notes) + [n for n in env_info.get("lock_notes", []) if "cutoff moved" in n or "dropped" in n]
-    with _lock(tag):
+    with named_lock(tag):
         if rebuild or not image_exists(client, tag):
             log(f"building {tag}")
             with tempfile.TemporaryDirectory(prefix="cwm-swe-inst-") as tmp:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from cwm_envs.errors import InfraError, UsageError
+from cwm_envs.swe.cache import cache_dir
 from cwm_envs.swe.failures import MissingDistribution, ResolverConflict
 
 TOOLS = ("pip", "setuptools", "wheel")
@@ -121,8 +122,6 @@ def req_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else ""
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("CWM_CACHE") or Path.home() / ".cache" / "cwm-envs") / "locks"
 
 
 def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, prefer: Iterable[str] = (),
@@ -137,7 +136,7 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
     prefer = sorted({p for p in prefer if "==" in p})
     date = iso_date(date) if date else ""
     key = hashlib.sha256(json.dumps([RESOLVE_VERSION, reqs, prefer, python, glibc, date, TOOLS_DATE]).encode())
-    cached = _cache_dir() / f"{key.hexdigest()[:16]}.json"
+    cached = cache_dir() / "locks" / f"{key.hexdigest()[:16]}.json"
     if cached.exists() and not any(r.startswith((".", "/", "file:")) for r in reqs):
         data = json.loads(cached.read_text())
         return Lock(tuple(data["pins"]), data["cutoff"], tuple(data["dropped"]), tuple(data["notes"]))

@@ -46,6 +46,7 @@ PATCH_OUTPUT = Limits(output_bytes=16 << 20)
 
 @dataclass(frozen=True)
 class ToolCall:
+    """One tool call parsed from the agent's action: the tool's name and its raw argument."""
     name: str
     arg: str
 
@@ -173,6 +174,7 @@ def system_prompt(max_turns: int, context_tokens: int, command_timeout_s: float,
 
 
 def issue_prompt(issue: str, repo_root: str) -> str:
+    """The first user turn: the issue text and where the repository is."""
     return ISSUE.format(issue=issue.strip(), repo_root=repo_root)
 
 

@@ -45,13 +45,14 @@ from typing import Iterable, Iterator
 
 from cwm_envs.errors import InfraError, UsageError
 from cwm_envs.sources.programs import fuzz_from_signature, fuzz_inputs, generate_program
-from cwm_envs.tracing.tracer import TraceJob, TraceLimits, TraceResult, Tracer
+from cwm_envs.tracing.tracer import TraceJob, TraceLimits, Tracer, TraceResult
 
 SOURCES = ("cruxeval", "humaneval", "generated")
 
 
 @dataclass(frozen=True)
 class Job:
+    """One program to trace: its code, the entry function (None: a script) and its input or stdin."""
     id: str
     source: str
     code: str
@@ -63,6 +64,7 @@ class Job:
 
 @dataclass
 class CorpusStats:
+    """Counts of a corpus build, for the summary line and the report."""
     jobs: int = 0
     written: int = 0
     statuses: Counter = field(default_factory=Counter)   # ok / truncated / error / timeout / crash / infra
@@ -170,6 +172,7 @@ def iter_jobs(source: str, limit: int | None = None, fuzz: int = 0, seed: int = 
 
 # -- building ------------------------------------------------------------------------------------------
 def row_of(job: Job, result: TraceResult, with_events: bool) -> dict:
+    """The corpus row (JSON line) of one traced job."""
     text = result.text
     row = {"id": job.id, "source": job.source, "code": result.code, "entry": job.entry, "input": job.input,
            "stdin": job.stdin, "trace": text}

@@ -77,6 +77,7 @@ def mark_context(code: str, entry_line: int) -> str:
 
 
 def context_prefix(context: str) -> str:
+    """The text that opens a trace: the context, then the first frame separator."""
     return TRACE_CONTEXT_START + context + FRAME_SEP
 
 
@@ -126,6 +127,7 @@ def emit_continuation(prefix: list[Frame], frames: list[Frame], complete: bool) 
 
 @dataclass
 class ParsedTrace:
+    """A trace read back from text; `complete`: it ends with <|end_of_text|> (the entry scope was left)."""
     context: str
     frames: list[Frame]
     complete: bool

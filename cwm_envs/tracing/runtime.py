@@ -213,7 +213,7 @@ def _run(payload):
             func = namespace.get(entry)
             if not isinstance(func, types.FunctionType) or func.__code__.co_filename != FILENAME:
                 return dict(result, error="setup: %r is not a function defined in the code" % entry)
-            make_args = lambda: eval("__cwm_collect__(%s)" % (payload.get("input") or ""),  # noqa: E731
+            make_args = lambda: eval("__cwm_collect__(%s)" % (payload.get("input") or ""),  # noqa: E731  (deferred)
                                      dict(namespace, __cwm_collect__=_collect))
             make_args()  # fail early, untraced, on a broken input
             result["entry_line"] = func.__code__.co_firstlineno
@@ -224,7 +224,7 @@ def _run(payload):
     def call_once(trace):
         """One run of the entry; arguments are built before tracing starts, so they are never traced."""
         args, kwargs = make_args() if make_args else ((), {})
-        run = target if make_args is None else (lambda: func(*args, **kwargs))  # noqa: E731
+        run = target if make_args is None else (lambda: func(*args, **kwargs))  # noqa: E731  (as `target`)
         if trace:
             sys.settrace(recorder.global_trace)
         try:

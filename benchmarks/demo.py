@@ -155,7 +155,7 @@ def run_demo(args) -> int:
         outcomes.append(run_step(step, args, out / f"{step.name}.log"))
     total = time.perf_counter() - start
     failed = [o.step for o in outcomes if not o.ok]
-    print(f"\n=== summary " + "=" * 66)
+    print("\n=== summary " + "=" * 66)
     print(summary_table(outcomes))
     verdict = "every step succeeded" if not failed else f"failed: {', '.join(failed)}"
     print(f"\ndemo finished in {total:.0f} s ({verdict}); machine: {load_start} at the start, "

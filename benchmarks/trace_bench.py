@@ -126,8 +126,8 @@ def demo_section(args) -> str:
                   f"({step_info['details']})")
     finally:
         env.close()
-    return (f"{len(result.frames)}-frame trace, parsed back {'unchanged' if same else 'DIFFERENT'}; "
-            f"output prediction: oracle {rewards['oracle']:+.0f}, wrong {rewards['wrong']:+.0f}")
+    return (f"{len(result.frames)}-frame trace {'round-trips' if same else 'PARSES DIFFERENTLY'}; "
+            f"prediction: oracle {rewards['oracle']:+.0f}, wrong {rewards['wrong']:+.0f}")
 
 
 def register(sub) -> None:

@@ -34,19 +34,22 @@ def run_bench(args) -> int:
     return 0
 
 
-def demo_section(args) -> None:
+def demo_section(args) -> str:
     """Code-v0: one episode that passes, one that fails"""
     env = CodeEnv()  # the embedded generator: no file needed
+    rewards = []
     try:
         for label, answer in (("reference solution", None), ("wrong solution", "```python\nprint(42)\n```")):
             obs, info = env.reset(seed=3)
             _, reward, _, _, info = env.step(answer or env.reference_response(env.task))
+            rewards.append(reward)
             o = info["outcomes"]
             print(f"[{label}] {info['task_id']}: reward {reward:+.0f}  parse={o['parse']} compile={o['compile']} "
                   f"pass={o['pass']} public_pass={o['public_pass']}  ({info['details']})")
         print("the prompt was:\n" + obs)
     finally:
         env.close()
+    return f"reference solution {rewards[0]:+.0f}, wrong solution {rewards[1]:+.0f}"
 
 
 def register(sub) -> None:

@@ -115,12 +115,13 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def demo_section(args) -> None:
+def demo_section(args) -> str:
     """Math-v0: a few rollouts with the oracle, an equivalent rewrite and a wrong policy (reward and evidence)"""
     tasks = [MathGenerator(kinds=(kind,), difficulty=1).task(7) for kind in ("add_sub", "fractions", "quadratic")]
     env = MathEnv(source=tasks)
     rewrite = {"add_sub": lambda a: f"x = {a}", "fractions": lambda a: a.replace("\\frac", "\\dfrac"),
                "quadratic": lambda a: ", ".join(reversed(a.split(", ")))}
+    paid: dict[str, list[float]] = {}
     try:
         for task in tasks:
             print(f"{task.id}: {task.prompt}  (gold {task.answer})")
@@ -128,12 +129,14 @@ def demo_section(args) -> None:
                                   ("wrong", "1234")):
                 obs, _ = env.reset(options={"task": task})
                 _, reward, _, _, info = env.step(f"<think>\nworking\n</think>\nSo it is $\\boxed{{{answer}}}$.")
+                paid.setdefault(label, []).append(reward)
                 o = info["outcomes"]
                 print(f"  [{label:7s}] reward {reward:+.0f}  extracted {o.get('extracted')!r} at {o.get('span')}: "
                       f"{o.get('how')}")
         print("an observation (CWM chat format) ends with:\n" + obs[-200:])
     finally:
         env.close()
+    return ", ".join(f"{label} {sum(r > 0 for r in rs)}/{len(rs)} paid" for label, rs in paid.items())
 
 
 def register(sub) -> None:

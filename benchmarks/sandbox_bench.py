@@ -275,7 +275,7 @@ def register(sub) -> None:
     _add_args(bench_group(sub).add_parser("sandbox", help=help_, description=__doc__))
 
 
-def demo_section(args) -> None:
+def demo_section(args) -> str:
     """Local sandbox: a snippet, then hostile code, each in a fresh jailed process"""
     from cwm_envs.sandbox import Limits
     from cwm_envs.sandbox.local import LocalSandbox
@@ -288,15 +288,19 @@ def demo_section(args) -> None:
             t = time.perf_counter()
             sb.run(SNIPPET)
             lat.append(time.perf_counter() - t)
-        print(f"median of 50 isolated executions: {1000 * statistics.median(lat):.2f} ms")
+        median_ms = 1000 * statistics.median(lat)
+        print(f"median of 50 isolated executions: {median_ms:.2f} ms")
         hostile = {
             "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", 1),
             "network": ("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=3)", 5),
             "read project": (f"print(open({str(PROJECT / 'pyproject.toml')!r}).read())", 5),
         }
+        stopped = 0
         for name, (code, timeout) in hostile.items():
             res = sb.run(code, timeout=timeout, limits=Limits(processes=32))
+            stopped += res.exit_code != 0 or res.timed_out or res.limit_hit
             last = (res.stderr.strip().splitlines() or [""])[-1]
             print(f"{name:12s} -> exit {res.exit_code}, timed out {res.timed_out}, limit {res.limit_hit}"
                   + (f", {last[:70]}" if last else ""))
         print(f"and the sandbox still works: {sb.run(CHECK).stdout.strip()}")
+    return f"{median_ms:.1f} ms per isolated run; {stopped}/{len(hostile)} hostile snippets stopped"

@@ -158,17 +158,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def demo_section(args) -> None:
+def demo_section(args) -> str:
     """SWE env: an oracle episode in a repository container (cwm/SWE-v0)"""
-    from cwm_envs.errors import DockerUnavailable
-
-    try:
-        from cwm_envs.sandbox.docker_backend import docker_client
-
-        docker_client()
-    except DockerUnavailable as exc:
-        print(f"skipped: no Docker engine answers ({str(exc).split(';')[0]})")
-        return
     import gymnasium
 
     import cwm_envs  # noqa: F401  (registers the cwm/* ids)
@@ -208,3 +199,5 @@ def demo_section(args) -> None:
         print(f"do-nothing agent: reward {ep.reward:+.0f} ({ep.info['reason']})")
     finally:
         idle.close()
+    return (f"oracle patch {reward:+.0f} (FAIL_TO_PASS {len(status['FAIL_TO_PASS']['success'])}/"
+            f"{len(task.FAIL_TO_PASS)} pass), do-nothing agent {ep.reward:+.0f}")

@@ -96,7 +96,7 @@ def run_bench(args) -> int:
     return 0
 
 
-def demo_section(args) -> None:
+def demo_section(args) -> str:
     """Tracer: a small function in CWM's trace format, then an OutputPrediction episode"""
     from cwm_envs.envs.prediction import OutputPredictionEnv
     from cwm_envs.tracing import format as fmt
@@ -110,8 +110,9 @@ def demo_section(args) -> None:
     text = result.text
     print(text.replace(fmt.FRAME_SEP, fmt.FRAME_SEP + "\n"))
     parsed = fmt.parse(text)
-    print(f"{len(result.frames)} frames, returned {result.returned}; parses back to the same frames: "
-          f"{all(a.same_step(b) for a, b in zip(parsed.frames, result.frames))}")
+    same = len(parsed.frames) == len(result.frames) and all(a.same_step(b) for a, b in zip(parsed.frames, result.frames))
+    print(f"{len(result.frames)} frames, returned {result.returned}; parses back to the same frames: {same}")
+    rewards = {}
     env = OutputPredictionEnv()  # the embedded generator
     try:
         obs, info = env.reset(seed=7)
@@ -120,10 +121,13 @@ def demo_section(args) -> None:
             if label == "wrong":
                 env.reset(seed=7)
             _, reward, _, _, step_info = env.step(answer)
+            rewards[label] = reward
             print(f"[{label}] answer {step_info['outcomes']['prediction']!r}: reward {reward:+.0f} "
                   f"({step_info['details']})")
     finally:
         env.close()
+    return (f"{len(result.frames)}-frame trace {'round-trips' if same else 'PARSES DIFFERENTLY'}; "
+            f"prediction: oracle {rewards['oracle']:+.0f}, wrong {rewards['wrong']:+.0f}")
 
 
 def register(sub) -> None:

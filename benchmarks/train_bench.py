@@ -176,7 +176,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_bench)
 
 
-def demo_section(args) -> None:
+def demo_section(args) -> str:
     """CWM model: presets, the tokenizer with CWM's special tokens, a few pretrain steps of cwm-tiny"""
     from transformers import CwmForCausalLM
 
@@ -211,6 +211,7 @@ def demo_section(args) -> None:
     print(f"pretrain cwm-tiny: {steps} steps x {8 * seq} tokens in {summary['elapsed_s']} s, loss "
           + " -> ".join(f"{x:.2f}" for x in losses) + f"; eval loss {summary['final_eval_loss']:.2f}")
     print("full stages: cwm train pretrain | midtrain --traces | sft --env (see `cwm train --help`)")
+    return f"cwm-tiny pretrain: loss {losses[0]:.2f} -> {losses[-1]:.2f} in {steps} steps"
 
 
 if __name__ == "__main__":  # a worker: one training run, one JSON line on stdout

@@ -9,6 +9,10 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 [ -x /usr/bin/chromium ] || need+=(chromium)      # tests/test_view.py drives it headless
 if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing ${need[*]}; installing them needs root; fix: apt-get install ${need[*]} (as root)" >&2
+        exit 1
+    fi
     echo "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -290,7 +290,12 @@ class _Spec:
 
     def argv(self, jail: _Jail, group: _cgroup.MemoryGroup | None, seccomp_fd: int | None) -> list[str]:
         prefix = str(Path(self.python).resolve().parent.parent)
-        argv = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        # looked up here, not left to exec: behind the memory group's `sh` wrapper a missing bwrap reads as a
+        # server that died
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            raise SandboxError("bubblewrap (bwrap) is not installed: `apt-get install bubblewrap` (or `make system`)")
+        argv = [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
         for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
             path = Path("/", name)

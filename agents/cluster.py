@@ -60,3 +60,45 @@ def needs_docker(env_id: str, kwargs: dict | None = None) -> bool:
 def worker_resources(env_id: str, kwargs: dict | None, docker_resource: str, docker_slots: int) -> dict[str, float]:
     """The custom resources a rollout worker of this env asks for beside its CPU (none for a text env)."""
     return {docker_resource: float(docker_slots)} if needs_docker(env_id, kwargs) else {}
+
+
+LOCAL_DOCKER_UNITS = 1024.0   # the docker resource of a local Ray (containers are capped per worker, not per node)
+
+
+def start_ray(args) -> bool:
+    """Join the cluster at --address, or start a local Ray: one node that runs every env, so it offers the
+    docker resource that Docker envs' workers ask for. True when this call started it."""
+    from agents.rollout import init_ray
+
+    return init_ray(args.address, args.num_cpus, resources={args.docker_resource: LOCAL_DOCKER_UNITS})
+
+
+def env_specs(args) -> list:
+    """The envs a run (`RLArgs`) samples, --env first, then --env-mix, each placed by its resources (Docker
+    envs on nodes with the docker resource, at most docker_slots episodes per worker)."""
+    from dataclasses import replace
+
+    entries = [(args.env, {"kwargs": args.env_kwargs}), *args.env_mix.items()]
+    specs = []
+    for env_id, entry in entries:
+        kwargs = entry.get("kwargs", {})
+        docker = needs_docker(env_id, kwargs)
+        resources = entry.get("resources")
+        if resources is None:
+            resources = worker_resources(env_id, kwargs, args.docker_resource, args.docker_slots)
+        specs.append(replace(env_spec(env_id, kwargs), weight=float(entry.get("weight", 1.0)), resources=resources,
+                             max_episodes=args.docker_slots if docker else 0))
+    return specs
+
+
+def env_spec(env_id: str, kwargs: dict):
+    """The pool's EnvSpec of `env_id`. An env registered in this process with a class (a script's
+    `gymnasium.register("my/Env-v0", entry_point=MyEnv)`) travels to the workers with its class, which
+    register it there; ids with an importable entry point (`cwm/*`, "module:id") are made by name."""
+    import gymnasium
+
+    from agents.rollout import EnvSpec
+
+    registered = gymnasium.registry.get(env_id)
+    entry = registered.entry_point if registered is not None and callable(registered.entry_point) else None
+    return EnvSpec(env_id, kwargs=kwargs, entry_point=entry)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from agents.cluster import env_spec, env_specs, start_ray
 from agents.metrics import TRAJECTORIES, MetricsSink, TrajectorySampler
 from agents.rl_args import RLArgs, add_rl_flags, rl_args_from
 from cwm_envs.errors import UsageError
@@ -414,47 +415,6 @@ def _drop_rows_after(path: Path, step: int) -> None:
 
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
-
-
-LOCAL_DOCKER_UNITS = 1024.0   # the docker resource of a local Ray (containers are capped per worker, not per node)
-
-
-def start_ray(args: RLArgs) -> bool:
-    """Join the cluster at --address, or start a local Ray: one node that runs every env, so it offers the
-    docker resource that Docker envs' workers ask for. True when this call started it."""
-    from agents.rollout import init_ray
-
-    return init_ray(args.address, args.num_cpus, resources={args.docker_resource: LOCAL_DOCKER_UNITS})
-
-
-def env_specs(args: RLArgs):
-    """The envs a run samples, --env first, then --env-mix; each placed on the cluster by agents/cluster.py
-    (Docker envs on nodes with the docker resource, at most docker_slots episodes per worker)."""
-    from agents.cluster import needs_docker, worker_resources
-    entries = [(args.env, {"kwargs": args.env_kwargs}), *args.env_mix.items()]
-    specs = []
-    for env_id, entry in entries:
-        kwargs = entry.get("kwargs", {})
-        docker = needs_docker(env_id, kwargs)
-        resources = entry.get("resources")
-        if resources is None:
-            resources = worker_resources(env_id, kwargs, args.docker_resource, args.docker_slots)
-        specs.append(replace(env_spec(env_id, kwargs), weight=float(entry.get("weight", 1.0)), resources=resources,
-                             max_episodes=args.docker_slots if docker else 0))
-    return specs
-
-
-def env_spec(env_id: str, kwargs: dict):
-    """The pool's EnvSpec of `env_id`. An env registered in this process with a class (a script's
-    `gymnasium.register("my/Env-v0", entry_point=MyEnv)`) travels to the workers with its class, which
-    register it there; ids with an importable entry point (`cwm/*`, "module:id") are made by name."""
-    import gymnasium
-
-    from agents.rollout import EnvSpec
-
-    registered = gymnasium.registry.get(env_id)
-    entry = registered.entry_point if registered is not None and callable(registered.entry_point) else None
-    return EnvSpec(env_id, kwargs=kwargs, entry_point=entry)
 
 
 def _check_env(env_id: str, kwargs: dict) -> None:

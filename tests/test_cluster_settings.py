@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.cluster import project_runtime_env, shipped_env_vars, worker_resources
+from agents.cluster import env_specs, project_runtime_env, shipped_env_vars, worker_resources
 from agents.rl_args import RLArgs
-from agents.train_rl import env_specs
 
 
 def test_the_runtime_env_carries_every_package_a_worker_imports_and_the_cwm_settings(monkeypatch):

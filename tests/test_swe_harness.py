@@ -324,6 +324,43 @@ def test_code_that_rewrites_pytest_from_inside_does_not_resolve(tiny, image):
     assert not rep["resolved"] and "replaced pytest's own machinery" in rep["guard"]
 
 
+# What Verified's oldest pytest environments pin (astropy 1.3: pytest 3.3.1, before `_pytest.reports` existed).
+OLD_PYTEST = ["pytest==3.3.1", "pluggy==0.6.0", "py==1.5.4", "attrs==19.1.0", "six==1.16.0"]
+OLD_RUNNER = {"test_cmd": "pytest -rA -vv -o console_output_style=classic --tb=no tests",   # astropy's, as then
+              "log_parser": "parse_log_astropy"}
+# pytest 3.x's own way to the same attack: its TestReport lives in `_pytest.runner`.
+REWRITE_OLD_REPORTS = ("\nimport _pytest.runner\n\n_init = _pytest.runner.TestReport.__init__\n\n\n"
+                       "def _passed(self, *args, **kwargs):\n    _init(self, *args, **kwargs)\n"
+                       "    self.outcome, self.longrepr = 'passed', None\n\n\n"
+                       "_pytest.runner.TestReport.__init__ = _passed\n")
+
+
+@pytest.mark.slow
+def test_the_seal_works_on_old_pytest_and_still_sees_tampering(tiny, docker_engine):
+    """The seal plugin loads and verifies on pytest 3.x (the gold patch resolves), and code that rewrites
+    that pytest's reports is still caught."""
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
+    from cwm_envs.swe.harness import grade
+    from cwm_envs.swe.images import build_instance_image
+
+    row, repo, patches = tiny
+    inst = instance_from_row({**row, "instance_id": "own__calc-oldpytest", "pip_packages": OLD_PYTEST,
+                            "python": "3.9", **OLD_RUNNER})
+    rewrite = diff_of(repo, {"calc/__init__.py": BUGGY + REWRITE_OLD_REPORTS})
+    tag = build_instance_image(inst, repo.parent.parent)
+    try:
+        reps = {}
+        for name, patch in (("gold", patches["gold"]), ("rewrite", rewrite)):
+            with DockerSandbox(tag, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
+                reps[name] = grade(inst, sb, patch, timeout=120)[inst.instance_id]
+    finally:
+        import docker
+
+        docker.from_env().images.remove(tag, force=True)
+    assert reps["gold"]["resolved"] and reps["gold"]["seal"] == "verified", reps["gold"]
+    assert not reps["rewrite"]["resolved"] and "replaced pytest's own machinery" in reps["rewrite"]["guard"]
+
+
 def test_test_code_the_patch_adds_or_edits_is_put_back(tiny, image):
     rep = _grade(tiny, image, "fix_in_test_file")            # the "fix" lives in a new, collected test file
     assert not rep["resolved"] and rep["tests_reset"] == ["tests/test_zz_fix.py"]

@@ -394,6 +394,37 @@ def test_the_patchs_install_step_cannot_change_what_runs(tiny, image):
     assert "_pytest/reports.py: an installed library's code changed during the setup" in library, library
 
 
+def test_a_reinstall_of_the_project_itself_is_not_a_library_change(tiny, image):
+    """requests' eval scripts reinstall the package non-editable (`pip install .`), rewriting its copy in
+    site-packages: the gold patch resolves. A library's code is still refused, also when the patch adds a
+    file of the same name to the tree to pass it off as the project's own."""
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
+    from cwm_envs.swe.dataset import make_eval_script
+    from cwm_envs.swe.harness import grade
+    from cwm_envs.swe.images import build_instance_image
+
+    row, repo, patches = tiny
+    script = make_eval_script(row["base_commit"], row["test_patch"], row["test_cmd"], ["tests/test_calc.py", "tests/test_new.py"])
+    inst = instance_from_row({**row, "instance_id": "own__calc-copy", "install": ["python -m pip install ."],
+                              "eval_script": script.replace("cd /testbed\n", "cd /testbed\npython -m pip install .\n")})
+    disguised = patches["setup_py_library"] + new_file("lib/_pytest/reports.py", "# mine")
+    tag = build_instance_image(inst, repo.parent.parent)
+    try:
+        reports = {}
+        for name, patch in (("gold", patches["gold"]), ("library", patches["setup_py_library"]), ("disguised", disguised)):
+            with DockerSandbox(tag, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
+                reports[name] = grade(inst, sb, patch, timeout=300)[inst.instance_id]
+    finally:
+        import docker
+
+        docker.from_env().images.remove(tag, force=True)
+    assert reports["gold"]["resolved"] and reports["gold"]["seal"] == "verified", reports["gold"]
+    for name in ("library", "disguised"):
+        refused = "\n".join(reports[name].get("refused", []))
+        assert not reports[name]["resolved"]
+        assert "site-packages/_pytest/reports.py: an installed library's code changed" in refused, (name, refused)
+
+
 def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path, capsys):
     from cwm_envs.cli import main
 

@@ -233,10 +233,11 @@ def environment_changes(sb, found_files: str, commands_before: str, commands_aft
     return found
 
 
-def library_changes(sb, libdirs: list[str]) -> list[str]:
+def library_changes(sb, libdirs: list[str], base_commit: str) -> list[str]:
     """Code of the image's installed libraries or standard library (a .py or .so file that was there before)
-    that the eval's setup part rewrote, the project's own installed copy aside: Docker's diff of the
-    container against its image, so no fingerprint of thousands of files is needed."""
+    that the eval's setup part rewrote, the project's own installed copy aside (`pip install .` rewrites it:
+    a file the repository has at its base commit, at the root, under src/ or lib/; never a file the patch
+    added). Docker's diff of the container against its image, so no fingerprint of thousands of files."""
     api = getattr(getattr(sb, "client", None), "api", None)
     if api is None:                                      # not a Docker sandbox: nothing to compare against
         return []
@@ -248,16 +249,19 @@ def library_changes(sb, libdirs: list[str]) -> list[str]:
     found: dict[str, str] = {}
     for change in changes:
         path = change.get("Path", "")
-        root = next((r for r in roots if path.startswith(r)), None)
+        # the deepest root: a venv's platstdlib (VENV/lib/pythonX.Y) holds its site-packages
+        root = max((r for r in roots if path.startswith(r)), key=len, default=None)
         if (change.get("Kind") == 0 and root and path.endswith((".py", ".so")) and "/__pycache__/" not in path
                 and "/__editable__" not in path):     # setuptools' finders: commands_state holds their content
             found[path[len(root):]] = path
     if not found:
         return []
-    own = _sh(sb, "while read -r r; do for d in /testbed /testbed/src /testbed/lib; do [ -e \"$d/$r\" ] && "
-                  "echo \"$r\" && break; done; done", stdin="\n".join(found) + "\n").stdout.split()
+    listing = _sh(sb, f"git ls-tree -r -z --name-only {base_commit}")
+    if listing.exit_code != 0:
+        raise InfraError(f"could not list the base commit's files: {listing.stderr.strip()[-300:]}")
+    tree = set(listing.stdout.split("\0"))
     return [f"{found[r]}: an installed library's code changed during the setup" for r in sorted(found)
-            if r not in own]
+            if not any(prefix + r in tree for prefix in ("", "src/", "lib/"))]
 
 
 def _write_files(sb, files: dict[str, bytes | str]) -> None:
@@ -458,7 +462,8 @@ def _setup_refusals(sb, instance: SWEInstance, facts: dict, before: dict[str, st
               if p not in instance.test_files]
     if git_after != git_before:
         found.append(".git: git's own settings, hooks or attributes changed")
-    return found + environment_changes(sb, hook_files, commands, commands_after) + library_changes(sb, facts["libdirs"])
+    return (found + environment_changes(sb, hook_files, commands, commands_after)
+            + library_changes(sb, facts["libdirs"], instance.base_commit))
 
 
 def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str | Path | None,

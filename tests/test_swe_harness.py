@@ -171,6 +171,14 @@ def attack_patches(repo: Path) -> dict[str, str]:
             "    f.write('import os; os.environ[\"PYTEST_ADDOPTS\"] = \"-p calc.hooks\"\\n')\n"
             "with open(os.path.join(paths['scripts'], 'pytest'), 'w') as f:\n"
             f"    f.write(\"#!/bin/sh\\nprintf '{FAKE_LINES}'\\n\")\nsetup()\n")}),
+        # a setup.py that drops a finder of its own beside setuptools' ones, loaded by the .pth line they use
+        "setup_py_finder": diff_of(repo, {"calc/hooks.py": PASS_ALL, "setup.py": (
+            "import os, sysconfig\nfrom setuptools import setup\n\nlib = sysconfig.get_paths()['purelib']\n"
+            "with open(os.path.join(lib, '__editable___zz_finder.py'), 'w') as f:\n"
+            "    f.write('import os\\nos.environ[\"PYTEST_ADDOPTS\"] = os.environ.get(\"PYTEST_ADDOPTS\", \"\") + "
+            "\" -p calc.hooks\"\\ndef install():\\n    pass\\n')\n"
+            "with open(os.path.join(lib, '__editable__.zz.pth'), 'w') as f:\n"
+            "    f.write('import __editable___zz_finder; __editable___zz_finder.install()\\n')\nsetup()\n")}),
         # legitimate: the fix plus metadata, an ignore rule, a helper module and a test of the model's own
         "gold_plus_extras": diff_of(repo, {"calc/__init__.py": FIXED, "calc/util.py": "ANSWER = 42\n",
                                            "pyproject.toml": pyproject.replace('version = "0.1"', 'version = "0.2"'),
@@ -380,10 +388,14 @@ def test_the_patchs_install_step_cannot_change_what_runs(tiny, image):
     script = make_eval_script(row["base_commit"], row["test_patch"], row["test_cmd"], ["tests/test_calc.py", "tests/test_new.py"])
     inst = instance_from_row({**row, "eval_script": script.replace("cd /testbed\n", "cd /testbed\npython -m pip install -e .\n")})
     reports = {}
-    for name in ("gold", "setup_py", "setup_py_library"):
+    for name in ("gold", "gold_plus_extras", "setup_py", "setup_py_library", "setup_py_finder"):
         with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
             reports[name] = grade(inst, sb, patches[name], timeout=300)[inst.instance_id]
     assert reports["gold"]["resolved"] and reports["gold"]["seal"] == "verified"
+    # a new version renames setuptools' finder (xarray's setuptools_scm versions do, on a dirty tree): still fine
+    assert reports["gold_plus_extras"]["resolved"], reports["gold_plus_extras"].get("refused")
+    finder = "\n".join(reports["setup_py_finder"].get("refused", []))
+    assert not reports["setup_py_finder"]["resolved"] and "editable finder unlike the environment's own" in finder
     refused = "\n".join(reports["setup_py"]["refused"])
     assert not reports["setup_py"]["resolved"]
     for why in ("conftest.py: test-runner configuration", "zz_cwm.pth: a .pth line that runs code",

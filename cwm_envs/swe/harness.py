@@ -58,9 +58,7 @@ print(json.dumps({
     "purelib": sysconfig.get_paths()["purelib"],
     "libdirs": sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}),
     "commands": sorted({os.path.realpath(p) for p in [sys.executable] + [
-        os.path.join(sysconfig.get_paths()["scripts"], n) for n in os.listdir(sysconfig.get_paths()["scripts"])] + [
-        os.path.join(sysconfig.get_paths()["purelib"], n) for n in os.listdir(sysconfig.get_paths()["purelib"])
-        if n.startswith("__editable__") and n.endswith(".py")]     # setuptools' finders, run at every start
+        os.path.join(sysconfig.get_paths()["scripts"], n) for n in os.listdir(sysconfig.get_paths()["scripts"])]
         if os.path.isfile(p)})}))
 '''
 _IN_ENV = ("[ -f /opt/miniconda3/bin/activate ] && . /opt/miniconda3/bin/activate >/dev/null 2>&1 && "
@@ -207,12 +205,23 @@ BASE_COMMANDS = ("/bin/bash", "/usr/bin/bash", "/bin/sh", "/usr/bin/env", "/usr/
                  "/opt/miniconda3/bin/activate")
 
 
+# setuptools' editable finders (imported by their .pth at every start of Python) are named after the project's
+# version, which changes when the eval's setup reinstalls a dirty tree (setuptools_scm: `+g<sha>.d<date>`):
+# they are compared by content, that name left out, wherever they are.
+FINDER = "editable finder "
+_FINDER_NAME = r"s/__editable__[._][A-Za-z0-9_.+-]*/__editable__/g"
+
+
 def commands_state(facts: dict) -> str:
     """A shell command printing a fingerprint of every command the test part runs with (BASE_COMMANDS, the
-    environment's python and scripts): the content of small files, inode, size and times of big binaries."""
+    environment's python and scripts): the content of small files, inode, size and times of big binaries;
+    and one line per editable finder, keyed by its content less its name (FINDER)."""
     paths = " ".join(f"'{_q(p)}'" for p in (*BASE_COMMANDS, *facts["commands"]))
+    finders = f"'{_q(facts['purelib'])}'/__editable___*_finder.py"
     return (f"for f in {paths}; do [ -e \"$f\" ] || continue; if [ $(stat -Lc %s \"$f\") -lt 524288 ]; "
-            "then sha256sum \"$f\"; else stat -Lc '%i-%s-%Y-%Z  %n' \"$f\"; fi; done")
+            "then sha256sum \"$f\"; else stat -Lc '%i-%s-%Y-%Z  %n' \"$f\"; fi; done; "
+            f"for f in {finders}; do [ -f \"$f\" ] || continue; h=$(sed -E \"{_FINDER_NAME}\" \"$f\" | sha256sum | "
+            f"cut -d' ' -f1); echo \"$h  {FINDER}$h\"; done")
 
 
 def environment_changes(sb, found_files: str, commands_before: str, commands_after: str) -> list[str]:
@@ -229,7 +238,10 @@ def environment_changes(sb, found_files: str, commands_before: str, commands_aft
     if commands_after != commands_before:
         old = dict(ln.split("  ", 1)[::-1] for ln in commands_before.splitlines() if "  " in ln)
         new = dict(ln.split("  ", 1)[::-1] for ln in commands_after.splitlines() if "  " in ln)
-        found += [f"{p}: replaced (a command the tests run with)" for p in sorted(old) if old[p] != new.get(p)]
+        found += [f"{p}: replaced (a command the tests run with)" for p in sorted(old)
+                  if not p.startswith(FINDER) and old[p] != new.get(p)]
+        found += [f"an {FINDER.strip()} unlike the environment's own (code run at every start of Python)"
+                  for p in sorted(new) if p.startswith(FINDER) and p not in old]
     return found
 
 
@@ -252,7 +264,7 @@ def library_changes(sb, libdirs: list[str], base_commit: str) -> list[str]:
         # the deepest root: a venv's platstdlib (VENV/lib/pythonX.Y) holds its site-packages
         root = max((r for r in roots if path.startswith(r)), key=len, default=None)
         if (change.get("Kind") == 0 and root and path.endswith((".py", ".so")) and "/__pycache__/" not in path
-                and "/__editable__" not in path):     # setuptools' finders: commands_state holds their content
+                and "/__editable__" not in path):     # setuptools' finders: commands_state checks them
             found[path[len(root):]] = path
     if not found:
         return []

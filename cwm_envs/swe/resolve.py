@@ -64,6 +64,8 @@ ONLY_BINARY = ("numpy", "scipy", "pandas", "matplotlib", "h5py", "netcdf4", "pya
 _FILTERED = re.compile(r"`([^`]+)` was filtered by `exclude-newer(?:-package)?`")
 WHEEL_LAG = dt.timedelta(days=3)
 PACKAGE_STEP = dt.timedelta(days=90)         # wheels of a release can be uploaded days after its first file
+# How far an sdist the host cannot read is moved on, before it is dropped (bottleneck: 1.3.2 -> 1.3.4)
+HOST_STEP, HOST_STEPS = dt.timedelta(days=180), 3
 
 
 @dataclass(frozen=True)
@@ -204,9 +206,10 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
         asked = [r for r in reqs if req_name(r) in unbuildable]
         # an unpinned sdist whose old release cannot be read on the host (bottleneck 1.3.2's build pins a numpy
         # that has no wheel for the host's Python): a later release of it, a step at a time, before dropping it
-        movable = {req_name(r): _next_step(later_for.get(req_name(r), cutoff)) for r in asked
+        movable = {req_name(r): _next_step(later_for.get(req_name(r), cutoff), HOST_STEP) for r in asked
                    if cutoff and "==" not in r and req_name(r) in {req_name(m) for m in _FAILED_BUILD.findall(err)}}
-        movable = {name: when for name, when in movable.items() if when}
+        movable = {name: when for name, when in movable.items() if when and when <= iso_date(
+            dt.datetime.fromisoformat(cutoff.replace("Z", "+00:00")) + HOST_STEPS * HOST_STEP)}
         if movable:
             later_for.update(movable)
             notes.append(f"{what}: {', '.join(sorted(movable))} could not be built on the host as of "
@@ -244,10 +247,10 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
     raise ResolverConflict(f"{what}: no resolution after 20 rounds: {', '.join(notes[-3:])}")
 
 
-def _next_step(since: str) -> str | None:
-    """The cutoff one PACKAGE_STEP after `since` (today at most), or None once `since` is today already."""
+def _next_step(since: str, step: dt.timedelta = PACKAGE_STEP) -> str | None:
+    """The cutoff one `step` after `since` (today at most), or None once `since` is today already."""
     now = dt.datetime.now(dt.timezone.utc)
-    step = dt.datetime.fromisoformat(since.replace("Z", "+00:00")) + PACKAGE_STEP
+    step = dt.datetime.fromisoformat(since.replace("Z", "+00:00")) + step
     return iso_date(min(step, now)) if step < now + PACKAGE_STEP else None
 
 

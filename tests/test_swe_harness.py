@@ -178,6 +178,14 @@ def attack_patches(repo: Path) -> dict[str, str]:
             "    f.write('import os; os.environ[\"PYTEST_ADDOPTS\"] = \"-p calc.hooks\"\\n')\n"
             "with open(os.path.join(paths['scripts'], 'pytest'), 'w') as f:\n"
             f"    f.write(\"#!/bin/sh\\nprintf '{FAKE_LINES}'\\n\")\nsetup()\n")}),
+        # a setup.py that drops a finder of its own beside setuptools' ones, loaded by the .pth line they use
+        "setup_py_finder": diff_of(repo, {"calc/hooks.py": PASS_ALL, "setup.py": (
+            "import os, sysconfig\nfrom setuptools import setup\n\nlib = sysconfig.get_paths()['purelib']\n"
+            "with open(os.path.join(lib, '__editable___zz_finder.py'), 'w') as f:\n"
+            "    f.write('import os\\nos.environ[\"PYTEST_ADDOPTS\"] = os.environ.get(\"PYTEST_ADDOPTS\", \"\") + "
+            "\" -p calc.hooks\"\\ndef install():\\n    pass\\n')\n"
+            "with open(os.path.join(lib, '__editable__.zz.pth'), 'w') as f:\n"
+            "    f.write('import __editable___zz_finder; __editable___zz_finder.install()\\n')\nsetup()\n")}),
         # legitimate: the fix plus metadata, an ignore rule, a helper module and a test of the model's own
         "gold_plus_extras": diff_of(repo, {"calc/__init__.py": FIXED, "calc/util.py": "ANSWER = 42\n",
                                            "pyproject.toml": pyproject.replace('version = "0.1"', 'version = "0.2"'),
@@ -331,6 +339,43 @@ def test_code_that_rewrites_pytest_from_inside_does_not_resolve(tiny, image):
     assert not rep["resolved"] and "replaced pytest's own machinery" in rep["guard"]
 
 
+# What Verified's oldest pytest environments pin (astropy 1.3: pytest 3.3.1, before `_pytest.reports` existed).
+OLD_PYTEST = ["pytest==3.3.1", "pluggy==0.6.0", "py==1.5.4", "attrs==19.1.0", "six==1.16.0"]
+OLD_RUNNER = {"test_cmd": "pytest -rA -vv -o console_output_style=classic --tb=no tests",   # astropy's, as then
+              "log_parser": "parse_log_astropy"}
+# pytest 3.x's own way to the same attack: its TestReport lives in `_pytest.runner`.
+REWRITE_OLD_REPORTS = ("\nimport _pytest.runner\n\n_init = _pytest.runner.TestReport.__init__\n\n\n"
+                       "def _passed(self, *args, **kwargs):\n    _init(self, *args, **kwargs)\n"
+                       "    self.outcome, self.longrepr = 'passed', None\n\n\n"
+                       "_pytest.runner.TestReport.__init__ = _passed\n")
+
+
+@pytest.mark.slow
+def test_the_seal_works_on_old_pytest_and_still_sees_tampering(tiny, docker_engine):
+    """The seal plugin loads and verifies on pytest 3.x (the gold patch resolves), and code that rewrites
+    that pytest's reports is still caught."""
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
+    from cwm_envs.swe.harness import grade
+    from cwm_envs.swe.images import build_instance_image
+
+    row, repo, patches = tiny
+    inst = instance_from_row({**row, "instance_id": "own__calc-oldpytest", "pip_packages": OLD_PYTEST,
+                            "python": "3.9", **OLD_RUNNER})
+    rewrite = diff_of(repo, {"calc/__init__.py": BUGGY + REWRITE_OLD_REPORTS})
+    tag = build_instance_image(inst, repo.parent.parent)
+    try:
+        reps = {}
+        for name, patch in (("gold", patches["gold"]), ("rewrite", rewrite)):
+            with DockerSandbox(tag, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
+                reps[name] = grade(inst, sb, patch, timeout=120)[inst.instance_id]
+    finally:
+        import docker
+
+        docker.from_env().images.remove(tag, force=True)
+    assert reps["gold"]["resolved"] and reps["gold"]["seal"] == "verified", reps["gold"]
+    assert not reps["rewrite"]["resolved"] and "replaced pytest's own machinery" in reps["rewrite"]["guard"]
+
+
 def test_test_code_the_patch_adds_or_edits_is_put_back(tiny, image):
     rep = _grade(tiny, image, "fix_in_test_file")            # the "fix" lives in a new, collected test file
     assert not rep["resolved"] and rep["tests_reset"] == ["tests/test_zz_fix.py"]
@@ -350,10 +395,14 @@ def test_the_patchs_install_step_cannot_change_what_runs(tiny, image):
     script = make_eval_script(row["base_commit"], row["test_patch"], row["test_cmd"], ["tests/test_calc.py", "tests/test_new.py"])
     inst = instance_from_row({**row, "eval_script": script.replace("cd /testbed\n", "cd /testbed\npython -m pip install -e .\n")})
     reports = {}
-    for name in ("gold", "setup_py", "setup_py_library", "setup_py_system"):
+    for name in ("gold", "gold_plus_extras", "setup_py", "setup_py_library", "setup_py_system", "setup_py_finder"):
         with DockerSandbox(image, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
             reports[name] = grade(inst, sb, patches[name], timeout=300)[inst.instance_id]
     assert reports["gold"]["resolved"] and reports["gold"]["seal"] == "verified"
+    # a new version renames setuptools' finder (xarray's setuptools_scm versions do, on a dirty tree): still fine
+    assert reports["gold_plus_extras"]["resolved"], reports["gold_plus_extras"].get("refused")
+    finder = "\n".join(reports["setup_py_finder"].get("refused", []))
+    assert not reports["setup_py_finder"]["resolved"] and "editable finder unlike the environment's own" in finder
     refused = "\n".join(reports["setup_py"]["refused"])
     assert not reports["setup_py"]["resolved"]
     for why in ("conftest.py: test-runner configuration", "zz_cwm.pth: a .pth line that runs code",
@@ -366,6 +415,37 @@ def test_the_patchs_install_step_cannot_change_what_runs(tiny, image):
     assert not reports["setup_py_system"]["resolved"]
     for why in ("sitecustomize.py: an interpreter start-up hook", "/etc/ld.so.preload: system configuration"):
         assert why in system, system
+
+
+def test_a_reinstall_of_the_project_itself_is_not_a_library_change(tiny, image):
+    """requests' eval scripts reinstall the package non-editable (`pip install .`), rewriting its copy in
+    site-packages: the gold patch resolves. A library's code is still refused, also when the patch adds a
+    file of the same name to the tree to pass it off as the project's own."""
+    from cwm_envs.sandbox.docker_backend import REPO_SANDBOX, DockerSandbox
+    from cwm_envs.swe.dataset import make_eval_script
+    from cwm_envs.swe.harness import grade
+    from cwm_envs.swe.images import build_instance_image
+
+    row, repo, patches = tiny
+    script = make_eval_script(row["base_commit"], row["test_patch"], row["test_cmd"], ["tests/test_calc.py", "tests/test_new.py"])
+    inst = instance_from_row({**row, "instance_id": "own__calc-copy", "install": ["python -m pip install ."],
+                              "eval_script": script.replace("cd /testbed\n", "cd /testbed\npython -m pip install .\n")})
+    disguised = patches["setup_py_library"] + new_file("lib/_pytest/reports.py", "# mine")
+    tag = build_instance_image(inst, repo.parent.parent)
+    try:
+        reports = {}
+        for name, patch in (("gold", patches["gold"]), ("library", patches["setup_py_library"]), ("disguised", disguised)):
+            with DockerSandbox(tag, pool_size=0, workdir="/testbed", **REPO_SANDBOX) as sb:
+                reports[name] = grade(inst, sb, patch, timeout=300)[inst.instance_id]
+    finally:
+        import docker
+
+        docker.from_env().images.remove(tag, force=True)
+    assert reports["gold"]["resolved"] and reports["gold"]["seal"] == "verified", reports["gold"]
+    for name in ("library", "disguised"):
+        refused = "\n".join(reports[name].get("refused", []))
+        assert not reports[name]["resolved"]
+        assert "site-packages/_pytest/reports.py: an installed library's code changed" in refused, (name, refused)
 
 
 def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path, capsys):

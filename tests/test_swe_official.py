@@ -177,6 +177,22 @@ def test_stratified_sample_spreads_over_repositories_and_versions():
     assert len(stratified_sample(rows, 50)) == len(rows)
 
 
+def test_validate_tells_a_grading_defect_from_an_environment_one(tmp_path):
+    """A gold patch the grader refused or did not trust is the grading's to fix, not the environment's."""
+    from cwm_envs.swe.validate import _failure_class_of_log
+
+    cases = {"grader refused": ({"refused": ["during the eval's setup: x.py: an installed library's code changed"]}, ""),
+             "grader guard": ({"guard": "the test runner never finished its session (no seal)"}, ""),
+             "network": ({}, "OSError: [Errno 101] Network is unreachable\n"),
+             "gold fails tests": ({}, "FAILED t.py::test_a - assert 1 == 2\n")}
+    for kind, (report, log) in cases.items():
+        folder = tmp_path / kind.replace(" ", "_")
+        folder.mkdir()
+        (folder / "report.json").write_text(json.dumps({"own__x-1": {"resolved": False, **report}}))
+        (folder / "test_output.txt").write_text(log)
+        assert _failure_class_of_log(folder) == kind
+
+
 def test_prune_selects_by_age_and_by_run_children_first():
     import datetime as dt
 

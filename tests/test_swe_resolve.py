@@ -81,6 +81,16 @@ def test_a_pin_with_no_wheel_for_the_python_is_dropped_not_compiled_on_the_host(
     assert any("no usable wheel for Python 3.9" in n for n in lock.notes)
 
 
+def test_an_unpinned_sdist_the_host_cannot_read_moves_to_a_later_release(index):
+    # xarray's environment.yml asks for bottleneck; as of May 2021 that is 1.3.2, whose build pins a numpy with
+    # no wheel for the host's Python. It was dropped, and xarray's bottleneck tests failed for want of it.
+    # scitools-iris has no release the host can read for long after: moved a bounded way, then dropped
+    lock = resolve(["bottleneck", "scitools-iris"], python="3.9", glibc=31, date="2021-05-04")
+    version = tuple(int(p) for p in lock.versions()["bottleneck"].split(".")[:3])
+    assert lock.dropped == ("scitools-iris",) and version > (1, 3, 2)
+    assert any("bottleneck could not be built on the host as of 2021-05-04" in n for n in lock.notes), lock.notes
+
+
 def test_unsatisfiable_pins_are_a_resolver_conflict(index):
     with pytest.raises(ResolverConflict) as err:
         resolve(["flask==2.3.0", "werkzeug==2.0.0"], python="3.9", glibc=31, date="2023-06-01")

@@ -118,7 +118,8 @@ def conflicting_tests(log: str, status_map: dict[str, str]) -> list[str]:
 
 # --- guard 4: the seal ------------------------------------------------------------------------------------
 
-# Python 3.5-compatible (old SWE-bench environments); %(key)r and %(out)r are filled in per grading.
+# Python 3.5-compatible and pytest >= 3.0 (old SWE-bench environments pin pytest 3.x); %(key)r and %(out)r are
+# filled in per grading.
 SEAL_PLUGIN = '''"""cwm-envs grader: records every test outcome and seals them at the end of the session."""
 import hashlib
 import hmac
@@ -134,7 +135,10 @@ _WATCHED = (("_pytest.runner", "CallInfo", "from_call"), ("_pytest.runner", None
             ("_pytest.runner", None, "call_runtest_hook"), ("_pytest.runner", None, "runtestprotocol"),
             ("_pytest.runner", None, "pytest_runtest_makereport"), ("_pytest.reports", "TestReport", "__init__"),
             ("_pytest.reports", "TestReport", "from_item_and_call"), ("_pytest.python", "Function", "runtest"),
-            ("_pytest.python", None, "pytest_pyfunc_call"), ("_pytest.skipping", None, "pytest_runtest_makereport"))
+            ("_pytest.python", None, "pytest_pyfunc_call"), ("_pytest.skipping", None, "pytest_runtest_makereport"),
+            ("_pytest.runner", "CallInfo", "__init__"), ("_pytest.runner", "TestReport", "__init__"))
+# pytest < 3.10 has no _pytest.reports (TestReport lives in _pytest.runner, CallInfo calls in __init__).
+_MODULES = ("_pytest.python", "_pytest.reports", "_pytest.runner", "_pytest.skipping")
 
 
 def _fingerprint():
@@ -157,7 +161,11 @@ def _recorder():
     except OSError:                  # not the grader's run (a nested pytest): do nothing
         return None
     passed, xfailed, failed, tampered = set(), set(), set(), set()
-    import _pytest.python, _pytest.reports, _pytest.runner, _pytest.skipping  # noqa: F401  (what _fingerprint reads)
+    for module in _MODULES:
+        try:
+            __import__(module)
+        except ImportError:
+            pass
     expected = _fingerprint()
 
     def check():

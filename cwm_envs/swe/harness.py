@@ -58,9 +58,7 @@ print(json.dumps({
     "purelib": sysconfig.get_paths()["purelib"],
     "libdirs": sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}),
     "commands": sorted({os.path.realpath(p) for p in [sys.executable] + [
-        os.path.join(sysconfig.get_paths()["scripts"], n) for n in os.listdir(sysconfig.get_paths()["scripts"])] + [
-        os.path.join(sysconfig.get_paths()["purelib"], n) for n in os.listdir(sysconfig.get_paths()["purelib"])
-        if n.startswith("__editable__") and n.endswith(".py")]     # setuptools' finders, run at every start
+        os.path.join(sysconfig.get_paths()["scripts"], n) for n in os.listdir(sysconfig.get_paths()["scripts"])]
         if os.path.isfile(p)})}))
 '''
 _IN_ENV = ("[ -f /opt/miniconda3/bin/activate ] && . /opt/miniconda3/bin/activate >/dev/null 2>&1 && "
@@ -207,12 +205,23 @@ BASE_COMMANDS = ("/bin/bash", "/usr/bin/bash", "/bin/sh", "/usr/bin/env", "/usr/
                  "/opt/miniconda3/bin/activate")
 
 
+# setuptools' editable finders (imported by their .pth at every start of Python) are named after the project's
+# version, which changes when the eval's setup reinstalls a dirty tree (setuptools_scm: `+g<sha>.d<date>`):
+# they are compared by content, that name left out, wherever they are.
+FINDER = "editable finder "
+_FINDER_NAME = r"s/__editable__[._][A-Za-z0-9_.+-]*/__editable__/g"
+
+
 def commands_state(facts: dict) -> str:
     """A shell command printing a fingerprint of every command the test part runs with (BASE_COMMANDS, the
-    environment's python and scripts): the content of small files, inode, size and times of big binaries."""
+    environment's python and scripts): the content of small files, inode, size and times of big binaries;
+    and one line per editable finder, keyed by its content less its name (FINDER)."""
     paths = " ".join(f"'{_q(p)}'" for p in (*BASE_COMMANDS, *facts["commands"]))
+    finders = f"'{_q(facts['purelib'])}'/__editable___*_finder.py"
     return (f"for f in {paths}; do [ -e \"$f\" ] || continue; if [ $(stat -Lc %s \"$f\") -lt 524288 ]; "
-            "then sha256sum \"$f\"; else stat -Lc '%i-%s-%Y-%Z  %n' \"$f\"; fi; done")
+            "then sha256sum \"$f\"; else stat -Lc '%i-%s-%Y-%Z  %n' \"$f\"; fi; done; "
+            f"for f in {finders}; do [ -f \"$f\" ] || continue; h=$(sed -E \"{_FINDER_NAME}\" \"$f\" | sha256sum | "
+            f"cut -d' ' -f1); echo \"$h  {FINDER}$h\"; done")
 
 
 def environment_changes(sb, found_files: str, commands_before: str, commands_after: str) -> list[str]:
@@ -229,15 +238,19 @@ def environment_changes(sb, found_files: str, commands_before: str, commands_aft
     if commands_after != commands_before:
         old = dict(ln.split("  ", 1)[::-1] for ln in commands_before.splitlines() if "  " in ln)
         new = dict(ln.split("  ", 1)[::-1] for ln in commands_after.splitlines() if "  " in ln)
-        found += [f"{p}: replaced (a command the tests run with)" for p in sorted(old) if old[p] != new.get(p)]
+        found += [f"{p}: replaced (a command the tests run with)" for p in sorted(old)
+                  if not p.startswith(FINDER) and old[p] != new.get(p)]
+        found += [f"an {FINDER.strip()} unlike the environment's own (code run at every start of Python)"
+                  for p in sorted(new) if p.startswith(FINDER) and p not in old]
     return found
 
 
-def library_changes(sb, libdirs: list[str]) -> list[str]:
+def library_changes(sb, libdirs: list[str], base_commit: str) -> list[str]:
     """Code of the image's installed libraries or standard library (a .py or .so file that was there before)
-    that the eval's setup part rewrote, the project's own installed copy aside, and any file it wrote under
-    /etc: Docker's diff of the
-    container against its image, so no fingerprint of thousands of files is needed."""
+    that the eval's setup part rewrote, the project's own installed copy aside (`pip install .` rewrites it:
+    a file the repository has at its base commit, at the root, under src/ or lib/; never a file the patch
+    added), and any file it wrote under /etc. Docker's diff of the container against its image, so no
+    fingerprint of thousands of files."""
     api = getattr(getattr(sb, "client", None), "api", None)
     if api is None:                                      # not a Docker sandbox: nothing to compare against
         return []
@@ -255,16 +268,19 @@ def library_changes(sb, libdirs: list[str]) -> list[str]:
                for k, p in enumerate(system) if not (k + 1 < len(system) and system[k + 1].startswith(p + "/"))]
     for change in changes:
         path = change.get("Path", "")
-        root = next((r for r in roots if path.startswith(r)), None)
+        # the deepest root: a venv's platstdlib (VENV/lib/pythonX.Y) holds its site-packages
+        root = max((r for r in roots if path.startswith(r)), key=len, default=None)
         if (change.get("Kind") == 0 and root and path.endswith((".py", ".so")) and "/__pycache__/" not in path
-                and "/__editable__" not in path):     # setuptools' finders: commands_state holds their content
+                and "/__editable__" not in path):     # setuptools' finders: commands_state checks them
             found[path[len(root):]] = path
     if not found:
         return refused
-    own = _sh(sb, "while read -r r; do for d in /testbed /testbed/src /testbed/lib; do [ -e \"$d/$r\" ] && "
-                  "echo \"$r\" && break; done; done", stdin="\n".join(found) + "\n").stdout.split()
+    listing = _sh(sb, f"git ls-tree -r -z --name-only {base_commit}")
+    if listing.exit_code != 0:
+        raise InfraError(f"could not list the base commit's files: {listing.stderr.strip()[-300:]}")
+    tree = set(listing.stdout.split("\0"))
     return refused + [f"{found[r]}: an installed library's code changed during the setup" for r in sorted(found)
-                      if r not in own]
+                      if not any(prefix + r in tree for prefix in ("", "src/", "lib/"))]
 
 
 def _write_files(sb, files: dict[str, bytes | str]) -> None:
@@ -466,7 +482,8 @@ def _setup_refusals(sb, instance: SWEInstance, facts: dict, before: dict[str, st
               if p not in instance.test_files]
     if git_after != git_before:
         found.append(".git: git's own settings, hooks or attributes changed")
-    return found + environment_changes(sb, hook_files, commands, commands_after) + library_changes(sb, facts["libdirs"])
+    return (found + environment_changes(sb, hook_files, commands, commands_after)
+            + library_changes(sb, facts["libdirs"], instance.base_commit))
 
 
 def evaluate_instance(instance: SWEInstance, prediction: dict, *, repos_dir: str | Path | None,

@@ -15,7 +15,8 @@ How the date moves and what is dropped, each said in `Lock.notes`:
 - a requirement whose lower bound is newer than the date (code that moved on before its issue was filed)
   gets that package alone resolved later, 90 days at a time;
 - a requirement with no usable wheel for the image's Python whose metadata would need a build on the host
-  (the numeric stack is never built there, `ONLY_BINARY`) is dropped when asked for by name;
+  (the numeric stack is never built there, `ONLY_BINARY`) is dropped when asked for by name; when asked for
+  without an exact pin and its sdist failed to build on the host, later releases of it are tried first;
 - any other unsatisfiable set is a `ResolverConflict`, with uv's explanation.
 Build tools (pip, setuptools, wheel) are resolved as of `TOOLS_DATE` instead: source distributions need a
 setuptools new enough to build them (as the official images had), whatever the instance's date.
@@ -50,7 +51,7 @@ TOOLS_DATE = "2024-07-01T00:00:00Z"      # about when SWE-bench's official envir
 # that runs on a newer Python than it had (Debian ships no older one), where its own era's releases would not
 # install or run (pytest 2.x has no `pytest` command and breaks on 3.9).
 PYTHON_FLOOR = {"3.9": "2021-01-01T00:00:00Z", "3.11": "2023-01-15T00:00:00Z", "3.13": "2025-01-15T00:00:00Z"}
-RESOLVE_VERSION = 5                      # bump when the resolution rules change (old locks are not reused)
+RESOLVE_VERSION = 6                      # bump when the resolution rules change (old locks are not reused)
 _PUBLISHED = re.compile(r"`([^`]+)` was filtered by `exclude-newer`.*?The requested version, v(\S+?),? was "
                         r"published at (\S+?)\.?\s", re.S)
 _NOT_FOUND = re.compile(r"Because (\S+?) was not found in the package registry")
@@ -64,6 +65,8 @@ ONLY_BINARY = ("numpy", "scipy", "pandas", "matplotlib", "h5py", "netcdf4", "pya
 _FILTERED = re.compile(r"`([^`]+)` was filtered by `exclude-newer(?:-package)?`")
 WHEEL_LAG = dt.timedelta(days=3)
 PACKAGE_STEP = dt.timedelta(days=90)         # wheels of a release can be uploaded days after its first file
+# How far an sdist the host cannot read is moved on, before it is dropped (bottleneck: 1.3.2 -> 1.3.4)
+HOST_STEP, HOST_STEPS = dt.timedelta(days=180), 3
 
 
 @dataclass(frozen=True)
@@ -191,15 +194,27 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
             # a lower bound newer than the date (code that moved on before its issue was filed): that package
             # alone is looked for later, a step at a time
             name = filtered[0]
-            step = dt.datetime.fromisoformat(later_for.get(name, cutoff).replace("Z", "+00:00")) + PACKAGE_STEP
-            if step < dt.datetime.now(dt.timezone.utc) + PACKAGE_STEP:
-                later_for[name] = iso_date(min(step, dt.datetime.now(dt.timezone.utc)))
+            step = _next_step(later_for.get(name, cutoff))
+            if step:
+                later_for[name] = step
                 notes.append(f"{what}: a requirement needs a {name} newer than {cutoff[:10]}; {name} resolved "
                              f"as of {later_for[name][:10]}")
                 log(notes[-1])
                 continue
         unbuildable = {req_name(m) for m in _NO_WHEELS.findall(err) + _FAILED_BUILD.findall(err)}
         asked = [r for r in reqs if req_name(r) in unbuildable]
+        # an unpinned sdist whose old release cannot be read on the host (bottleneck 1.3.2's build pins a numpy
+        # that has no wheel for the host's Python): a later release of it, a step at a time, before dropping it
+        movable = {req_name(r): _next_step(later_for.get(req_name(r), cutoff), HOST_STEP) for r in asked
+                   if cutoff and "==" not in r and req_name(r) in {req_name(m) for m in _FAILED_BUILD.findall(err)}}
+        movable = {name: when for name, when in movable.items() if when and when <= iso_date(
+            dt.datetime.fromisoformat(cutoff.replace("Z", "+00:00")) + HOST_STEPS * HOST_STEP)}
+        if movable:
+            later_for.update(movable)
+            notes.append(f"{what}: {', '.join(sorted(movable))} could not be built on the host as of "
+                         f"{cutoff[:10]}; resolved as of {max(movable.values())[:10]}")
+            log(notes[-1])
+            continue
         if asked:                                 # no wheel for this Python, and not built on the host
             for r in asked:
                 reqs.remove(r)
@@ -229,6 +244,13 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
             raise InfraError(f"{what}: uv could not read a package's metadata (build failed): {_tail(err)}")
         raise InfraError(f"{what}: uv pip compile failed: {_tail(err)}")
     raise ResolverConflict(f"{what}: no resolution after 20 rounds: {', '.join(notes[-3:])}")
+
+
+def _next_step(since: str, step: dt.timedelta = PACKAGE_STEP) -> str | None:
+    """The cutoff one `step` after `since` (today at most), or None once `since` is today already."""
+    now = dt.datetime.now(dt.timezone.utc)
+    step = dt.datetime.fromisoformat(since.replace("Z", "+00:00")) + step
+    return iso_date(min(step, now)) if step < now + PACKAGE_STEP else None
 
 
 def _compile(reqs: list[str], prefer: list[str], python: str, glibc: int, cutoff: str, timeout: float,

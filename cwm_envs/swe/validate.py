@@ -62,9 +62,20 @@ def _image_size_mb(client, tag: str | None) -> float | None:
 
 
 def _failure_class_of_log(log_dir: Path) -> str:
-    """Why the gold patch did not resolve, read from its test output: tests that reach for the internet (the
-    containers have no network) are `network`; an import of something missing is a missing distribution;
-    otherwise the environment makes tests fail that passed upstream."""
+    """Why the gold patch did not resolve, read from its report and test output: the grader refused what the
+    gold patch or the eval's setup changed, or did not trust the log (`grader refused`, `grader guard`: a
+    defect of the grading on this environment); tests that reach for the internet (the containers have no
+    network) are `network`; an import of something missing is a missing distribution; otherwise the
+    environment makes tests fail that passed upstream."""
+    try:
+        report = next(iter(json.loads((log_dir / "report.json").read_text()).values()))
+    except (OSError, ValueError, StopIteration, AttributeError):
+        report = {}
+    if report.get("refused"):
+        return "grader refused"
+    guard = report.get("guard") or ""
+    if "seal" in guard or "imitates" in guard or report.get("unconfirmed_tests") or report.get("conflicting_tests"):
+        return "grader guard"
     out = log_dir / "test_output.txt"
     text = out.read_text(errors="replace") if out.exists() else ""
     if re.search(r"Network is unreachable|Temporary failure in name resolution|Name or service not known", text):
@@ -122,7 +133,7 @@ def validate(instances: list[SWEInstance], *, repos_dir: str | Path | None, out_
                     row.update(failure=classify(res.error), reason=(res.error or "")[:600])
             if row["gold"] == "unresolved" and not row["failure"]:
                 row.update(failure=_failure_class_of_log(out_dir / "gold" / iid),
-                           reason="gold patch did not resolve; see gold/ID/test_output.txt")
+                           reason="gold patch did not resolve; see gold/ID/report.json and test_output.txt")
             if row["noop"] == "resolved" and not row["failure"]:
                 row.update(failure="no-op resolves", reason="the tests pass on the unfixed code")
         row["seconds"] = round(time.perf_counter() - t0, 1)

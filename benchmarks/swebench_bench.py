@@ -34,7 +34,7 @@ def _log(msg: str) -> None:
 
 
 def _evaluate(instances, preds, args, out: Path) -> tuple[dict, float]:
-    from cwm_envs.swe.harness import run_evaluation
+    from cwm_envs.swe.run import run_evaluation
 
     t = time.perf_counter()
     res = run_evaluation(instances, preds, repos_dir=args.repos, out_dir=out, workers=args.workers,

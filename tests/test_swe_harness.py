@@ -484,7 +484,7 @@ def test_cli_eval_gold_then_resume_then_predictions(tiny, image, tmp_path, capsy
 
 
 def test_infra_failures_are_retried_once_and_never_scored(tiny, image, tmp_path):
-    from cwm_envs.swe.harness import run_evaluation
+    from cwm_envs.swe.run import run_evaluation
 
     row, repo, patches = tiny
     hang = instance_from_row(row)

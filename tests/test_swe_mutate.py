@@ -195,7 +195,7 @@ def test_mutate_writes_swe_rows_with_fail_and_pass_lists(shapes_tasks):
 
 def test_a_mutate_task_grades_with_the_harness(shapes_tasks, tmp_path):
     from cwm_envs.swe.dataset import load_instances
-    from cwm_envs.swe.harness import evaluate_instance
+    from cwm_envs.swe.run import evaluate_instance
 
     rows, task_repo, _ = shapes_tasks
     inst = load_instances(task_repo.with_name("tasks.jsonl"))[0]

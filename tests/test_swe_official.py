@@ -67,7 +67,7 @@ def registry(tmp_path):
 def test_official_and_auto_sources_pull_from_a_loopback_registry(tiny, image, registry, tmp_path):  # noqa: F811  (fixtures)
     import docker
 
-    from cwm_envs.swe.harness import evaluate_instance
+    from cwm_envs.swe.run import evaluate_instance
 
     client = docker.from_env()
     row, repo, _ = tiny
@@ -234,7 +234,7 @@ PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }
 def test_a_compiled_repository_builds_its_extension_in_the_image(tmp_path):
     """The instance path of astropy / scikit-learn / matplotlib on a repository of our own: a C extension
     compiled by the tools layer's gcc when the instance image installs the repository in place."""
-    from cwm_envs.swe.harness import evaluate_instance
+    from cwm_envs.swe.run import evaluate_instance
     from cwm_envs.swe.validate import NOOP_PATCH as NOOP
     from tests.test_swe_harness import diff_of, git
 

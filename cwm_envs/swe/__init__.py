@@ -11,8 +11,9 @@ The pieces an environment or a runner needs:
 `run_evaluation` does the same for a whole predictions file (workers, retries, resumable, run summary).
 """
 from cwm_envs.swe.dataset import SWEInstance, gold_predictions, load_instances, load_predictions
-from cwm_envs.swe.harness import InstanceResult, evaluate_instance, grade, run_evaluation
+from cwm_envs.swe.harness import grade
 from cwm_envs.swe.images import build_env_image, build_instance_image
+from cwm_envs.swe.run import InstanceResult, evaluate_instance, run_evaluation
 
 __all__ = ["SWEInstance", "load_instances", "load_predictions", "gold_predictions", "build_instance_image",
            "build_env_image", "grade", "evaluate_instance", "run_evaluation", "InstanceResult"]

@@ -82,7 +82,7 @@ def _build_envs(instances, args) -> int:
 def cmd_eval(args) -> int:
     from cwm_envs.errors import UsageError
     from cwm_envs.swe.dataset import gold_predictions, load_instances, load_predictions
-    from cwm_envs.swe.harness import run_evaluation
+    from cwm_envs.swe.run import run_evaluation
 
     if bool(args.predictions) == bool(args.gold):
         raise UsageError("give either --predictions FILE or --gold")

@@ -90,9 +90,9 @@ def validate(instances: list[SWEInstance], *, repos_dir: str | Path | None, out_
              timeout: float = 1800.0, image_source=None, log: Callable[[str], None] = lambda _m: None,
              progress: Callable[[str], None] = lambda _m: None) -> dict:
     """Build, then grade gold and no-op patches on each instance; write the report. Returns the report."""
-    from cwm_envs.swe.harness import evaluate_instance
     from cwm_envs.swe.images import _client
     from cwm_envs.swe.official import instance_image
+    from cwm_envs.swe.run import evaluate_instance
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

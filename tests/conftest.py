@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 from cwm_envs.tasks import shared_data_dir
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Ctrl-C as a terminal delivers it, however the suite was started: a shell that starts a job in the background
+# hands it SIGINT ignored, and Python then installs no KeyboardInterrupt handler (nor do its children).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 # A test that uses one of these fixtures needs what the marker names (`-m "not docker"` deselects it).
 FIXTURE_MARKERS = {"docker_engine": "docker", "ray_session": "ray"}
 

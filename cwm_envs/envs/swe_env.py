@@ -298,7 +298,7 @@ class SWEEnv(TextEnv):
         self._tokens += self.count_tokens(self._last)
         elapsed = time.monotonic() - self._start
         info.update(remaining_turns=self.max_turns - self.turn, remaining_tokens=self.context_tokens - self._tokens,
-                    elapsed_s=round(elapsed, 3), timeouts=self._timeouts)
+                    timeouts=self._timeouts)   # wall time only at the end: a step's info is deterministic
         if self.turn >= self.max_turns:
             return self._end(f"no turns left ({self.max_turns})", info, truncated=True, obs=self._last)
         if self._tokens > self.context_tokens:

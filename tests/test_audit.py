@@ -24,7 +24,7 @@ TEXT_ENVS = sorted(i for i in ENVS if i != "cwm/SWE-v0")
 def test_no_strategy_is_paid_by_any_text_env(env_id):
     """CI runs the whole library on every text env's embedded default (a few tasks each: the strategies that
     hack a reward hack it on most tasks)."""
-    report = run_audit(env_id, tasks=3)
+    report = run_audit(env_id, tasks=2)
     s = report["summary"]
     assert s["oracle_paid"] == 1.0, s
     assert s["crashes"] == 0 and s["infra_faults"] == 0, s["failures"]

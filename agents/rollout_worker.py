@@ -514,23 +514,29 @@ def _plain(info: dict) -> dict:
     return out
 
 
-def rollout_documents(env_specs: Sequence[EnvSpec], policy_factory: Callable, **worker_kwargs):
+def rollout_documents(env_specs: Sequence[EnvSpec], policy_factory: Callable, batch: int = 256, **worker_kwargs):
     """SFT rows from a policy's rollouts, for `model.sft.run(documents=...)`: `(tokenizer, episodes, seed) ->
     ([(ids, loss mask)], counts)`, the rewarded episodes of seeds seed .. seed + episodes - 1 (one each, in
-    this process), laid out exactly as RL trains on them (the trajectory's own ids and policy mask).
+    this process, `batch` at a time: each live episode may hold a sandbox), laid out exactly as RL trains on
+    them (the trajectory's own ids and policy mask).
 
     `policy_factory(tokenizer)` builds the policy (`make_policy(spec, tokenizer=tokenizer)`); its tokens must be
     the tokenizer's: the env's text is encoded with `tokenizer`."""
     def documents(tokenizer, episodes: int, seed: int):
         encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731  (a one-line helper)
         worker = RolloutWorker(env_specs, lambda: policy_factory(tokenizer), encode=encode, **worker_kwargs)
+        trajs, failed, cut = [], 0, 0
         try:
-            reqs = [Request(env=i % len(env_specs), seed=seed + i, group=i, n=1) for i in range(episodes)]
-            trajs, stats = worker.run(reqs, sample_seed=seed)
+            for start in range(0, episodes, batch):
+                reqs = [Request(env=i % len(env_specs), seed=seed + i, group=i, n=1)
+                        for i in range(start, min(episodes, start + batch))]
+                got, stats = worker.run(reqs, sample_seed=seed + start)
+                trajs, failed, cut = trajs + got, failed + stats.failed, cut + stats.cut
         finally:
             worker.close()
         kept = [t for t in trajs if t.ok and t.reward > 0]
-        counts = {"episodes": episodes, "kept": len(kept), "failed": stats.failed, "cut": stats.cut,
-                  "mean_reward": float(np.mean([t.reward for t in trajs if t.ok])) if stats.episodes > stats.failed else 0.0}
+        scored = [t.reward for t in trajs if t.ok]
+        counts = {"episodes": episodes, "kept": len(kept), "failed": failed, "cut": cut,
+                  "mean_reward": float(np.mean(scored)) if scored else 0.0}
         return [(t.ids, t.policy_mask) for t in kept], counts
     return documents

@@ -60,6 +60,24 @@ def pack(docs: Iterable[tuple[list[int], list[int]]], seq_len: int) -> Iterator[
             del ids[:seq_len], labels[:seq_len]
 
 
+def pack_whole(docs: Iterable[tuple[list[int], list[int]]], seq_len: int, pad_id: int) -> Iterator[Row]:
+    """`pack`, except that a document never runs on into the next row: the rest of a row is padding (no loss).
+
+    SFT needs it: an episode's answer copies from its prompt, and an answer whose prompt went to the row
+    before teaches the model to make numbers up. A document longer than `seq_len` is still cut."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for doc_ids, mask in docs:
+        if ids and len(ids) + len(doc_ids) > seq_len:
+            yield ids + [pad_id] * (seq_len - len(ids)), labels + [IGNORE] * (seq_len - len(ids))
+            ids, labels = [], []
+        ids.extend(doc_ids)
+        labels.extend(t if m else IGNORE for t, m in zip(doc_ids, mask))
+        while len(ids) >= seq_len:
+            yield ids[:seq_len], labels[:seq_len]
+            del ids[:seq_len], labels[:seq_len]
+
+
 def endless(make_docs: Callable[[int], Iterable[tuple[list[int], list[int]]]]) -> Iterator[tuple[list[int], list[int]]]:
     """Documents of epoch 0, 1, 2, ... forever (`make_docs(epoch)` reshuffles by epoch)."""
     epoch = 0

@@ -301,3 +301,30 @@ def test_sft_stage_through_the_cli(pretrained, sft_envs, tmp_path):
     bad = subprocess.run([*CLI, "train", "sft", "--from", str(pretrained), "--env", "cwm/NoSuchEnv-v0",
                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "cannot make env" in bad.stderr
+
+
+def test_sft_rows_hold_whole_episodes_so_an_answer_always_sees_its_prompt(pretrained, sft_envs):
+    """GPT-style packing cut episodes across rows: an answer whose prompt went to the row before taught the model
+    to make up what it should copy. SFT rows now hold whole episodes, padded, with no loss on the padding."""
+    from model.sft import collect_episodes, episode_document
+    from model.train_loop import IGNORE, pack_whole
+
+    tok = load_tokenizer(pretrained)
+    kept, _ = collect_episodes("sft_test_envs:sfttest/Echo-v0", 40, seed=0)
+    docs = [episode_document(tok, t) for t in kept]
+    seq_len = 2 * len(docs[0][0]) + 3  # two episodes and a little: every row ends in padding
+    rows = list(pack_whole(iter(docs), seq_len, tok.pad_token_id))
+    bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
+    seen = []
+    for ids, labels in rows:
+        assert len(ids) == len(labels) == seq_len and ids[0] == bos  # every row starts an episode
+        starts = [i for i, t in enumerate(ids) if t == bos] + [seq_len]
+        for a, b in zip(starts, starts[1:]):
+            body = ids[a:b]
+            while body and body[-1] == tok.pad_token_id:
+                body = body[:-1]
+            seen.append(body)
+        pads = [i for i, t in enumerate(ids) if t == tok.pad_token_id]
+        assert pads and all(labels[i] == IGNORE for i in pads)
+    # each episode whole and in order, none cut (the stream's unfinished last row is not emitted, as in `pack`)
+    assert len(seen) == len(docs) - 2 and seen == [d[0] for d in docs][:len(seen)]

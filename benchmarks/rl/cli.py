@@ -9,6 +9,13 @@ from benchmarks.rl.scaling import cmd_scaling, cmd_straggler
 from benchmarks.rl.trl_compare import cmd_trl
 
 
+def add_warm_model_args(p, target: float | None = 0.3, shared: str = "the warm start") -> None:
+    """The flags of a bench's starting model: a given directory, or the warm start built to a target."""
+    p.add_argument("--model", help=f"warm model directory (default: build {shared}: SFT until --sft-target)")
+    p.add_argument("--sft-target", type=float, default=target,
+                   help="SFT until this sampled accuracy" + (" (default: 0.3 add/sub, 0.2 tool)" if target is None else ""))
+
+
 def register(sub) -> None:
     from benchmarks.cli import bench_group
 
@@ -24,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--minutes", type=float, default=8.0, help="RL wall-clock budget per seed")
     p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--max-steps", type=int, default=10**6, help="also stop after this many updates")
-    p.add_argument("--sft-target", type=float, help="SFT until this sampled accuracy (default: 0.3 add/sub, 0.2 tool)")
+    add_warm_model_args(p, target=None, shared="one per seed; given, every seed starts from it")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--problems", type=int, default=200, help="held-out problems")
     p.add_argument("--torch-threads", type=int, default=1, help="threads of this process (SFT, learner)")
@@ -34,8 +41,7 @@ def register(sub) -> None:
     p = g.add_parser("trl", help="ours vs TRL GRPOTrainer: seconds per update and accuracy after N updates")
     p.add_argument("--updates", type=int, default=30)
     p.add_argument("--lr", type=float, default=LR)
-    p.add_argument("--model", help="warm model directory (default: build one as `learn` does)")
-    p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")
+    add_warm_model_args(p, shared="one per seed, as `learn` does")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="each seed: its own warm model (unless --model), then both trainers")
     p.add_argument("--workers", type=int, default=2)
@@ -45,8 +51,9 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_trl)
 
     p = g.add_parser("scaling", help="rollout env steps/s and tokens/s with 1 and 2 workers; Ray overhead")
-    p.add_argument("--model", help="model directory (default: build the warm model)")
-    p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")
+    p.add_argument("--env", choices=list(SETTINGS), default=MATH,
+                   help="cwm/Math-v0: one turn, all sampling; cwm/MathTool-v0: tool turns that wait on a sandbox")
+    add_warm_model_args(p)
     p.add_argument("--tasks", type=int, default=32)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
@@ -54,8 +61,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_scaling)
 
     p = g.add_parser("straggler", help="async vs sync GRPO with one slow task in N: seconds per update, held-out accuracy")
-    p.add_argument("--model", help="model directory (default: build the warm model)")
-    p.add_argument("--sft-target", type=float, default=0.3, help="SFT until this sampled accuracy")
+    add_warm_model_args(p)
     p.add_argument("--updates", type=int, default=20)
     p.add_argument("--tasks", type=int, default=32)
     p.add_argument("--slow-every", type=int, default=8, help="one task in this many is slow")

@@ -32,19 +32,24 @@ TOOL = {"source": "generated", "kinds": ["needs_tool"], "difficulty": 0, "think"
 
 @dataclass(frozen=True)
 class Setting:
-    """One bench setting: the env, its kwargs, the per-turn token budget, tasks per update, and, for the tool
-    setting, the share of SFT demonstrations that call the tool (the others box the answer directly: a tiny
-    model learns from them to guess, and RL has a better behaviour to find)."""
+    """One bench setting: the env, its kwargs, the per-turn token budget (a tool call such as
+    `print(pow(93, 5041, 879))` takes 28 tokens), tasks per update, the SFT episodes, and, for the tool setting,
+    the share of SFT demonstrations that call the tool (the others box the answer directly: a tiny model learns
+    from them to guess, and RL has a better behaviour to find)."""
 
     env: str
     kwargs: dict
     max_new_tokens: int
     tasks: int
     tool_share: float | None = None
+    sft_episodes: int = 1000
+    sft_steps: tuple[int, int, int] = (150, 10, 400)  # SFT steps before the first check, between checks, at most
+    sft_seq_len: int = 256  # rows of 4096 tokens a step either way; long episodes pack better in longer rows
 
 
 # (tool setting: 8 tasks x 8 samples per update; each live MathTool episode holds its own sandbox, ~30 MB)
-SETTINGS = {MATH: Setting(MATH, EASY, 32, 32), TOOL_ENV: Setting(TOOL_ENV, TOOL, 24, 8, tool_share=0.3)}
+SETTINGS = {MATH: Setting(MATH, EASY, 32, 32), TOOL_ENV: Setting(TOOL_ENV, TOOL, 32, 8, tool_share=0.3, sft_episodes=4000,
+                                      sft_steps=(400, 100, 2000), sft_seq_len=512)}
 NOISE_BAND = 0.035  # one standard error of an accuracy near 0.5 on 200 problems: sqrt(0.25 / 200)
 LR = UpdateArgs.lr  # the RL default, measured here: 5e-4 (the probe's) and 2e-4 rise, then fall; 1e-4 keeps rising
 
@@ -104,16 +109,23 @@ def demonstrations(env: str):
     from agents.policy import OraclePolicy
     from agents.rollout import EnvSpec, rollout_documents
 
-    return rollout_documents([EnvSpec(env, kwargs=dict(st.kwargs))],
+    make = rollout_documents([EnvSpec(env, kwargs=dict(st.kwargs))],
                              lambda tok: OraclePolicy(lambda s: tok.encode(s, add_special_tokens=False),
-                                                      tool_mix(st.tool_share)))
+                                                      tool_mix(st.tool_share)), env_threads=4)
+    made: dict = {}  # the warm start resumes SFT chunk by chunk: the same rows each time, gathered once
+
+    def documents(tokenizer, episodes: int, seed: int):
+        if (episodes, seed) not in made:
+            made[(episodes, seed)] = make(tokenizer, episodes, seed)
+        return made[(episodes, seed)]
+    return documents
 
 
 CALIBRATION_SEED_BASE = 3 * 10**9  # reset seeds of the problems that decide when the warm start is warm enough
 
 
-def warm_start(out: Path, seed: int, target: float | None = 0.3, sft_lr: float = 1.5e-3, first: int = 150,
-               chunk: int = 10, max_steps: int = 400, quiet: bool = True, env: str = MATH) -> Path:
+def warm_start(out: Path, seed: int, target: float | None = 0.3, sft_lr: float = 1.5e-3, first: int | None = None,
+               chunk: int | None = None, max_steps: int | None = None, quiet: bool = True, env: str = MATH) -> Path:
     """cwm-micro with a tokenizer trained on the env's text, SFT'd on oracle episodes until its sampled accuracy
     on calibration problems reaches `target` (checked every `chunk` steps after `first`), or for `first`
     steps when `target` is None. Returns the model directory (save_pretrained), the RL stage's start.
@@ -129,6 +141,8 @@ def warm_start(out: Path, seed: int, target: float | None = 0.3, sft_lr: float =
     from model.train_loop import TrainArgs
 
     out = Path(out)
+    given = (first, chunk, max_steps)
+    first, chunk, max_steps = (d if g is None else g for g, d in zip(given, SETTINGS[env].sft_steps))
     done = out / "sft" / "warm_start.json"
     if done.is_file():
         return out / "sft"
@@ -139,17 +153,20 @@ def warm_start(out: Path, seed: int, target: float | None = 0.3, sft_lr: float =
         model.save_pretrained(out / "base")
         tok.save_pretrained(out / "base")
     steps, history = first, []
+    documents = demonstrations(env)
     while True:
-        args = TrainArgs(out=out / "sft", max_steps=steps, batch_size=16, seq_len=256, lr=sft_lr, min_lr_ratio=1.0,
+        seq_len = SETTINGS[env].sft_seq_len
+        args = TrainArgs(out=out / "sft", max_steps=steps, batch_size=4096 // seq_len, seq_len=seq_len, lr=sft_lr, min_lr_ratio=1.0,
                          warmup_steps=5, eval_every=10**9, eval_rows=0, save_every=10**9, keep_checkpoints=1,
                          log_every=10, seed=seed, resume=True)
         with silence(quiet):
-            sft.run(args, str(out / "base"), env, episodes=1000, env_kwargs=SETTINGS[env].kwargs, eval_episodes=0,
-                    documents=demonstrations(env))
+            sft.run(args, str(out / "base"), env, episodes=SETTINGS[env].sft_episodes, env_kwargs=SETTINGS[env].kwargs,
+                    eval_episodes=0, documents=documents)
         if target is None:
             break
         acc = calibration_accuracy(out / "sft", env=env)
         history.append({"steps": steps, "sampled": acc})
+        print(f"  warm start: {steps} SFT steps, calibration sampled accuracy {acc:.2f} (target {target})", flush=True)
         if acc >= target or steps >= max_steps:
             break
         steps += chunk

@@ -16,18 +16,19 @@ import numpy as np
 from benchmarks.report import write_report
 from benchmarks.rl.common import LR, MATH, NOISE_BAND, TOOL_ENV, heldout, rl_args, setup_of, warm_start
 
-SFT_STEPS = {MATH: dict(first=150, chunk=10, max_steps=400), TOOL_ENV: dict(first=400, chunk=100, max_steps=2000)}
-
 
 def learn_one(out: Path, seed: int, minutes: float, workers: int, problems: int, sft_target: float,
-              max_steps: int = 10**6, lr: float = LR, algo: str = "grpo", env: str = MATH) -> dict[str, Any]:
-    """Warm start + GRPO or PPO (Ray path) on one seed; held-out accuracy before and after."""
+              max_steps: int = 10**6, lr: float = LR, algo: str = "grpo", env: str = MATH,
+              model: Path | None = None) -> dict[str, Any]:
+    """Warm start (this seed's own, unless `model` is given) + GRPO or PPO (Ray path) on one seed; held-out
+    accuracy before and after."""
     from agents.train_rl import RLRun
 
     t0 = time.perf_counter()
-    model_dir = warm_start(out / "warm", seed, target=sft_target, env=env, **SFT_STEPS[env])
+    model_dir = model or warm_start(out / "warm", seed, target=sft_target, env=env)
     t_sft = time.perf_counter() - t0
-    sft_steps = json.loads((model_dir / "warm_start.json").read_text())["steps"]
+    made = model_dir / "warm_start.json"
+    sft_steps = json.loads(made.read_text())["steps"] if made.is_file() else None
     rl = RLRun(rl_args(out / "rl", model_dir, seed, minutes, max_steps, workers, lr=lr, algo=algo, env=env))
 
     def show(row: dict) -> None:
@@ -64,10 +65,10 @@ def cmd_learn(args) -> int:
     target = args.sft_target if args.sft_target is not None else {MATH: 0.3, TOOL_ENV: 0.2}[args.env]
     runs = []
     for seed in args.seeds:
-        print(f"seed {seed}: warm start (SFT to ~{target} sampled accuracy), then {args.algo.upper()} for "
-              f"{args.minutes} min on {args.env}", flush=True)
+        start = args.model or f"warm start (SFT to ~{target} sampled accuracy)"
+        print(f"seed {seed}: {start}, then {args.algo.upper()} for {args.minutes} min on {args.env}", flush=True)
         runs.append(learn_one(out / f"seed{seed}", seed, args.minutes, args.workers, args.problems, target,
-                              args.max_steps, args.lr, args.algo, args.env))
+                              args.max_steps, args.lr, args.algo, args.env, Path(args.model) if args.model else None))
         r = runs[-1]
         print(f"seed {seed}: held-out sampled {r['before_sampled']:.3f} -> {r['after_sampled']:.3f}, greedy "
               f"{r['before_greedy']:.3f} -> {r['after_greedy']:.3f}, pass@8 {r['before_pass@8']:.3f} -> "

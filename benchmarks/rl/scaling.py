@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import write_report
-from benchmarks.rl.common import EASY, LR, MATH, warm_start
+from benchmarks.rl.common import EASY, LR, SETTINGS, warm_start
 
 
 def cmd_scaling(args) -> int:
+    import os
+
     import ray
     import torch
 
@@ -20,10 +22,11 @@ def cmd_scaling(args) -> int:
     from agents.rollout import EnvSpec, RolloutPool, RolloutWorker, draw_requests, init_ray
 
     out = Path(args.out)
-    model_dir = Path(args.model) if args.model else warm_start(out / "warm", 0, target=args.sft_target)
-    policy = LMPolicy.from_pretrained(model_dir, max_new_tokens=32)
+    st = SETTINGS[args.env]
+    model_dir = Path(args.model) if args.model else warm_start(out / "warm", 0, target=args.sft_target, env=args.env)
+    policy = LMPolicy.from_pretrained(model_dir, max_new_tokens=st.max_new_tokens)
     spec, weights = policy.spec(), policy.get_weights()
-    env = EnvSpec(MATH, kwargs=dict(EASY))
+    env = EnvSpec(args.env, kwargs=dict(st.kwargs))
     reqs = draw_requests(np.random.default_rng(0), [1.0], args.tasks, args.group)
     episodes = args.tasks * args.group
 
@@ -61,9 +64,10 @@ def cmd_scaling(args) -> int:
     one_proc = rows[0]["wall_s"]
     ray1, ray2 = rows[2]["wall_s"], rows[3]["wall_s"]
     summary = {
-        "episodes_per_batch": episodes, "env_steps_per_s_1_worker": rows[2]["env_steps_per_s"],
+        "env": args.env, "episodes_per_batch": episodes, "env_steps_per_s_1_worker": rows[2]["env_steps_per_s"],
         "env_steps_per_s_2_workers": rows[3]["env_steps_per_s"], "tokens_per_s_1_worker": rows[2]["tokens_per_s"],
         "tokens_per_s_2_workers": rows[3]["tokens_per_s"], "speedup_2_vs_1_worker": round(ray1 / ray2, 2),
+        "target": ">= 1.8x on an idle machine", "load_average_at_end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "ray_overhead_1_worker": f"{(ray1 / one_proc - 1) * 100:+.1f}% vs one process with 1 thread",
         "baseline": "the same requests run by RolloutWorker in this process (1 and 2 torch threads)",
         "learner_rllib_s": learner_rows[0]["update_s"], "learner_plain_s": learner_rows[1]["update_s"],

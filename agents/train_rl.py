@@ -266,11 +266,14 @@ class RLRun:
                 "reward_mean": float(np.mean([t.reward for t in ok])) if ok else 0.0, "tasks": len(ok)}
 
     def _eval_pool(self):
+        """Workers for held-out tasks posed with other env settings than training's. They hold no Ray CPU: they
+        run between updates, while the training workers wait (with their CPUs, a local Ray sized for the
+        training workers could not place them)."""
         from agents.rollout import RolloutPool
 
         self.eval_pool = RolloutPool([self.eval_env], self.policy.spec(), self.policy.get_weights(),
                                      version=self.version, num_workers=self.args.workers, seed=self.args.seed,
-                                     max_retries=self.args.worker_retries, **self.budgets)
+                                     cpus_per_worker=0, max_retries=self.args.worker_retries, **self.budgets)
         return self.eval_pool
 
     def sync_eval_pool(self) -> None:

@@ -23,9 +23,12 @@ MATH = "cwm/Math-v0"
 # sampling and learner pass scale with it. The reward is the env's own (+1/-1, exactly one \boxed{}).
 EASY = {"source": "generated", "kinds": ["add_sub"], "difficulty": 0, "think": False, "prompt_style": "direct"}
 TOOL_ENV = "cwm/MathTool-v0"
-# MathTool tasks a ~1M-parameter model cannot do in its head (products of two 4-digit numbers, modular powers
-# with a 4-digit exponent) but can hand to the Python tool and copy back: `<tool: python>\nprint(a * b)\n</tool>`,
-# then `\boxed{N}`. Thinking off and the short prompt, as EASY; three turns at most.
+# MathTool tasks a ~1M-parameter model cannot do in its head (a product of a 3-digit and a 2-digit number, a
+# power with a 3-digit exponent modulo a 2-digit number) but can hand to the Python tool and copy back:
+# `<tool: python>\nprint(a * b)\n</tool>`, then `\boxed{N}`. Every digit of the call and of the answer is
+# copied, and copying is what the tiny model learns slowly: 4-digit products (difficulty 1) took it over 1000
+# SFT steps to copy 69% of digits, teacher-forced, and no whole episode right. Thinking off and the short
+# prompt, as EASY; three turns at most.
 TOOL = {"source": "generated", "kinds": ["needs_tool"], "difficulty": 0, "think": False, "prompt_style": "direct",
         "max_turns": 3}
 

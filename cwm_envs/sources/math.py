@@ -16,8 +16,10 @@ addition and subtraction with a non-negative result), `arithmetic`, `fractions`,
 (kind, difficulty, seed), so `MathGenerator(...).task(seed)` always gives the same problem.
 
 `needs_tool` (only when named: it is not in the default mix, whose draws stay as they were) poses problems a
-small model cannot do in its head but can hand to Python and copy back: the product of two 4-digit numbers
-(difficulty 0; 5 and 6 digits at 1 and 2) or a modular power with a 4-digit exponent. Its tasks carry
+small model cannot do in its head but can hand to Python and copy back: the product of a 3-digit and a 2-digit
+number (difficulty 0; two 4-, 5- and 6-digit numbers at 1, 2 and 3) or a modular power (a 3-digit exponent at
+0, a 4-digit one above). Difficulty 0 is what a ~1M-parameter model learns to copy in minutes of SFT: every
+digit of the call and of the printed answer must be copied exactly. Its tasks carry
 `metadata["tool_code"]`, the Python that prints the answer, from which `cwm/MathTool-v0`'s oracle makes a
 tool-using episode.
 """
@@ -376,13 +378,17 @@ def _modular(rng, d):
 
 
 def _needs_tool(rng, d):
-    """(problem, answer, the Python that prints the answer): a product of two (4 + d)-digit numbers, or a
-    power with a 4-digit exponent modulo a 3-digit number."""
+    """(problem, answer, the Python that prints the answer): a product of a 3-digit and a 2-digit number at
+    difficulty 0, of two (3 + d)-digit numbers above it; or a power modulo a number (a 3-digit exponent mod a
+    2-digit number at 0, a 4-digit exponent mod a 3-digit number above it)."""
     if rng.random() < 0.5:
-        lo, hi = 10 ** (3 + d), 10 ** (4 + d) - 1
-        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        sizes = (3, 2) if d == 0 else (3 + d, 3 + d)
+        a, b = (rng.randint(10 ** (n - 1), 10 ** n - 1) for n in sizes)
         return f"Compute ${a} \\times {b}$.", str(a * b), f"print({a} * {b})"
-    a, e, m = rng.randint(2, 99), rng.randint(1000, 9999), rng.randint(101, 999)
+    if d == 0:
+        a, e, m = rng.randint(2, 9), rng.randint(100, 999), rng.randint(11, 99)
+    else:
+        a, e, m = rng.randint(2, 99), rng.randint(1000, 9999), rng.randint(101, 999)
     return (f"What is the remainder when ${a}^{{{e}}}$ is divided by ${m}$?", str(pow(a, e, m)),
             f"print(pow({a}, {e}, {m}))")
 

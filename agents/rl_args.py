@@ -134,6 +134,9 @@ class RLArgs(ShardArgs):
     max_staleness: int = 1
     """async: admission control: no episode starts more than this many versions before the update that trains
     on it (finished work is never discarded)"""
+    env_threads: int = 1
+    """env steps a rollout worker runs at once (envs that wait: sandboxes, containers); the async stream uses
+    at least 4"""
     env_mix: dict = field(default_factory=dict)
     """more envs sampled in training beside --env (which has weight 1): {ENV_ID: {"weight": W, "kwargs": {...},
     "resources": {...}}}, e.g. {"cwm/SWE-v0": {"weight": 0.5}}; each env's workers are their own --workers"""

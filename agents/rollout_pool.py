@@ -54,14 +54,15 @@ class RolloutPool:
         max_retries: how often a request whose worker died is retried on a fresh worker.
         startup_timeout: seconds for the workers to come up; a cluster that lacks a needed resource fails
             at once with an InfraError naming it.
-        max_turns, max_context, max_episode_tokens: the workers' episode budgets (see `RolloutWorker`).
+        max_turns, max_context, max_episode_tokens, env_threads: the workers' episode budgets and env threads
+            (see `RolloutWorker`).
     """
 
     def __init__(self, env_specs: Sequence[EnvSpec], policy: dict | Callable, weights: dict | None = None, *,
                  version: int = 0, num_workers: int = 1, mode: str = "sync", max_staleness: int = 1,
                  seed: int = 0, cpus_per_worker: float = 1, max_retries: int = 2, encode=None,
                  max_turns: int | None = None, max_context: int | None = None, max_episode_tokens: int | None = None,
-                 startup_timeout: float = 300):
+                 env_threads: int = 1, startup_timeout: float = 300):
         import ray
 
         if mode not in ("sync", "async"):
@@ -80,7 +81,7 @@ class RolloutPool:
         self._group = 0
         self._worker_args = dict(env_specs=self.env_specs, policy=policy, encode=encode, max_turns=max_turns,
                                  max_context=max_context, max_episode_tokens=max_episode_tokens,
-                                 num_threads=max(1, int(cpus_per_worker)))
+                                 num_threads=max(1, int(cpus_per_worker)), env_threads=env_threads)
         self._caps: dict[tuple, int] = {}  # resource class -> episodes a worker runs at once (0: no cap)
         for s in self.env_specs:
             if s.max_episodes:

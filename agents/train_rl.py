@@ -156,7 +156,7 @@ class RLRun:
                                 self.policy.get_weights() if args.policy != "serve" else None, version=self.version,
                                 num_workers=args.workers, mode=args.mode, max_staleness=args.max_staleness,
                                 seed=args.seed, cpus_per_worker=cpus, max_retries=args.worker_retries,
-                                **self.budgets)
+                                env_threads=args.env_threads, **self.budgets)
         self.sink = MetricsSink(self.out, _jsonable(asdict(args)))
         self.samples = TrajectorySampler(self.out, self.policy.decode, args.log_trajectories)
         if self.ckpt:
@@ -273,7 +273,8 @@ class RLRun:
 
         self.eval_pool = RolloutPool([self.eval_env], self.policy.spec(), self.policy.get_weights(),
                                      version=self.version, num_workers=self.args.workers, seed=self.args.seed,
-                                     cpus_per_worker=0, max_retries=self.args.worker_retries, **self.budgets)
+                                     cpus_per_worker=0, max_retries=self.args.worker_retries,
+                                     env_threads=self.args.env_threads, **self.budgets)
         return self.eval_pool
 
     def sync_eval_pool(self) -> None:
@@ -493,6 +494,7 @@ def evaluate_only(args: RLArgs) -> dict[str, Any]:
     encode = (lambda text: tokenizer.encode(text, add_special_tokens=False)) if tokenizer is not None else None
     started = start_ray(args)
     pool = RolloutPool([env_spec(args.env, eval_kwargs)], factory, num_workers=args.workers, seed=args.seed,
+                       env_threads=args.env_threads,
                        cpus_per_worker=0.5, encode=encode, max_turns=args.max_turns, max_context=args.max_context,
                        max_episode_tokens=args.max_episode_tokens)
     try:

@@ -174,6 +174,7 @@ class RLRun:
         a = self.update_args
         t0 = time.perf_counter()
         trajs, st = self.pool.sample(self.args.tasks, self.args.group)
+        _raise_if_all_failed(trajs, f"update {self.step + 1}")
         t1 = time.perf_counter()
         stale = [t.staleness(self.version) for t in trajs if t.ok]  # versions behind the weights we update
         cut = [t for t in trajs if t.ok and t.cut]
@@ -261,6 +262,7 @@ class RLRun:
         """Held-out tasks (reset seeds from EVAL_SEED_BASE): pass rate, one sample each (or greedy)."""
         pool = self.eval_pool or self._eval_pool()
         trajs, _ = pool.sample(tasks, 1, greedy=greedy, seeds=[EVAL_SEED_BASE + i for i in range(tasks)])
+        _raise_if_all_failed(trajs, "the held-out evaluation")
         ok = [t for t in trajs if t.ok]
         return {"pass_rate": sum(t.reward > 0 for t in ok) / max(1, len(ok)),
                 "reward_mean": float(np.mean([t.reward for t in ok])) if ok else 0.0, "tasks": len(ok)}
@@ -517,6 +519,15 @@ def evaluate_only(args: RLArgs) -> dict[str, Any]:
                "steps": 0, "elapsed_s": 0.0, "first_reward": None, "last_reward": None}
     (out / "stage.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _raise_if_all_failed(trajs, what: str) -> None:
+    """A batch in which every episode failed (an env that cannot be made, a dead server) is an infrastructure
+    fault: stop with its first error rather than log updates that learn nothing and evaluations of 0."""
+    if trajs and not any(t.ok for t in trajs):
+        from cwm_envs.errors import InfraError
+
+        raise InfraError(f"every episode of {what} failed ({len(trajs)} episodes); the first: {trajs[0].error}")
 
 
 def run(args: RLArgs, on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

@@ -137,45 +137,6 @@ def learner_overhead(model_dir: Path, trajs, repeats: int = 5) -> list[dict]:
 
 # --- async against sync with a straggler env ----------------------------------------------------------------
 
-STRAGGLER = "cwm-bench/StragglerMath-v0"
-
-
-def _register_straggler() -> None:
-    import gymnasium
-
-    if STRAGGLER not in gymnasium.registry:
-        gymnasium.register(id=STRAGGLER, entry_point="benchmarks.rl.scaling:StragglerMath")
-
-
-def _straggler_class():
-    from cwm_envs.envs.math_env import MathEnv
-
-    class StragglerMath(MathEnv):
-        """cwm/Math-v0 whose episodes on every `slow_every`-th reset seed answer `delay_s` late (a slow
-        sandbox, a busy Docker host): the straggler of the bench."""
-
-        def __init__(self, slow_every: int = 8, delay_s: float = 2.0, **kwargs):
-            super().__init__(**kwargs)
-            self.slow_every, self.delay_s, self._slow = slow_every, delay_s, False
-
-        def reset(self, *, seed=None, options=None):
-            self._slow = bool(self.slow_every) and seed is not None and seed % self.slow_every == 0
-            return super().reset(seed=seed, options=options)
-
-        def respond(self, action):
-            if self._slow:
-                time.sleep(self.delay_s)
-            return super().respond(action)
-
-    return StragglerMath
-
-
-def __getattr__(name):  # the env class is built on first use: importing this module stays light
-    if name == "StragglerMath":
-        return _straggler_class()
-    raise AttributeError(name)
-
-
 ENV_THREADS = 4  # both modes step 4 episodes' envs at once (the stream's minimum): the difference is the mode
 
 
@@ -187,14 +148,13 @@ def cmd_straggler(args) -> int:
     from agents.grpo import GRPOArgs
     from agents.rl_args import RLArgs
     from agents.train_rl import run
+    from benchmarks.rl.straggler_env import ENV_ID
 
-    _register_straggler()
     out = Path(args.out)
     model_dir = Path(args.model) if args.model else warm_start(out / "warm", 0, target=args.sft_target)
-    env = f"benchmarks.rl.scaling:{STRAGGLER}"
     rows = []
     for mode in ("sync", "async"):
-        a = RLArgs(out=out / mode, env=env, env_kwargs={**EASY, "slow_every": args.slow_every, "delay_s": args.delay},
+        a = RLArgs(out=out / mode, env=ENV_ID, env_kwargs={**EASY, "slow_every": args.slow_every, "delay_s": args.delay},
                    eval_env_kwargs={**EASY, "slow_every": 0}, model=str(model_dir), algo="grpo",
                    update=GRPOArgs(lr=LR, minibatches=2, max_new_tokens=32), workers=args.workers, group=8,
                    tasks=args.tasks, steps=args.updates, seed=0, resume=False, num_cpus=2, torch_threads=1, mode=mode,

@@ -66,6 +66,8 @@ def register(sub) -> None:
     p.add_argument("--tasks", type=int, default=32)
     p.add_argument("--slow-every", type=int, default=8, help="one task in this many is slow")
     p.add_argument("--delay", type=float, default=2.0, help="seconds the slow tasks' env takes to answer")
+    p.add_argument("--env-threads", type=int, default=16,
+                   help="env steps a worker runs at once, in both modes (so that the figure compares the modes)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--problems", type=int, default=200, help="held-out problems")
     p.add_argument("--out", required=True)

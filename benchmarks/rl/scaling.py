@@ -137,9 +137,6 @@ def learner_overhead(model_dir: Path, trajs, repeats: int = 5) -> list[dict]:
 
 # --- async against sync with a straggler env ----------------------------------------------------------------
 
-ENV_THREADS = 4  # both modes step 4 episodes' envs at once (the stream's minimum): the difference is the mode
-
-
 def cmd_straggler(args) -> int:
     """The same GRPO run, sync and async (max staleness 1), with one task in `slow_every` answering `delay_s`
     late: wall time per update and held-out accuracy after the same number of updates."""
@@ -158,7 +155,7 @@ def cmd_straggler(args) -> int:
                    eval_env_kwargs={**EASY, "slow_every": 0}, model=str(model_dir), algo="grpo",
                    update=GRPOArgs(lr=LR, minibatches=2, max_new_tokens=32), workers=args.workers, group=8,
                    tasks=args.tasks, steps=args.updates, seed=0, resume=False, num_cpus=2, torch_threads=1, mode=mode,
-                   max_staleness=1, eval_tasks=args.problems, env_threads=ENV_THREADS)
+                   max_staleness=1, eval_tasks=args.problems, env_threads=args.env_threads)
         s = run(a)
         metrics = [json.loads(x) for x in (out / mode / "metrics.jsonl").read_text().splitlines()]
         train = [m for m in metrics if "reward_mean" in m]
@@ -178,7 +175,7 @@ def cmd_straggler(args) -> int:
         "equal_within_noise": abs(sync["heldout_sampled_end"] - asyn["heldout_sampled_end"]) <= band,
         "noise_band": f"+-{band:.3f} (2 s.e. at 0.5 on {args.problems} problems)",
         "straggler": f"1 task in {args.slow_every} answers {args.delay} s late",
-        "env_threads": f"{ENV_THREADS} per worker in both modes",
+        "env_threads": f"{args.env_threads} per worker in both modes",
         "baseline": "the same run in sync mode (each batch waits for its slowest episode)",
     }
     write_report(out, "Async vs sync GRPO with a straggler env", summary, tables={"runs": rows})

@@ -51,10 +51,15 @@ class Setting:
 
 
 # (tool setting: 8 tasks x 8 samples per update; each live MathTool episode holds its own sandbox, ~30 MB)
-SETTINGS = {MATH: Setting(MATH, EASY, 32, 32), TOOL_ENV: Setting(TOOL_ENV, TOOL, 32, 8, tool_share=0.3, sft_episodes=4000,
-                                      sft_steps=(400, 100, 2000), sft_seq_len=512)}
-NOISE_BAND = 0.035  # one standard error of an accuracy near 0.5 on 200 problems: sqrt(0.25 / 200)
+SETTINGS = {MATH: Setting(MATH, EASY, 32, 32),
+            TOOL_ENV: Setting(TOOL_ENV, TOOL, 32, 8, tool_share=0.3, sft_episodes=4000, sft_steps=(400, 100, 2000),
+                              sft_seq_len=512)}
 LR = UpdateArgs.lr  # the RL default, measured here: 5e-4 (the probe's) and 2e-4 rise, then fall; 1e-4 keeps rising
+
+
+def noise_band(problems: int) -> float:
+    """One standard error of an accuracy near 0.5 on `problems` problems (0.035 on 200)."""
+    return (0.25 / problems) ** 0.5
 
 
 def rl_args(out: Path, model: Path, seed: int, minutes: float | None, steps: int, workers: int, threads: int = 1,
@@ -159,8 +164,8 @@ def warm_start(out: Path, seed: int, target: float | None = 0.3, sft_lr: float =
     documents = demonstrations(env)
     while True:
         seq_len = SETTINGS[env].sft_seq_len
-        args = TrainArgs(out=out / "sft", max_steps=steps, batch_size=4096 // seq_len, seq_len=seq_len, lr=sft_lr, min_lr_ratio=1.0,
-                         warmup_steps=5, eval_every=10**9, eval_rows=0, save_every=10**9, keep_checkpoints=1,
+        args = TrainArgs(out=out / "sft", max_steps=steps, batch_size=4096 // seq_len, seq_len=seq_len, lr=sft_lr,
+                         min_lr_ratio=1.0, warmup_steps=5, eval_every=10**9, eval_rows=0, save_every=10**9, keep_checkpoints=1,
                          log_every=10, seed=seed, resume=True)
         with silence(quiet):
             sft.run(args, str(out / "base"), env, episodes=SETTINGS[env].sft_episodes, env_kwargs=SETTINGS[env].kwargs,

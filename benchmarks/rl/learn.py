@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import write_report
-from benchmarks.rl.common import LR, MATH, NOISE_BAND, TOOL_ENV, heldout, rl_args, setup_of, warm_start
+from benchmarks.rl.common import LR, MATH, TOOL_ENV, heldout, noise_band, rl_args, setup_of, warm_start
 
 
 def learn_one(out: Path, seed: int, minutes: float, workers: int, problems: int, sft_target: float,
@@ -80,7 +80,8 @@ def cmd_learn(args) -> int:
     else:
         ok = [r["after_sampled"] >= 0.55 and r["after_greedy"] - r["before_greedy"] >= 0.10 for r in runs]
     gain = [r["after_sampled"] - r["before_sampled"] for r in runs]
-    within = [r["after_sampled"] <= r["before_pass@8"] + NOISE_BAND for r in runs]
+    band = noise_band(args.problems)
+    within = [r["after_sampled"] <= r["before_pass@8"] + band for r in runs]
     summary = {
         "seeds": len(runs), "target_met_all_seeds": all(ok), "target_met": sum(ok),
         "sampled_before_mean": round(float(np.mean([r["before_sampled"] for r in runs])), 3),
@@ -89,7 +90,7 @@ def cmd_learn(args) -> int:
         "greedy_after_mean": round(float(np.mean([r["after_greedy"] for r in runs])), 3),
         "pass@8_before_mean": round(float(np.mean([r["before_pass@8"] for r in runs])), 3),
         "pass@8_after_mean": round(float(np.mean([r["after_pass@8"] for r in runs])), 3),
-        "noise_band": f"+-{NOISE_BAND * 100:.1f} points ({args.problems} problems)",
+        "noise_band": f"+-{band * 100:.1f} points ({args.problems} problems)",
         "sharpening": ("all of the sampled gain stays within the SFT model's pass@8 on every seed" if all(within) else
                        f"on {len(runs) - sum(within)} seed(s) sampled accuracy after RL exceeds the SFT model's pass@8"),
         "mean_sampled_gain": round(float(np.mean(gain)), 3),

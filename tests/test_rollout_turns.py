@@ -151,6 +151,13 @@ def test_sft_and_rl_lay_out_the_same_tool_using_oracle_episode(tok):
         ids, mask = episode_document(tok, turns)
         assert t.reward == 1.0 and (t.ids, t.policy_mask) == (ids, mask)
         assert "<tool: python>" in tok.decode(ids) and "[stdout]" in tok.decode(ids)
+    # `cwm train sft --policy` rows, gathered 2 episodes at a time (each live episode holds a sandbox; 4000 at
+    # once exhausted the machine): the same rows, in seed order
+    from agents.rollout import rollout_documents
+
+    rows, counts = rollout_documents([EnvSpec("cwm/MathTool-v0", kwargs=NEEDS_TOOL)],
+                                     lambda tk: ScriptedPolicy("oracle", tokenizer=tk), batch=2)(tok, 3, 5)
+    assert counts["kept"] == 3 and rows == [episode_document(tok, turns) for turns in kept]
 
 
 @pytest.mark.docker

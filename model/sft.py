@@ -26,7 +26,7 @@ from cwm_envs.chat import EOT
 from cwm_envs.errors import UsageError
 from model.tokenizer import load_tokenizer
 from model.train_args import TrainArgs
-from model.train_loop import endless, open_model, pack_whole, resume_point, train
+from model.train_loop import endless, open_model, pack, resume_point, train
 
 
 def oracle_actions(env) -> list[str]:
@@ -156,11 +156,11 @@ def run(args: TrainArgs, parent: str, env_id: str, episodes: int = 1000, env_kwa
         return (docs[i] for i in order)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = pack_whole(endless(epoch_docs), args.seq_len, pad)
+    rows = pack(endless(epoch_docs), args.seq_len, pad_id=pad)  # whole episodes per row
     # eval loss on episodes of unseen seeds (the training seeds are seed .. seed + episodes - 1)
     held, _ = documents(tokenizer, max(4, args.eval_rows), args.seed + 10**6)
     # (repeated so that short episodes still fill whole packed rows)
-    evals = list(pack_whole(iter(held * 8), args.seq_len, pad))[:args.eval_rows]
+    evals = list(pack(iter(held * 8), args.seq_len, pad_id=pad))[:args.eval_rows]
     args.extra.update({"parent": str(parent), "env": env_id, "env_kwargs": env_kwargs, "oracle": counts,
                        "episodes_longer_than_context": too_long})
     summary = train(model, tokenizer, rows, evals, args, resume_from=ckpt, title="sft")

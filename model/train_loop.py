@@ -45,30 +45,18 @@ Row = tuple[list[int], list[int]]  # (input_ids, labels), both seq_len long
 
 # --- data -----------------------------------------------------------------------------------------------
 
-def pack(docs: Iterable[tuple[list[int], list[int]]], seq_len: int) -> Iterator[Row]:
+def pack(docs: Iterable[tuple[list[int], list[int]]], seq_len: int, pad_id: int | None = None) -> Iterator[Row]:
     """Concatenate (ids, loss_mask) documents and cut the stream into rows of `seq_len` tokens.
 
     Packing wastes no compute on padding; a document may run on into the next row, as in GPT pretraining.
+    With `pad_id`, a document never does (unless longer than a row): the rest of the row is padding with no
+    loss. SFT needs that: an episode's answer copies from its prompt, and an answer whose prompt went to the
+    row before teaches the model to make numbers up.
     """
     ids: list[int] = []
     labels: list[int] = []
     for doc_ids, mask in docs:
-        ids.extend(doc_ids)
-        labels.extend(t if m else IGNORE for t, m in zip(doc_ids, mask))
-        while len(ids) >= seq_len:
-            yield ids[:seq_len], labels[:seq_len]
-            del ids[:seq_len], labels[:seq_len]
-
-
-def pack_whole(docs: Iterable[tuple[list[int], list[int]]], seq_len: int, pad_id: int) -> Iterator[Row]:
-    """`pack`, except that a document never runs on into the next row: the rest of a row is padding (no loss).
-
-    SFT needs it: an episode's answer copies from its prompt, and an answer whose prompt went to the row
-    before teaches the model to make numbers up. A document longer than `seq_len` is still cut."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for doc_ids, mask in docs:
-        if ids and len(ids) + len(doc_ids) > seq_len:
+        if pad_id is not None and ids and len(ids) + len(doc_ids) > seq_len:
             yield ids + [pad_id] * (seq_len - len(ids)), labels + [IGNORE] * (seq_len - len(ids))
             ids, labels = [], []
         ids.extend(doc_ids)

@@ -307,13 +307,13 @@ def test_sft_rows_hold_whole_episodes_so_an_answer_always_sees_its_prompt(pretra
     """GPT-style packing cut episodes across rows: an answer whose prompt went to the row before taught the model
     to make up what it should copy. SFT rows now hold whole episodes, padded, with no loss on the padding."""
     from model.sft import collect_episodes, episode_document
-    from model.train_loop import IGNORE, pack_whole
+    from model.train_loop import IGNORE, pack
 
     tok = load_tokenizer(pretrained)
     kept, _ = collect_episodes("sft_test_envs:sfttest/Echo-v0", 40, seed=0)
     docs = [episode_document(tok, t) for t in kept]
     seq_len = 2 * len(docs[0][0]) + 3  # two episodes and a little: every row ends in padding
-    rows = list(pack_whole(iter(docs), seq_len, tok.pad_token_id))
+    rows = list(pack(iter(docs), seq_len, pad_id=tok.pad_token_id))
     bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
     seen = []
     for ids, labels in rows:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import write_report
-from benchmarks.rl.common import EASY, LR, SETTINGS, warm_start
+from benchmarks.rl.common import EASY, LR, SETTINGS, noise_band, warm_start
 
 
 def cmd_scaling(args) -> int:
@@ -168,7 +168,7 @@ def cmd_straggler(args) -> int:
         print(f"{mode:>5}: {rows[-1]['s_per_update']} s/update, held-out sampled {rows[-1]['heldout_sampled_start']:.3f}"
               f" -> {rows[-1]['heldout_sampled_end']:.3f} (load {rows[-1]['load_average']})", flush=True)
     sync, asyn = rows
-    band = 2 * (0.25 / args.problems) ** 0.5
+    band = 2 * noise_band(args.problems)
     summary = {
         "speedup_async_vs_sync": round(sync["s_per_update"] / asyn["s_per_update"], 2), "target": ">= 1.5x",
         "heldout_sampled_sync": sync["heldout_sampled_end"], "heldout_sampled_async": asyn["heldout_sampled_end"],

@@ -28,7 +28,7 @@ def register(sub) -> None:
                    help="cwm/Math-v0: add/sub in one turn; cwm/MathTool-v0: tasks that need the Python tool")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--algo", choices=list(ALGOS), default="grpo", help="the learner (PPO: value head + GAE)")
-    p.add_argument("--minutes", type=float, default=8.0, help="RL wall-clock budget per seed")
+    p.add_argument("--minutes", type=float, help="RL wall-clock budget per seed (default: 8 add/sub, 3 tool use)")
     p.add_argument("--lr", type=float, default=LR)
     p.add_argument("--max-steps", type=int, default=10**6, help="also stop after this many updates")
     add_warm_model_args(p, target=None, shared="one per seed; given, every seed starts from it")

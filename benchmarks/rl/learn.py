@@ -63,6 +63,8 @@ def cmd_learn(args) -> int:
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)
     target = args.sft_target if args.sft_target is not None else {MATH: 0.3, TOOL_ENV: 0.2}[args.env]
+    # tool use: the warm start takes 7-10 minutes per seed and the curve is flat after 3 minutes of RL
+    args.minutes = args.minutes if args.minutes is not None else {MATH: 8.0, TOOL_ENV: 3.0}[args.env]
     runs = []
     for seed in args.seeds:
         start = args.model or f"warm start (SFT to ~{target} sampled accuracy)"

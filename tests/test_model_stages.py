@@ -4,6 +4,7 @@ trace benchmark on the results. The loop itself: resuming gives the same weights
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -209,7 +210,8 @@ def test_data_parallel_under_torchrun(tmp_path, corpus):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
          "-m", "cwm_envs.cli", "train", "pretrain", "--preset", "cwm-micro", "--corpus", str(corpus),
          "--vocab-size", "400", "--out", str(out), "--minutes", "5", *TINY],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)})  # torchrun leaves its torchelastic_* log dir in TMPDIR
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("pretrain: 4 steps") == 1 and proc.stdout.count("trained a 656-token") == 1
     stage = json.loads((out / "stage.json").read_text())

@@ -524,19 +524,16 @@ def rollout_documents(env_specs: Sequence[EnvSpec], policy_factory: Callable, ba
     the tokenizer's: the env's text is encoded with `tokenizer`."""
     def documents(tokenizer, episodes: int, seed: int):
         encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731  (a one-line helper)
-        worker = RolloutWorker(env_specs, lambda: policy_factory(tokenizer), encode=encode, **worker_kwargs)
-        trajs, failed, cut = [], 0, 0
+        worker = RolloutWorker(env_specs, lambda: policy_factory(tokenizer), encode=encode, max_episodes=batch,
+                               **worker_kwargs)
         try:
-            for start in range(0, episodes, batch):
-                reqs = [Request(env=i % len(env_specs), seed=seed + i, group=i, n=1)
-                        for i in range(start, min(episodes, start + batch))]
-                got, stats = worker.run(reqs, sample_seed=seed + start)
-                trajs, failed, cut = trajs + got, failed + stats.failed, cut + stats.cut
+            reqs = [Request(env=i % len(env_specs), seed=seed + i, group=i, n=1) for i in range(episodes)]
+            trajs, stats = worker.run(reqs, sample_seed=seed)  # in waves of `batch` episodes
         finally:
             worker.close()
         kept = [t for t in trajs if t.ok and t.reward > 0]
         scored = [t.reward for t in trajs if t.ok]
-        counts = {"episodes": episodes, "kept": len(kept), "failed": failed, "cut": cut,
+        counts = {"episodes": episodes, "kept": len(kept), "failed": stats.failed, "cut": stats.cut,
                   "mean_reward": float(np.mean(scored)) if scored else 0.0}
         return [(t.ids, t.policy_mask) for t in kept], counts
     return documents

@@ -162,11 +162,11 @@ def warm_start(out: Path, seed: int, target: float | None = 0.3, sft_lr: float =
         tok.save_pretrained(out / "base")
     steps, history = first, []
     documents = demonstrations(env)
+    seq_len = SETTINGS[env].sft_seq_len
     while True:
-        seq_len = SETTINGS[env].sft_seq_len
         args = TrainArgs(out=out / "sft", max_steps=steps, batch_size=4096 // seq_len, seq_len=seq_len, lr=sft_lr,
-                         min_lr_ratio=1.0, warmup_steps=5, eval_every=10**9, eval_rows=0, save_every=10**9, keep_checkpoints=1,
-                         log_every=10, seed=seed, resume=True)
+                         min_lr_ratio=1.0, warmup_steps=5, eval_every=10**9, eval_rows=0, save_every=10**9,
+                         keep_checkpoints=1, log_every=10, seed=seed, resume=True)
         with silence(quiet):
             sft.run(args, str(out / "base"), env, episodes=SETTINGS[env].sft_episodes, env_kwargs=SETTINGS[env].kwargs,
                     eval_episodes=0, documents=documents)

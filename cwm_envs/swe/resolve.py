@@ -205,10 +205,17 @@ def resolve(requirements: Iterable[str], *, python: str, glibc: int, date: str, 
         asked = [r for r in reqs if req_name(r) in unbuildable]
         # an unpinned sdist whose old release cannot be read on the host (bottleneck 1.3.2's build pins a numpy
         # that has no wheel for the host's Python): a later release of it, a step at a time, before dropping it
-        movable = {req_name(r): _next_step(later_for.get(req_name(r), cutoff), HOST_STEP) for r in asked
-                   if cutoff and "==" not in r and req_name(r) in {req_name(m) for m in _FAILED_BUILD.findall(err)}}
-        movable = {name: when for name, when in movable.items() if when and when <= iso_date(
-            dt.datetime.fromisoformat(cutoff.replace("Z", "+00:00")) + HOST_STEPS * HOST_STEP)}
+        failed_build = {req_name(m) for m in _FAILED_BUILD.findall(err)}
+        movable = {}
+        if cutoff:
+            horizon = iso_date(dt.datetime.fromisoformat(cutoff.replace("Z", "+00:00")) + HOST_STEPS * HOST_STEP)
+            for r in asked:
+                name = req_name(r)
+                if "==" in r or name not in failed_build:
+                    continue
+                when = _next_step(later_for.get(name, cutoff), HOST_STEP)
+                if when and when <= horizon:
+                    movable[name] = when
         if movable:
             later_for.update(movable)
             notes.append(f"{what}: {', '.join(sorted(movable))} could not be built on the host as of "

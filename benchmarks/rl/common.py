@@ -26,9 +26,8 @@ TOOL_ENV = "cwm/MathTool-v0"
 # MathTool tasks a ~1M-parameter model cannot do in its head (a product of a 3-digit and a 2-digit number, a
 # power with a 3-digit exponent modulo a 2-digit number) but can hand to the Python tool and copy back:
 # `<tool: python>\nprint(a * b)\n</tool>`, then `\boxed{N}`. Every digit of the call and of the answer is
-# copied, and copying is what the tiny model learns slowly: 4-digit products (difficulty 1) took it over 1000
-# SFT steps to copy 69% of digits, teacher-forced, and no whole episode right. Thinking off and the short
-# prompt, as EASY; three turns at most.
+# copied, and copying is what the tiny model learns slowly: with 4-digit products (difficulty 1) its calibration
+# accuracy was still 0.00 after 1000 SFT steps. Thinking off and the short prompt, as EASY; three turns at most.
 TOOL = {"source": "generated", "kinds": ["needs_tool"], "difficulty": 0, "think": False, "prompt_style": "direct",
         "max_turns": 3}
 
